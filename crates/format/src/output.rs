@@ -1,0 +1,250 @@
+//! Result lines, in the shape OpenAI's batch output and error files use:
+//! `{"id", "custom_id", "response": {"status_code", "request_id", "body"} | null,
+//!   "error": {"code", "message"} | null}`.
+//!
+//! The engine's response body is copied into the line as bytes, after one parse that checks it
+//! is JSON and reads its `usage`; it is never rebuilt as a DOM and re-encoded.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// What a result line says about its request.
+#[derive(Debug, Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The engine answered. `body` must be one JSON value (see [`ResponseBody`]).
+    Response {
+        status_code: u16,
+        request_id: Option<&'a str>,
+        body: &'a ResponseBody,
+    },
+    /// The request never got an answer (or never ran).
+    Error { code: &'a str, message: &'a str },
+}
+
+/// Appends one result line, newline included, to `buf`.
+pub fn write_line(buf: &mut Vec<u8>, id: &str, custom_id: Option<&str>, outcome: &Outcome<'_>) {
+    buf.extend_from_slice(b"{\"id\":");
+    push_json_string(buf, id);
+    buf.extend_from_slice(b",\"custom_id\":");
+    match custom_id {
+        Some(c) => push_json_string(buf, c),
+        None => buf.extend_from_slice(b"null"),
+    }
+    match outcome {
+        Outcome::Response {
+            status_code,
+            request_id,
+            body,
+        } => {
+            buf.extend_from_slice(b",\"response\":{\"status_code\":");
+            buf.extend_from_slice(status_code.to_string().as_bytes());
+            buf.extend_from_slice(b",\"request_id\":");
+            match request_id {
+                Some(r) => push_json_string(buf, r),
+                None => buf.extend_from_slice(b"null"),
+            }
+            buf.extend_from_slice(b",\"body\":");
+            buf.extend_from_slice(body.as_bytes());
+            buf.extend_from_slice(b"},\"error\":null}\n");
+        }
+        Outcome::Error { code, message } => {
+            buf.extend_from_slice(b",\"response\":null,\"error\":{\"code\":");
+            push_json_string(buf, code);
+            buf.extend_from_slice(b",\"message\":");
+            push_json_string(buf, message);
+            buf.extend_from_slice(b"}}\n");
+        }
+    }
+}
+
+fn push_json_string(buf: &mut Vec<u8>, s: &str) {
+    // Writing a str to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, s);
+}
+
+/// A response body that is safe to embed in a JSONL line: one JSON value with no raw line breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseBody(Vec<u8>);
+
+/// What the runner reads from a response body besides passing it on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseInfo {
+    /// The body's own `id` (e.g. `chatcmpl-…`), used as `request_id` when the engine sends no
+    /// `x-request-id` header.
+    pub id: Option<String>,
+    pub usage: Usage,
+}
+
+/// Token counts from a response's `usage`, under either the chat/completions names
+/// (`prompt_tokens`, `completion_tokens`) or the Responses API names (`input_tokens`,
+/// `output_tokens`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, rhs: Self) {
+        self.input_tokens += rhs.input_tokens;
+        self.output_tokens += rhs.output_tokens;
+        self.total_tokens += rhs.total_tokens;
+    }
+}
+
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    usage: Option<RawUsage>,
+}
+
+#[derive(Deserialize, Default)]
+struct RawUsage {
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    total_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl ResponseBody {
+    /// Checks that `bytes` is one JSON value and reads its id and usage. A body that is not JSON
+    /// is refused, so the caller can decide how to report it.
+    pub fn parse(bytes: &[u8]) -> Result<(Self, ResponseInfo), serde_json::Error> {
+        let info = match serde_json::from_slice::<Probe<'_>>(bytes) {
+            Ok(probe) => ResponseInfo {
+                id: probe
+                    .id
+                    .and_then(|raw| serde_json::from_str::<Str<'_>>(raw.get()).ok())
+                    .map(|Str(s)| s.into_owned()),
+                usage: probe.usage.map(Usage::from).unwrap_or_default(),
+            },
+            // Valid JSON that is not an object (or has a `usage` of another shape) is still a
+            // body we can pass on; it just carries no information we use.
+            Err(_) => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(bytes)?;
+                ResponseInfo::default()
+            }
+        };
+        Ok((Self(one_line(bytes)), info))
+    }
+
+    /// Wraps a body that is not JSON (an HTML error page from a proxy, say) in an OpenAI-style
+    /// error object, so the line stays valid JSON and the text is not lost.
+    pub fn from_text(status_code: u16, text: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(text);
+        let value = serde_json::json!({
+            "error": {
+                "message": text,
+                "type": "engine_error",
+                "param": null,
+                "code": status_code,
+            }
+        });
+        Self(value.to_string().into_bytes())
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<RawUsage> for Usage {
+    fn from(u: RawUsage) -> Self {
+        let input_tokens = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
+        let output_tokens = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
+        Self {
+            input_tokens,
+            output_tokens,
+            total_tokens: u.total_tokens.unwrap_or(input_tokens + output_tokens),
+        }
+    }
+}
+
+/// Removes raw line breaks and surrounding white space from valid JSON. Inside JSON strings
+/// line breaks must be escaped, so every raw CR or LF byte is insignificant white space.
+fn one_line(bytes: &[u8]) -> Vec<u8> {
+    let trimmed = bytes.trim_ascii();
+    if !trimmed.iter().any(|&b| b == b'\n' || b == b'\r') {
+        return trimmed.to_vec();
+    }
+    trimmed
+        .iter()
+        .copied()
+        .filter(|&b| b != b'\n' && b != b'\r')
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_a_response_line_with_the_body_verbatim() {
+        let (body, info) =
+            ResponseBody::parse(b"{\n \"id\": \"c-1\",\n \"usage\": {\"prompt_tokens\": 3, \"completion_tokens\": 4}\n}\n")
+                .expect("json");
+        assert_eq!(info.id.as_deref(), Some("c-1"));
+        assert_eq!(
+            info.usage,
+            Usage {
+                input_tokens: 3,
+                output_tokens: 4,
+                total_tokens: 7
+            }
+        );
+        let mut buf = Vec::new();
+        let outcome = Outcome::Response {
+            status_code: 200,
+            request_id: Some("r\"1"),
+            body: &body,
+        };
+        write_line(&mut buf, "batch_req_1", Some("x"), &outcome);
+        assert_eq!(buf.iter().filter(|&&b| b == b'\n').count(), 1);
+        let v: serde_json::Value = serde_json::from_slice(&buf).expect("line is JSON");
+        assert_eq!(v["response"]["request_id"], "r\"1");
+        assert_eq!(v["response"]["body"]["usage"]["completion_tokens"], 4);
+        assert_eq!(v["error"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn writes_an_error_line() {
+        let mut buf = Vec::new();
+        let outcome = Outcome::Error {
+            code: "batch_expired",
+            message: "late",
+        };
+        write_line(&mut buf, "i", None, &outcome);
+        assert_eq!(
+            buf,
+            b"{\"id\":\"i\",\"custom_id\":null,\"response\":null,\"error\":{\"code\":\"batch_expired\",\"message\":\"late\"}}\n"
+        );
+    }
+
+    #[test]
+    fn non_json_bodies_are_refused_or_wrapped() {
+        assert!(ResponseBody::parse(b"<html>bad gateway</html>").is_err());
+        let body = ResponseBody::from_text(502, b"<html>\nbad gateway</html>");
+        let v: serde_json::Value = serde_json::from_slice(body.as_bytes()).expect("json");
+        assert_eq!(v["error"]["message"], "<html>\nbad gateway</html>");
+        assert!(!body.as_bytes().contains(&b'\n'));
+    }
+
+    #[test]
+    fn responses_api_usage_names_are_read() {
+        let (_, info) =
+            ResponseBody::parse(br#"{"usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7}}"#)
+                .expect("json");
+        assert_eq!(info.usage.input_tokens, 5);
+        assert_eq!(info.usage.output_tokens, 2);
+        let (_, info) = ResponseBody::parse(b"[1,2]").expect("json array is still JSON");
+        assert_eq!(info, ResponseInfo::default());
+    }
+}

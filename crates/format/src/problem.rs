@@ -1,0 +1,198 @@
+//! What can be wrong with an input line, and how each problem is reported.
+//!
+//! Codes follow the ones OpenAI reports in a failed batch's `errors.data` where one exists
+//! (`invalid_json_line`, `duplicate_custom_id`, `url_mismatch`, `model_mismatch`, `empty_file`);
+//! the rest are named in the same style. Every message names the field and says what would fix it.
+
+use std::fmt;
+
+/// One problem found on one line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The line is not valid UTF-8.
+    InvalidUtf8 { byte_offset: usize },
+    /// The line is longer than the configured maximum; its content was not read.
+    LineTooLong { max_bytes: usize },
+    /// The line is not parseable JSON.
+    InvalidJson { detail: String },
+    /// The line is JSON but not an object.
+    NotAnObject,
+    /// A required field is absent (or `null`).
+    MissingField { field: &'static str },
+    /// A field has the wrong JSON type.
+    WrongType { field: &'static str, expected: &'static str },
+    /// `custom_id` is the empty string.
+    EmptyCustomId,
+    /// `method` is not `POST`.
+    InvalidMethod { found: String },
+    /// `url` is not an endpoint the runner accepts.
+    UnsupportedUrl { found: String },
+    /// `url` differs from the one the file's first valid line set.
+    UrlMismatch { found: String, expected: String, first_line: u64 },
+    /// `body.model` differs from the one the file's first valid line set.
+    ModelMismatch { found: String, expected: String, first_line: u64 },
+    /// `body.stream` is `true`; a batch cannot stream.
+    StreamNotSupported,
+    /// The same `custom_id` appeared on an earlier line.
+    DuplicateCustomId { custom_id: String, first_line: u64 },
+    /// The file has no request at all.
+    EmptyFile,
+}
+
+impl Problem {
+    /// The machine-readable code, as in OpenAI's `errors.data[].code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Problem::InvalidUtf8 { .. } => "invalid_utf8",
+            Problem::LineTooLong { .. } => "line_too_long",
+            Problem::InvalidJson { .. } => "invalid_json_line",
+            Problem::NotAnObject => "not_an_object",
+            Problem::MissingField { .. } => "missing_required_field",
+            Problem::WrongType { .. } => "invalid_field_type",
+            Problem::EmptyCustomId => "empty_custom_id",
+            Problem::InvalidMethod { .. } => "invalid_method",
+            Problem::UnsupportedUrl { .. } => "unsupported_url",
+            Problem::UrlMismatch { .. } => "url_mismatch",
+            Problem::ModelMismatch { .. } => "model_mismatch",
+            Problem::StreamNotSupported => "stream_not_supported",
+            Problem::DuplicateCustomId { .. } => "duplicate_custom_id",
+            Problem::EmptyFile => "empty_file",
+        }
+    }
+
+    /// The field the problem is about, as OpenAI's `errors.data[].param`.
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            Problem::MissingField { field } | Problem::WrongType { field, .. } => Some(field),
+            Problem::EmptyCustomId | Problem::DuplicateCustomId { .. } => Some("custom_id"),
+            Problem::InvalidMethod { .. } => Some("method"),
+            Problem::UnsupportedUrl { .. } | Problem::UrlMismatch { .. } => Some("url"),
+            Problem::ModelMismatch { .. } => Some("body.model"),
+            Problem::StreamNotSupported => Some("body.stream"),
+            Problem::InvalidUtf8 { .. }
+            | Problem::LineTooLong { .. }
+            | Problem::InvalidJson { .. }
+            | Problem::NotAnObject
+            | Problem::EmptyFile => None,
+        }
+    }
+
+    /// Every code, for summaries that list counts by kind in a stable order.
+    pub const ALL_CODES: [&'static str; 14] = [
+        "invalid_utf8",
+        "line_too_long",
+        "invalid_json_line",
+        "not_an_object",
+        "missing_required_field",
+        "invalid_field_type",
+        "empty_custom_id",
+        "invalid_method",
+        "unsupported_url",
+        "url_mismatch",
+        "model_mismatch",
+        "stream_not_supported",
+        "duplicate_custom_id",
+        "empty_file",
+    ];
+}
+
+impl fmt::Display for Problem {
+    /// A message that says what is wrong and what would fix it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::InvalidUtf8 { byte_offset } => write!(
+                f,
+                "the line is not valid UTF-8 (bad byte at offset {byte_offset} in the line); \
+                 re-encode the file as UTF-8"
+            ),
+            Problem::LineTooLong { max_bytes } => write!(
+                f,
+                "the line is longer than {max_bytes} bytes; shorten the request or raise \
+                 --max-line-bytes"
+            ),
+            Problem::InvalidJson { detail } => write!(
+                f,
+                "this line is not parseable as valid JSON ({detail}); each line must be one \
+                 complete JSON object"
+            ),
+            Problem::NotAnObject => write!(
+                f,
+                "the line is JSON but not an object; each line must be an object with \
+                 custom_id, method, url and body"
+            ),
+            Problem::MissingField { field } => {
+                write!(f, "required field `{field}` is missing; add it")?;
+                match *field {
+                    "custom_id" => write!(f, " with a unique string id for this request"),
+                    "method" => write!(f, " as \"method\": \"POST\""),
+                    "url" => write!(f, " as the endpoint path, e.g. \"/v1/chat/completions\""),
+                    "body" => write!(f, " as the JSON object the endpoint takes"),
+                    "body.model" => write!(f, " as the model name inside body"),
+                    _ => Ok(()),
+                }
+            }
+            Problem::WrongType { field, expected } => {
+                write!(f, "field `{field}` must be {expected}")
+            }
+            Problem::EmptyCustomId => {
+                write!(f, "`custom_id` is empty; give each request a non-empty unique id")
+            }
+            Problem::InvalidMethod { found } => {
+                write!(f, "`method` is {found:?}; only \"POST\" is supported")
+            }
+            Problem::UnsupportedUrl { found } => write!(
+                f,
+                "`url` {found:?} is not a supported endpoint; use one of {} (or allow it with \
+                 --allow-url {found})",
+                crate::SUPPORTED_URLS.join(", ")
+            ),
+            Problem::UrlMismatch { found, expected, first_line } => write!(
+                f,
+                "`url` is {found:?} but line {first_line} set {expected:?}; every line of a \
+                 batch must use the same endpoint (split the file by endpoint)"
+            ),
+            Problem::ModelMismatch { found, expected, first_line } => write!(
+                f,
+                "`body.model` is {found:?} but line {first_line} set {expected:?}; every line \
+                 of a batch must use the same model (split the file by model)"
+            ),
+            Problem::StreamNotSupported => write!(
+                f,
+                "`body.stream` is true; batch requests cannot stream, remove it or set it to \
+                 false"
+            ),
+            Problem::DuplicateCustomId { custom_id, first_line } => write!(
+                f,
+                "the custom_id {custom_id:?} is a duplicate of line {first_line}; custom_id must \
+                 be unique for each request in a batch"
+            ),
+            Problem::EmptyFile => write!(
+                f,
+                "the file has no requests; a batch file needs at least one JSON line"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_codes_lists_each_code_once() {
+        let mut codes = Problem::ALL_CODES.to_vec();
+        codes.sort_unstable();
+        codes.dedup();
+        assert_eq!(codes.len(), Problem::ALL_CODES.len());
+        assert!(codes.contains(&Problem::StreamNotSupported.code()));
+    }
+
+    #[test]
+    fn messages_name_the_field_and_the_fix() {
+        let p = Problem::MissingField { field: "method" };
+        assert_eq!(p.param(), Some("method"));
+        assert!(p.to_string().contains("\"POST\""));
+        let p = Problem::UnsupportedUrl { found: "/v1/foo".into() };
+        assert!(p.to_string().contains("--allow-url /v1/foo"));
+    }
+}

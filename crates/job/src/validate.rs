@@ -1,0 +1,330 @@
+//! The validation pass: one streaming read of the whole input before any request is sent.
+//!
+//! It applies the per-line and file-wide rules from `batch_format`, finds duplicate `custom_id`s
+//! with [`crate::dedupe`], and produces a [`Report`] plus the set of invalid line numbers. The
+//! run's dispatch pass uses that set to skip (or report) exactly the lines this pass rejected.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::Path;
+
+use batch_format::rules::Settled;
+use batch_format::{LineRules, Problem, RulesConfig};
+use serde::Serialize;
+
+use crate::bitset::BitSet;
+use crate::dedupe::DuplicateFinder;
+use crate::reader::{Content, LineReader};
+
+/// Default for `--max-line-bytes`: room for requests with inline images.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct ValidateOptions {
+    pub rules: RulesConfig,
+    pub max_line_bytes: usize,
+    /// How many line errors the report lists in full; all are counted.
+    pub max_listed_errors: usize,
+}
+
+impl Default for ValidateOptions {
+    fn default() -> Self {
+        Self {
+            rules: RulesConfig::default(),
+            max_line_bytes: DEFAULT_MAX_LINE_BYTES,
+            max_listed_errors: 100,
+        }
+    }
+}
+
+/// One error, in the shape of OpenAI's `errors.data[]` entries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LineError {
+    pub line: Option<u64>,
+    pub code: &'static str,
+    pub param: Option<&'static str>,
+    pub message: String,
+}
+
+impl LineError {
+    pub fn new(line: Option<u64>, problem: &Problem) -> Self {
+        Self {
+            line,
+            code: problem.code(),
+            param: problem.param(),
+            message: problem.to_string(),
+        }
+    }
+}
+
+/// Something tolerated but worth knowing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Warnings {
+    /// The file starts with a UTF-8 byte-order mark (skipped).
+    pub byte_order_mark: bool,
+    /// Lines ending in CR LF (the CR is ignored), and the first of them.
+    pub crlf_lines: u64,
+    pub first_crlf_line: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub valid: bool,
+    pub bytes: u64,
+    pub lines: u64,
+    pub blank_lines: u64,
+    /// Lines that are valid requests (what a run sends).
+    pub requests: u64,
+    pub invalid_lines: u64,
+    pub endpoint: Option<String>,
+    pub model: Option<String>,
+    /// Every error code seen, with its count.
+    pub errors_by_code: BTreeMap<&'static str, u64>,
+    /// The first errors by line number (up to the configured number).
+    pub errors: Vec<LineError>,
+    /// Errors found but not listed in `errors`.
+    pub errors_not_listed: u64,
+    pub warnings: Warnings,
+}
+
+/// The outcome of the pass: the report, and what the dispatch pass needs to agree with it.
+pub struct Validation {
+    pub report: Report,
+    pub invalid: BitSet,
+    pub settled: Option<Settled>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Collects errors, keeping only the first `max_listed` by line number.
+struct ErrorList {
+    max_listed: usize,
+    listed: Vec<LineError>,
+    total: u64,
+    by_code: BTreeMap<&'static str, u64>,
+}
+
+impl ErrorList {
+    fn push(&mut self, error: LineError) {
+        self.total += 1;
+        *self.by_code.entry(error.code).or_default() += 1;
+        self.listed.push(error);
+        if self.listed.len() >= self.max_listed.saturating_mul(2).max(16) {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        self.listed.sort_by_key(|e| e.line);
+        self.listed.truncate(self.max_listed);
+    }
+}
+
+pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validation, ValidateError> {
+    let read_error = |source| ValidateError::Read {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = File::open(path).map_err(read_error)?;
+    let mut reader = LineReader::new(file, options.max_line_bytes);
+    let mut rules = LineRules::new(options.rules.clone());
+    let mut dupes = DuplicateFinder::new();
+    let mut invalid = BitSet::default();
+    let mut errors = ErrorList {
+        max_listed: options.max_listed_errors,
+        listed: Vec::new(),
+        total: 0,
+        by_code: BTreeMap::new(),
+    };
+    let mut report = Report::default();
+
+    while let Some(line) = reader.next_line().map_err(read_error)? {
+        report.lines = line.number;
+        report.warnings.byte_order_mark |= line.bom;
+        if line.crlf {
+            report.warnings.crlf_lines += 1;
+            report.warnings.first_crlf_line.get_or_insert(line.number);
+        }
+        if line.content.is_blank() {
+            report.blank_lines += 1;
+            continue;
+        }
+        let problems = match line.content {
+            Content::TooLong => vec![Problem::LineTooLong {
+                max_bytes: options.max_line_bytes,
+            }],
+            Content::Text(text) => match rules.check(line.number, text) {
+                Ok(request) => {
+                    dupes
+                        .push(&request.custom_id, line.number, line.offset)
+                        .map_err(read_error)?;
+                    report.requests += 1;
+                    continue;
+                }
+                Err(problems) => problems,
+            },
+        };
+        invalid.insert(line.number);
+        report.invalid_lines += 1;
+        for p in &problems {
+            errors.push(LineError::new(Some(line.number), p));
+        }
+    }
+    report.bytes = reader.bytes_read();
+
+    let source = File::open(path).map_err(read_error)?;
+    dupes
+        .finish(source, options.max_line_bytes, |d| {
+            invalid.insert(d.line);
+            report.requests -= 1;
+            report.invalid_lines += 1;
+            errors.push(LineError::new(
+                Some(d.line),
+                &Problem::DuplicateCustomId {
+                    custom_id: d.custom_id,
+                    first_line: d.first_line,
+                },
+            ));
+        })
+        .map_err(read_error)?;
+
+    if report.lines == report.blank_lines {
+        errors.push(LineError::new(None, &Problem::EmptyFile));
+    }
+    errors.trim();
+    let settled = rules.settled_on().cloned();
+    report.endpoint = settled.as_ref().map(|s| s.url.clone());
+    report.model = settled.as_ref().map(|s| s.model.clone());
+    report.valid = errors.total == 0;
+    report.errors_not_listed = errors.total - errors.listed.len() as u64;
+    report.errors = errors.listed;
+    report.errors_by_code = errors.by_code;
+    Ok(Validation {
+        report,
+        invalid,
+        settled,
+    })
+}
+
+impl Report {
+    /// The human-readable report: each listed error on its own line, then a summary.
+    pub fn render(&self, path: &str) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for e in &self.errors {
+            let _ = match e.line {
+                Some(line) => writeln!(out, "{path}:{line}: {} [{}]", e.message, e.code),
+                None => writeln!(out, "{path}: {} [{}]", e.message, e.code),
+            };
+        }
+        if self.errors_not_listed > 0 {
+            let _ = writeln!(
+                out,
+                "... and {} more errors (raise --max-errors to list them)",
+                self.errors_not_listed
+            );
+        }
+        if self.warnings.byte_order_mark {
+            let _ = writeln!(
+                out,
+                "{path}: warning: the file starts with a UTF-8 byte-order mark (ignored)"
+            );
+        }
+        if let Some(first) = self.warnings.first_crlf_line {
+            let _ = writeln!(
+                out,
+                "{path}:{first}: warning: {} lines end in CR LF (the CR is ignored)",
+                self.warnings.crlf_lines
+            );
+        }
+        let verdict = if self.valid { "valid" } else { "INVALID" };
+        let _ = writeln!(
+            out,
+            "{path}: {verdict}: {} lines, {} requests, {} invalid lines, {} blank lines, {} bytes",
+            self.lines, self.requests, self.invalid_lines, self.blank_lines, self.bytes
+        );
+        let _ = writeln!(
+            out,
+            "  endpoint: {}, model: {}",
+            self.endpoint.as_deref().unwrap_or("-"),
+            self.model.as_deref().unwrap_or("-")
+        );
+        if !self.errors_by_code.is_empty() {
+            let counts: Vec<String> = self
+                .errors_by_code
+                .iter()
+                .map(|(code, n)| format!("{code}: {n}"))
+                .collect();
+            let _ = writeln!(out, "  errors by kind: {}", counts.join(", "));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn validate(content: &[u8], options: &ValidateOptions) -> Validation {
+        let mut f = tempfile::NamedTempFile::new().expect("temp");
+        f.write_all(content).expect("write");
+        validate_file(f.path(), options).expect("validate")
+    }
+
+    fn ok(id: &str) -> String {
+        format!(
+            r#"{{"custom_id":"{id}","method":"POST","url":"/v1/chat/completions","body":{{"model":"m","messages":[]}}}}"#
+        )
+    }
+
+    #[test]
+    fn a_good_file_is_valid() {
+        let text = format!("{}\n\n{}\r\n", ok("a"), ok("b"));
+        let v = validate(text.as_bytes(), &ValidateOptions::default());
+        assert!(v.report.valid, "{:?}", v.report);
+        assert_eq!(v.report.requests, 2);
+        assert_eq!(v.report.blank_lines, 1);
+        assert_eq!(v.report.warnings.first_crlf_line, Some(3));
+        assert_eq!(v.report.model.as_deref(), Some("m"));
+    }
+
+    #[test]
+    fn errors_are_listed_by_line_and_capped() {
+        let mut text = String::new();
+        for i in 0..50 {
+            text.push_str(&ok(&format!("dup-{}", i % 5)));
+            text.push('\n');
+        }
+        text.push_str("not json\n");
+        let options = ValidateOptions {
+            max_listed_errors: 3,
+            ..Default::default()
+        };
+        let v = validate(text.as_bytes(), &options);
+        assert!(!v.report.valid);
+        assert_eq!(v.report.requests, 5);
+        assert_eq!(v.report.invalid_lines, 46);
+        let lines: Vec<_> = v.report.errors.iter().map(|e| e.line).collect();
+        assert_eq!(lines, vec![Some(6), Some(7), Some(8)]);
+        assert_eq!(v.report.errors_not_listed, 43);
+        assert_eq!(v.report.errors_by_code["duplicate_custom_id"], 45);
+        assert!(v.invalid.contains(51) && v.invalid.contains(6) && !v.invalid.contains(5));
+    }
+
+    #[test]
+    fn an_empty_file_is_invalid() {
+        let v = validate(b"\n  \n", &ValidateOptions::default());
+        assert!(!v.report.valid);
+        assert_eq!(v.report.errors[0].code, "empty_file");
+    }
+}
