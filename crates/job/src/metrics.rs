@@ -1,0 +1,235 @@
+//! Live counters of a running job, shared by the progress display, the summary and the
+//! Prometheus endpoint (`--metrics-listen`).
+//!
+//! Plain atomics rather than a metrics library: the set is small and fixed, every request
+//! updates a few of them, and the text format is short to write.
+
+use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+/// Upper bounds (seconds) of the latency histogram's buckets.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
+/// How each request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The engine answered 2xx.
+    Succeeded,
+    /// The engine answered non-2xx (after retries, when retryable).
+    EngineError,
+    /// No answer after all retries.
+    EngineUnavailable,
+    /// The line was invalid and skipped into the error file.
+    InvalidRequest,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Succeeded,
+        Outcome::EngineError,
+        Outcome::EngineUnavailable,
+        Outcome::InvalidRequest,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::EngineError => "engine_error",
+            Outcome::EngineUnavailable => "engine_unavailable",
+            Outcome::InvalidRequest => "invalid_request",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Lines this run will produce a result for.
+    pub planned: AtomicU64,
+    outcomes: [AtomicU64; 4],
+    pub retries: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub input_tokens: AtomicU64,
+    pub output_tokens: AtomicU64,
+    pub total_tokens: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl Stats {
+    pub fn record(&self, outcome: Outcome) {
+        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome.index()].load(Ordering::Relaxed)
+    }
+
+    /// Results produced so far, whatever their outcome.
+    pub fn done(&self) -> u64 {
+        Outcome::ALL.iter().map(|&o| self.count(o)).sum()
+    }
+
+    pub fn failed(&self) -> u64 {
+        self.done() - self.count(Outcome::Succeeded)
+    }
+
+    pub fn add_usage(&self, usage: batch_format::output::Usage) {
+        self.input_tokens
+            .fetch_add(usage.input_tokens, Ordering::Relaxed);
+        self.output_tokens
+            .fetch_add(usage.output_tokens, Ordering::Relaxed);
+        self.total_tokens
+            .fetch_add(usage.total_tokens, Ordering::Relaxed);
+    }
+
+    pub fn observe_latency(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn load(a: &AtomicU64) -> u64 {
+        a.load(Ordering::Relaxed)
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render_prometheus(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP batch_runner_requests_total Requests finished, by outcome.\n\
+             # TYPE batch_runner_requests_total counter"
+        );
+        for o in Outcome::ALL {
+            let _ = writeln!(
+                out,
+                "batch_runner_requests_total{{outcome=\"{}\"}} {}",
+                o.label(),
+                self.count(o)
+            );
+        }
+        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "batch_runner_requests_planned",
+            "Lines this run produces a result for.",
+            "gauge",
+            Self::load(&self.planned),
+        );
+        gauge(
+            &mut out,
+            "batch_runner_in_flight",
+            "Requests sent and not yet answered.",
+            "gauge",
+            Self::load(&self.in_flight),
+        );
+        gauge(
+            &mut out,
+            "batch_runner_retries_total",
+            "Attempts repeated after a retryable failure.",
+            "counter",
+            Self::load(&self.retries),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP batch_runner_tokens_total Tokens reported in the engines' usage.\n\
+             # TYPE batch_runner_tokens_total counter\n\
+             batch_runner_tokens_total{{kind=\"input\"}} {}\n\
+             batch_runner_tokens_total{{kind=\"output\"}} {}",
+            Self::load(&self.input_tokens),
+            Self::load(&self.output_tokens)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP batch_runner_request_duration_seconds Time from first send to final answer, \
+             retries included.\n# TYPE batch_runner_request_duration_seconds histogram"
+        );
+        let mut cumulative = 0;
+        for (bound, count) in LATENCY_BUCKETS.iter().zip(&self.latency_buckets) {
+            cumulative += Self::load(count);
+            let _ = writeln!(
+                out,
+                "batch_runner_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let total = Self::load(&self.latency_count);
+        let _ = writeln!(
+            out,
+            "batch_runner_request_duration_seconds_bucket{{le=\"+Inf\"}} {total}\n\
+             batch_runner_request_duration_seconds_sum {}\n\
+             batch_runner_request_duration_seconds_count {total}",
+            Self::load(&self.latency_sum_micros) as f64 / 1e6
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    stats: Arc<Stats>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let stats = stats.clone();
+            async move {
+                (
+                    [("content-type", "text/plain; version=0.0.4")],
+                    stats.render_prometheus(),
+                )
+            }
+        }),
+    );
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Binds the metrics address, with an error that names the flag.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on --metrics-listen {addr}: {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_a_cumulative_histogram() {
+        let s = Stats::default();
+        s.record(Outcome::Succeeded);
+        s.record(Outcome::EngineError);
+        s.observe_latency(Duration::from_millis(3));
+        s.observe_latency(Duration::from_millis(700));
+        s.observe_latency(Duration::from_secs(5000));
+        let text = s.render_prometheus();
+        assert!(text.contains("batch_runner_requests_total{outcome=\"succeeded\"} 1"));
+        assert!(text.contains("batch_runner_request_duration_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("batch_runner_request_duration_seconds_bucket{le=\"1\"} 2\n"));
+        assert!(text.contains("batch_runner_request_duration_seconds_bucket{le=\"600\"} 2\n"));
+        assert!(text.contains("batch_runner_request_duration_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert_eq!(s.failed(), 1);
+    }
+}

@@ -1,0 +1,148 @@
+//! What the operator sees while a job runs: a progress bar on a terminal, periodic log lines
+//! anywhere else (CI logs, systemd, files), nothing when asked for quiet.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::task::JoinHandle;
+
+use crate::metrics::{Outcome, Stats};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// A bar when stderr is a terminal, log lines otherwise.
+    Auto,
+    Bar,
+    Log,
+    Off,
+}
+
+/// A running progress display; [`Progress::finish`] stops it.
+pub struct Progress {
+    task: Option<JoinHandle<()>>,
+    bar: Option<ProgressBar>,
+}
+
+/// One line of progress, e.g. `1200/5000 (24.0%) ok 1190 failed 10 | 410.2 req/s 9120 tok/s | ETA 9s`.
+pub fn describe(stats: &Stats, elapsed: Duration) -> String {
+    let done = stats.done();
+    let planned = Stats::load(&stats.planned);
+    let secs = elapsed.as_secs_f64().max(1e-3);
+    let rate = done as f64 / secs;
+    let tokens = Stats::load(&stats.output_tokens) as f64 / secs;
+    let eta = if rate > 0.0 && planned > done {
+        format_duration(Duration::from_secs_f64((planned - done) as f64 / rate))
+    } else {
+        "-".to_owned()
+    };
+    let percent = if planned > 0 { 100.0 * done as f64 / planned as f64 } else { 100.0 };
+    format!(
+        "{done}/{planned} ({percent:.1}%) ok {} failed {} | {rate:.1} req/s {tokens:.0} output tok/s | in flight {} | ETA {eta}",
+        stats.count(Outcome::Succeeded),
+        stats.failed(),
+        Stats::load(&stats.in_flight),
+    )
+}
+
+/// `1h02m03s`, `4m05s`, `6.5s`.
+pub fn format_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{:.1}s", d.as_secs_f64()),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m{:02}s", s / 3600, (s % 3600) / 60, s % 60),
+    }
+}
+
+impl Progress {
+    pub fn start(stats: Arc<Stats>, mode: ProgressMode, log_interval: Duration) -> Self {
+        let started = Instant::now();
+        let mode = match mode {
+            ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
+            ProgressMode::Auto => ProgressMode::Log,
+            other => other,
+        };
+        match mode {
+            ProgressMode::Bar => {
+                let bar = ProgressBar::with_draw_target(
+                    Some(Stats::load(&stats.planned)),
+                    ProgressDrawTarget::stderr(),
+                );
+                bar.set_style(
+                    ProgressStyle::with_template("{bar:30.cyan/blue} {msg}")
+                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                );
+                let shown = bar.clone();
+                let task = tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_millis(200));
+                    loop {
+                        tick.tick().await;
+                        shown.set_length(Stats::load(&stats.planned));
+                        shown.set_position(stats.done());
+                        shown.set_message(describe(&stats, started.elapsed()));
+                    }
+                });
+                Self {
+                    task: Some(task),
+                    bar: Some(bar),
+                }
+            }
+            ProgressMode::Log => {
+                let task = tokio::spawn(async move {
+                    let mut tick = tokio::time::interval(log_interval);
+                    tick.tick().await;
+                    loop {
+                        tick.tick().await;
+                        tracing::info!("progress: {}", describe(&stats, started.elapsed()));
+                    }
+                });
+                Self {
+                    task: Some(task),
+                    bar: None,
+                }
+            }
+            ProgressMode::Auto | ProgressMode::Off => Self {
+                task: None,
+                bar: None,
+            },
+        }
+    }
+
+    pub fn finish(self) {
+        if let Some(task) = self.task {
+            task.abort();
+        }
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    #[test]
+    fn describes_progress_with_rates_and_eta() {
+        let s = Stats::default();
+        s.planned.store(10, Ordering::Relaxed);
+        for _ in 0..4 {
+            s.record(Outcome::Succeeded);
+        }
+        s.record(Outcome::EngineError);
+        let text = describe(&s, Duration::from_secs(5));
+        assert!(text.starts_with("5/10 (50.0%) ok 4 failed 1 | 1.0 req/s"), "{text}");
+        assert!(text.ends_with("ETA 5.0s"), "{text}");
+    }
+
+    #[test]
+    fn formats_durations() {
+        assert_eq!(format_duration(Duration::from_millis(6500)), "6.5s");
+        assert_eq!(format_duration(Duration::from_secs(245)), "4m05s");
+        assert_eq!(format_duration(Duration::from_secs(3723)), "1h02m03s");
+    }
+}
