@@ -1,1 +1,32 @@
-fn main() {}
+//! `batch-runner`: parse the command line, set up logging, run one subcommand, exit with its code.
+
+mod cli;
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging();
+    let code = match cli.command {
+        cli::Command::Validate(args) => commands::validate::run(args),
+        cli::Command::Run(args) => commands::run::run(args),
+        cli::Command::SimEngine(args) => commands::sim::run(args),
+    };
+    ExitCode::from(code as u8)
+}
+
+/// Logs go to stderr (stdout carries machine-readable output); `BATCH_RUNNER_LOG` or `RUST_LOG`
+/// set the filter, `info` by default.
+fn init_logging() {
+    let filter = std::env::var("BATCH_RUNNER_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

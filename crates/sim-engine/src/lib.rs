@@ -1,1 +1,219 @@
+//! A simulated OpenAI-compatible inference engine: the test double for SGLang and vLLM.
+//!
+//! It answers `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings` and `/v1/responses`
+//! with SGLang-shaped bodies whose content echoes the request, so a test can tell which input an
+//! output belongs to. A capacity model (at most `max_running` served at once, a bounded queue,
+//! time to first token plus time per output token) makes it useful for sizing settings, and
+//! fault injection (error statuses, dropped connections, hangs) exercises a client's error paths.
+//!
+//! Faults come two ways: at random, by rate, and on request, through a `sim` object in the
+//! request body (`{"sim": {"status": 503, "times": 2}}` fails the first two attempts of that
+//! exact body with 503, then serves it). The second makes tests exact.
+//!
+//! Layout: [`config`] holds the knobs; [`respond`] builds the bodies; this module runs the server.
 
+pub mod config;
+mod faults;
+pub mod respond;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+pub use config::SimConfig;
+use faults::{Fault, Faults};
+
+/// Shared state of one running engine.
+struct Engine {
+    config: SimConfig,
+    slots: Semaphore,
+    running: AtomicU64,
+    queued: AtomicU64,
+    requests: AtomicU64,
+    prompt_tokens: AtomicU64,
+    generation_tokens: AtomicU64,
+    faults: Faults,
+}
+
+/// Returned by the service to make hyper close the connection without an answer.
+#[derive(Debug)]
+struct DropConnection;
+
+impl std::fmt::Display for DropConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("connection dropped by fault injection")
+    }
+}
+
+impl std::error::Error for DropConnection {}
+
+type Reply = Result<Response<Full<Bytes>>, DropConnection>;
+
+/// Serves until `shutdown` completes. The listener is bound by the caller (port 0 in tests).
+pub async fn serve(
+    listener: TcpListener,
+    config: SimConfig,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let engine = Arc::new(Engine {
+        slots: Semaphore::new(config.max_running.max(1)),
+        faults: Faults::new(config.seed),
+        config,
+        running: AtomicU64::new(0),
+        queued: AtomicU64::new(0),
+        requests: AtomicU64::new(0),
+        prompt_tokens: AtomicU64::new(0),
+        generation_tokens: AtomicU64::new(0),
+    });
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little rather than spin.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let engine = engine.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req| {
+                let engine = engine.clone();
+                async move { engine.handle(req).await }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+impl Engine {
+    async fn handle(&self, req: Request<Incoming>) -> Reply {
+        let method = req.method().clone();
+        let path = req.uri().path().to_owned();
+        match (&method, path.as_str()) {
+            (&Method::GET, "/health" | "/health_generate" | "/ready") => {
+                Ok(respond::text(StatusCode::OK, ""))
+            }
+            (&Method::GET, "/v1/models") => Ok(respond::json(
+                StatusCode::OK,
+                &respond::models(&self.config.model),
+                None,
+            )),
+            (&Method::GET, "/metrics") => Ok(respond::text(StatusCode::OK, &self.metrics())),
+            (&Method::POST, p) if respond::Endpoint::from_path(p).is_some() => {
+                let body = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => return Err(DropConnection),
+                };
+                self.generate(&path, body).await
+            }
+            _ => Ok(respond::error(
+                StatusCode::NOT_FOUND,
+                &format!("no route for {method} {path}"),
+            )),
+        }
+    }
+
+    async fn generate(&self, path: &str, body: Bytes) -> Reply {
+        let Some(endpoint) = respond::Endpoint::from_path(path) else {
+            return Ok(respond::error(StatusCode::NOT_FOUND, "unknown endpoint"));
+        };
+        let request: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => {
+                return Ok(respond::error(
+                    StatusCode::BAD_REQUEST,
+                    "the request body must be a JSON object",
+                ));
+            }
+            Err(e) => {
+                return Ok(respond::error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("invalid JSON body: {e}"),
+                ));
+            }
+        };
+        match self.faults.pick(&self.config, &request, &body) {
+            Some(Fault::Status(status)) => {
+                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                return Ok(respond::error(status, "injected failure"));
+            }
+            Some(Fault::Drop) => return Err(DropConnection),
+            Some(Fault::Hang) => {
+                tokio::time::sleep(self.config.hang).await;
+                return Err(DropConnection);
+            }
+            None => {}
+        }
+
+        let limit = self.config.max_running as u64 + self.config.max_queued as u64;
+        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
+        if waiting + self.running.load(Ordering::SeqCst) >= limit {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            return Ok(respond::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The request queue is full.",
+            ));
+        }
+        let permit = self.slots.acquire().await;
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        self.running.fetch_add(1, Ordering::SeqCst);
+
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        let answer = respond::answer(endpoint, &request, &self.config, n);
+        let service_time = self.config.service_time(answer.output_tokens);
+        if !service_time.is_zero() {
+            tokio::time::sleep(service_time).await;
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        drop(permit);
+        self.prompt_tokens
+            .fetch_add(answer.prompt_tokens, Ordering::Relaxed);
+        self.generation_tokens
+            .fetch_add(answer.output_tokens, Ordering::Relaxed);
+        Ok(respond::json(StatusCode::OK, &answer.body, Some(&answer.id)))
+    }
+
+    /// Prometheus text with the gauges SGLang exports under the same names.
+    fn metrics(&self) -> String {
+        let running = self.running.load(Ordering::SeqCst);
+        let queued = self.queued.load(Ordering::SeqCst);
+        let model = &self.config.model;
+        format!(
+            "# HELP sglang:num_running_reqs The number of running requests.\n\
+             # TYPE sglang:num_running_reqs gauge\n\
+             sglang:num_running_reqs{{model_name=\"{model}\"}} {running}\n\
+             # HELP sglang:num_queue_reqs The number of requests in the waiting queue.\n\
+             # TYPE sglang:num_queue_reqs gauge\n\
+             sglang:num_queue_reqs{{model_name=\"{model}\"}} {queued}\n\
+             # HELP sglang:num_requests_total The number of processed requests.\n\
+             # TYPE sglang:num_requests_total counter\n\
+             sglang:num_requests_total{{model_name=\"{model}\"}} {}\n\
+             # HELP sglang:prompt_tokens_total Number of prefill tokens processed.\n\
+             # TYPE sglang:prompt_tokens_total counter\n\
+             sglang:prompt_tokens_total{{model_name=\"{model}\"}} {}\n\
+             # HELP sglang:generation_tokens_total Number of generation tokens processed.\n\
+             # TYPE sglang:generation_tokens_total counter\n\
+             sglang:generation_tokens_total{{model_name=\"{model}\"}} {}\n",
+            self.requests.load(Ordering::Relaxed),
+            self.prompt_tokens.load(Ordering::Relaxed),
+            self.generation_tokens.load(Ordering::Relaxed),
+        )
+    }
+}

@@ -1,0 +1,76 @@
+//! The simulated engine's knobs.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The model name `/v1/models` lists (requests may name any model).
+    pub model: String,
+    /// Requests served at once; the rest queue.
+    pub max_running: usize,
+    /// Requests allowed to wait; beyond that the engine answers 503 like SGLang's full queue.
+    pub max_queued: usize,
+    /// Time to first token.
+    pub ttft: Duration,
+    /// Time per output token after the first.
+    pub per_token: Duration,
+    /// Output length when a request sets no `max_tokens`.
+    pub default_max_tokens: u64,
+    /// Fraction of requests answered with `fail_status`.
+    pub fail_rate: f64,
+    pub fail_status: u16,
+    /// Fraction of connections closed without an answer.
+    pub drop_rate: f64,
+    /// Fraction of requests that hang for `hang` and are then dropped.
+    pub hang_rate: f64,
+    pub hang: Duration,
+    /// Seed for the random faults, so a run can be repeated.
+    pub seed: u64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            model: "sim-model".into(),
+            max_running: 64,
+            max_queued: 4096,
+            ttft: Duration::from_millis(20),
+            per_token: Duration::from_millis(5),
+            default_max_tokens: 16,
+            fail_rate: 0.0,
+            fail_status: 503,
+            drop_rate: 0.0,
+            hang_rate: 0.0,
+            hang: Duration::from_secs(3600),
+            seed: 0,
+        }
+    }
+}
+
+impl SimConfig {
+    /// How long a request producing `output_tokens` tokens occupies its slot.
+    pub fn service_time(&self, output_tokens: u64) -> Duration {
+        if output_tokens == 0 {
+            return self.ttft;
+        }
+        let rest = u32::try_from(output_tokens - 1).unwrap_or(u32::MAX);
+        self.ttft + self.per_token.saturating_mul(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_time_is_ttft_plus_per_token() {
+        let c = SimConfig {
+            ttft: Duration::from_millis(100),
+            per_token: Duration::from_millis(10),
+            ..Default::default()
+        };
+        assert_eq!(c.service_time(1), Duration::from_millis(100));
+        assert_eq!(c.service_time(11), Duration::from_millis(200));
+        assert_eq!(c.service_time(0), Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,213 @@
+//! The command line: every flag, its default and its environment variable, declared once.
+//!
+//! Precedence is flag > environment variable (`BATCH_RUNNER_…`) > default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use batch_job::duration::parse_duration;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "batch-runner",
+    version,
+    about = "Runs OpenAI-compatible batch jobs (.jsonl) against self-hosted inference engines",
+    after_help = "Exit codes: 0 all requests succeeded; 1 finished, but some requests failed \
+                  (see the error file); 2 invalid input or usage; 3 runtime failure (e.g. no \
+                  engine reachable, a file could not be written)."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check a batch file without sending anything; every problem is reported with its line.
+    Validate(ValidateArgs),
+    /// Run a whole batch file against one or more running engines.
+    Run(RunArgs),
+    /// Start a simulated OpenAI-compatible engine (for trials, tests and benchmarks).
+    SimEngine(SimArgs),
+}
+
+/// Options shared by `validate` and `run`: what counts as a valid line.
+#[derive(Debug, Args)]
+pub struct RulesArgs {
+    /// Accept this endpoint path too (repeatable), e.g. --allow-url /v1/classify.
+    #[arg(long = "allow-url", value_name = "PATH")]
+    pub allow_url: Vec<String>,
+
+    /// Longest line accepted, in bytes; a longer line is an error for that line.
+    #[arg(long, value_name = "BYTES", default_value_t = batch_job::validate::DEFAULT_MAX_LINE_BYTES,
+          env = "BATCH_RUNNER_MAX_LINE_BYTES")]
+    pub max_line_bytes: usize,
+
+    /// How many line errors to list in full (all are counted).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_errors: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The batch file (.jsonl).
+    pub input: PathBuf,
+
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub rules: RulesArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ProgressArg {
+    /// A bar on a terminal, log lines otherwise.
+    Auto,
+    Bar,
+    Log,
+    Off,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The batch file (.jsonl).
+    pub input: PathBuf,
+
+    /// Where successful results go (one JSON line per request that got a 2xx answer).
+    #[arg(short, long, value_name = "PATH")]
+    pub output: PathBuf,
+
+    /// Where failed results go [default: OUTPUT with .errors.jsonl in place of .jsonl].
+    #[arg(long, value_name = "PATH")]
+    pub errors: Option<PathBuf>,
+
+    /// Base URL of an OpenAI-compatible engine (repeatable; requests go to the least busy).
+    #[arg(long = "engine-url", value_name = "URL", required = true,
+          env = "BATCH_RUNNER_ENGINE_URL", value_delimiter = ',')]
+    pub engine_urls: Vec<String>,
+
+    /// Sent to the engines as `Authorization: Bearer KEY`.
+    #[arg(long, value_name = "KEY", env = "BATCH_RUNNER_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+
+    /// Extra header for every engine request, as 'Name: value' (repeatable).
+    #[arg(long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+
+    /// Most requests in flight at once, across all engines.
+    #[arg(long, value_name = "N", default_value_t = 64, env = "BATCH_RUNNER_MAX_CONCURRENCY",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrency: u32,
+
+    /// Longest time one attempt may take, answer included.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration,
+          env = "BATCH_RUNNER_REQUEST_TIMEOUT")]
+    pub request_timeout: Duration,
+
+    /// Longest time to open a connection to an engine.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Retries after a connect error, reset, timeout, 408, 429 or 5xx (other 4xx are final).
+    #[arg(long, value_name = "N", default_value_t = 5, env = "BATCH_RUNNER_MAX_RETRIES")]
+    pub max_retries: u32,
+
+    /// Wait before the first retry; doubles each retry, with jitter.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest wait between retries (a longer Retry-After from the engine is honoured, up to 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub retry_max_backoff: Duration,
+
+    /// Run the valid lines and write each invalid one to the error file (code invalid_request)
+    /// instead of refusing the whole file.
+    #[arg(long)]
+    pub skip_invalid: bool,
+
+    /// Where the job keeps its spool while it runs [default: OUTPUT.state].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Also write the final summary as JSON to this file ('-' for stdout).
+    #[arg(long, value_name = "PATH")]
+    pub summary_json: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics while the job runs.
+    #[arg(long, value_name = "ADDR", env = "BATCH_RUNNER_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
+    /// How to show progress.
+    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    pub progress: ProgressArg,
+
+    /// How often to log a progress line when not showing a bar.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub progress_interval: Duration,
+
+    #[command(flatten)]
+    pub rules: RulesArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one; the first stdout line says which).
+    #[arg(long, default_value_t = 30000)]
+    pub port: u16,
+
+    /// Model name listed by /v1/models.
+    #[arg(long, default_value = "sim-model")]
+    pub model: String,
+
+    /// Requests served at once; the rest wait in the queue.
+    #[arg(long, default_value_t = 64)]
+    pub max_running: usize,
+
+    /// Requests allowed to wait; beyond that the answer is 503 "The request queue is full.".
+    #[arg(long, default_value_t = 4096)]
+    pub max_queued: usize,
+
+    /// Time to first token, in milliseconds (0 for an instant engine).
+    #[arg(long, default_value_t = 20.0)]
+    pub ttft_ms: f64,
+
+    /// Time per further output token, in milliseconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub ms_per_token: f64,
+
+    /// Output tokens when a request sets no max_tokens.
+    #[arg(long, default_value_t = 16)]
+    pub default_max_tokens: u64,
+
+    /// Fraction of requests answered with --fail-status.
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+
+    /// Status for --fail-rate failures.
+    #[arg(long, default_value_t = 503)]
+    pub fail_status: u16,
+
+    /// Fraction of requests whose connection is closed without an answer.
+    #[arg(long, default_value_t = 0.0)]
+    pub drop_rate: f64,
+
+    /// Fraction of requests that hang for --hang-ms, then are dropped.
+    #[arg(long, default_value_t = 0.0)]
+    pub hang_rate: f64,
+
+    /// How long a hanging request hangs, in milliseconds.
+    #[arg(long, default_value_t = 3_600_000)]
+    pub hang_ms: u64,
+
+    /// Seed for the random faults.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}

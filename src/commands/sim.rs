@@ -1,0 +1,89 @@
+//! `batch-runner sim-engine`
+
+use std::io::Write;
+use std::time::Duration;
+
+use sim_engine::SimConfig;
+
+use super::{Exit, runtime};
+use crate::cli::SimArgs;
+
+pub fn run(args: SimArgs) -> Exit {
+    let config = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Invalid;
+        }
+    };
+    let result = runtime().and_then(|rt| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
+            let addr = listener.local_addr()?;
+            // The first stdout line is the contract scripts and tests wait for.
+            let mut out = std::io::stdout();
+            writeln!(out, "listening on http://{addr}")?;
+            out.flush()?;
+            sim_engine::serve(listener, config, shutdown_signal()).await
+        })
+    });
+    match result {
+        Ok(()) => Exit::Success,
+        Err(e) => {
+            tracing::error!("sim-engine on {}:{}: {e}", args.host, args.port);
+            Exit::Runtime
+        }
+    }
+}
+
+fn config(args: &SimArgs) -> Result<SimConfig, String> {
+    for (name, rate) in [
+        ("--fail-rate", args.fail_rate),
+        ("--drop-rate", args.drop_rate),
+        ("--hang-rate", args.hang_rate),
+    ] {
+        if !(0.0..=1.0).contains(&rate) {
+            return Err(format!("{name} must be between 0 and 1, got {rate}"));
+        }
+    }
+    let millis = |name: &str, ms: f64| {
+        Duration::try_from_secs_f64(ms / 1000.0)
+            .map_err(|_| format!("{name} must be a non-negative number of milliseconds"))
+    };
+    Ok(SimConfig {
+        model: args.model.clone(),
+        max_running: args.max_running.max(1),
+        max_queued: args.max_queued,
+        ttft: millis("--ttft-ms", args.ttft_ms)?,
+        per_token: millis("--ms-per-token", args.ms_per_token)?,
+        default_max_tokens: args.default_max_tokens,
+        fail_rate: args.fail_rate,
+        fail_status: args.fail_status,
+        drop_rate: args.drop_rate,
+        hang_rate: args.hang_rate,
+        hang: Duration::from_millis(args.hang_ms),
+        seed: args.seed,
+    })
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

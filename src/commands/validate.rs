@@ -1,0 +1,34 @@
+//! `batch-runner validate INPUT`
+
+use batch_job::validate::{ValidateOptions, validate_file};
+
+use super::Exit;
+use crate::cli::ValidateArgs;
+
+pub fn run(args: ValidateArgs) -> Exit {
+    let options = ValidateOptions::from(&args.rules);
+    let validation = match validate_file(&args.input, &options) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Invalid;
+        }
+    };
+    let report = &validation.report;
+    if args.json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                tracing::error!("cannot encode the report: {e}");
+                return Exit::Runtime;
+            }
+        }
+    } else {
+        eprint!("{}", report.render(&args.input.display().to_string()));
+    }
+    if report.valid {
+        Exit::Success
+    } else {
+        Exit::Invalid
+    }
+}
