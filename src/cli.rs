@@ -210,4 +210,8 @@ pub struct SimArgs {
     /// Seed for the random faults.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+
+    /// Require this bearer token on /v1/* requests (401 otherwise).
+    #[arg(long, value_name = "KEY")]
+    pub api_key: Option<String>,
 }

@@ -63,6 +63,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         hang_rate: args.hang_rate,
         hang: Duration::from_millis(args.hang_ms),
         seed: args.seed,
+        api_key: args.api_key.clone(),
     })
 }
 

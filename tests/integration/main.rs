@@ -1,1 +1,7 @@
+//! Integration tests: the real `batch-runner` binary, spawned, talking to real sim-engine
+//! processes over real sockets and files. One test binary (shared `common` helpers).
 
+mod common;
+mod run;
+mod sim_engine;
+mod validate;

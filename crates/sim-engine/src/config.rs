@@ -26,6 +26,8 @@ pub struct SimConfig {
     pub hang: Duration,
     /// Seed for the random faults, so a run can be repeated.
     pub seed: u64,
+    /// When set, `/v1/*` requests must carry `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
 }
 
 impl Default for SimConfig {
@@ -43,6 +45,7 @@ impl Default for SimConfig {
             hang_rate: 0.0,
             hang: Duration::from_secs(3600),
             seed: 0,
+            api_key: None,
         }
     }
 }

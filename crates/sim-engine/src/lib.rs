@@ -106,6 +106,12 @@ impl Engine {
     async fn handle(&self, req: Request<Incoming>) -> Reply {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        if path.starts_with("/v1/") && !self.authorised(&req) {
+            return Ok(respond::error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong API key",
+            ));
+        }
         match (&method, path.as_str()) {
             (&Method::GET, "/health" | "/health_generate" | "/ready") => {
                 Ok(respond::text(StatusCode::OK, ""))
@@ -128,6 +134,17 @@ impl Engine {
                 &format!("no route for {method} {path}"),
             )),
         }
+    }
+
+    fn authorised(&self, req: &Request<Incoming>) -> bool {
+        let Some(key) = &self.config.api_key else {
+            return true;
+        };
+        let sent = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        sent.and_then(|s| s.strip_prefix("Bearer ")) == Some(key.as_str())
     }
 
     async fn generate(&self, path: &str, body: Bytes) -> Reply {
@@ -176,7 +193,7 @@ impl Engine {
         self.running.fetch_add(1, Ordering::SeqCst);
 
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
-        let answer = respond::answer(endpoint, &request, &self.config, n);
+        let answer = respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
         let service_time = self.config.service_time(answer.output_tokens);
         if !service_time.is_zero() {
             tokio::time::sleep(service_time).await;

@@ -42,8 +42,16 @@ pub struct Answer {
     pub output_tokens: u64,
 }
 
-/// Builds the answer to request number `n`.
-pub fn answer(endpoint: Endpoint, request: &Value, config: &SimConfig, n: u64) -> Answer {
+/// A hash of the exact request bytes. It is part of every response id, so a test can prove the
+/// engine received a body byte for byte as the client meant to send it.
+pub fn digest(raw: &[u8]) -> u64 {
+    let mut h = DefaultHasher::new();
+    raw.hash(&mut h);
+    h.finish()
+}
+
+/// Builds the answer to request number `n`, whose raw bytes hash to `digest`.
+pub fn answer(endpoint: Endpoint, request: &Value, config: &SimConfig, digest: u64, n: u64) -> Answer {
     let model = request
         .get("model")
         .and_then(Value::as_str)
@@ -57,7 +65,6 @@ pub fn answer(endpoint: Endpoint, request: &Value, config: &SimConfig, n: u64) -
         .find_map(|k| request.get(*k).and_then(Value::as_u64));
     let output_tokens = limit.unwrap_or(config.default_max_tokens);
     let finish_reason = if limit.is_some() { "length" } else { "stop" };
-    let digest = hash_of(&request.to_string());
     let id_suffix = format!("{digest:016x}{n:08x}");
 
     match endpoint {
@@ -239,7 +246,7 @@ mod tests {
         let req = json!({"model": "m", "max_tokens": 7, "messages": [
             {"role": "system", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "hello there"}]}]});
-        let a = answer(Endpoint::Chat, &req, &SimConfig::default(), 1);
+        let a = answer(Endpoint::Chat, &req, &SimConfig::default(), 0, 1);
         assert_eq!(a.body["choices"][0]["message"]["content"], "echo: hello there");
         assert_eq!(a.body["choices"][0]["finish_reason"], "length");
         assert_eq!(a.body["usage"]["completion_tokens"], 7);
@@ -250,7 +257,7 @@ mod tests {
     #[test]
     fn embeddings_are_deterministic_per_input() {
         let req = json!({"input": ["a", "b", "a"]});
-        let a = answer(Endpoint::Embeddings, &req, &SimConfig::default(), 0);
+        let a = answer(Endpoint::Embeddings, &req, &SimConfig::default(), 0, 0);
         let data = a.body["data"].as_array().expect("data");
         assert_eq!(data.len(), 3);
         assert_eq!(data[0]["embedding"], data[2]["embedding"]);
@@ -260,10 +267,10 @@ mod tests {
     #[test]
     fn responses_and_completions_use_their_own_shapes() {
         let c = SimConfig::default();
-        let r = answer(Endpoint::Responses, &json!({"input": "hi"}), &c, 0);
+        let r = answer(Endpoint::Responses, &json!({"input": "hi"}), &c, 0, 0);
         assert_eq!(r.body["output"][0]["content"][0]["text"], "echo: hi");
         assert_eq!(r.body["usage"]["output_tokens"], c.default_max_tokens);
-        let p = answer(Endpoint::Completions, &json!({"prompt": ["x", "y z"]}), &c, 0);
+        let p = answer(Endpoint::Completions, &json!({"prompt": ["x", "y z"]}), &c, 0, 0);
         assert_eq!(p.body["choices"][0]["text"], "echo: y z");
     }
 }

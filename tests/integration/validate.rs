@@ -1,0 +1,171 @@
+//! `batch-runner validate` on a corpus of bad files: every rule, with exact line numbers.
+
+use serde_json::{Value, json};
+
+use crate::common::{Job, chat_line, run_cmd, stderr};
+
+/// Validates `content` with `--json` and returns (exit code, report).
+fn validate(content: &[u8], extra: &[&str]) -> (i32, Value) {
+    let job = Job::new();
+    let path = job.write("in.jsonl", content);
+    let path = path.to_str().expect("utf-8 path");
+    let mut args = vec!["validate", path, "--json"];
+    args.extend_from_slice(extra);
+    let out = run_cmd(&args);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("report JSON: {e}; stderr: {}", stderr(&out)));
+    (out.status.code().expect("exit code"), report)
+}
+
+/// The (line, code) pairs of a report's errors.
+fn errors(report: &Value) -> Vec<(Option<u64>, String)> {
+    report["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| (e["line"].as_u64(), e["code"].as_str().expect("code").to_owned()))
+        .collect()
+}
+
+fn good(id: &str) -> String {
+    chat_line(id, json!({})).to_string()
+}
+
+#[test]
+fn a_valid_file_passes_with_a_summary() {
+    let text = format!("{}\n{}\n", good("a"), good("b"));
+    let (code, report) = validate(text.as_bytes(), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(report["valid"], true);
+    assert_eq!(report["requests"], 2);
+    assert_eq!(report["endpoint"], "/v1/chat/completions");
+    assert_eq!(report["model"], "sim-model");
+}
+
+#[test]
+fn each_rule_is_reported_on_its_line() {
+    let lines = [
+        good("ok-1"),                                                            // 1
+        "{not json".to_owned(),                                                  // 2
+        "[1, 2, 3]".to_owned(),                                                  // 3
+        r#"{"method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model"}}"#.into(), // 4
+        r#"{"custom_id":"","method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model"}}"#.into(), // 5
+        r#"{"custom_id":"m","method":"GET","url":"/v1/chat/completions","body":{"model":"sim-model"}}"#.into(), // 6
+        r#"{"custom_id":"u","method":"POST","url":"/v1/images","body":{"model":"sim-model"}}"#.into(), // 7
+        r#"{"custom_id":"e","method":"POST","url":"/v1/embeddings","body":{"model":"sim-model"}}"#.into(), // 8
+        r#"{"custom_id":"md","method":"POST","url":"/v1/chat/completions","body":{"model":"other"}}"#.into(), // 9
+        r#"{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":"text"}"#.into(), // 10
+        r#"{"custom_id":"s","method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model","stream":true}}"#.into(), // 11
+        good("ok-1"),                                                            // 12
+        r#"{"custom_id":7,"method":"POST","url":"/v1/chat/completions","body":{"model":"sim-model"}}"#.into(), // 13
+        r#"{"custom_id":"nm","method":"POST","url":"/v1/chat/completions","body":{}}"#.into(), // 14
+        String::new(),                                                           // 15 (blank)
+        good("ok-2"),                                                            // 16
+    ];
+    let (code, report) = validate(lines.join("\n").as_bytes(), &[]);
+    assert_eq!(code, 2);
+    assert_eq!(report["valid"], false);
+    let expected: Vec<(Option<u64>, String)> = [
+        (2, "invalid_json_line"),
+        (3, "not_an_object"),
+        (4, "missing_required_field"),
+        (5, "empty_custom_id"),
+        (6, "invalid_method"),
+        (7, "unsupported_url"),
+        (8, "url_mismatch"),
+        (9, "model_mismatch"),
+        (10, "invalid_field_type"),
+        (11, "stream_not_supported"),
+        (12, "duplicate_custom_id"),
+        (13, "invalid_field_type"),
+        (14, "missing_required_field"),
+    ]
+    .iter()
+    .map(|(l, c)| (Some(*l), (*c).to_owned()))
+    .collect();
+    assert_eq!(errors(&report), expected);
+    assert_eq!(report["requests"], 2);
+    assert_eq!(report["blank_lines"], 1);
+    assert_eq!(report["lines"], 16);
+    let dup = &report["errors"][10];
+    assert_eq!(dup["param"], "custom_id");
+    assert!(dup["message"].as_str().expect("message").contains("line 1"));
+    let params: Vec<&Value> = report["errors"].as_array().expect("errors").iter().map(|e| &e["param"]).collect();
+    assert_eq!(params[3], "custom_id");
+    assert_eq!(params[13 - 2], "custom_id");
+    assert_eq!(params[14 - 2], "body.model");
+}
+
+#[test]
+fn the_human_report_names_file_line_and_fix() {
+    let job = Job::new();
+    let text = format!("{}\n{}\n", good("a"), r#"{"custom_id":"x","method":"PUT","url":"/v1/chat/completions","body":{"model":"sim-model"}}"#);
+    let path = job.write("in.jsonl", text.as_bytes());
+    let out = run_cmd(&["validate", path.to_str().expect("path")]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("in.jsonl:2: `method` is \"PUT\"; only \"POST\" is supported [invalid_method]"), "{err}");
+    assert!(err.contains("errors by kind: invalid_method: 1"), "{err}");
+}
+
+#[test]
+fn encoding_problems_are_reported_or_tolerated() {
+    let mut content = b"\xEF\xBB\xBF".to_vec();
+    content.extend_from_slice(good("a").as_bytes());
+    content.extend_from_slice(b"\r\n");
+    content.extend_from_slice(b"{\"custom_id\":\"\xff\xfe\"}\r\n");
+    content.extend_from_slice(good("c").as_bytes());
+    content.extend_from_slice(b"\r\n\r\n   \n");
+    let (code, report) = validate(&content, &[]);
+    assert_eq!(code, 2);
+    assert_eq!(errors(&report), vec![(Some(2), "invalid_utf8".to_owned())]);
+    assert_eq!(report["requests"], 2);
+    assert_eq!(report["blank_lines"], 2);
+    assert_eq!(report["warnings"]["byte_order_mark"], true);
+    assert_eq!(report["warnings"]["crlf_lines"], 4);
+    assert_eq!(report["warnings"]["first_crlf_line"], 1);
+}
+
+#[test]
+fn over_long_lines_and_empty_files() {
+    let long = chat_line("long", json!({"pad": "x".repeat(5000)})).to_string();
+    let text = format!("{}\n{long}\n{}\n", good("a"), good("b"));
+    let (code, report) = validate(text.as_bytes(), &["--max-line-bytes", "1000"]);
+    assert_eq!(code, 2);
+    assert_eq!(errors(&report), vec![(Some(2), "line_too_long".to_owned())]);
+    assert_eq!(report["requests"], 2);
+
+    let (code, report) = validate(b"\n\n", &[]);
+    assert_eq!(code, 2);
+    assert_eq!(errors(&report), vec![(None, "empty_file".to_owned())]);
+}
+
+#[test]
+fn extra_urls_can_be_allowed() {
+    let line = r#"{"custom_id":"r","method":"POST","url":"/v1/classify","body":{"model":"m"}}"#;
+    let (code, _) = validate(line.as_bytes(), &[]);
+    assert_eq!(code, 2);
+    let (code, report) = validate(line.as_bytes(), &["--allow-url", "/v1/classify"]);
+    assert_eq!(code, 0, "{report}");
+}
+
+#[test]
+fn many_errors_are_counted_but_listed_up_to_the_limit() {
+    let mut text = String::new();
+    for _ in 0..500 {
+        text.push_str("oops\n");
+    }
+    let (code, report) = validate(text.as_bytes(), &["--max-errors", "5"]);
+    assert_eq!(code, 2);
+    assert_eq!(report["errors"].as_array().expect("errors").len(), 5);
+    assert_eq!(report["errors"][4]["line"], 5);
+    assert_eq!(report["errors_not_listed"], 495);
+    assert_eq!(report["errors_by_code"]["invalid_json_line"], 500);
+}
+
+#[test]
+fn a_missing_file_is_a_usage_error() {
+    let out = run_cmd(&["validate", "/nonexistent/batch.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot read /nonexistent/batch.jsonl"));
+}
