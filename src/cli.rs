@@ -86,12 +86,22 @@ pub struct RunArgs {
     pub errors: Option<PathBuf>,
 
     /// Base URL of an OpenAI-compatible engine (repeatable; requests go to the least busy).
-    #[arg(long = "engine-url", value_name = "URL", required = true,
-          env = "BATCH_RUNNER_ENGINE_URL", value_delimiter = ',')]
+    #[arg(
+        long = "engine-url",
+        value_name = "URL",
+        required = true,
+        env = "BATCH_RUNNER_ENGINE_URL",
+        value_delimiter = ','
+    )]
     pub engine_urls: Vec<String>,
 
     /// Sent to the engines as `Authorization: Bearer KEY`.
-    #[arg(long, value_name = "KEY", env = "BATCH_RUNNER_API_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "BATCH_RUNNER_API_KEY",
+        hide_env_values = true
+    )]
     pub api_key: Option<String>,
 
     /// Extra header for every engine request, as 'Name: value' (repeatable).
@@ -113,7 +123,12 @@ pub struct RunArgs {
     pub connect_timeout: Duration,
 
     /// Retries after a connect error, reset, timeout, 408, 429 or 5xx (other 4xx are final).
-    #[arg(long, value_name = "N", default_value_t = 5, env = "BATCH_RUNNER_MAX_RETRIES")]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        env = "BATCH_RUNNER_MAX_RETRIES"
+    )]
     pub max_retries: u32,
 
     /// Wait before the first retry; doubles each retry, with jitter.

@@ -31,5 +31,7 @@ impl From<&crate::cli::RulesArgs> for batch_job::validate::ValidateOptions {
 
 /// A multi-threaded runtime for the async subcommands.
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }

@@ -32,11 +32,11 @@ pub fn run(args: RunArgs) -> Exit {
         }
         Ok(Ok(summary)) => {
             eprint!("{}", summary.render());
-            if let Some(path) = summary_json {
-                if let Err(e) = write_summary(&summary, &path) {
-                    tracing::error!("cannot write --summary-json {}: {e}", path.display());
-                    return Exit::Runtime;
-                }
+            if let Some(path) = summary_json
+                && let Err(e) = write_summary(&summary, &path)
+            {
+                tracing::error!("cannot write --summary-json {}: {e}", path.display());
+                return Exit::Runtime;
             }
             if summary.failed > 0 {
                 Exit::SomeFailed

@@ -6,12 +6,20 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::{Job, Sim, chat_line, cmd, lines_of, prometheus_value, http_get, results_by_id, run_cmd, stderr, wait_for};
+use crate::common::{
+    Job, Sim, chat_line, cmd, http_get, lines_of, prometheus_value, results_by_id, run_cmd, stderr,
+    wait_for,
+};
 
 /// Fast retries so fault tests finish quickly.
 const FAST_RETRIES: [&str; 4] = ["--retry-backoff", "10ms", "--retry-max-backoff", "50ms"];
 
-fn run_args<'a>(job: &'a Job, input: &'a str, engines: &[&'a str], extra: &[&'a str]) -> Vec<String> {
+fn run_args<'a>(
+    job: &'a Job,
+    input: &'a str,
+    engines: &[&'a str],
+    extra: &[&'a str],
+) -> Vec<String> {
     let mut args = vec![
         "run".to_owned(),
         input.to_owned(),
@@ -44,9 +52,18 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
         lines.push(chat_line(&format!("ok-{i}"), json!({})));
     }
     lines.push(chat_line("bad-request", json!({"sim": {"status": 400}})));
-    lines.push(chat_line("busy-twice", json!({"sim": {"status": 503, "times": 2}})));
-    lines.push(chat_line("rate-limited-once", json!({"sim": {"status": 429, "times": 1}})));
-    lines.push(chat_line("dropped-once", json!({"sim": {"drop": true, "times": 1}})));
+    lines.push(chat_line(
+        "busy-twice",
+        json!({"sim": {"status": 503, "times": 2}}),
+    ));
+    lines.push(chat_line(
+        "rate-limited-once",
+        json!({"sim": {"status": 429, "times": 1}}),
+    ));
+    lines.push(chat_line(
+        "dropped-once",
+        json!({"sim": {"drop": true, "times": 1}}),
+    ));
     lines.push(chat_line("always-dropped", json!({"sim": {"drop": true}})));
     lines.push(chat_line("always-503", json!({"sim": {"status": 503}})));
     lines.push(chat_line("hangs", json!({"sim": {"hang": true}})));
@@ -54,7 +71,12 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
     let mut extra = vec!["--request-timeout", "300ms", "--max-retries", "2"];
     extra.extend_from_slice(&FAST_RETRIES);
     let out = cmd()
-        .args(run_args(&job, input.to_str().expect("path"), &[&sim.url], &extra))
+        .args(run_args(
+            &job,
+            input.to_str().expect("path"),
+            &[&sim.url],
+            &extra,
+        ))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
@@ -70,7 +92,12 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
         assert_eq!(r["response"]["status_code"], 200);
         assert_eq!(r["error"], Value::Null);
         assert!(r["id"].as_str().expect("id").starts_with("batch_req_"));
-        assert!(r["response"]["request_id"].as_str().expect("request id").starts_with("chatcmpl-"));
+        assert!(
+            r["response"]["request_id"]
+                .as_str()
+                .expect("request id")
+                .starts_with("chatcmpl-")
+        );
         assert_eq!(
             r["response"]["body"]["choices"][0]["message"]["content"],
             format!("echo: prompt for ok-{i}")
@@ -89,7 +116,13 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
         let f = &failed[id];
         assert_eq!(f["response"], Value::Null, "{id}");
         assert_eq!(f["error"]["code"], "engine_unavailable", "{id}");
-        assert!(f["error"]["message"].as_str().expect("message").contains("after 3 attempts"), "{f}");
+        assert!(
+            f["error"]["message"]
+                .as_str()
+                .expect("message")
+                .contains("after 3 attempts"),
+            "{f}"
+        );
     }
     let ids: std::collections::HashSet<&str> = ok
         .values()
@@ -106,7 +139,10 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
     // 2 (busy-twice) + 1 + 1 + 2 (always-dropped) + 2 (always-503) + 2 (hangs)
     assert_eq!(s["retries"], 10);
     assert_eq!(s["usage"]["output_tokens"], 23 * 4);
-    assert!(!job.path("out.jsonl.state").exists(), "state is removed on success");
+    assert!(
+        !job.path("out.jsonl.state").exists(),
+        "state is removed on success"
+    );
 }
 
 #[test]
@@ -118,18 +154,29 @@ fn bodies_are_forwarded_byte_for_byte() {
     let line = "{\"custom_id\":\"x\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{ \"messages\" : [{\"role\":\"user\",\"content\":\"tab\\there \\u00e9\"}],\"model\":\"sim-model\" }}\n";
     let input = job.write("in.jsonl", line.as_bytes());
     let out = cmd()
-        .args(run_args(&job, input.to_str().expect("path"), &[&sim.url], &[]))
+        .args(run_args(
+            &job,
+            input.to_str().expect("path"),
+            &[&sim.url],
+            &[],
+        ))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let ok = results_by_id(&job.path("out.jsonl"));
-    assert_eq!(ok["x"]["response"]["body"]["choices"][0]["message"]["content"], "echo: tab\there é");
+    assert_eq!(
+        ok["x"]["response"]["body"]["choices"][0]["message"]["content"],
+        "echo: tab\there é"
+    );
     let sent = &line[line.find("{ \"messages\"").expect("body")..line.len() - 2];
     let mut h = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(sent.as_bytes(), &mut h);
     let digest = format!("chatcmpl-{:016x}", std::hash::Hasher::finish(&h));
     let id = ok["x"]["response"]["request_id"].as_str().expect("id");
-    assert!(id.starts_with(&digest), "{id} should start with {digest}: the body was altered");
+    assert!(
+        id.starts_with(&digest),
+        "{id} should start with {digest}: the body was altered"
+    );
 }
 
 #[test]
@@ -142,10 +189,17 @@ fn several_engines_share_the_work_and_a_dead_one_is_skipped() {
         format!("http://{}", l.local_addr().expect("addr"))
     };
     let job = Job::new();
-    let lines: Vec<Value> = (0..200).map(|i| chat_line(&format!("r{i}"), json!({}))).collect();
+    let lines: Vec<Value> = (0..200)
+        .map(|i| chat_line(&format!("r{i}"), json!({})))
+        .collect();
     let input = job.input(&lines);
     let out = cmd()
-        .args(run_args(&job, input.to_str().expect("path"), &[&a.url, &dead, &b.url], &FAST_RETRIES))
+        .args(run_args(
+            &job,
+            input.to_str().expect("path"),
+            &[&a.url, &dead, &b.url],
+            &FAST_RETRIES,
+        ))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -154,7 +208,10 @@ fn several_engines_share_the_work_and_a_dead_one_is_skipped() {
     let served_a = a.metric("sglang:num_requests_total");
     let served_b = b.metric("sglang:num_requests_total");
     assert_eq!(served_a + served_b, 200.0);
-    assert!(served_a > 0.0 && served_b > 0.0, "both engines get work: {served_a} / {served_b}");
+    assert!(
+        served_a > 0.0 && served_b > 0.0,
+        "both engines get work: {served_a} / {served_b}"
+    );
 }
 
 #[test]
@@ -170,7 +227,11 @@ fn no_reachable_engine_is_a_runtime_failure_before_anything_is_written() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("no engine is reachable"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no engine is reachable"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!job.path("out.jsonl").exists());
     assert!(!job.path("out.jsonl.state").exists());
 }
@@ -183,13 +244,24 @@ fn an_invalid_file_fails_before_any_request_is_sent() {
     lines.push(json!({"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "sim-model", "stream": true}}));
     let input = job.input(&lines);
     let out = cmd()
-        .args(run_args(&job, input.to_str().expect("path"), &[&sim.url], &[]))
+        .args(run_args(
+            &job,
+            input.to_str().expect("path"),
+            &[&sim.url],
+            &[],
+        ))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("input.jsonl:2: the custom_id \"a\" is a duplicate of line 1"), "{err}");
-    assert!(err.contains("input.jsonl:3: `body.stream` is true"), "{err}");
+    assert!(
+        err.contains("input.jsonl:2: the custom_id \"a\" is a duplicate of line 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("input.jsonl:3: `body.stream` is true"),
+        "{err}"
+    );
     assert_eq!(sim.metric("sglang:num_requests_total"), 0.0);
     assert!(!job.path("out.jsonl").exists());
 }
@@ -207,26 +279,49 @@ fn skip_invalid_runs_the_rest_and_reports_each_bad_line() {
     );
     let input = job.write("in.jsonl", text.as_bytes());
     let out = cmd()
-        .args(run_args(&job, input.to_str().expect("path"), &[&sim.url], &["--skip-invalid"]))
+        .args(run_args(
+            &job,
+            input.to_str().expect("path"),
+            &[&sim.url],
+            &["--skip-invalid"],
+        ))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let ok = results_by_id(&job.path("out.jsonl"));
     assert_eq!(ok.len(), 2);
     let errors = std::fs::read_to_string(job.path("out.errors.jsonl")).expect("errors");
-    let errors: Vec<Value> = errors.lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    let errors: Vec<Value> = errors
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
     assert_eq!(errors.len(), 3);
     let by_custom: Vec<(Value, String)> = errors
         .iter()
         .map(|e| {
             assert_eq!(e["error"]["code"], "invalid_request");
             assert_eq!(e["response"], Value::Null);
-            (e["custom_id"].clone(), e["error"]["message"].as_str().expect("m").to_owned())
+            (
+                e["custom_id"].clone(),
+                e["error"]["message"].as_str().expect("m").to_owned(),
+            )
         })
         .collect();
-    assert!(by_custom.iter().any(|(c, m)| c.is_null() && m.contains("not parseable as valid JSON")));
-    assert!(by_custom.iter().any(|(c, m)| c == "a" && m.contains("duplicate")));
-    assert!(by_custom.iter().any(|(c, m)| c == "g" && m.contains("`method`")));
+    assert!(
+        by_custom
+            .iter()
+            .any(|(c, m)| c.is_null() && m.contains("not parseable as valid JSON"))
+    );
+    assert!(
+        by_custom
+            .iter()
+            .any(|(c, m)| c == "a" && m.contains("duplicate"))
+    );
+    assert!(
+        by_custom
+            .iter()
+            .any(|(c, m)| c == "g" && m.contains("`method`"))
+    );
     assert_eq!(sim.metric("sglang:num_requests_total"), 2.0);
     assert_eq!(summary(&job)["failed_by_reason"]["invalid_request"], 3);
 }
@@ -238,7 +333,12 @@ fn api_key_and_headers_reach_the_engine() {
     let input = job.input(&[chat_line("a", json!({}))]);
     let input = input.to_str().expect("path");
     let out = cmd()
-        .args(run_args(&job, input, &[&sim.url], &["--api-key", "secret", "--header", "X-Team: batch"]))
+        .args(run_args(
+            &job,
+            input,
+            &[&sim.url],
+            &["--api-key", "secret", "--header", "X-Team: batch"],
+        ))
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -259,7 +359,9 @@ fn metrics_are_served_while_the_job_runs() {
     // 40 requests of 100 ms, two at a time: about two seconds of running.
     let sim = Sim::start(&["--ttft-ms", "100", "--ms-per-token", "0"]);
     let job = Job::new();
-    let lines: Vec<Value> = (0..40).map(|i| chat_line(&format!("m{i}"), json!({}))).collect();
+    let lines: Vec<Value> = (0..40)
+        .map(|i| chat_line(&format!("m{i}"), json!({})))
+        .collect();
     let input = job.input(&lines);
     let mut child = cmd()
         .env("BATCH_RUNNER_LOG", "info")
@@ -283,8 +385,14 @@ fn metrics_are_served_while_the_job_runs() {
         (done > 0.0).then_some(text)
     });
     assert!(text.contains("batch_runner_in_flight"), "{text}");
-    assert!(text.contains("batch_runner_request_duration_seconds_bucket{le=\"0.25\"}"), "{text}");
-    assert_eq!(prometheus_value(&text, "batch_runner_requests_planned"), Some(40.0));
+    assert!(
+        text.contains("batch_runner_request_duration_seconds_bucket{le=\"0.25\"}"),
+        "{text}"
+    );
+    assert_eq!(
+        prometheus_value(&text, "batch_runner_requests_planned"),
+        Some(40.0)
+    );
     // Drain stderr so the child never blocks on a full pipe.
     for _ in stderr_lines.by_ref() {}
     let status = child.wait().expect("wait");
@@ -306,5 +414,9 @@ fn usage_errors_exit_with_code_2() {
         "not a url",
     ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("invalid --engine-url"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid --engine-url"),
+        "{}",
+        stderr(&out)
+    );
 }

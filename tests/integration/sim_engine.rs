@@ -28,17 +28,37 @@ fn post_chat(url: &str, body: &str) -> u16 {
 #[test]
 fn serves_models_health_and_sglang_gauges() {
     let sim = Sim::instant(&["--model", "tiny"]);
-    assert!(http_get(&format!("{}/v1/models", sim.url)).expect("models").contains("\"id\":\"tiny\""));
-    assert_eq!(http_get(&format!("{}/health", sim.url)).expect("health"), "");
+    assert!(
+        http_get(&format!("{}/v1/models", sim.url))
+            .expect("models")
+            .contains("\"id\":\"tiny\"")
+    );
+    assert_eq!(
+        http_get(&format!("{}/health", sim.url)).expect("health"),
+        ""
+    );
     let metrics = http_get(&format!("{}/metrics", sim.url)).expect("metrics");
-    assert_eq!(prometheus_value(&metrics, "sglang:num_running_reqs"), Some(0.0));
-    assert_eq!(prometheus_value(&metrics, "sglang:num_queue_reqs"), Some(0.0));
+    assert_eq!(
+        prometheus_value(&metrics, "sglang:num_running_reqs"),
+        Some(0.0)
+    );
+    assert_eq!(
+        prometheus_value(&metrics, "sglang:num_queue_reqs"),
+        Some(0.0)
+    );
 }
 
 #[test]
 fn a_full_queue_answers_503() {
     // One slot, no queue, and a slow request holding the slot.
-    let sim = Sim::start(&["--max-running", "1", "--max-queued", "0", "--ttft-ms", "1500"]);
+    let sim = Sim::start(&[
+        "--max-running",
+        "1",
+        "--max-queued",
+        "0",
+        "--ttft-ms",
+        "1500",
+    ]);
     let url = sim.url.clone();
     let slow = std::thread::spawn(move || post_chat(&url, r#"{"model":"m","messages":[]}"#));
     crate::common::wait_for(std::time::Duration::from_secs(5), || {

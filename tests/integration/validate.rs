@@ -23,7 +23,12 @@ fn errors(report: &Value) -> Vec<(Option<u64>, String)> {
         .as_array()
         .expect("errors")
         .iter()
-        .map(|e| (e["line"].as_u64(), e["code"].as_str().expect("code").to_owned()))
+        .map(|e| {
+            (
+                e["line"].as_u64(),
+                e["code"].as_str().expect("code").to_owned(),
+            )
+        })
         .collect()
 }
 
@@ -90,7 +95,12 @@ fn each_rule_is_reported_on_its_line() {
     let dup = &report["errors"][10];
     assert_eq!(dup["param"], "custom_id");
     assert!(dup["message"].as_str().expect("message").contains("line 1"));
-    let params: Vec<&Value> = report["errors"].as_array().expect("errors").iter().map(|e| &e["param"]).collect();
+    let params: Vec<&Value> = report["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| &e["param"])
+        .collect();
     assert_eq!(params[3], "custom_id");
     assert_eq!(params[13 - 2], "custom_id");
     assert_eq!(params[14 - 2], "body.model");
@@ -99,12 +109,21 @@ fn each_rule_is_reported_on_its_line() {
 #[test]
 fn the_human_report_names_file_line_and_fix() {
     let job = Job::new();
-    let text = format!("{}\n{}\n", good("a"), r#"{"custom_id":"x","method":"PUT","url":"/v1/chat/completions","body":{"model":"sim-model"}}"#);
+    let text = format!(
+        "{}\n{}\n",
+        good("a"),
+        r#"{"custom_id":"x","method":"PUT","url":"/v1/chat/completions","body":{"model":"sim-model"}}"#
+    );
     let path = job.write("in.jsonl", text.as_bytes());
     let out = run_cmd(&["validate", path.to_str().expect("path")]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("in.jsonl:2: `method` is \"PUT\"; only \"POST\" is supported [invalid_method]"), "{err}");
+    assert!(
+        err.contains(
+            "in.jsonl:2: `method` is \"PUT\"; only \"POST\" is supported [invalid_method]"
+        ),
+        "{err}"
+    );
     assert!(err.contains("errors by kind: invalid_method: 1"), "{err}");
 }
 

@@ -77,12 +77,12 @@ pub fn parse_line(line: &[u8]) -> Result<Request<'_>, Vec<Problem>> {
     if custom_id.as_deref() == Some("") {
         problems.push(Problem::EmptyCustomId);
     }
-    if let Some(method) = string_field(raw.method, "method", &mut problems) {
-        if method != "POST" {
-            problems.push(Problem::InvalidMethod {
-                found: method.into_owned(),
-            });
-        }
+    if let Some(method) = string_field(raw.method, "method", &mut problems)
+        && method != "POST"
+    {
+        problems.push(Problem::InvalidMethod {
+            found: method.into_owned(),
+        });
     }
     let url = string_field(raw.url, "url", &mut problems);
     let (body, model) = match present(raw.body) {
@@ -221,7 +221,9 @@ mod tests {
     #[test]
     fn null_fields_count_as_missing_and_stream_false_is_fine() {
         assert_eq!(
-            codes(r#"{"custom_id":null,"method":"POST","url":"/u","body":{"model":"m","stream":false}}"#),
+            codes(
+                r#"{"custom_id":null,"method":"POST","url":"/u","body":{"model":"m","stream":false}}"#
+            ),
             vec!["missing_required_field"]
         );
     }
@@ -235,8 +237,59 @@ mod tests {
     #[test]
     fn duplicate_keys_are_invalid_json() {
         assert_eq!(
-            codes(r#"{"custom_id":"a","custom_id":"b","method":"POST","url":"/u","body":{"model":"m"}}"#),
+            codes(
+                r#"{"custom_id":"a","custom_id":"b","method":"POST","url":"/u","body":{"model":"m"}}"#
+            ),
             vec!["invalid_json_line"]
         );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_give_a_request_or_at_least_one_problem(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            match parse_line(&bytes) {
+                Ok(r) => prop_assert!(r.body.get().starts_with('{'), "body must be an object"),
+                Err(problems) => prop_assert!(!problems.is_empty()),
+            }
+        }
+
+        #[test]
+        fn any_json_object_gives_a_request_or_at_least_one_problem(
+            id in prop::option::of(".{0,8}"),
+            method in prop::option::of(prop_oneof![Just("POST".to_owned()), ".{0,5}"]),
+            model in prop::option::of(".{0,8}"),
+            stream in prop::option::of(any::<bool>()),
+        ) {
+            let mut line = serde_json::Map::new();
+            if let Some(id) = &id { line.insert("custom_id".into(), id.clone().into()); }
+            if let Some(m) = &method { line.insert("method".into(), m.clone().into()); }
+            line.insert("url".into(), "/v1/completions".into());
+            let mut body = serde_json::Map::new();
+            if let Some(m) = &model { body.insert("model".into(), m.clone().into()); }
+            if let Some(s) = stream { body.insert("stream".into(), s.into()); }
+            line.insert("body".into(), body.into());
+            let text = serde_json::Value::Object(line).to_string();
+            let expect_ok = id.as_deref().is_some_and(|i| !i.is_empty())
+                && method.as_deref() == Some("POST")
+                && model.is_some()
+                && stream != Some(true);
+            match parse_line(text.as_bytes()) {
+                Ok(r) => {
+                    prop_assert!(expect_ok);
+                    prop_assert_eq!(Some(r.custom_id.as_ref()), id.as_deref());
+                }
+                Err(p) => {
+                    prop_assert!(!expect_ok);
+                    prop_assert!(!p.is_empty());
+                }
+            }
+        }
     }
 }

@@ -239,9 +239,10 @@ mod tests {
 
     #[test]
     fn responses_api_usage_names_are_read() {
-        let (_, info) =
-            ResponseBody::parse(br#"{"usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7}}"#)
-                .expect("json");
+        let (_, info) = ResponseBody::parse(
+            br#"{"usage":{"input_tokens":5,"output_tokens":2,"total_tokens":7}}"#,
+        )
+        .expect("json");
         assert_eq!(info.usage.input_tokens, 5);
         assert_eq!(info.usage.output_tokens, 2);
         let (_, info) = ResponseBody::parse(b"[1,2]").expect("json array is still JSON");

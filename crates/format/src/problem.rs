@@ -20,7 +20,10 @@ pub enum Problem {
     /// A required field is absent (or `null`).
     MissingField { field: &'static str },
     /// A field has the wrong JSON type.
-    WrongType { field: &'static str, expected: &'static str },
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
     /// `custom_id` is the empty string.
     EmptyCustomId,
     /// `method` is not `POST`.
@@ -28,9 +31,17 @@ pub enum Problem {
     /// `url` is not an endpoint the runner accepts.
     UnsupportedUrl { found: String },
     /// `url` differs from the one the file's first valid line set.
-    UrlMismatch { found: String, expected: String, first_line: u64 },
+    UrlMismatch {
+        found: String,
+        expected: String,
+        first_line: u64,
+    },
     /// `body.model` differs from the one the file's first valid line set.
-    ModelMismatch { found: String, expected: String, first_line: u64 },
+    ModelMismatch {
+        found: String,
+        expected: String,
+        first_line: u64,
+    },
     /// `body.stream` is `true`; a batch cannot stream.
     StreamNotSupported,
     /// The same `custom_id` appeared on an earlier line.
@@ -135,7 +146,10 @@ impl fmt::Display for Problem {
                 write!(f, "field `{field}` must be {expected}")
             }
             Problem::EmptyCustomId => {
-                write!(f, "`custom_id` is empty; give each request a non-empty unique id")
+                write!(
+                    f,
+                    "`custom_id` is empty; give each request a non-empty unique id"
+                )
             }
             Problem::InvalidMethod { found } => {
                 write!(f, "`method` is {found:?}; only \"POST\" is supported")
@@ -146,12 +160,20 @@ impl fmt::Display for Problem {
                  --allow-url {found})",
                 crate::SUPPORTED_URLS.join(", ")
             ),
-            Problem::UrlMismatch { found, expected, first_line } => write!(
+            Problem::UrlMismatch {
+                found,
+                expected,
+                first_line,
+            } => write!(
                 f,
                 "`url` is {found:?} but line {first_line} set {expected:?}; every line of a \
                  batch must use the same endpoint (split the file by endpoint)"
             ),
-            Problem::ModelMismatch { found, expected, first_line } => write!(
+            Problem::ModelMismatch {
+                found,
+                expected,
+                first_line,
+            } => write!(
                 f,
                 "`body.model` is {found:?} but line {first_line} set {expected:?}; every line \
                  of a batch must use the same model (split the file by model)"
@@ -161,7 +183,10 @@ impl fmt::Display for Problem {
                 "`body.stream` is true; batch requests cannot stream, remove it or set it to \
                  false"
             ),
-            Problem::DuplicateCustomId { custom_id, first_line } => write!(
+            Problem::DuplicateCustomId {
+                custom_id,
+                first_line,
+            } => write!(
                 f,
                 "the custom_id {custom_id:?} is a duplicate of line {first_line}; custom_id must \
                  be unique for each request in a batch"
@@ -192,7 +217,9 @@ mod tests {
         let p = Problem::MissingField { field: "method" };
         assert_eq!(p.param(), Some("method"));
         assert!(p.to_string().contains("\"POST\""));
-        let p = Problem::UnsupportedUrl { found: "/v1/foo".into() };
+        let p = Problem::UnsupportedUrl {
+            found: "/v1/foo".into(),
+        };
         assert!(p.to_string().contains("--allow-url /v1/foo"));
     }
 }

@@ -107,14 +107,20 @@ mod tests {
     use super::*;
 
     fn line(id: &str, url: &str, model: &str) -> String {
-        format!(r#"{{"custom_id":"{id}","method":"POST","url":"{url}","body":{{"model":"{model}"}}}}"#)
+        format!(
+            r#"{{"custom_id":"{id}","method":"POST","url":"{url}","body":{{"model":"{model}"}}}}"#
+        )
     }
 
     #[test]
     fn first_valid_line_settles_url_and_model() {
         let mut rules = LineRules::new(RulesConfig::default());
         assert!(rules.check(1, b"garbage").is_err());
-        assert!(rules.check(2, line("a", "/v1/embeddings", "e").as_bytes()).is_ok());
+        assert!(
+            rules
+                .check(2, line("a", "/v1/embeddings", "e").as_bytes())
+                .is_ok()
+        );
         let err = rules
             .check(3, line("b", "/v1/completions", "f").as_bytes())
             .expect_err("mismatch");

@@ -246,7 +246,9 @@ mod tests {
             offset += line.len() as u64;
         }
         let mut out = Vec::new();
-        finder.finish(file, 1 << 20, |d| out.push(d)).expect("finish");
+        finder
+            .finish(file, 1 << 20, |d| out.push(d))
+            .expect("finish");
         out.sort_by_key(|d| d.line);
         out
     }

@@ -9,9 +9,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let value: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration; write e.g. 500ms, 90s, 30m, 24h or 7d"))?;
+    let value: f64 = number.parse().map_err(|_| {
+        format!("{text:?} is not a duration; write e.g. 500ms, 90s, 30m, 24h or 7d")
+    })?;
     let scale = match unit.trim() {
         "ms" => 0.001,
         "" | "s" => 1.0,

@@ -125,7 +125,10 @@ impl Stats {
             );
         }
         let gauge = |out: &mut String, name: &str, help: &str, kind: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
         };
         gauge(
             &mut out,
@@ -208,7 +211,10 @@ pub async fn serve(
 /// Binds the metrics address, with an error that names the flag.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await.map_err(|e| {
-        std::io::Error::new(e.kind(), format!("cannot listen on --metrics-listen {addr}: {e}"))
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on --metrics-listen {addr}: {e}"),
+        )
     })
 }
 

@@ -37,7 +37,11 @@ pub fn describe(stats: &Stats, elapsed: Duration) -> String {
     } else {
         "-".to_owned()
     };
-    let percent = if planned > 0 { 100.0 * done as f64 / planned as f64 } else { 100.0 };
+    let percent = if planned > 0 {
+        100.0 * done as f64 / planned as f64
+    } else {
+        100.0
+    };
     format!(
         "{done}/{planned} ({percent:.1}%) ok {} failed {} | {rate:.1} req/s {tokens:.0} output tok/s | in flight {} | ETA {eta}",
         stats.count(Outcome::Succeeded),
@@ -135,7 +139,10 @@ mod tests {
         }
         s.record(Outcome::EngineError);
         let text = describe(&s, Duration::from_secs(5));
-        assert!(text.starts_with("5/10 (50.0%) ok 4 failed 1 | 1.0 req/s"), "{text}");
+        assert!(
+            text.starts_with("5/10 (50.0%) ok 4 failed 1 | 1.0 req/s"),
+            "{text}"
+        );
         assert!(text.ends_with("ETA 5.0s"), "{text}");
     }
 

@@ -131,8 +131,7 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
     };
     let report = validation.report;
     let input_name = options.input.display().to_string();
-    if report.requests == 0 && report.invalid_lines == 0 || !report.valid && !options.skip_invalid
-    {
+    if report.requests == 0 && report.invalid_lines == 0 || !report.valid && !options.skip_invalid {
         return Err(RunError::Invalid(Box::new(report), input_name));
     }
     if !report.valid {
@@ -156,7 +155,12 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
 
     let stats = Arc::new(Stats::default());
     stats.planned.store(
-        report.requests + if options.skip_invalid { report.invalid_lines } else { 0 },
+        report.requests
+            + if options.skip_invalid {
+                report.invalid_lines
+            } else {
+                0
+            },
         Ordering::Relaxed,
     );
     let stop_metrics = match options.metrics_listen {
@@ -179,14 +183,24 @@ pub async fn run(options: RunOptions) -> Result<RunSummary, RunError> {
         let _ = stop.send(());
     }
     let spool_files = outcome?;
-    finalize(&spool_files, &options.state_dir, &options.output, &options.errors)?;
+    finalize(
+        &spool_files,
+        &options.state_dir,
+        &options.output,
+        &options.errors,
+    )?;
 
     let paths = Paths {
         input: &input_name,
         output: &options.output.display().to_string(),
         errors: &options.errors.display().to_string(),
     };
-    Ok(RunSummary::new(paths, report.lines, &stats, started.elapsed()))
+    Ok(RunSummary::new(
+        paths,
+        report.lines,
+        &stats,
+        started.elapsed(),
+    ))
 }
 
 fn log_probes(probes: &[ProbeResult]) {
@@ -202,10 +216,11 @@ fn log_probes(probes: &[ProbeResult]) {
     }
 }
 
-async fn start_metrics(addr: SocketAddr, stats: Arc<Stats>) -> Result<oneshot::Sender<()>, RunError> {
-    let listener = metrics::bind(addr)
-        .await
-        .map_err(RunError::io("metrics"))?;
+async fn start_metrics(
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+) -> Result<oneshot::Sender<()>, RunError> {
+    let listener = metrics::bind(addr).await.map_err(RunError::io("metrics"))?;
     if let Ok(local) = listener.local_addr() {
         tracing::info!("serving metrics on http://{local}/metrics");
     }
@@ -258,7 +273,12 @@ async fn dispatch_all(
                     code: "invalid_request",
                     message: &message,
                 };
-                write_line(&mut bytes, &result_id(&run_tag, line), custom_id.as_deref(), &outcome);
+                write_line(
+                    &mut bytes,
+                    &result_id(&run_tag, line),
+                    custom_id.as_deref(),
+                    &outcome,
+                );
                 stats.record(Outcome::InvalidRequest);
                 let _ = record_tx
                     .send(Record {
@@ -276,11 +296,16 @@ async fn dispatch_all(
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     break;
                 };
-                let (engines, stats, path, record_tx) =
-                    (engines.clone(), stats.clone(), path.clone(), record_tx.clone());
+                let (engines, stats, path, record_tx) = (
+                    engines.clone(),
+                    stats.clone(),
+                    path.clone(),
+                    record_tx.clone(),
+                );
                 let id = result_id(&run_tag, line);
                 tokio::spawn(async move {
-                    let record = execute(&engines, &stats, &path, line, &id, &custom_id, body).await;
+                    let record =
+                        execute(&engines, &stats, &path, line, &id, &custom_id, body).await;
                     let _ = record_tx.send(record).await;
                     drop(slot);
                 });
@@ -297,7 +322,10 @@ async fn dispatch_all(
     let written = writer
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the writer thread panicked")));
-    read.map_err(RunError::io(format!("cannot read {}", options.input.display())))?;
+    read.map_err(RunError::io(format!(
+        "cannot read {}",
+        options.input.display()
+    )))?;
     written.map_err(RunError::io(format!(
         "cannot write the spool in {}",
         options.state_dir.display()
@@ -454,7 +482,10 @@ fn read_items(
     Ok(())
 }
 
-fn write_records(mut spool: Spool, mut records: mpsc::Receiver<Record>) -> std::io::Result<SpoolFiles> {
+fn write_records(
+    mut spool: Spool,
+    mut records: mpsc::Receiver<Record>,
+) -> std::io::Result<SpoolFiles> {
     while let Some(r) = records.blocking_recv() {
         spool.append(r.line, r.kind, &r.bytes)?;
     }

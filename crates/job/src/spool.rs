@@ -50,7 +50,10 @@ struct SpoolFile {
 
 impl SpoolFile {
     fn create(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new().create_new(true).append(true).open(path)?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(path)?;
         Ok(Self {
             writer: BufWriter::with_capacity(256 * 1024, file),
             len: 0,
@@ -140,11 +143,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let state = dir.path().join("state");
         let mut spool = Spool::create(&state).expect("create");
-        spool.append(2, Kind::Output, b"{\"a\":1}\n").expect("append");
-        spool.append(1, Kind::Error, b"{\"e\":1}\n").expect("append");
-        spool.append(3, Kind::Output, b"{\"b\":2}\n").expect("append");
+        spool
+            .append(2, Kind::Output, b"{\"a\":1}\n")
+            .expect("append");
+        spool
+            .append(1, Kind::Error, b"{\"e\":1}\n")
+            .expect("append");
+        spool
+            .append(3, Kind::Output, b"{\"b\":2}\n")
+            .expect("append");
         let files = spool.close().expect("close");
-        assert_eq!(fs::read(&files.output).expect("read"), b"{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(
+            fs::read(&files.output).expect("read"),
+            b"{\"a\":1}\n{\"b\":2}\n"
+        );
         assert_eq!(fs::read(&files.errors).expect("read"), b"{\"e\":1}\n");
         let index = fs::read(state.join(INDEX)).expect("index");
         assert_eq!(index.len(), 3 * IndexRecord::BYTES);
@@ -155,6 +167,9 @@ mod tests {
             len: 8,
         };
         assert_eq!(&index[2 * IndexRecord::BYTES..], &third.encode());
-        assert!(Spool::create(&state).is_err(), "a second spool must not clobber the first");
+        assert!(
+            Spool::create(&state).is_err(),
+            "a second spool must not clobber the first"
+        );
     }
 }

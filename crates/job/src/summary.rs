@@ -129,6 +129,9 @@ mod tests {
         assert_eq!(s.failed_by_reason["engine_unavailable"], 1);
         assert!((s.output_tokens_per_second - 10.0).abs() < 1e-9);
         let text = s.render();
-        assert!(text.contains("2 succeeded, 1 failed (engine_unavailable 1)"), "{text}");
+        assert!(
+            text.contains("2 succeeded, 1 failed (engine_unavailable 1)"),
+            "{text}"
+        );
     }
 }

@@ -328,3 +328,81 @@ mod tests {
         assert_eq!(v.report.errors[0].code, "empty_file");
     }
 }
+
+/// Random and mutated input: never a panic, and every non-blank line is either a request or
+/// has an error naming it.
+#[cfg(test)]
+mod properties {
+    use std::collections::BTreeSet;
+    use std::io::Write;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const VALID: &str = r#"{"custom_id":"id-0","method":"POST","url":"/v1/chat/completions","body":{"model":"m","messages":[{"role":"user","content":"hi \u00e9"}]}}"#;
+
+    /// A valid line with random byte edits, or random bytes, or a valid line with a new id.
+    fn line() -> impl Strategy<Value = Vec<u8>> {
+        let edit = (any::<prop::sample::Index>(), any::<u8>(), 0..3u8);
+        prop_oneof![
+            (0..1000u32).prop_map(|n| VALID.replace("id-0", &format!("id-{n}")).into_bytes()),
+            prop::collection::vec(edit, 1..6).prop_map(|edits| {
+                let mut bytes = VALID.as_bytes().to_vec();
+                for (at, byte, op) in edits {
+                    let i = at.index(bytes.len().max(1));
+                    match op {
+                        0 if i < bytes.len() => bytes[i] = byte,
+                        1 => bytes.insert(i.min(bytes.len()), byte),
+                        _ if i < bytes.len() => {
+                            bytes.remove(i);
+                        }
+                        _ => {}
+                    }
+                }
+                bytes.retain(|&b| b != b'\n');
+                bytes
+            }),
+            prop::collection::vec(any::<u8>(), 0..200).prop_map(|mut b| {
+                b.retain(|&c| c != b'\n');
+                b
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn every_line_is_a_request_or_a_numbered_error(
+            lines in prop::collection::vec(line(), 0..40),
+            crlf in any::<bool>(),
+            max_line_bytes in prop_oneof![Just(1usize << 20), 16usize..400],
+        ) {
+            let ending: &[u8] = if crlf { b"\r\n" } else { b"\n" };
+            let mut f = tempfile::NamedTempFile::new().expect("temp");
+            for l in &lines {
+                f.write_all(l).expect("write");
+                f.write_all(ending).expect("write");
+            }
+            let options = ValidateOptions {
+                max_line_bytes,
+                max_listed_errors: 10_000,
+                ..Default::default()
+            };
+            let v = validate_file(f.path(), &options).expect("validate");
+            let r = &v.report;
+            prop_assert_eq!(r.lines, lines.len() as u64);
+            prop_assert_eq!(r.requests + r.invalid_lines + r.blank_lines, r.lines);
+            let error_lines: BTreeSet<u64> = r.errors.iter().filter_map(|e| e.line).collect();
+            for n in 1..=r.lines {
+                let errored = error_lines.contains(&n);
+                prop_assert_eq!(errored, v.invalid.contains(n), "line {}", n);
+            }
+            prop_assert_eq!(error_lines.len() as u64, r.invalid_lines);
+            prop_assert_eq!(r.valid, r.errors.is_empty());
+            for e in &r.errors {
+                prop_assert!(!e.message.is_empty());
+            }
+        }
+    }
+}

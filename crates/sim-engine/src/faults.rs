@@ -34,7 +34,12 @@ impl Faults {
         }
     }
 
-    pub fn pick(&self, config: &SimConfig, request: &serde_json::Value, body: &[u8]) -> Option<Fault> {
+    pub fn pick(
+        &self,
+        config: &SimConfig,
+        request: &serde_json::Value,
+        body: &[u8],
+    ) -> Option<Fault> {
         if let Some(directive) = request.get("sim").filter(|d| d.is_object()) {
             return self.directed(directive, body);
         }
@@ -61,7 +66,8 @@ impl Faults {
                 return None;
             }
         }
-        let flag = |name: &str| directive.get(name).and_then(serde_json::Value::as_bool) == Some(true);
+        let flag =
+            |name: &str| directive.get(name).and_then(serde_json::Value::as_bool) == Some(true);
         if flag("drop") {
             Some(Fault::Drop)
         } else if flag("hang") {
@@ -78,7 +84,9 @@ impl Faults {
     /// A number in [0, 1) from a SplitMix64 sequence: lock-free and repeatable for a seed.
     fn uniform(&self) -> f64 {
         let n = self.draws.fetch_add(1, Ordering::Relaxed);
-        let mut z = self.seed.wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut z = self
+            .seed
+            .wrapping_add(n.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;

@@ -168,7 +168,8 @@ impl Engine {
         };
         match self.faults.pick(&self.config, &request, &body) {
             Some(Fault::Status(status)) => {
-                let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                let status =
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 return Ok(respond::error(status, "injected failure"));
             }
             Some(Fault::Drop) => return Err(DropConnection),
@@ -204,7 +205,11 @@ impl Engine {
             .fetch_add(answer.prompt_tokens, Ordering::Relaxed);
         self.generation_tokens
             .fetch_add(answer.output_tokens, Ordering::Relaxed);
-        Ok(respond::json(StatusCode::OK, &answer.body, Some(&answer.id)))
+        Ok(respond::json(
+            StatusCode::OK,
+            &answer.body,
+            Some(&answer.id),
+        ))
     }
 
     /// Prometheus text with the gauges SGLang exports under the same names.

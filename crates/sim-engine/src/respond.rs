@@ -51,7 +51,13 @@ pub fn digest(raw: &[u8]) -> u64 {
 }
 
 /// Builds the answer to request number `n`, whose raw bytes hash to `digest`.
-pub fn answer(endpoint: Endpoint, request: &Value, config: &SimConfig, digest: u64, n: u64) -> Answer {
+pub fn answer(
+    endpoint: Endpoint,
+    request: &Value,
+    config: &SimConfig,
+    digest: u64,
+    n: u64,
+) -> Answer {
     let model = request
         .get("model")
         .and_then(Value::as_str)
@@ -87,7 +93,12 @@ pub fn answer(endpoint: Endpoint, request: &Value, config: &SimConfig, digest: u
                 }],
                 "usage": usage(prompt_tokens, output_tokens),
             });
-            Answer { id, body, prompt_tokens, output_tokens }
+            Answer {
+                id,
+                body,
+                prompt_tokens,
+                output_tokens,
+            }
         }
         Endpoint::Completions => {
             let prompt = last_text(request.get("prompt"));
@@ -102,7 +113,12 @@ pub fn answer(endpoint: Endpoint, request: &Value, config: &SimConfig, digest: u
                              "finish_reason": finish_reason, "matched_stop": null}],
                 "usage": usage(prompt_tokens, output_tokens),
             });
-            Answer { id, body, prompt_tokens, output_tokens }
+            Answer {
+                id,
+                body,
+                prompt_tokens,
+                output_tokens,
+            }
         }
         Endpoint::Embeddings => {
             let inputs: Vec<Value> = match request.get("input") {
@@ -127,7 +143,12 @@ pub fn answer(endpoint: Endpoint, request: &Value, config: &SimConfig, digest: u
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens,
                           "completion_tokens": 0, "prompt_tokens_details": null},
             });
-            Answer { id, body, prompt_tokens, output_tokens: 0 }
+            Answer {
+                id,
+                body,
+                prompt_tokens,
+                output_tokens: 0,
+            }
         }
         Endpoint::Responses => {
             let prompt = last_text(request.get("input"));
@@ -150,7 +171,12 @@ pub fn answer(endpoint: Endpoint, request: &Value, config: &SimConfig, digest: u
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": output_tokens,
                           "total_tokens": prompt_tokens + output_tokens},
             });
-            Answer { id, body, prompt_tokens, output_tokens }
+            Answer {
+                id,
+                body,
+                prompt_tokens,
+                output_tokens,
+            }
         }
     }
 }
@@ -247,7 +273,10 @@ mod tests {
             {"role": "system", "content": "be brief"},
             {"role": "user", "content": [{"type": "text", "text": "hello there"}]}]});
         let a = answer(Endpoint::Chat, &req, &SimConfig::default(), 0, 1);
-        assert_eq!(a.body["choices"][0]["message"]["content"], "echo: hello there");
+        assert_eq!(
+            a.body["choices"][0]["message"]["content"],
+            "echo: hello there"
+        );
         assert_eq!(a.body["choices"][0]["finish_reason"], "length");
         assert_eq!(a.body["usage"]["completion_tokens"], 7);
         assert_eq!(a.body["usage"]["prompt_tokens"], 2);
@@ -270,7 +299,13 @@ mod tests {
         let r = answer(Endpoint::Responses, &json!({"input": "hi"}), &c, 0, 0);
         assert_eq!(r.body["output"][0]["content"][0]["text"], "echo: hi");
         assert_eq!(r.body["usage"]["output_tokens"], c.default_max_tokens);
-        let p = answer(Endpoint::Completions, &json!({"prompt": ["x", "y z"]}), &c, 0, 0);
+        let p = answer(
+            Endpoint::Completions,
+            &json!({"prompt": ["x", "y z"]}),
+            &c,
+            0,
+            0,
+        );
         assert_eq!(p.body["choices"][0]["text"], "echo: y z");
     }
 }

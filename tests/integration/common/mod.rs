@@ -88,7 +88,10 @@ pub fn http_get(url: &str) -> std::io::Result<String> {
     let (host, path) = rest.split_once('/').map_or((rest, "/"), |(h, p)| (h, p));
     let mut stream = std::net::TcpStream::connect(host)?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(stream, "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response
@@ -150,7 +153,10 @@ pub fn results_by_id(path: &Path) -> HashMap<String, Value> {
     for line in text.lines() {
         let v: Value = serde_json::from_str(line).expect("result line is JSON");
         let id = v["custom_id"].as_str().expect("custom_id").to_owned();
-        assert!(out.insert(id.clone(), v).is_none(), "duplicate result for {id}");
+        assert!(
+            out.insert(id.clone(), v).is_none(),
+            "duplicate result for {id}"
+        );
     }
     out
 }

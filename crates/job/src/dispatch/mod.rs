@@ -34,7 +34,9 @@ pub struct EngineOptions {
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("invalid --engine-url {url:?}: {reason}; give the server's base URL, e.g. http://127.0.0.1:30000")]
+    #[error(
+        "invalid --engine-url {url:?}: {reason}; give the server's base URL, e.g. http://127.0.0.1:30000"
+    )]
     BadUrl { url: String, reason: String },
     #[error("invalid --header {header:?}: {reason}; write it as 'Name: value'")]
     BadHeader { header: String, reason: String },
@@ -127,7 +129,9 @@ impl Engines {
             .iter()
             .zip(&self.clients)
             .map(|(base, client)| {
-                let request = client.get(format!("{base}/v1/models")).timeout(PROBE_TIMEOUT);
+                let request = client
+                    .get(format!("{base}/v1/models"))
+                    .timeout(PROBE_TIMEOUT);
                 tokio::spawn(async move {
                     request
                         .send()
@@ -155,7 +159,13 @@ impl Engines {
         if results.iter().all(|r| r.outcome.is_err()) {
             let lines: Vec<String> = results
                 .iter()
-                .map(|r| format!("  {}: {}", r.url, r.outcome.as_ref().err().map_or("", |e| e)))
+                .map(|r| {
+                    format!(
+                        "  {}: {}",
+                        r.url,
+                        r.outcome.as_ref().err().map_or("", |e| e)
+                    )
+                })
                 .collect();
             return Err(EngineError::NoneReachable(lines.join("\n")));
         }
@@ -315,8 +325,14 @@ mod tests {
         };
         let h = default_headers(&options).expect("ok");
         assert_eq!(h.get_all("x-a").iter().count(), 2);
-        assert_eq!(h.get(AUTHORIZATION).map(|v| v.as_bytes()), Some(&b"Bearer k"[..]));
+        assert_eq!(
+            h.get(AUTHORIZATION).map(|v| v.as_bytes()),
+            Some(&b"Bearer k"[..])
+        );
         options.headers = vec!["nocolon".into()];
-        assert!(matches!(default_headers(&options), Err(EngineError::BadHeader { .. })));
+        assert!(matches!(
+            default_headers(&options),
+            Err(EngineError::BadHeader { .. })
+        ));
     }
 }

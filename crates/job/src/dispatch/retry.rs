@@ -66,7 +66,10 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
         return Duration::try_from_secs_f64(secs).ok();
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    Some(when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO))
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -111,7 +114,10 @@ mod tests {
             assert!(d9 >= Duration::from_millis(500) && d9 <= Duration::from_secs(1));
         }
         assert!(p.backoff(0, Some(Duration::from_secs(7))) >= Duration::from_secs(7));
-        assert_eq!(p.backoff(0, Some(Duration::from_secs(9999))), MAX_RETRY_AFTER);
+        assert_eq!(
+            p.backoff(0, Some(Duration::from_secs(9999))),
+            MAX_RETRY_AFTER
+        );
     }
 
     #[test]
@@ -120,7 +126,10 @@ mod tests {
         assert_eq!(retry_after(&h), None);
         h.insert("retry-after", HeaderValue::from_static("2"));
         assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            "retry-after",
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&h), Some(Duration::ZERO));
         h.insert("retry-after-ms", HeaderValue::from_static("250"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
