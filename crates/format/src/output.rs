@@ -17,7 +17,7 @@ pub enum Outcome<'a> {
     Response {
         status_code: u16,
         request_id: Option<&'a str>,
-        body: &'a ResponseBody,
+        body: &'a ResponseBody<'a>,
     },
     /// The request never got an answer (or never ran).
     Error { code: &'a str, message: &'a str },
@@ -65,8 +65,9 @@ fn push_json_string(buf: &mut Vec<u8>, s: &str) {
 }
 
 /// A response body that is safe to embed in a JSONL line: one JSON value with no raw line breaks.
+/// Borrows the engine's bytes unless line breaks had to be removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResponseBody(Vec<u8>);
+pub struct ResponseBody<'a>(Cow<'a, [u8]>);
 
 /// What the runner reads from a response body besides passing it on.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,10 +115,10 @@ struct RawUsage {
 #[derive(Deserialize)]
 struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
 
-impl ResponseBody {
+impl<'a> ResponseBody<'a> {
     /// Checks that `bytes` is one JSON value and reads its id and usage. A body that is not JSON
     /// is refused, so the caller can decide how to report it.
-    pub fn parse(bytes: &[u8]) -> Result<(Self, ResponseInfo), serde_json::Error> {
+    pub fn parse(bytes: &'a [u8]) -> Result<(Self, ResponseInfo), serde_json::Error> {
         let info = match serde_json::from_slice::<Probe<'_>>(bytes) {
             Ok(probe) => ResponseInfo {
                 id: probe
@@ -148,7 +149,7 @@ impl ResponseBody {
                 "code": status_code,
             }
         });
-        Self(value.to_string().into_bytes())
+        Self(Cow::Owned(value.to_string().into_bytes()))
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -170,16 +171,18 @@ impl From<RawUsage> for Usage {
 
 /// Removes raw line breaks and surrounding white space from valid JSON. Inside JSON strings
 /// line breaks must be escaped, so every raw CR or LF byte is insignificant white space.
-fn one_line(bytes: &[u8]) -> Vec<u8> {
+fn one_line(bytes: &[u8]) -> Cow<'_, [u8]> {
     let trimmed = bytes.trim_ascii();
     if !trimmed.iter().any(|&b| b == b'\n' || b == b'\r') {
-        return trimmed.to_vec();
+        return Cow::Borrowed(trimmed);
     }
-    trimmed
-        .iter()
-        .copied()
-        .filter(|&b| b != b'\n' && b != b'\r')
-        .collect()
+    Cow::Owned(
+        trimmed
+            .iter()
+            .copied()
+            .filter(|&b| b != b'\n' && b != b'\r')
+            .collect(),
+    )
 }
 
 #[cfg(test)]

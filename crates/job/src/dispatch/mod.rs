@@ -1,24 +1,25 @@
 //! Sending requests to the engines.
 //!
-//! One HTTP client (and so one keep-alive pool) per engine. Its idle timeout is kept below the
-//! 5 s keep-alive of the uvicorn servers SGLang and vLLM run on, so the runner rarely reuses a
-//! connection the server is about to close; when it does, the reset is retried like any other
-//! transport failure. Bodies are sent exactly as they were read from the input.
+//! One keep-alive connection pool per engine ([`transport`]), a choice of engine per attempt
+//! ([`pool`]) and the retry rules ([`retry`]). Bodies are sent exactly as they were read from the
+//! input.
 
+mod http1;
 pub mod pool;
 pub mod retry;
+pub mod transport;
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use hyper::Method;
+use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 use pool::Pool;
 pub use retry::RetryPolicy;
 use retry::{retry_after, status_is_retryable};
+use transport::{Transport, TransportError, Url};
 
-/// Below uvicorn's default 5 s keep-alive.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(4);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
@@ -42,8 +43,8 @@ pub enum EngineError {
     BadHeader { header: String, reason: String },
     #[error("invalid --api-key: it must be printable ASCII")]
     BadApiKey,
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    #[error("cannot set up the HTTP client for {url}: {reason}")]
+    Client { url: String, reason: String },
     #[error("no engine is reachable:\n{0}")]
     NoneReachable(String),
 }
@@ -71,10 +72,16 @@ pub struct Sent {
 
 pub struct Engines {
     bases: Vec<String>,
-    clients: Vec<reqwest::Client>,
+    transports: Vec<Transport>,
     pool: Pool,
     request_timeout: Duration,
     retry: RetryPolicy,
+}
+
+/// One endpoint's URL on each engine (see [`Engines::target`]).
+#[derive(Debug, Clone)]
+pub struct Target {
+    urls: Vec<Url>,
 }
 
 /// What one engine said to the probe before the run.
@@ -92,21 +99,21 @@ impl Engines {
             .iter()
             .map(|u| normalise_base(u))
             .collect::<Result<Vec<_>, _>>()?;
-        let clients = bases
+        let transports = bases
             .iter()
-            .map(|_| {
-                reqwest::Client::builder()
-                    .default_headers(headers.clone())
-                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                    .connect_timeout(options.connect_timeout)
-                    .tcp_nodelay(true)
-                    .build()
+            .map(|base| {
+                Transport::new(base, headers.clone(), options.connect_timeout).map_err(|reason| {
+                    EngineError::Client {
+                        url: base.clone(),
+                        reason,
+                    }
+                })
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             pool: Pool::new(bases.len()),
             bases,
-            clients,
+            transports,
             request_timeout: options.request_timeout,
             retry: options.retry,
         })
@@ -124,33 +131,26 @@ impl Engines {
     /// their breaker open; if none can be reached the run stops before sending anything.
     pub async fn probe(&self) -> Result<Vec<ProbeResult>, EngineError> {
         // Probe all engines at once so one slow engine does not delay the others.
-        let handles: Vec<_> = self
-            .bases
+        let models = self.target("/v1/models")?;
+        let probes = self
+            .transports
             .iter()
-            .zip(&self.clients)
-            .map(|(base, client)| {
-                let request = client
-                    .get(format!("{base}/v1/models"))
-                    .timeout(PROBE_TIMEOUT);
-                tokio::spawn(async move {
-                    request
-                        .send()
-                        .await
-                        .map(|r| r.status().as_u16())
-                        .map_err(|e| error_chain(&e))
-                })
+            .zip(&models.urls)
+            .map(|(t, url)| async move {
+                t.send(Method::GET, url, Bytes::new(), PROBE_TIMEOUT)
+                    .await
+                    .map(|answer| answer.status)
+                    .map_err(|e| e.to_string())
+            });
+        let outcomes = join_all(probes).await;
+        let results: Vec<ProbeResult> = outcomes
+            .into_iter()
+            .zip(&self.bases)
+            .map(|(outcome, url)| ProbeResult {
+                url: url.clone(),
+                outcome,
             })
             .collect();
-        let mut results = Vec::with_capacity(handles.len());
-        for (handle, base) in handles.into_iter().zip(&self.bases) {
-            let outcome = handle
-                .await
-                .unwrap_or_else(|e| Err(format!("probe task failed: {e}")));
-            results.push(ProbeResult {
-                url: base.clone(),
-                outcome,
-            });
-        }
         for (i, r) in results.iter().enumerate() {
             if r.outcome.is_err() {
                 self.pool.mark_down(i);
@@ -172,39 +172,47 @@ impl Engines {
         Ok(results)
     }
 
+    /// The full URL of `path` on every engine, parsed once for the whole run.
+    pub fn target(&self, path: &str) -> Result<Target, EngineError> {
+        let urls = self
+            .bases
+            .iter()
+            .map(|base| {
+                let full = format!("{base}{path}");
+                Url::parse(&full).map_err(|reason| EngineError::BadUrl { url: full, reason })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Target { urls })
+    }
+
     /// Sends one request, retrying as the policy allows. `on_retry` is called before each retry.
-    pub async fn send(&self, path: &str, body: Bytes, mut on_retry: impl FnMut()) -> Sent {
+    pub async fn send(&self, target: &Target, body: Bytes, mut on_retry: impl FnMut()) -> Sent {
         let mut attempt = 0;
         loop {
             let lease = self.pool.lease().await;
             let engine = lease.engine;
-            let result = self.clients[engine]
-                .post(format!("{}{path}", self.bases[engine]))
-                .header(CONTENT_TYPE, "application/json")
-                .timeout(self.request_timeout)
-                .body(body.clone())
-                .send()
+            let result = self.transports[engine]
+                .send(
+                    Method::POST,
+                    &target.urls[engine],
+                    body.clone(),
+                    self.request_timeout,
+                )
                 .await;
             let (delivery, wait_hint) = match result {
-                Ok(response) => {
-                    let status = response.status().as_u16();
-                    let hint = retry_after(response.headers());
-                    let request_id = response
-                        .headers()
+                Ok(answer) => {
+                    let hint = retry_after(&answer.headers);
+                    let request_id = answer
+                        .headers
                         .get("x-request-id")
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
-                    match response.bytes().await {
-                        Ok(body) => (
-                            Delivery::Answered {
-                                status,
-                                request_id,
-                                body,
-                            },
-                            hint,
-                        ),
-                        Err(e) => (Delivery::unavailable(&e), None),
-                    }
+                    let delivery = Delivery::Answered {
+                        status: answer.status,
+                        request_id,
+                        body: answer.body,
+                    };
+                    (delivery, hint)
                 }
                 Err(e) => (Delivery::unavailable(&e), None),
             };
@@ -238,26 +246,38 @@ impl Engines {
 }
 
 impl Delivery {
-    fn unavailable(e: &reqwest::Error) -> Self {
+    fn unavailable(e: &TransportError) -> Self {
         Delivery::Unavailable {
-            last_error: error_chain(e),
+            last_error: e.to_string(),
         }
     }
 }
 
-/// An error with its causes, e.g. "error sending request: connection refused".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
+/// Runs futures concurrently in the current task and returns their outputs in order.
+async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
+    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut all_done = true;
+        for (slot, out) in pending.iter_mut().zip(outputs.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *out = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => all_done = false,
+                }
+            }
         }
-        source = s.source();
-    }
-    text
+        if all_done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().flatten().collect()
 }
 
 /// Strips a trailing `/` and `/v1`, since every line's `url` already starts with `/v1/`.
@@ -267,6 +287,9 @@ fn normalise_base(url: &str) -> Result<String, EngineError> {
         reason,
     };
     let parsed = reqwest::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+    if parsed.host_str().is_none() {
+        return Err(bad("it has no host".into()));
+    }
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(bad("the scheme must be http or https".into()));
     }

@@ -1,0 +1,134 @@
+//! How bytes reach one engine: the in-task HTTP/1.1 client for `http://` engines, reqwest (with
+//! rustls) for `https://` ones.
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::header::{CONTENT_TYPE, HeaderMap};
+use hyper::{Method, Uri};
+
+use super::http1::{self, Http1Pool};
+
+/// An engine's answer, whatever its status.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A request that got no answer.
+#[derive(Debug)]
+pub enum TransportError {
+    Connect(String),
+    Timeout,
+    Io(String),
+}
+
+impl fmt::Display for TransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TransportError::Connect(e) => write!(f, "cannot connect: {e}"),
+            TransportError::Timeout => f.write_str("timed out (see --request-timeout)"),
+            TransportError::Io(e) => write!(f, "connection failed: {e}"),
+        }
+    }
+}
+
+/// Where one endpoint is on one engine, in the forms each transport wants.
+#[derive(Debug, Clone)]
+pub struct Url {
+    /// The path (and query), as an HTTP/1.1 request line carries it.
+    origin: Uri,
+    absolute: reqwest::Url,
+}
+
+impl Url {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let absolute = reqwest::Url::parse(text).map_err(|e| e.to_string())?;
+        let mut path = absolute.path().to_owned();
+        if let Some(q) = absolute.query() {
+            path.push('?');
+            path.push_str(q);
+        }
+        let origin = path.parse::<Uri>().map_err(|e| e.to_string())?;
+        Ok(Self { origin, absolute })
+    }
+}
+
+pub enum Transport {
+    Plain(Http1Pool),
+    Tls(reqwest::Client),
+}
+
+impl Transport {
+    pub fn new(base: &str, headers: HeaderMap, connect_timeout: Duration) -> Result<Self, String> {
+        let uri = base.parse::<Uri>().map_err(|e| e.to_string())?;
+        if uri.scheme_str() == Some("http") {
+            return Http1Pool::new(&uri, headers, connect_timeout)
+                .map(Transport::Plain)
+                .ok_or_else(|| "the URL has no host".to_owned());
+        }
+        reqwest::Client::builder()
+            .default_headers(headers)
+            .pool_idle_timeout(http1::IDLE_TIMEOUT)
+            .connect_timeout(connect_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map(Transport::Tls)
+            .map_err(|e| e.to_string())
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<Answer, TransportError> {
+        match self {
+            Transport::Plain(pool) => pool.send(method, &url.origin, body, timeout).await,
+            Transport::Tls(client) => {
+                let response = client
+                    .request(method, url.absolute.clone())
+                    .header(CONTENT_TYPE, "application/json")
+                    .timeout(timeout)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| reqwest_error(&e))?;
+                let status = response.status().as_u16();
+                let headers = response.headers().clone();
+                let body = response.bytes().await.map_err(|e| reqwest_error(&e))?;
+                Ok(Answer {
+                    status,
+                    headers,
+                    body,
+                })
+            }
+        }
+    }
+}
+
+fn reqwest_error(e: &reqwest::Error) -> TransportError {
+    if e.is_timeout() {
+        return TransportError::Timeout;
+    }
+    // The error with its causes, e.g. "error sending request: connection refused".
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    if e.is_connect() {
+        TransportError::Connect(text)
+    } else {
+        TransportError::Io(text)
+    }
+}
