@@ -7,10 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// mimalloc: every request allocates a few short-lived buffers, and glibc's allocator showed up
-/// at about a tenth of the runner's CPU time in profiles of the throughput benchmark.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# Throughput, memory and validation speed of batch-runner against an instant engine.
+#
+#   bench/run.sh            # full run (about 2 minutes on 2 cores)
+#   ROUNDS=1 bench/run.sh   # quicker, noisier
+#
+# What it measures, in one run so the numbers can be compared as ratios:
+# - `run` on 100k requests against `sim-engine` at zero latency, and `wrk` posting the same chat
+#   body to the same engine with the same concurrency: runner requests/s over wrk requests/s
+#   (the median of ROUNDS interleaved rounds each);
+# - peak RSS of `run` on 100k and on 1M requests;
+# - `validate` speed in MB/s on the 1M-request file (about 290 MB).
+# Needs wrk (Debian package `wrk`; installed here when missing and running as root), python3
+# and GNU time (/usr/bin/time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+CONCURRENCY=${CONCURRENCY:-64}
+WRK_SECONDS=${WRK_SECONDS:-5}
+work=target/bench
+mkdir -p "$work"
+
+if ! command -v wrk >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
+  else
+    echo "wrk is missing: apt-get install wrk" >&2
+    exit 2
+  fi
+fi
+[ -x /usr/bin/time ] || { echo "GNU time is missing: apt-get install time" >&2; exit 2; }
+
+cargo build --release --locked >/dev/null 2>&1 || cargo build --release --locked
+bin=target/release/batch-runner
+
+for n in 100000 1000000; do
+  [ -s "$work/in-$n.jsonl" ] || python3 bench/gen_input.py "$n" > "$work/in-$n.jsonl"
+done
+
+"$bin" sim-engine --port 0 --ttft-ms 0 --ms-per-token 0 > "$work/sim.log" 2>&1 &
+sim=$!
+trap 'kill $sim 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+  url=$(sed -n 's/^listening on //p' "$work/sim.log" | head -n 1)
+  [ -n "$url" ] && break
+  sleep 0.1
+done
+[ -n "${url:-}" ] || { echo "sim-engine did not start" >&2; exit 3; }
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+# Runs `run` on $1 requests; prints "req/s peak_rss_kb".
+run_once() {
+  local n=$1
+  rm -rf "$work/out.jsonl" "$work/out.errors.jsonl" "$work/out.jsonl.state"
+  /usr/bin/time -f "%M" -o "$work/time.txt" "$bin" run "$work/in-$n.jsonl" \
+    --output "$work/out.jsonl" --engine-url "$url" --max-concurrency "$CONCURRENCY" \
+    --progress off --summary-json "$work/summary.json" 2>/dev/null || true
+  local rps
+  rps=$(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); assert s["succeeded"]==int(sys.argv[2]), s; print(round(s["requests_per_second"]))' "$work/summary.json" "$n")
+  echo "$rps $(tail -n 1 "$work/time.txt")"
+}
+
+wrk_once() {
+  wrk -t1 -c"$CONCURRENCY" -d"${WRK_SECONDS}s" -s bench/post.lua "$url/v1/chat/completions" \
+    | awk '/Requests\/sec/ {print int($2)}'
+}
+
+echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')"
+echo "rounds: $ROUNDS, concurrency: $CONCURRENCY"
+: > "$work/wrk.txt"; : > "$work/runner.txt"
+for r in $(seq 1 "$ROUNDS"); do
+  w=$(wrk_once); echo "$w" >> "$work/wrk.txt"
+  read -r rps rss < <(run_once 100000); echo "$rps" >> "$work/runner.txt"
+  echo "round $r: wrk $w req/s, run $rps req/s (peak RSS ${rss} KB)"
+done
+wrk_med=$(median < "$work/wrk.txt")
+run_med=$(median < "$work/runner.txt")
+read -r _ rss_100k < <(run_once 100000)
+read -r rps_1m rss_1m < <(run_once 1000000)
+
+bytes=$(stat -c %s "$work/in-1000000.jsonl")
+start=$(date +%s.%N)
+"$bin" validate "$work/in-1000000.jsonl" 2>/dev/null
+end=$(date +%s.%N)
+
+python3 - "$wrk_med" "$run_med" "$rss_100k" "$rss_1m" "$rps_1m" "$bytes" "$start" "$end" <<'PY'
+import sys
+wrk, run, rss100k, rss1m, rps1m, size, start, end = map(float, sys.argv[1:])
+print()
+print("| measure | value | target |")
+print("|---|---|---|")
+print(f"| wrk, median req/s | {wrk:.0f} | |")
+print(f"| run 100k, median req/s | {run:.0f} | |")
+print(f"| run / wrk | {run / wrk:.2f} | >= 0.6 |")
+print(f"| run 1M, req/s | {rps1m:.0f} | |")
+print(f"| peak RSS, run 100k | {rss100k / 1024:.1f} MB | |")
+print(f"| peak RSS, run 1M | {rss1m / 1024:.1f} MB | < 100 MB |")
+print(f"| RSS growth 100k -> 1M | {100 * (rss1m / rss100k - 1):.0f}% | <= 20% |")
+print(f"| validate 1M ({size / 1e6:.0f} MB) | {size / 1e6 / (end - start):.0f} MB/s | >= 200 MB/s |")
+PY
