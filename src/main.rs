@@ -7,7 +7,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging();

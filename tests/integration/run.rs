@@ -146,6 +146,34 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
 }
 
 #[test]
+fn retry_after_from_the_engine_is_honoured() {
+    let sim = Sim::instant(&[]);
+    let job = Job::new();
+    let input = job.input(&[chat_line(
+        "slow-down",
+        json!({"sim": {"status": 429, "times": 1, "retry_after": 1}}),
+    )]);
+    let started = std::time::Instant::now();
+    let out = cmd()
+        .args(run_args(
+            &job,
+            input.to_str().expect("path"),
+            &[&sim.url],
+            &FAST_RETRIES,
+        ))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Own backoff is at most 50 ms here; only the engine's Retry-After explains a second.
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(summary(&job)["retries"], 1);
+}
+
+#[test]
 fn bodies_are_forwarded_byte_for_byte() {
     let sim = Sim::instant(&[]);
     let job = Job::new();

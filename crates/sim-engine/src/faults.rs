@@ -1,6 +1,7 @@
 //! Fault injection: by rate, and by a `sim` directive in the request body.
 //!
-//! A directive `{"sim": {"status": S, "drop": true, "hang": true, "times": N}}` applies its fault
+//! A directive `{"sim": {"status": S, "retry_after": SECS, "drop": true, "hang": true,
+//! "times": N}}` applies its fault
 //! to the first `N` attempts of that exact body (every attempt when `times` is absent), so a
 //! test can say "this line fails twice with 503 and then succeeds" and know what to expect.
 
@@ -13,7 +14,8 @@ use crate::SimConfig;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    Status(u16),
+    /// Answer with this status, and a `Retry-After` of that many seconds when given.
+    Status(u16, Option<u64>),
     Drop,
     Hang,
 }
@@ -49,7 +51,7 @@ impl Faults {
         } else if roll(config.hang_rate) {
             Some(Fault::Hang)
         } else if roll(config.fail_rate) {
-            Some(Fault::Status(config.fail_status))
+            Some(Fault::Status(config.fail_status, None))
         } else {
             None
         }
@@ -77,7 +79,12 @@ impl Faults {
                 .get("status")
                 .and_then(serde_json::Value::as_u64)
                 .and_then(|s| u16::try_from(s).ok())
-                .map(Fault::Status)
+                .map(|status| {
+                    let retry_after = directive
+                        .get("retry_after")
+                        .and_then(serde_json::Value::as_u64);
+                    Fault::Status(status, retry_after)
+                })
         }
     }
 
@@ -106,8 +113,14 @@ mod tests {
         let c = SimConfig::default();
         let req = json!({"sim": {"status": 503, "times": 2}});
         let body = req.to_string();
-        assert_eq!(f.pick(&c, &req, body.as_bytes()), Some(Fault::Status(503)));
-        assert_eq!(f.pick(&c, &req, body.as_bytes()), Some(Fault::Status(503)));
+        assert_eq!(
+            f.pick(&c, &req, body.as_bytes()),
+            Some(Fault::Status(503, None))
+        );
+        assert_eq!(
+            f.pick(&c, &req, body.as_bytes()),
+            Some(Fault::Status(503, None))
+        );
         assert_eq!(f.pick(&c, &req, body.as_bytes()), None);
         let always = json!({"sim": {"drop": true}});
         for _ in 0..3 {
