@@ -167,10 +167,16 @@ impl Engine {
             }
         };
         match self.faults.pick(&self.config, &request, &body) {
-            Some(Fault::Status(status)) => {
+            Some(Fault::Status(status, retry_after)) => {
                 let status =
                     StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                return Ok(respond::error(status, "injected failure"));
+                let mut response = respond::error(status, "injected failure");
+                if let Some(secs) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(hyper::header::RETRY_AFTER, secs.into());
+                }
+                return Ok(response);
             }
             Some(Fault::Drop) => return Err(DropConnection),
             Some(Fault::Hang) => {
