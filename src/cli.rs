@@ -16,7 +16,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "Runs OpenAI-compatible batch jobs (.jsonl) against self-hosted inference engines",
     after_help = "Exit codes: 0 all requests succeeded; 1 finished, but some requests failed \
                   (see the error file); 2 invalid input or usage; 3 runtime failure (e.g. no \
-                  engine reachable, a file could not be written)."
+                  engine reachable, a file could not be written); 4 the completion window \
+                  ended (unfinished lines are batch_expired); 5 cancelled; 75 interrupted, \
+                  resumable (run the same command again)."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -28,9 +30,29 @@ pub enum Command {
     /// Check a batch file without sending anything; every problem is reported with its line.
     Validate(ValidateArgs),
     /// Run a whole batch file against one or more running engines.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Start a simulated OpenAI-compatible engine (for trials, tests and benchmarks).
     SimEngine(SimArgs),
+    /// Show the progress of a running or interrupted job from its state directory.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The job's state directory (OUTPUT.state by default).
+    pub state_dir: PathBuf,
+
+    /// Print as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum OrderArg {
+    /// Results in input-line order (sorted at the end, with bounded memory).
+    Input,
+    /// Results in the order they completed (no sort).
+    Completion,
 }
 
 /// Options shared by `validate` and `run`: what counts as a valid line.
@@ -144,9 +166,49 @@ pub struct RunArgs {
     #[arg(long)]
     pub skip_invalid: bool,
 
-    /// Where the job keeps its spool while it runs [default: OUTPUT.state].
+    /// Where the job keeps its spool and checkpoints while it runs [default: OUTPUT.state].
+    /// Running the same command again after an interruption resumes from it.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+
+    /// Discard the state of an earlier, unfinished run of this job and start over.
+    #[arg(long)]
+    pub restart: bool,
+
+    /// Keep the state directory after the final files are written.
+    #[arg(long)]
+    pub keep_state: bool,
+
+    /// Order of the lines in OUTPUT and the error file.
+    #[arg(long, value_enum, default_value_t = OrderArg::Input)]
+    pub order: OrderArg,
+
+    /// Checkpoint after this many results (0: only on time).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub checkpoint_every: u64,
+
+    /// Checkpoint at least this often (0: only by count).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
+
+    /// Finish within this long of the job's first start (e.g. 24h); what has not finished by
+    /// then is written to the error file as batch_expired. Survives resume.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "deadline",
+          env = "BATCH_RUNNER_COMPLETION_WINDOW")]
+    pub completion_window: Option<Duration>,
+
+    /// Finish by this time (RFC 3339, e.g. 2026-11-28T18:00:00Z), like --completion-window.
+    #[arg(long, value_name = "TIME", value_parser = batch_job::deadline::parse_rfc3339)]
+    pub deadline: Option<std::time::SystemTime>,
+
+    /// How long requests in flight may still finish once the job stops (deadline or signal).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// On Ctrl-C or SIGTERM, finalize the job as cancelled (unsent lines become
+    /// batch_cancelled) instead of stopping it resumable.
+    #[arg(long)]
+    pub cancel_on_signal: bool,
 
     /// Also write the final summary as JSON to this file ('-' for stdout).
     #[arg(long, value_name = "PATH")]

@@ -12,8 +12,9 @@ fn main() -> ExitCode {
     init_logging();
     let code = match cli.command {
         cli::Command::Validate(args) => commands::validate::run(args),
-        cli::Command::Run(args) => commands::run::run(args),
+        cli::Command::Run(args) => commands::run::run(*args),
         cli::Command::SimEngine(args) => commands::sim::run(args),
+        cli::Command::Status(args) => commands::status::run(args),
     };
     ExitCode::from(code as u8)
 }

@@ -2,6 +2,7 @@
 
 pub mod run;
 pub mod sim;
+pub mod status;
 pub mod validate;
 
 /// The documented exit codes.
@@ -15,6 +16,12 @@ pub enum Exit {
     Invalid = 2,
     /// Runtime failure: no engine reachable, a file that cannot be written, ...
     Runtime = 3,
+    /// The completion window ended before every line ran.
+    Expired = 4,
+    /// The job was cancelled.
+    Cancelled = 5,
+    /// Stopped by a signal; running the same command again resumes (EX_TEMPFAIL).
+    Interrupted = 75,
 }
 
 impl From<&crate::cli::RulesArgs> for batch_job::validate::ValidateOptions {
@@ -34,4 +41,39 @@ pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
+}
+
+/// Ctrl-C and SIGTERM, one after another.
+pub struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    /// Must be called inside the runtime.
+    pub fn new() -> Self {
+        Self {
+            #[cfg(unix)]
+            term: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok(),
+        }
+    }
+
+    /// Waits for the next Ctrl-C or SIGTERM.
+    pub async fn recv(&mut self) {
+        #[cfg(unix)]
+        let term = async {
+            match &mut self.term {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            () = term => {},
+        }
+    }
 }

@@ -2,21 +2,53 @@
 
 use std::path::Path;
 
+use batch_job::deadline::Deadline;
 use batch_job::dispatch::{EngineOptions, RetryPolicy};
+use batch_job::finalize::Order;
 use batch_job::progress::ProgressMode;
 use batch_job::run::{RunOptions, default_errors_path, default_state_dir};
-use batch_job::summary::RunSummary;
+use batch_job::sink::CheckpointPolicy;
+use batch_job::stop::{Phase, StopReason, StopSignal};
+use batch_job::summary::{JobStatus, RunSummary};
 use batch_job::validate::ValidateOptions;
 
-use super::{Exit, runtime};
-use crate::cli::{ProgressArg, RunArgs};
+use super::{Exit, Signals, runtime};
+use crate::cli::{OrderArg, ProgressArg, RunArgs};
+
+/// First signal: stop sending and let requests in flight finish; second: stop at once.
+async fn watch_signals(stop: StopSignal, reason: StopReason, grace: std::time::Duration) {
+    let mut signals = Signals::new();
+    loop {
+        signals.recv().await;
+        match stop.request(reason) {
+            Phase::Draining(_) => tracing::warn!(
+                "stopping: no new requests; those in flight may finish within {} (press Ctrl-C \
+                 again to stop at once)",
+                batch_job::progress::format_duration(grace)
+            ),
+            _ => tracing::warn!("stopping at once"),
+        }
+    }
+}
 
 pub fn run(args: RunArgs) -> Exit {
     let summary_json = args.summary_json.clone();
+    let on_signal = if args.cancel_on_signal {
+        StopReason::Cancelled
+    } else {
+        StopReason::Interrupted
+    };
+    let grace = args.grace;
     let options = options(args);
-    let result = runtime()
-        .map_err(|e| e.to_string())
-        .map(|rt| rt.block_on(batch_job::run::run(options)));
+    let result = runtime().map_err(|e| e.to_string()).map(|rt| {
+        rt.block_on(async {
+            let stop = StopSignal::new();
+            let watcher = tokio::spawn(watch_signals(stop.clone(), on_signal, grace));
+            let result = batch_job::run::run(options, stop).await;
+            watcher.abort();
+            result
+        })
+    });
     match result {
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");
@@ -38,10 +70,12 @@ pub fn run(args: RunArgs) -> Exit {
                 tracing::error!("cannot write --summary-json {}: {e}", path.display());
                 return Exit::Runtime;
             }
-            if summary.failed > 0 {
-                Exit::SomeFailed
-            } else {
-                Exit::Success
+            match summary.status {
+                JobStatus::Expired => Exit::Expired,
+                JobStatus::Cancelled => Exit::Cancelled,
+                JobStatus::Interrupted => Exit::Interrupted,
+                JobStatus::Completed if summary.failed > 0 => Exit::SomeFailed,
+                JobStatus::Completed => Exit::Success,
             }
         }
     }
@@ -84,6 +118,22 @@ fn options(args: RunArgs) -> RunOptions {
             ProgressArg::Off => ProgressMode::Off,
         },
         progress_interval: args.progress_interval,
+        order: match args.order {
+            OrderArg::Input => Order::Input,
+            OrderArg::Completion => Order::Completion,
+        },
+        checkpoint: CheckpointPolicy {
+            every_results: args.checkpoint_every,
+            every: args.checkpoint_interval,
+        },
+        restart: args.restart,
+        keep_state: args.keep_state,
+        deadline: match (args.completion_window, args.deadline) {
+            (Some(window), _) => Deadline::Window(window),
+            (None, Some(at)) => Deadline::At(at),
+            (None, None) => Deadline::None,
+        },
+        grace: args.grace,
     }
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use sim_engine::SimConfig;
 
-use super::{Exit, runtime};
+use super::{Exit, Signals, runtime};
 use crate::cli::SimArgs;
 
 pub fn run(args: SimArgs) -> Exit {
@@ -24,7 +24,8 @@ pub fn run(args: SimArgs) -> Exit {
             let mut out = std::io::stdout();
             writeln!(out, "listening on http://{addr}")?;
             out.flush()?;
-            sim_engine::serve(listener, config, shutdown_signal()).await
+            let mut signals = Signals::new();
+            sim_engine::serve(listener, config, signals.recv()).await
         })
     });
     match result {
@@ -65,26 +66,4 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         seed: args.seed,
         api_key: args.api_key.clone(),
     })
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
 }

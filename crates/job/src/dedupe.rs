@@ -6,11 +6,11 @@
 //! re-read from the input and their `custom_id`s compared exactly, so a hash collision can never
 //! turn two different ids into a false duplicate.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
+
+use crate::extsort::{Fixed, Sorter, get_u64, put_u64};
 
 /// Entries held in memory before a sorted run is spilled (24 bytes each: 1.5 MiB).
 const CHUNK_ENTRIES: usize = 64 * 1024;
@@ -22,27 +22,20 @@ struct Entry {
     offset: u64,
 }
 
-impl Entry {
+impl Fixed for Entry {
     const BYTES: usize = 24;
 
-    fn encode(&self) -> [u8; Self::BYTES] {
-        let mut out = [0; Self::BYTES];
-        out[..8].copy_from_slice(&self.hash.to_le_bytes());
-        out[8..16].copy_from_slice(&self.line.to_le_bytes());
-        out[16..].copy_from_slice(&self.offset.to_le_bytes());
-        out
+    fn encode(&self, out: &mut [u8]) {
+        put_u64(out, 0, self.hash);
+        put_u64(out, 8, self.line);
+        put_u64(out, 16, self.offset);
     }
 
-    fn decode(b: &[u8; Self::BYTES]) -> Self {
-        let word = |i: usize| {
-            let mut w = [0; 8];
-            w.copy_from_slice(&b[i..i + 8]);
-            u64::from_le_bytes(w)
-        };
+    fn decode(b: &[u8]) -> Self {
         Self {
-            hash: word(0),
-            line: word(8),
-            offset: word(16),
+            hash: get_u64(b, 0),
+            line: get_u64(b, 8),
+            offset: get_u64(b, 16),
         }
     }
 }
@@ -62,10 +55,16 @@ pub fn hash_id(custom_id: &str) -> u64 {
     h.finish()
 }
 
-#[derive(Default)]
 pub struct DuplicateFinder {
-    chunk: Vec<Entry>,
-    runs: Vec<File>,
+    entries: Sorter<Entry>,
+}
+
+impl Default for DuplicateFinder {
+    fn default() -> Self {
+        Self {
+            entries: Sorter::new(CHUNK_ENTRIES),
+        }
+    }
 }
 
 impl DuplicateFinder {
@@ -74,43 +73,25 @@ impl DuplicateFinder {
     }
 
     pub fn push(&mut self, custom_id: &str, line: u64, offset: u64) -> io::Result<()> {
-        self.chunk.push(Entry {
+        self.entries.push(Entry {
             hash: hash_id(custom_id),
             line,
             offset,
-        });
-        if self.chunk.len() >= CHUNK_ENTRIES {
-            self.spill()?;
-        }
-        Ok(())
-    }
-
-    fn spill(&mut self) -> io::Result<()> {
-        self.chunk.sort_unstable();
-        let mut w = BufWriter::new(tempfile::tempfile()?);
-        for e in &self.chunk {
-            w.write_all(&e.encode())?;
-        }
-        let mut file = w.into_inner().map_err(|e| e.into_error())?;
-        file.seek(SeekFrom::Start(0))?;
-        self.runs.push(file);
-        self.chunk.clear();
-        Ok(())
+        })
     }
 
     /// Merges the runs and reports each duplicate, in order of hash then line, to `found`.
     /// `source` is the input file, re-read at the offsets of candidate lines.
     pub fn finish(
-        mut self,
+        self,
         source: File,
         max_line_bytes: usize,
         mut found: impl FnMut(Duplicate),
     ) -> io::Result<()> {
-        self.chunk.sort_unstable();
-        let mut merged = Merge::new(self.runs, self.chunk)?;
+        let mut merged = self.entries.finish()?;
         let mut source = BufReader::new(source);
         let mut group: Vec<Entry> = Vec::new();
-        while let Some(entry) = merged.next()? {
+        while let Some(entry) = merged.next_record()? {
             if group.first().is_some_and(|g| g.hash != entry.hash) {
                 check_group(&group, &mut source, max_line_bytes, &mut found)?;
                 group.clear();
@@ -175,67 +156,12 @@ fn read_custom_id(
     })
 }
 
-/// A k-way merge of sorted runs on disk plus one sorted run in memory.
-struct Merge {
-    readers: Vec<BufReader<File>>,
-    heap: BinaryHeap<Reverse<(Entry, usize)>>,
-    memory: std::vec::IntoIter<Entry>,
-    memory_head: Option<Entry>,
-}
-
-impl Merge {
-    fn new(runs: Vec<File>, memory: Vec<Entry>) -> io::Result<Self> {
-        let mut merge = Self {
-            readers: runs.into_iter().map(BufReader::new).collect(),
-            heap: BinaryHeap::new(),
-            memory: memory.into_iter(),
-            memory_head: None,
-        };
-        for i in 0..merge.readers.len() {
-            merge.refill(i)?;
-        }
-        merge.memory_head = merge.memory.next();
-        Ok(merge)
-    }
-
-    fn refill(&mut self, i: usize) -> io::Result<()> {
-        let mut b = [0; Entry::BYTES];
-        match self.readers[i].read_exact(&mut b) {
-            Ok(()) => {
-                self.heap.push(Reverse((Entry::decode(&b), i)));
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn next(&mut self) -> io::Result<Option<Entry>> {
-        let from_disk = self.heap.peek().map(|Reverse((e, _))| *e);
-        match (from_disk, self.memory_head) {
-            (Some(d), Some(m)) if m < d => Ok(self.take_memory()),
-            (None, Some(_)) => Ok(self.take_memory()),
-            (Some(_), _) => {
-                let Some(Reverse((entry, i))) = self.heap.pop() else {
-                    return Ok(None);
-                };
-                self.refill(i)?;
-                Ok(Some(entry))
-            }
-            (None, None) => Ok(None),
-        }
-    }
-
-    fn take_memory(&mut self) -> Option<Entry> {
-        std::mem::replace(&mut self.memory_head, self.memory.next())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn find(ids: &[&str]) -> Vec<Duplicate> {
+        use std::io::Write;
         let mut file = tempfile::tempfile().expect("temp");
         let mut finder = DuplicateFinder::new();
         let mut offset = 0u64;

@@ -1,15 +1,32 @@
 //! Turning the spool into the final output and error files.
 //!
 //! Final files appear atomically: each is complete under a temporary name in the destination's
-//! directory, synced, and then renamed, so a reader never sees a half-written file. When the
-//! state directory is on the same file system as the destination (the default: it sits next to
-//! the output), the spool file itself is renamed and no byte is copied.
+//! directory, synced, and then renamed, so a reader never sees a half-written file. The spool is
+//! left untouched until both files are in place, so a crash during finalize is repaired by
+//! running the same command again (it finds every line done and finalizes again).
+//!
+//! - Input order (the default): the index is sorted by line with [`crate::extsort`] (memory stays
+//!   flat), then each result's bytes are copied from the spool. The spool is nearly in input order
+//!   already, so the copy mostly reads forward through a window buffer.
+//! - Completion order: the spool files are the final files; they are hard-linked into place (no
+//!   copy), or copied where links are not possible.
 
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::spool::SpoolFiles;
+use crate::extsort::Sorter;
+use crate::spool::{IndexRecord, Positions, SpoolFiles, read_index};
+
+/// Index records sorted in memory before spilling (21 bytes each in the sorter: about 10 MiB).
+const SORT_CHUNK: usize = 512 * 1024;
+const COPY_WINDOW: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Input,
+    Completion,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write {path}: {source}")]
@@ -19,36 +36,146 @@ pub struct FinalizeError {
     pub source: io::Error,
 }
 
-/// Moves the spool files to `output` and `errors`, in completion order, and removes the state
-/// directory.
-pub fn finalize(
-    spool: &SpoolFiles,
-    state_dir: &Path,
-    output: &Path,
-    errors: &Path,
-) -> Result<(), FinalizeError> {
-    place(&spool.output, output)?;
-    place(&spool.errors, errors)?;
-    fs::remove_dir_all(state_dir).map_err(|source| FinalizeError {
-        path: state_dir.to_owned(),
-        source,
-    })
+pub struct Destination<'a> {
+    pub output: &'a Path,
+    pub errors: &'a Path,
 }
 
-fn place(from: &Path, to: &Path) -> Result<(), FinalizeError> {
+/// Writes the final files from the spool, which is valid up to `at`.
+pub fn finalize(
+    spool: &SpoolFiles,
+    at: Positions,
+    order: Order,
+    to: &Destination<'_>,
+) -> Result<(), FinalizeError> {
+    let out_tmp = temporary_name(to.output);
+    let err_tmp = temporary_name(to.errors);
+    match order {
+        Order::Completion => {
+            link_or_copy(&spool.output, &out_tmp, at.output, to.output)?;
+            link_or_copy(&spool.errors, &err_tmp, at.errors, to.errors)?;
+        }
+        Order::Input => {
+            sorted_copy(spool, at, &out_tmp, &err_tmp).map_err(|source| FinalizeError {
+                path: to.output.to_owned(),
+                source,
+            })?;
+        }
+    }
+    place(&out_tmp, to.output)?;
+    place(&err_tmp, to.errors)
+}
+
+/// Renames a complete, synced temporary file into place and syncs the directory.
+fn place(tmp: &Path, to: &Path) -> Result<(), FinalizeError> {
     let fail = |source| FinalizeError {
         path: to.to_owned(),
         source,
     };
-    if fs::rename(from, to).is_err() {
-        // Most likely another file system: copy under a temporary name beside the target, sync,
-        // then rename into place.
-        let tmp = temporary_name(to);
-        fs::copy(from, &tmp).map_err(fail)?;
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(fail)?;
-        fs::rename(&tmp, to).map_err(fail)?;
-    }
+    fs::rename(tmp, to).map_err(fail)?;
     sync_parent(to).map_err(fail)
+}
+
+fn link_or_copy(from: &Path, tmp: &Path, len: u64, to: &Path) -> Result<(), FinalizeError> {
+    let fail = |source| FinalizeError {
+        path: to.to_owned(),
+        source,
+    };
+    let _ = fs::remove_file(tmp);
+    // A link shares the spool's bytes, which the last checkpoint synced; only a spool longer
+    // than its checkpoint (nothing appends after the final one) would need trimming.
+    let linked =
+        fs::metadata(from).is_ok_and(|m| m.len() == len) && fs::hard_link(from, tmp).is_ok();
+    if !linked {
+        let mut src = File::open(from).map_err(fail)?.take(len);
+        let mut dst = File::create(tmp).map_err(fail)?;
+        io::copy(&mut src, &mut dst).map_err(fail)?;
+        dst.sync_all().map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// Copies every result in line order into the two temporary files.
+fn sorted_copy(
+    spool: &SpoolFiles,
+    at: Positions,
+    out_tmp: &Path,
+    err_tmp: &Path,
+) -> io::Result<()> {
+    let mut sorter = Sorter::<IndexRecord>::new(SORT_CHUNK);
+    let mut pushed = Ok(());
+    read_index(&spool.index, at.index, |r| {
+        if pushed.is_ok() {
+            pushed = sorter.push(r);
+        }
+    })?;
+    pushed?;
+    let mut sorted = sorter.finish()?;
+    let mut output = Target::create(out_tmp, &spool.output)?;
+    let mut errors = Target::create(err_tmp, &spool.errors)?;
+    while let Some(r) = sorted.next_record()? {
+        let target = if r.outcome.is_success() {
+            &mut output
+        } else {
+            &mut errors
+        };
+        target.copy(r.offset, r.len as usize)?;
+    }
+    output.finish()?;
+    errors.finish()
+}
+
+/// One final file being written from one spool file, through a read window over the spool.
+struct Target {
+    out: BufWriter<File>,
+    source: File,
+    window: Vec<u8>,
+    /// Spool offset of `window[0]`.
+    window_start: u64,
+}
+
+impl Target {
+    fn create(path: &Path, source: &Path) -> io::Result<Self> {
+        Ok(Self {
+            out: BufWriter::with_capacity(COPY_WINDOW, File::create(path)?),
+            source: File::open(source)?,
+            window: Vec::with_capacity(COPY_WINDOW),
+            window_start: 0,
+        })
+    }
+
+    fn copy(&mut self, offset: u64, len: usize) -> io::Result<()> {
+        let end = offset + len as u64;
+        let window_end = self.window_start + self.window.len() as u64;
+        if offset < self.window_start || end > window_end {
+            self.fill(offset, len)?;
+        }
+        let start = (offset - self.window_start) as usize;
+        self.out.write_all(&self.window[start..start + len])
+    }
+
+    /// Reads the spool from `offset`: a full window, or the whole record if it is larger.
+    fn fill(&mut self, offset: u64, len: usize) -> io::Result<()> {
+        self.source.seek(SeekFrom::Start(offset))?;
+        self.window.clear();
+        let want = len.max(COPY_WINDOW) as u64;
+        (&mut self.source)
+            .take(want)
+            .read_to_end(&mut self.window)?;
+        self.window_start = offset;
+        if self.window.len() < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the spool is shorter than its index says",
+            ));
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> io::Result<()> {
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()
+    }
 }
 
 fn temporary_name(path: &Path) -> PathBuf {
@@ -69,20 +196,88 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Kind, Spool};
+    use crate::outcome::Outcome;
+    use crate::spool::Spool;
+
+    fn spool_with(dir: &Path, results: &[(u64, Outcome)]) -> (SpoolFiles, Positions) {
+        let mut spool = Spool::open(dir, Positions::default()).expect("spool");
+        for (line, outcome) in results {
+            spool
+                .append(*line, *outcome, format!("r{line}\n").as_bytes())
+                .expect("append");
+        }
+        let at = spool.flush().expect("flush");
+        (spool.files(), at)
+    }
 
     #[test]
-    fn renames_spool_files_into_place_and_removes_state() {
+    fn input_order_sorts_by_line_into_both_files() {
         let dir = tempfile::tempdir().expect("temp");
-        let state = dir.path().join("out.jsonl.state");
-        let mut spool = Spool::create(&state).expect("spool");
-        spool.append(1, Kind::Output, b"ok\n").expect("append");
-        let files = spool.close().expect("close");
+        let state = dir.path().join("state");
+        let results = [
+            (3, Outcome::Succeeded),
+            (1, Outcome::Expired),
+            (4, Outcome::Succeeded),
+            (2, Outcome::Succeeded),
+            (5, Outcome::EngineError),
+        ];
+        let (files, at) = spool_with(&state, &results);
         let out = dir.path().join("out.jsonl");
         let err = dir.path().join("out.errors.jsonl");
-        finalize(&files, &state, &out, &err).expect("finalize");
-        assert_eq!(fs::read(&out).expect("out"), b"ok\n");
-        assert_eq!(fs::read(&err).expect("err"), b"");
-        assert!(!state.exists());
+        let to = Destination {
+            output: &out,
+            errors: &err,
+        };
+        finalize(&files, at, Order::Input, &to).expect("finalize");
+        assert_eq!(fs::read_to_string(&out).expect("out"), "r2\nr3\nr4\n");
+        assert_eq!(fs::read_to_string(&err).expect("err"), "r1\nr5\n");
+        assert!(
+            files.output.exists(),
+            "the spool stays until the caller removes the state"
+        );
+        // Finalizing again (as after a crash) gives the same files.
+        finalize(&files, at, Order::Input, &to).expect("again");
+        assert_eq!(fs::read_to_string(&out).expect("out"), "r2\nr3\nr4\n");
+    }
+
+    #[test]
+    fn completion_order_keeps_the_spool_order() {
+        let dir = tempfile::tempdir().expect("temp");
+        let state = dir.path().join("state");
+        let (files, at) = spool_with(&state, &[(3, Outcome::Succeeded), (1, Outcome::Succeeded)]);
+        let out = dir.path().join("o.jsonl");
+        let err = dir.path().join("e.jsonl");
+        let to = Destination {
+            output: &out,
+            errors: &err,
+        };
+        finalize(&files, at, Order::Completion, &to).expect("finalize");
+        assert_eq!(fs::read_to_string(&out).expect("out"), "r3\nr1\n");
+        assert_eq!(fs::read_to_string(&err).expect("err"), "");
+    }
+
+    #[test]
+    fn large_records_and_backward_jumps_are_copied_whole() {
+        let dir = tempfile::tempdir().expect("temp");
+        let mut spool = Spool::open(dir.path(), Positions::default()).expect("spool");
+        let big = format!("{}\n", "x".repeat(COPY_WINDOW + 10));
+        spool
+            .append(2, Outcome::Succeeded, b"small\n")
+            .expect("append");
+        spool
+            .append(1, Outcome::Succeeded, big.as_bytes())
+            .expect("append");
+        let at = spool.flush().expect("flush");
+        let out = dir.path().join("o");
+        let err = dir.path().join("e");
+        let to = Destination {
+            output: &out,
+            errors: &err,
+        };
+        finalize(&spool.files(), at, Order::Input, &to).expect("finalize");
+        assert_eq!(
+            fs::read_to_string(&out).expect("out"),
+            format!("{big}small\n")
+        );
     }
 }

@@ -5,20 +5,30 @@
 //! - [`validate`] (with [`dedupe`] and [`bitset`]): the pass over the whole input before any
 //!   request is sent;
 //! - [`dispatch`]: engines, retries, circuit breaking; sends each request body unparsed;
-//! - [`spool`]: results appended as they complete, with an index for finalize;
-//! - [`finalize`]: the spool becomes the final output and error files, atomically;
+//! - [`spool`], [`sink`]: results appended as they complete, with an index; checkpoints that
+//!   make them durable; [`state`]: the manifest, and resuming from it;
+//! - [`stop`], [`deadline`]: ending early (completion window, signals, cancel);
+//! - [`finalize`]: the spool becomes the final output and error files, atomically, in input order
+//!   (with [`extsort`]) or completion order;
 //! - [`progress`], [`metrics`], [`summary`]: what the operator sees while and after it runs;
 //! - [`run`]: wires the stages together; [`duration`] parses the durations flags take.
 
 pub mod bitset;
+pub mod deadline;
 pub mod dedupe;
 pub mod dispatch;
 pub mod duration;
+pub mod extsort;
 pub mod finalize;
 pub mod metrics;
+pub mod outcome;
 pub mod progress;
 pub mod reader;
 pub mod run;
+pub mod sink;
 pub mod spool;
+pub mod state;
+pub mod status;
+pub mod stop;
 pub mod summary;
 pub mod validate;

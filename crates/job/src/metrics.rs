@@ -12,51 +12,18 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+pub use crate::outcome::Outcome;
+
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 16] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
 
-/// How each request ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The engine answered 2xx.
-    Succeeded,
-    /// The engine answered non-2xx (after retries, when retryable).
-    EngineError,
-    /// No answer after all retries.
-    EngineUnavailable,
-    /// The line was invalid and skipped into the error file.
-    InvalidRequest,
-}
-
-impl Outcome {
-    pub const ALL: [Outcome; 4] = [
-        Outcome::Succeeded,
-        Outcome::EngineError,
-        Outcome::EngineUnavailable,
-        Outcome::InvalidRequest,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::EngineError => "engine_error",
-            Outcome::EngineUnavailable => "engine_unavailable",
-            Outcome::InvalidRequest => "invalid_request",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Stats {
     /// Lines this run will produce a result for.
     pub planned: AtomicU64,
-    outcomes: [AtomicU64; 4],
+    outcomes: [AtomicU64; Outcome::ALL.len()],
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
     pub input_tokens: AtomicU64,
@@ -69,7 +36,11 @@ pub struct Stats {
 
 impl Stats {
     pub fn record(&self, outcome: Outcome) {
-        self.outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.add(outcome, 1);
+    }
+
+    pub fn add(&self, outcome: Outcome, n: u64) {
+        self.outcomes[outcome.index()].fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn count(&self, outcome: Outcome) -> u64 {

@@ -65,6 +65,11 @@ impl<R: Read> LineReader<R> {
         }
     }
 
+    /// The underlying reader (bytes still buffered here are lost).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Total bytes consumed so far.
     pub fn bytes_read(&self) -> u64 {
         self.offset

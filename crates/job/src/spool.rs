@@ -1,46 +1,67 @@
 //! The spool: where results land as they complete.
 //!
 //! A job's state directory holds two append-only JSONL files, one for successes and one for
-//! errors, and a binary index with one fixed-size record per result: `(line, kind, offset, len)`.
-//! The spool files are readable as ordinary JSONL while the job runs. Finalizing in completion
-//! order is a rename of each spool file into place; the index is what an input-ordered finalize
-//! and a resume after a crash read.
+//! errors, and a binary index with one fixed-size record per result:
+//! `(line, outcome, offset, len)`. The spool files are readable as ordinary JSONL while the job
+//! runs (up to the last flush). The index is what the input-ordered finalize sorts and what a
+//! resumed job reads to learn which lines are done.
+//!
+//! Crash safety comes from the checkpoint (see `sink`): it flushes and syncs all three files and
+//! then records their lengths in the manifest. A resumed job truncates each file back to those
+//! lengths, which discards a torn last record together with anything after the checkpoint.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::extsort::{Fixed, get_u64, put_u64};
+use crate::outcome::Outcome;
 
 pub const OUTPUT_SPOOL: &str = "output.spool.jsonl";
 pub const ERRORS_SPOOL: &str = "errors.spool.jsonl";
 pub const INDEX: &str = "index.bin";
 
-/// Which final file a result belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    Output = 0,
-    Error = 1,
-}
-
-/// One index record: where a line's result sits in the spool.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One index record: where a line's result sits in the spool. Sorts by line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IndexRecord {
     pub line: u64,
-    pub kind: Kind,
+    pub outcome: Outcome,
     pub offset: u64,
     pub len: u32,
 }
 
-impl IndexRecord {
-    pub const BYTES: usize = 21;
+impl Fixed for IndexRecord {
+    const BYTES: usize = 21;
 
-    pub fn encode(&self) -> [u8; Self::BYTES] {
-        let mut b = [0; Self::BYTES];
-        b[..8].copy_from_slice(&self.line.to_le_bytes());
-        b[8] = self.kind as u8;
-        b[9..17].copy_from_slice(&self.offset.to_le_bytes());
-        b[17..].copy_from_slice(&self.len.to_le_bytes());
-        b
+    fn encode(&self, b: &mut [u8]) {
+        put_u64(b, 0, self.line);
+        b[8] = self.outcome.code();
+        put_u64(b, 9, self.offset);
+        b[17..21].copy_from_slice(&self.len.to_le_bytes());
     }
+
+    /// Unknown outcome bytes cannot come from this program; they decode as engine errors so a
+    /// damaged index still yields every line exactly once.
+    fn decode(b: &[u8]) -> Self {
+        let mut len = [0; 4];
+        len.copy_from_slice(&b[17..21]);
+        Self {
+            line: get_u64(b, 0),
+            outcome: Outcome::from_code(b[8]).unwrap_or(Outcome::EngineError),
+            offset: get_u64(b, 9),
+            len: u32::from_le_bytes(len),
+        }
+    }
+}
+
+/// Lengths of the three spool files: how much of each a checkpoint vouches for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Positions {
+    pub output: u64,
+    pub errors: u64,
+    pub index: u64,
 }
 
 struct SpoolFile {
@@ -49,20 +70,29 @@ struct SpoolFile {
 }
 
 impl SpoolFile {
-    fn create(path: &Path) -> io::Result<Self> {
+    fn open(path: &Path, len: u64) -> io::Result<Self> {
         let file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
             .open(path)?;
-        Ok(Self {
-            writer: BufWriter::with_capacity(256 * 1024, file),
-            len: 0,
-        })
-    }
-
-    fn sync(&mut self) -> io::Result<()> {
-        self.writer.flush()?;
-        self.writer.get_ref().sync_data()
+        let actual = file.metadata()?.len();
+        if actual < len {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} is {actual} bytes but the last checkpoint recorded {len}; the state \
+                     directory is damaged (start over with --restart)",
+                    path.display()
+                ),
+            ));
+        }
+        // Drop whatever came after the checkpoint, a torn last record included.
+        file.set_len(len)?;
+        let mut writer = BufWriter::with_capacity(256 * 1024, file);
+        std::io::Seek::seek(&mut writer, io::SeekFrom::Start(len))?;
+        Ok(Self { writer, len })
     }
 }
 
@@ -73,27 +103,41 @@ pub struct Spool {
     index: SpoolFile,
 }
 
+/// Duplicated file handles, so the spool can be synced without holding the lock that appends.
+pub struct SyncHandles([File; 3]);
+
+impl SyncHandles {
+    /// Data first, then the index that points into it.
+    pub fn sync(&self) -> io::Result<()> {
+        for f in &self.0 {
+            f.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
 impl Spool {
-    /// Creates a fresh spool in `dir`, which must not hold one already.
-    pub fn create(dir: &Path) -> io::Result<Self> {
+    /// Opens the spool in `dir` (created if needed), cut back to `at`.
+    pub fn open(dir: &Path, at: Positions) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
-            output: SpoolFile::create(&dir.join(OUTPUT_SPOOL))?,
-            errors: SpoolFile::create(&dir.join(ERRORS_SPOOL))?,
-            index: SpoolFile::create(&dir.join(INDEX))?,
+            output: SpoolFile::open(&dir.join(OUTPUT_SPOOL), at.output)?,
+            errors: SpoolFile::open(&dir.join(ERRORS_SPOOL), at.errors)?,
+            index: SpoolFile::open(&dir.join(INDEX), at.index)?,
         })
     }
 
     /// Appends one complete result line (newline included) for input line `line`.
-    pub fn append(&mut self, line: u64, kind: Kind, record: &[u8]) -> io::Result<()> {
-        let file = match kind {
-            Kind::Output => &mut self.output,
-            Kind::Error => &mut self.errors,
+    pub fn append(&mut self, line: u64, outcome: Outcome, record: &[u8]) -> io::Result<()> {
+        let file = if outcome.is_success() {
+            &mut self.output
+        } else {
+            &mut self.errors
         };
         let entry = IndexRecord {
             line,
-            kind,
+            outcome,
             offset: file.len,
             len: u32::try_from(record.len()).map_err(|_| {
                 io::Error::new(io::ErrorKind::InvalidData, "a result line over 4 GiB")
@@ -101,75 +145,171 @@ impl Spool {
         };
         file.writer.write_all(record)?;
         file.len += record.len() as u64;
-        self.index.writer.write_all(&entry.encode())?;
+        let mut encoded = [0; IndexRecord::BYTES];
+        entry.encode(&mut encoded);
+        self.index.writer.write_all(&encoded)?;
         self.index.len += IndexRecord::BYTES as u64;
         Ok(())
     }
 
-    /// Makes everything appended so far durable: spool data first, then the index that points
-    /// into it, so the index never refers to bytes a crash could lose.
-    pub fn sync(&mut self) -> io::Result<()> {
-        self.output.sync()?;
-        self.errors.sync()?;
-        self.index.sync()
+    /// Hands everything appended so far to the OS and returns the files' lengths.
+    pub fn flush(&mut self) -> io::Result<Positions> {
+        self.output.writer.flush()?;
+        self.errors.writer.flush()?;
+        self.index.writer.flush()?;
+        Ok(self.positions())
     }
 
-    /// Syncs and closes the spool, returning where its two result files are.
-    pub fn close(mut self) -> io::Result<SpoolFiles> {
-        self.sync()?;
-        Ok(SpoolFiles {
-            output: self.dir.join(OUTPUT_SPOOL),
-            errors: self.dir.join(ERRORS_SPOOL),
-            output_bytes: self.output.len,
-            error_bytes: self.errors.len,
-        })
+    pub fn positions(&self) -> Positions {
+        Positions {
+            output: self.output.len,
+            errors: self.errors.len,
+            index: self.index.len,
+        }
+    }
+
+    pub fn sync_handles(&self) -> io::Result<SyncHandles> {
+        Ok(SyncHandles([
+            self.output.writer.get_ref().try_clone()?,
+            self.errors.writer.get_ref().try_clone()?,
+            self.index.writer.get_ref().try_clone()?,
+        ]))
+    }
+
+    pub fn files(&self) -> SpoolFiles {
+        SpoolFiles::in_dir(&self.dir)
     }
 }
 
+/// Where a state directory's spool files are.
 #[derive(Debug, Clone)]
 pub struct SpoolFiles {
     pub output: PathBuf,
     pub errors: PathBuf,
-    pub output_bytes: u64,
-    pub error_bytes: u64,
+    pub index: PathBuf,
+}
+
+impl SpoolFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            output: dir.join(OUTPUT_SPOOL),
+            errors: dir.join(ERRORS_SPOOL),
+            index: dir.join(INDEX),
+        }
+    }
+}
+
+/// Reads the first `len` bytes of an index file, record by record.
+pub fn read_index(path: &Path, len: u64, mut each: impl FnMut(IndexRecord)) -> io::Result<()> {
+    let file = File::open(path)?;
+    let mut reader = BufReader::with_capacity(256 * 1024, file.take(len));
+    let mut buf = [0; IndexRecord::BYTES];
+    loop {
+        match reader.read_exact(&mut buf) {
+            Ok(()) => each(IndexRecord::decode(&buf)),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn index_of(dir: &Path, len: u64) -> Vec<IndexRecord> {
+        let mut out = Vec::new();
+        read_index(&dir.join(INDEX), len, |r| out.push(r)).expect("index");
+        out
+    }
+
     #[test]
     fn appends_results_and_indexes_them() {
         let dir = tempfile::tempdir().expect("temp");
         let state = dir.path().join("state");
-        let mut spool = Spool::create(&state).expect("create");
+        let mut spool = Spool::open(&state, Positions::default()).expect("open");
         spool
-            .append(2, Kind::Output, b"{\"a\":1}\n")
+            .append(2, Outcome::Succeeded, b"{\"a\":1}\n")
             .expect("append");
         spool
-            .append(1, Kind::Error, b"{\"e\":1}\n")
+            .append(1, Outcome::Expired, b"{\"e\":1}\n")
             .expect("append");
         spool
-            .append(3, Kind::Output, b"{\"b\":2}\n")
+            .append(3, Outcome::Succeeded, b"{\"b\":2}\n")
             .expect("append");
-        let files = spool.close().expect("close");
+        let at = spool.flush().expect("flush");
+        assert_eq!(
+            at,
+            Positions {
+                output: 16,
+                errors: 8,
+                index: 63
+            }
+        );
+        let files = spool.files();
         assert_eq!(
             fs::read(&files.output).expect("read"),
             b"{\"a\":1}\n{\"b\":2}\n"
         );
         assert_eq!(fs::read(&files.errors).expect("read"), b"{\"e\":1}\n");
-        let index = fs::read(state.join(INDEX)).expect("index");
-        assert_eq!(index.len(), 3 * IndexRecord::BYTES);
-        let third = IndexRecord {
-            line: 3,
-            kind: Kind::Output,
-            offset: 8,
-            len: 8,
-        };
-        assert_eq!(&index[2 * IndexRecord::BYTES..], &third.encode());
-        assert!(
-            Spool::create(&state).is_err(),
-            "a second spool must not clobber the first"
+        let index = index_of(&state, at.index);
+        assert_eq!(index.len(), 3);
+        assert_eq!(
+            index[2],
+            IndexRecord {
+                line: 3,
+                outcome: Outcome::Succeeded,
+                offset: 8,
+                len: 8
+            }
         );
+        assert_eq!(index[1].outcome, Outcome::Expired);
+    }
+
+    #[test]
+    fn reopening_cuts_back_to_the_checkpoint() {
+        let dir = tempfile::tempdir().expect("temp");
+        let mut spool = Spool::open(dir.path(), Positions::default()).expect("open");
+        spool
+            .append(1, Outcome::Succeeded, b"one\n")
+            .expect("append");
+        let checkpoint = spool.flush().expect("flush");
+        spool
+            .append(2, Outcome::Succeeded, b"two\n")
+            .expect("append");
+        spool.flush().expect("flush");
+        drop(spool);
+        // A torn record after the checkpoint.
+        let files = SpoolFiles::in_dir(dir.path());
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(&files.output)
+            .expect("open");
+        f.write_all(b"{\"partial").expect("write");
+        drop(f);
+
+        let mut spool = Spool::open(dir.path(), checkpoint).expect("reopen");
+        spool
+            .append(3, Outcome::Succeeded, b"three\n")
+            .expect("append");
+        let at = spool.flush().expect("flush");
+        assert_eq!(fs::read(&files.output).expect("read"), b"one\nthree\n");
+        let lines: Vec<u64> = index_of(dir.path(), at.index)
+            .iter()
+            .map(|r| r.line)
+            .collect();
+        assert_eq!(lines, vec![1, 3]);
+    }
+
+    #[test]
+    fn a_spool_shorter_than_its_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().expect("temp");
+        let at = Positions {
+            output: 10,
+            errors: 0,
+            index: 0,
+        };
+        let err = Spool::open(dir.path(), at).err().expect("refused");
+        assert!(err.to_string().contains("damaged"), "{err}");
     }
 }

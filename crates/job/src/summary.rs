@@ -8,11 +8,27 @@ use serde::Serialize;
 use crate::metrics::{Outcome, Stats};
 use crate::progress::format_duration;
 
+/// How the job ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Every line has a result; the final files are written.
+    Completed,
+    /// The completion window ended; unfinished lines are `batch_expired` in the error file.
+    Expired,
+    /// Cancelled; unfinished lines are `batch_cancelled` in the error file.
+    Cancelled,
+    /// Stopped by a signal; the state directory is kept and the same command resumes.
+    Interrupted,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
+    pub status: JobStatus,
     pub input: String,
     pub output: String,
     pub errors: String,
+    pub state_dir: String,
     /// Lines in the input, blank ones included.
     pub lines: u64,
     /// Results written: one per non-blank line.
@@ -20,8 +36,11 @@ pub struct RunSummary {
     pub succeeded: u64,
     pub failed: u64,
     /// Failed results by reason: `engine_error` (a non-2xx answer), `engine_unavailable`
-    /// (no answer), `invalid_request` (skipped invalid line).
+    /// (no answer), `invalid_request` (skipped invalid line). Expired and cancelled lines are
+    /// counted apart, as OpenAI does.
     pub failed_by_reason: BTreeMap<&'static str, u64>,
+    pub expired: u64,
+    pub cancelled: u64,
     pub retries: u64,
     pub usage: UsageTotals,
     pub wall_seconds: f64,
@@ -40,26 +59,42 @@ pub struct Paths<'a> {
     pub input: &'a str,
     pub output: &'a str,
     pub errors: &'a str,
+    pub state_dir: &'a str,
 }
 
 impl RunSummary {
-    pub fn new(paths: Paths<'_>, lines: u64, stats: &Stats, wall: Duration) -> Self {
+    pub fn new(
+        paths: Paths<'_>,
+        status: JobStatus,
+        lines: u64,
+        stats: &Stats,
+        wall: Duration,
+    ) -> Self {
         let secs = wall.as_secs_f64().max(1e-9);
-        let failed_by_reason = Outcome::ALL
-            .iter()
-            .filter(|&&o| o != Outcome::Succeeded)
-            .map(|&o| (o.label(), stats.count(o)))
-            .collect();
+        let failed_by_reason = [
+            Outcome::EngineError,
+            Outcome::EngineUnavailable,
+            Outcome::InvalidRequest,
+        ]
+        .iter()
+        .map(|&o| (o.label(), stats.count(o)))
+        .collect();
+        let expired = stats.count(Outcome::Expired);
+        let cancelled = stats.count(Outcome::Cancelled);
         let output_tokens = Stats::load(&stats.output_tokens);
         Self {
+            status,
             input: paths.input.to_owned(),
             output: paths.output.to_owned(),
             errors: paths.errors.to_owned(),
+            state_dir: paths.state_dir.to_owned(),
             lines,
             results: stats.done(),
             succeeded: stats.count(Outcome::Succeeded),
-            failed: stats.failed(),
+            failed: stats.failed() - expired - cancelled,
             failed_by_reason,
+            expired,
+            cancelled,
             retries: Stats::load(&stats.retries),
             usage: UsageTotals {
                 input_tokens: Stats::load(&stats.input_tokens),
@@ -73,7 +108,7 @@ impl RunSummary {
     }
 
     pub fn render(&self) -> String {
-        let reasons: Vec<String> = self
+        let mut reasons: Vec<String> = self
             .failed_by_reason
             .iter()
             .filter(|(_, n)| **n > 0)
@@ -82,12 +117,25 @@ impl RunSummary {
         let reasons = if reasons.is_empty() {
             String::new()
         } else {
+            reasons.sort();
             format!(" ({})", reasons.join(", "))
         };
-        format!(
-            "finished {} requests in {}: {} succeeded, {} failed{reasons}, {} retries\n\
-             tokens: {} input, {} output, {} total | {:.1} req/s, {:.0} output tok/s\n\
-             output: {}\nerrors: {}\n",
+        let mut stopped = String::new();
+        if self.expired > 0 {
+            stopped.push_str(&format!(", {} expired", self.expired));
+        }
+        if self.cancelled > 0 {
+            stopped.push_str(&format!(", {} cancelled", self.cancelled));
+        }
+        let headline = match self.status {
+            JobStatus::Completed => "finished",
+            JobStatus::Expired => "EXPIRED (the completion window ended)",
+            JobStatus::Cancelled => "CANCELLED",
+            JobStatus::Interrupted => "INTERRUPTED",
+        };
+        let mut text = format!(
+            "{headline}: {} results in {}: {} succeeded, {} failed{reasons}{stopped}, {} retries\n\
+             tokens: {} input, {} output, {} total | {:.1} req/s, {:.0} output tok/s\n",
             self.results,
             format_duration(Duration::from_secs_f64(self.wall_seconds)),
             self.succeeded,
@@ -98,9 +146,19 @@ impl RunSummary {
             self.usage.total_tokens,
             self.requests_per_second,
             self.output_tokens_per_second,
-            self.output,
-            self.errors,
-        )
+        );
+        if self.status == JobStatus::Interrupted {
+            text.push_str(&format!(
+                "results so far are kept in {}; run the same command again to resume\n",
+                self.state_dir
+            ));
+        } else {
+            text.push_str(&format!(
+                "output: {}\nerrors: {}\n",
+                self.output, self.errors
+            ));
+        }
+        text
     }
 }
 
@@ -119,18 +177,21 @@ mod tests {
             output_tokens: 20,
             total_tokens: 30,
         });
+        stats.record(Outcome::Expired);
         let paths = Paths {
             input: "in",
             output: "out",
             errors: "err",
+            state_dir: "st",
         };
-        let s = RunSummary::new(paths, 4, &stats, Duration::from_secs(2));
-        assert_eq!((s.results, s.succeeded, s.failed), (3, 2, 1));
+        let s = RunSummary::new(paths, JobStatus::Expired, 4, &stats, Duration::from_secs(2));
+        assert_eq!((s.results, s.succeeded, s.failed, s.expired), (4, 2, 1, 1));
         assert_eq!(s.failed_by_reason["engine_unavailable"], 1);
         assert!((s.output_tokens_per_second - 10.0).abs() < 1e-9);
         let text = s.render();
+        assert!(text.starts_with("EXPIRED"), "{text}");
         assert!(
-            text.contains("2 succeeded, 1 failed (engine_unavailable 1)"),
+            text.contains("2 succeeded, 1 failed (engine_unavailable 1), 1 expired"),
             "{text}"
         );
     }

@@ -6,6 +6,8 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::hash::{DefaultHasher, Hasher};
+use std::io::Read;
 use std::path::Path;
 
 use batch_format::rules::Settled;
@@ -92,6 +94,23 @@ pub struct Validation {
     pub report: Report,
     pub invalid: BitSet,
     pub settled: Option<Settled>,
+    /// Size and content hash of the bytes validated, so a resumed job can tell whether the
+    /// input changed.
+    pub fingerprint: String,
+}
+
+/// Hashes everything read through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: DefaultHasher,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.write(&buf[..n]);
+        Ok(n)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,7 +153,13 @@ pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validatio
         source,
     };
     let file = File::open(path).map_err(read_error)?;
-    let mut reader = LineReader::new(file, options.max_line_bytes);
+    let mut reader = LineReader::new(
+        Hashing {
+            inner: file,
+            hasher: DefaultHasher::new(),
+        },
+        options.max_line_bytes,
+    );
     let mut rules = LineRules::new(options.rules.clone());
     let mut dupes = DuplicateFinder::new();
     let mut invalid = BitSet::default();
@@ -179,6 +204,11 @@ pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validatio
         }
     }
     report.bytes = reader.bytes_read();
+    let fingerprint = format!(
+        "{}-{:016x}",
+        report.bytes,
+        reader.into_inner().hasher.finish()
+    );
 
     let source = File::open(path).map_err(read_error)?;
     dupes
@@ -211,6 +241,7 @@ pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validatio
         report,
         invalid,
         settled,
+        fingerprint,
     })
 }
 
@@ -291,6 +322,13 @@ mod tests {
     fn a_good_file_is_valid() {
         let text = format!("{}\n\n{}\r\n", ok("a"), ok("b"));
         let v = validate(text.as_bytes(), &ValidateOptions::default());
+        let again = validate(text.as_bytes(), &ValidateOptions::default());
+        assert_eq!(v.fingerprint, again.fingerprint);
+        let other = validate(
+            text.replace('a', "c").as_bytes(),
+            &ValidateOptions::default(),
+        );
+        assert_ne!(v.fingerprint, other.fingerprint);
         assert!(v.report.valid, "{:?}", v.report);
         assert_eq!(v.report.requests, 2);
         assert_eq!(v.report.blank_lines, 1);

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use hyper::Method;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
+use crate::stop::StopSignal;
 use pool::Pool;
 pub use retry::RetryPolicy;
 use retry::{retry_after, status_is_retryable};
@@ -60,6 +61,8 @@ pub enum Delivery {
     },
     /// No answer: every attempt failed in transport.
     Unavailable { last_error: String },
+    /// The job started stopping while this request waited to be retried.
+    Stopped,
 }
 
 /// A delivery and what it took.
@@ -186,7 +189,14 @@ impl Engines {
     }
 
     /// Sends one request, retrying as the policy allows. `on_retry` is called before each retry.
-    pub async fn send(&self, target: &Target, body: Bytes, mut on_retry: impl FnMut()) -> Sent {
+    /// A stop ends the wait for a retry at once, so no request sits in backoff past a deadline.
+    pub async fn send(
+        &self,
+        target: &Target,
+        body: Bytes,
+        stop: &StopSignal,
+        mut on_retry: impl FnMut(),
+    ) -> Sent {
         let mut attempt = 0;
         loop {
             let lease = self.pool.lease().await;
@@ -230,6 +240,7 @@ impl Engines {
                     self.pool.record_failure(engine);
                     true
                 }
+                Delivery::Stopped => false,
             };
             attempt += 1;
             if !retryable || attempt > self.retry.max_retries {
@@ -239,8 +250,18 @@ impl Engines {
                     engine,
                 };
             }
+            let backoff = tokio::time::sleep(self.retry.backoff(attempt - 1, wait_hint));
+            tokio::select! {
+                () = backoff => {}
+                () = stop.stopping() => {
+                    return Sent {
+                        delivery: Delivery::Stopped,
+                        attempts: attempt,
+                        engine,
+                    };
+                }
+            }
             on_retry();
-            tokio::time::sleep(self.retry.backoff(attempt - 1, wait_hint)).await;
         }
     }
 }

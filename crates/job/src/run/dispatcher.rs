@@ -1,0 +1,178 @@
+//! The dispatch loop: items from the reader thread become request tasks, at most
+//! `max_concurrency` at a time, until the input ends or the job is stopped.
+//!
+//! On a stop, nothing new is sent. Requests in flight finish, or are abandoned when the stop
+//! aborts (each task watches for that itself and records what became of its line). Then, for an
+//! expired or cancelled job, every line still without a result gets its error record; an
+//! interrupted job just stops reading, and those lines run when it resumes.
+
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use super::execute::{Ids, Request, execute};
+use super::feed::Item;
+use crate::dispatch::{Engines, Target};
+use crate::metrics::Stats;
+use crate::outcome::Outcome;
+use crate::sink::{Record, Sink};
+use crate::stop::{Phase, StopReason, StopSignal};
+
+/// Everything a request task needs, shared.
+pub struct Shared {
+    pub engines: Engines,
+    pub target: Target,
+    pub stats: Arc<Stats>,
+    pub sink: Arc<Sink>,
+    pub stop: StopSignal,
+    pub ids: Ids,
+}
+
+impl Shared {
+    /// Counts a record and appends it to the spool.
+    fn deliver(&self, record: Record) {
+        self.stats.record(record.outcome);
+        if record.outcome == Outcome::Succeeded {
+            self.stats.add_usage(record.usage);
+        }
+        self.sink.append(record);
+    }
+
+    fn invalid(&self, line: u64, custom_id: Option<&str>, message: &str) -> Record {
+        self.ids.error(
+            line,
+            custom_id,
+            Outcome::InvalidRequest,
+            "invalid_request",
+            message,
+        )
+    }
+}
+
+/// How the dispatch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Every line has a result.
+    Complete,
+    Stopped(StopReason),
+    /// The spool could not be written; the sink holds the error.
+    SpoolFailed,
+}
+
+pub async fn dispatch(
+    shared: Arc<Shared>,
+    mut batches: mpsc::Receiver<Vec<Item>>,
+    max_concurrency: usize,
+) -> Ended {
+    let limit = max_concurrency.max(1);
+    let slots = Arc::new(Semaphore::new(limit));
+    // Items received but not yet dispatched when a stop came.
+    let mut leftover: Vec<Item> = Vec::new();
+    'input: while let Some(batch) = next_batch(&mut batches, &shared.stop).await {
+        let mut items = batch.into_iter();
+        while let Some(item) = items.next() {
+            if shared.sink.failed() {
+                break 'input;
+            }
+            match item {
+                Item::Invalid {
+                    line,
+                    custom_id,
+                    message,
+                } => shared.deliver(shared.invalid(line, custom_id.as_deref(), &message)),
+                Item::Request {
+                    line,
+                    custom_id,
+                    body,
+                } => {
+                    let slot = tokio::select! {
+                        biased;
+                        () = shared.stop.stopping() => None,
+                        slot = slots.clone().acquire_owned() => slot.ok(),
+                    };
+                    let Some(slot) = slot else {
+                        leftover.push(Item::Request {
+                            line,
+                            custom_id,
+                            body,
+                        });
+                        leftover.extend(items);
+                        break 'input;
+                    };
+                    let shared = shared.clone();
+                    tokio::spawn(async move {
+                        let request = Request {
+                            line,
+                            custom_id,
+                            body,
+                        };
+                        let record = execute(
+                            &shared.engines,
+                            &shared.target,
+                            &shared.stats,
+                            &shared.stop,
+                            &shared.ids,
+                            request,
+                        )
+                        .await;
+                        if let Some(record) = record {
+                            shared.deliver(record);
+                        }
+                        drop(slot);
+                    });
+                }
+            }
+        }
+    }
+    // Every slot back means every request task has finished and delivered its record.
+    let _ = slots.acquire_many(limit as u32).await;
+    if shared.sink.failed() {
+        return Ended::SpoolFailed;
+    }
+    let reason = match shared.stop.phase() {
+        Phase::Running => return Ended::Complete,
+        Phase::Draining(r) | Phase::Abort(r) => r,
+    };
+    if reason == StopReason::Interrupted {
+        return Ended::Stopped(reason);
+    }
+    // Expired or cancelled: every line still without a result gets its record.
+    for item in leftover {
+        close_out(&shared, item, reason);
+    }
+    while let Some(batch) = batches.recv().await {
+        for item in batch {
+            close_out(&shared, item, reason);
+        }
+    }
+    Ended::Stopped(reason)
+}
+
+/// The next batch, unless the job is stopping.
+async fn next_batch(
+    batches: &mut mpsc::Receiver<Vec<Item>>,
+    stop: &StopSignal,
+) -> Option<Vec<Item>> {
+    tokio::select! {
+        biased;
+        () = stop.stopping() => None,
+        batch = batches.recv() => batch,
+    }
+}
+
+/// Records a line that a stop left unrun (invalid lines keep their own record).
+fn close_out(shared: &Shared, item: Item, reason: StopReason) {
+    let record = match item {
+        Item::Invalid {
+            line,
+            custom_id,
+            message,
+        } => Some(shared.invalid(line, custom_id.as_deref(), &message)),
+        Item::Request {
+            line, custom_id, ..
+        } => shared.ids.stopped(line, &custom_id, reason),
+    };
+    if let Some(record) = record {
+        shared.deliver(record);
+    }
+}

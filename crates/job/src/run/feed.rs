@@ -1,0 +1,107 @@
+//! The reader thread of the dispatch pass: streams the input again and turns each line that
+//! still needs a result into an [`Item`], judging it exactly as the validation pass did.
+
+use std::fs::File;
+use std::path::Path;
+
+use batch_format::input::custom_id_of;
+use batch_format::{LineRules, Problem};
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::bitset::BitSet;
+use crate::reader::{Content, LineReader};
+
+/// Lines handed over at a time, so the reader and the dispatcher rarely wake each other.
+pub const BATCH: usize = 256;
+
+/// A line that needs a result.
+pub enum Item {
+    Request {
+        line: u64,
+        custom_id: String,
+        body: Bytes,
+    },
+    Invalid {
+        line: u64,
+        custom_id: Option<String>,
+        message: String,
+    },
+}
+
+pub struct Feed<'a> {
+    pub path: &'a Path,
+    pub max_line_bytes: usize,
+    pub rules: LineRules,
+    /// Lines the validation pass rejected.
+    pub invalid: &'a BitSet,
+    /// Lines that already have a result (a resumed job).
+    pub done: &'a BitSet,
+}
+
+impl Feed<'_> {
+    /// Sends every line that needs a result, in batches, until the input ends or the receiver
+    /// goes away.
+    pub fn run(mut self, batches: &mpsc::Sender<Vec<Item>>) -> std::io::Result<()> {
+        let mut reader = LineReader::new(File::open(self.path)?, self.max_line_bytes);
+        let mut batch = Vec::with_capacity(BATCH);
+        while let Some(line) = reader.next_line()? {
+            if line.content.is_blank() || self.done.contains(line.number) {
+                continue;
+            }
+            batch.push(self.item(line.number, &line.content));
+            if batch.len() == BATCH {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                if batches.blocking_send(full).is_err() {
+                    return Ok(()); // the dispatcher stopped
+                }
+            }
+        }
+        if !batch.is_empty() {
+            let _ = batches.blocking_send(batch);
+        }
+        Ok(())
+    }
+
+    fn item(&mut self, line: u64, content: &Content<'_>) -> Item {
+        let text = match content {
+            Content::TooLong => {
+                return Item::Invalid {
+                    line,
+                    custom_id: None,
+                    message: Problem::LineTooLong {
+                        max_bytes: self.max_line_bytes,
+                    }
+                    .to_string(),
+                };
+            }
+            Content::Text(text) => text,
+        };
+        match self.rules.check(line, text) {
+            Ok(request) if !self.invalid.contains(line) => Item::Request {
+                line,
+                custom_id: request.custom_id.into_owned(),
+                body: Bytes::copy_from_slice(request.body.get().as_bytes()),
+            },
+            // Valid on its own but rejected by the validation pass: a duplicate custom_id.
+            Ok(request) => Item::Invalid {
+                line,
+                message: format!(
+                    "the custom_id {:?} is a duplicate of an earlier line; custom_id must be \
+                     unique for each request in a batch",
+                    request.custom_id
+                ),
+                custom_id: Some(request.custom_id.into_owned()),
+            },
+            Err(problems) => Item::Invalid {
+                line,
+                custom_id: custom_id_of(text),
+                message: problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            },
+        }
+    }
+}

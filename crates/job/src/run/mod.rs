@@ -1,0 +1,400 @@
+//! One job from input file to final files: validate, open (or resume) the state, dispatch,
+//! checkpoint, finalize.
+//!
+//! Two stages run at once, connected by a bounded channel so memory stays flat however large the
+//! input is:
+//! - a reader thread ([`feed`]) streams the input a second time and turns each line still
+//!   without a result into a request (or, with `--skip-invalid`, into an error record for a line
+//!   the validation pass rejected), handing them over in batches so the threads rarely have to
+//!   wake each other;
+//! - the [`dispatcher`] keeps at most `max_concurrency` requests in flight, each a task that
+//!   sends, retries, formats its result line ([`execute`]) and appends it to the spool.
+//!
+//! Appending is a short copy into the spool's buffer under a lock, cheaper than handing each
+//! record to a writer thread (measured: the wake-ups cost more than the writes). Checkpoints run
+//! beside it (see `sink`); the deadline and the stop grace are timers that move the
+//! [`StopSignal`].
+
+mod dispatcher;
+mod execute;
+mod feed;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use batch_format::LineRules;
+use tokio::sync::{mpsc, oneshot};
+
+pub use dispatcher::Ended;
+use dispatcher::{Shared, dispatch};
+use execute::Ids;
+pub use execute::{CANCELLED_MESSAGE, EXPIRED_MESSAGE};
+use feed::Feed;
+
+use crate::deadline::Deadline;
+use crate::dispatch::{EngineError, EngineOptions, Engines, ProbeResult};
+use crate::finalize::{Destination, FinalizeError, Order, finalize};
+use crate::metrics::{self, Stats};
+use crate::outcome::Outcome;
+use crate::progress::{Progress, ProgressMode};
+use crate::sink::{CheckpointPolicy, Sink};
+use crate::state::{self, NewJob, StateError};
+use crate::stop::{StopReason, StopSignal};
+use crate::summary::{JobStatus, Paths, RunSummary};
+use crate::validate::{Report, ValidateError, ValidateOptions, validate_file};
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub errors: PathBuf,
+    pub state_dir: PathBuf,
+    pub engines: EngineOptions,
+    pub max_concurrency: usize,
+    pub skip_invalid: bool,
+    pub validate: ValidateOptions,
+    pub metrics_listen: Option<SocketAddr>,
+    pub progress: ProgressMode,
+    pub progress_interval: Duration,
+    pub order: Order,
+    pub checkpoint: CheckpointPolicy,
+    /// Discard an existing state directory instead of resuming from it.
+    pub restart: bool,
+    /// Keep the state directory after the final files are written.
+    pub keep_state: bool,
+    pub deadline: Deadline,
+    /// How long requests in flight may still finish once the job is stopping.
+    pub grace: Duration,
+}
+
+/// `OUTPUT.errors.jsonl` for `OUTPUT.jsonl` (or `OUTPUT.errors.jsonl` for any other name).
+pub fn default_errors_path(output: &Path) -> PathBuf {
+    let name = output.to_string_lossy();
+    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
+    PathBuf::from(format!("{stem}.errors.jsonl"))
+}
+
+/// `OUTPUT.state`, next to the output so finalize can rename instead of copying.
+pub fn default_state_dir(output: &Path) -> PathBuf {
+    let mut name = output.as_os_str().to_os_string();
+    name.push(".state");
+    PathBuf::from(name)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{}", .0.render(&.1))]
+    Invalid(Box<Report>, String),
+    #[error(transparent)]
+    Validate(#[from] ValidateError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Finalize(#[from] FinalizeError),
+}
+
+impl RunError {
+    /// True when the input or the command line is at fault (rather than the environment).
+    pub fn is_usage(&self) -> bool {
+        match self {
+            RunError::Invalid(..) | RunError::Validate(_) => true,
+            RunError::State(e) => !matches!(e, StateError::Io { .. }),
+            RunError::Engine(e) => !matches!(e, EngineError::NoneReachable(_)),
+            RunError::Io { .. } | RunError::Finalize(_) => false,
+        }
+    }
+
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+        let context = context.into();
+        move |source| RunError::Io { context, source }
+    }
+}
+
+/// Runs the job to its end: completed, expired, cancelled, or interrupted (resumable). `stop`
+/// is how the caller (signal handlers, a service) stops it early.
+pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, RunError> {
+    let started = Instant::now();
+    let validation = {
+        let (path, vopts) = (options.input.clone(), options.validate.clone());
+        tokio::task::spawn_blocking(move || validate_file(&path, &vopts))
+            .await
+            .map_err(|e| RunError::io("validation")(std::io::Error::other(e)))??
+    };
+    let report = validation.report;
+    let input_name = options.input.display().to_string();
+    if report.requests == 0 && report.invalid_lines == 0 || !report.valid && !options.skip_invalid {
+        return Err(RunError::Invalid(Box::new(report), input_name));
+    }
+    if !report.valid {
+        tracing::warn!(
+            "{} invalid lines go to the error file (--skip-invalid):\n{}",
+            report.invalid_lines,
+            report.render(&input_name)
+        );
+    }
+    let planned = report.requests
+        + if options.skip_invalid {
+            report.invalid_lines
+        } else {
+            0
+        };
+
+    let existed = options.state_dir.exists();
+    let job = NewJob {
+        input: &input_name,
+        fingerprint: &validation.fingerprint,
+        run_tag: run_tag(),
+    };
+    let opened = state::open(&options.state_dir, job, options.restart)?;
+    let already = opened.done.len();
+    if opened.resumed {
+        tracing::info!(
+            "resuming from {}: {already} of {planned} lines already have a result",
+            options.state_dir.display()
+        );
+    }
+
+    let engines = Engines::new(&options.engines)?;
+    if already < planned {
+        match engines.probe().await {
+            Ok(probes) => log_probes(&probes),
+            Err(e) => {
+                if !existed {
+                    // Nothing was done: leave no state behind.
+                    let _ = std::fs::remove_dir_all(&options.state_dir);
+                }
+                return Err(e.into());
+            }
+        }
+    }
+
+    let stats = Arc::new(Stats::default());
+    stats
+        .planned
+        .store(planned, std::sync::atomic::Ordering::Relaxed);
+    for o in Outcome::ALL {
+        stats.add(o, opened.counts[o.index()]);
+    }
+    let totals = opened.manifest.totals;
+    stats
+        .retries
+        .store(totals.retries, std::sync::atomic::Ordering::Relaxed);
+    stats.add_usage(batch_format::output::Usage {
+        input_tokens: totals.input_tokens,
+        output_tokens: totals.output_tokens,
+        total_tokens: totals.total_tokens,
+    });
+
+    let deadline = options.deadline.resolve(opened.manifest.started_at);
+    let ids = Ids::new(opened.manifest.run_tag.clone());
+    let state_io = RunError::io(format!("state directory {}", options.state_dir.display()));
+    let sink = Arc::new(
+        Sink::new(
+            opened.spool,
+            opened.manifest,
+            options.state_dir.clone(),
+            options.checkpoint,
+        )
+        .map_err(state_io)?,
+    );
+    let checkpoints = tokio::spawn(sink.clone().run_checkpoints());
+    let stop_metrics = match options.metrics_listen {
+        Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
+        None => None,
+    };
+    let progress = Progress::start(stats.clone(), options.progress, options.progress_interval);
+    let timers = tokio::spawn(stop_timers(stop.clone(), deadline, options.grace));
+
+    let target = engines.target(validation.settled.as_ref().map_or("", |s| s.url.as_str()))?;
+    let shared = Arc::new(Shared {
+        engines,
+        target,
+        stats: stats.clone(),
+        sink: sink.clone(),
+        stop: stop.clone(),
+        ids,
+    });
+    let (batch_tx, batches) = mpsc::channel(8);
+    let reader = {
+        let path = options.input.clone();
+        let rules = LineRules::settled(options.validate.rules.clone(), validation.settled);
+        let max_line_bytes = options.validate.max_line_bytes;
+        let (invalid, done) = (validation.invalid, opened.done);
+        std::thread::spawn(move || {
+            let feed = Feed {
+                path: &path,
+                max_line_bytes,
+                rules,
+                invalid: &invalid,
+                done: &done,
+            };
+            feed.run(&batch_tx)
+        })
+    };
+    let ended = dispatch(shared, batches, options.max_concurrency).await;
+    timers.abort();
+    checkpoints.abort();
+    progress.finish();
+    if let Some(stop) = stop_metrics {
+        let _ = stop.send(());
+    }
+    let read = reader
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread panicked")));
+    let final_checkpoint = {
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || sink.checkpoint())
+            .await
+            .map_err(|e| RunError::io("checkpoint")(std::io::Error::other(e)))?
+    };
+    let positions = final_checkpoint.map_err(RunError::io(format!(
+        "cannot write the spool in {}",
+        options.state_dir.display()
+    )))?;
+    read.map_err(RunError::io(format!(
+        "cannot read {}",
+        options.input.display()
+    )))?;
+
+    let status = match ended {
+        Ended::Complete => JobStatus::Completed,
+        Ended::Stopped(StopReason::Expired) => JobStatus::Expired,
+        Ended::Stopped(StopReason::Cancelled) => JobStatus::Cancelled,
+        Ended::Stopped(StopReason::Interrupted) => JobStatus::Interrupted,
+        Ended::SpoolFailed => {
+            return Err(RunError::io(format!(
+                "cannot write the spool in {}",
+                options.state_dir.display()
+            ))(std::io::Error::other("an append failed")));
+        }
+    };
+    if status != JobStatus::Interrupted {
+        let to = Destination {
+            output: &options.output,
+            errors: &options.errors,
+        };
+        finalize(
+            &crate::spool::SpoolFiles::in_dir(&options.state_dir),
+            positions,
+            options.order,
+            &to,
+        )?;
+        if !options.keep_state {
+            std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
+                "cannot remove the state directory {}",
+                options.state_dir.display()
+            )))?;
+        }
+    }
+    let paths = Paths {
+        input: &input_name,
+        output: &options.output.display().to_string(),
+        errors: &options.errors.display().to_string(),
+        state_dir: &options.state_dir.display().to_string(),
+    };
+    Ok(RunSummary::new(
+        paths,
+        status,
+        report.lines,
+        &stats,
+        started.elapsed(),
+    ))
+}
+
+/// Fires the deadline, and ends the grace once the job is stopping.
+async fn stop_timers(stop: StopSignal, deadline: Option<SystemTime>, grace: Duration) {
+    let expire = async {
+        match deadline {
+            Some(at) => {
+                let left = at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                tokio::time::sleep(left).await;
+                if stop.phase() == crate::stop::Phase::Running {
+                    tracing::warn!("the completion window has ended: stopping");
+                }
+                stop.request(StopReason::Expired);
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let end_grace = async {
+        stop.stopping().await;
+        tokio::time::sleep(grace).await;
+        if let Some(reason) = stop.phase().reason() {
+            stop.abort(reason);
+        }
+    };
+    tokio::join!(expire, end_grace);
+}
+
+fn log_probes(probes: &[ProbeResult]) {
+    for p in probes {
+        match &p.outcome {
+            Ok(401 | 403) => tracing::warn!(
+                "{} refused GET /v1/models as unauthorised; check --api-key",
+                p.url
+            ),
+            Ok(_) => tracing::debug!("{} is reachable", p.url),
+            Err(e) => tracing::warn!("{} is not reachable ({e}); it will be retried later", p.url),
+        }
+    }
+}
+
+async fn start_metrics(
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+) -> Result<oneshot::Sender<()>, RunError> {
+    let listener = metrics::bind(addr).await.map_err(RunError::io("metrics"))?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!("serving metrics on http://{local}/metrics");
+    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = metrics::serve(listener, stats, shutdown).await {
+            tracing::warn!("the metrics server stopped: {e}");
+        }
+    });
+    Ok(stop)
+}
+
+/// A random tag that makes this run's result ids unique across runs.
+fn run_tag() -> String {
+    use std::hash::BuildHasher;
+    let n = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
+    format!("{:012x}", n & 0xffff_ffff_ffff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_paths_sit_next_to_the_output() {
+        assert_eq!(
+            default_errors_path(Path::new("out/results.jsonl")),
+            PathBuf::from("out/results.errors.jsonl")
+        );
+        assert_eq!(
+            default_errors_path(Path::new("results.txt")),
+            PathBuf::from("results.txt.errors.jsonl")
+        );
+        assert_eq!(
+            default_state_dir(Path::new("out/r.jsonl")),
+            PathBuf::from("out/r.jsonl.state")
+        );
+    }
+}

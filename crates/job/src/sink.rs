@@ -1,0 +1,232 @@
+//! The spool as the request tasks share it, and the checkpoints that make it durable.
+//!
+//! Appending is a short copy into the spool's buffers under a lock. A checkpoint takes the lock
+//! only to flush those buffers and read the file lengths; it syncs the files and replaces the
+//! manifest outside the lock, so appends continue while the disk catches up. A checkpoint runs
+//! every `every_results` results or `every` time, whichever comes first.
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use batch_format::output::Usage;
+use tokio::sync::Notify;
+
+use crate::outcome::Outcome;
+use crate::spool::{Positions, Spool, SyncHandles};
+use crate::state::{Manifest, Totals};
+
+/// How often to checkpoint; zero turns a trigger off.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointPolicy {
+    pub every_results: u64,
+    pub every: Duration,
+}
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        Self {
+            every_results: 10_000,
+            every: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One formatted result line on its way to the spool.
+pub struct Record {
+    pub line: u64,
+    pub outcome: Outcome,
+    pub bytes: Vec<u8>,
+    pub usage: Usage,
+    pub retries: u64,
+}
+
+struct Appending {
+    spool: Spool,
+    error: Option<io::Error>,
+    totals: Totals,
+    since_checkpoint: u64,
+}
+
+pub struct Sink {
+    appending: Mutex<Appending>,
+    failed: AtomicBool,
+    sync: SyncHandles,
+    dir: PathBuf,
+    /// The manifest as last stored; also serialises checkpoints.
+    manifest: Mutex<Manifest>,
+    policy: CheckpointPolicy,
+    wake: Notify,
+}
+
+impl Sink {
+    pub fn new(
+        spool: Spool,
+        manifest: Manifest,
+        dir: PathBuf,
+        policy: CheckpointPolicy,
+    ) -> io::Result<Self> {
+        Ok(Self {
+            sync: spool.sync_handles()?,
+            appending: Mutex::new(Appending {
+                spool,
+                error: None,
+                totals: manifest.totals,
+                since_checkpoint: 0,
+            }),
+            failed: AtomicBool::new(false),
+            dir,
+            manifest: Mutex::new(manifest),
+            policy,
+            wake: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Appending> {
+        // A panic mid-append leaves at worst a partial record after the last checkpoint, which
+        // resume discards.
+        self.appending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn append(&self, record: Record) {
+        let mut a = self.lock();
+        if a.error.is_some() {
+            return;
+        }
+        match a.spool.append(record.line, record.outcome, &record.bytes) {
+            Ok(()) => {
+                a.totals.retries += record.retries;
+                if record.outcome.is_success() {
+                    a.totals.input_tokens += record.usage.input_tokens;
+                    a.totals.output_tokens += record.usage.output_tokens;
+                    a.totals.total_tokens += record.usage.total_tokens;
+                }
+                a.since_checkpoint += 1;
+                if self.policy.every_results > 0 && a.since_checkpoint == self.policy.every_results
+                {
+                    self.wake.notify_one();
+                }
+            }
+            Err(e) => {
+                a.error = Some(e);
+                self.failed.store(true, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// True once an append failed; the job stops and reports the error.
+    pub fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.lock().totals
+    }
+
+    /// Makes every result appended so far durable and records it in the manifest.
+    pub fn checkpoint(&self) -> io::Result<Positions> {
+        let mut manifest = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+        let (positions, totals) = {
+            let mut a = self.lock();
+            if let Some(e) = &a.error {
+                return Err(io::Error::new(e.kind(), e.to_string()));
+            }
+            let positions = a.spool.flush()?;
+            a.since_checkpoint = 0;
+            (positions, a.totals)
+        };
+        self.sync.sync()?;
+        manifest.positions = positions;
+        manifest.totals = totals;
+        manifest.checkpoints += 1;
+        manifest.store(&self.dir)?;
+        Ok(positions)
+    }
+
+    /// Checkpoints on the policy's schedule until the task is aborted. Failures are logged and
+    /// retried at the next trigger; the final checkpoint reports them.
+    pub async fn run_checkpoints(self: Arc<Self>) {
+        let interval = if self.policy.every.is_zero() {
+            Duration::from_secs(3600 * 24 * 365)
+        } else {
+            self.policy.every
+        };
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = self.wake.notified() => {}
+            }
+            if self.policy.every.is_zero() && self.policy.every_results == 0 {
+                continue;
+            }
+            let sink = self.clone();
+            match tokio::task::spawn_blocking(move || sink.checkpoint()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!("checkpoint failed (will retry): {e}"),
+                Err(e) => tracing::warn!("checkpoint task failed: {e}"),
+            }
+        }
+    }
+
+    pub fn manifest(&self) -> Manifest {
+        self.manifest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{NewJob, open};
+
+    fn record(line: u64, outcome: Outcome) -> Record {
+        Record {
+            line,
+            outcome,
+            bytes: format!("{{\"line\":{line}}}\n").into_bytes(),
+            usage: Usage {
+                input_tokens: 1,
+                output_tokens: 2,
+                total_tokens: 3,
+            },
+            retries: 1,
+        }
+    }
+
+    #[test]
+    fn a_checkpoint_records_positions_and_totals_that_a_resume_restores() {
+        let dir = tempfile::tempdir().expect("temp");
+        let job = || NewJob {
+            input: "in",
+            fingerprint: "fp",
+            run_tag: "t".into(),
+        };
+        let opened = open(dir.path(), job(), false).expect("open");
+        let sink = Sink::new(
+            opened.spool,
+            opened.manifest,
+            dir.path().to_owned(),
+            CheckpointPolicy::default(),
+        )
+        .expect("sink");
+        sink.append(record(1, Outcome::Succeeded));
+        sink.append(record(2, Outcome::EngineError));
+        let at = sink.checkpoint().expect("checkpoint");
+        sink.append(record(3, Outcome::Succeeded));
+        drop(sink);
+
+        let resumed = open(dir.path(), job(), false).expect("resume");
+        assert_eq!(resumed.manifest.positions, at);
+        assert_eq!(resumed.manifest.checkpoints, 1);
+        assert_eq!(resumed.manifest.totals.retries, 2);
+        assert_eq!(
+            resumed.manifest.totals.output_tokens, 2,
+            "only successes count usage"
+        );
+        assert!(resumed.done.contains(2) && !resumed.done.contains(3));
+    }
+}

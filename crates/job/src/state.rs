@@ -1,0 +1,275 @@
+//! A job's state directory: the spool plus a manifest, and resuming from them.
+//!
+//! The manifest is small JSON replaced atomically (write a temporary file, sync it, rename it over
+//! the old one, sync the directory) at every checkpoint. It records which input the state belongs
+//! to (a fingerprint of its bytes), when the job first started (the completion window counts from
+//! there, across resumes), and how far each spool file is valid.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::bitset::BitSet;
+use crate::outcome::Outcome;
+use crate::spool::{Positions, Spool, SpoolFiles, read_index};
+
+pub const MANIFEST: &str = "manifest.json";
+const VERSION: u32 = 1;
+
+/// Totals that must survive a resume, kept consistent with the spool positions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub retries: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub total_tokens: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    /// The input as given on the command line (for messages only).
+    pub input: String,
+    /// Size and content hash of the input: a resume against other bytes is refused.
+    pub input_fingerprint: String,
+    /// Unix seconds of the job's first start.
+    pub started_at: u64,
+    /// Makes result ids unique to this job and stable across its resumes.
+    pub run_tag: String,
+    pub positions: Positions,
+    pub totals: Totals,
+    pub checkpoints: u64,
+}
+
+impl Manifest {
+    pub fn load(dir: &Path) -> io::Result<Option<Self>> {
+        let text = match fs::read(dir.join(MANIFEST)) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        serde_json::from_slice(&text).map(Some).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{}: {e}", dir.join(MANIFEST).display()),
+            )
+        })
+    }
+
+    /// Replaces the manifest atomically and durably.
+    pub fn store(&self, dir: &Path) -> io::Result<()> {
+        let tmp = dir.join(format!("{MANIFEST}.tmp"));
+        let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        fs::write(&tmp, text)?;
+        File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, dir.join(MANIFEST))?;
+        File::open(dir)?.sync_all()
+    }
+}
+
+/// Why a state directory cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(
+        "{dir} holds the state of a run of a different input ({input}: the file changed since \
+         that run started). Either restore the original input and run the same command again to \
+         resume, or add --restart to discard the earlier results and start over"
+    )]
+    InputChanged { dir: String, input: String },
+    #[error(
+        "{dir} exists but holds no readable manifest ({reason}); add --restart to discard it and \
+         start over"
+    )]
+    Unreadable { dir: String, reason: String },
+    #[error("state directory {dir}: {source}")]
+    Io {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// An opened state directory: where to append, what is done already.
+pub struct Opened {
+    pub spool: Spool,
+    pub manifest: Manifest,
+    /// Lines that already have a result.
+    pub done: BitSet,
+    /// Results already in the spool, by outcome.
+    pub counts: [u64; Outcome::ALL.len()],
+    pub resumed: bool,
+}
+
+pub struct NewJob<'a> {
+    pub input: &'a str,
+    pub fingerprint: &'a str,
+    pub run_tag: String,
+}
+
+/// Opens `dir` for the job: resumes what is there, or starts fresh (after discarding it, with
+/// `restart`).
+pub fn open(dir: &Path, job: NewJob<'_>, restart: bool) -> Result<Opened, StateError> {
+    let io_err = |source| StateError::Io {
+        dir: dir.display().to_string(),
+        source,
+    };
+    if restart && dir.exists() {
+        fs::remove_dir_all(dir).map_err(io_err)?;
+    }
+    let existing = match Manifest::load(dir) {
+        Ok(m) => m,
+        Err(e) => {
+            return Err(StateError::Unreadable {
+                dir: dir.display().to_string(),
+                reason: e.to_string(),
+            });
+        }
+    };
+    match existing {
+        Some(manifest) => resume(dir, manifest, &job),
+        None if spool_is_empty(dir) => start(dir, job),
+        None => Err(StateError::Unreadable {
+            dir: dir.display().to_string(),
+            reason: "results were written but no checkpoint was recorded".into(),
+        }),
+    }
+}
+
+fn spool_is_empty(dir: &Path) -> bool {
+    let files = SpoolFiles::in_dir(dir);
+    [files.output, files.errors, files.index]
+        .iter()
+        .all(|p| fs::metadata(p).map_or(true, |m| m.len() == 0))
+}
+
+fn start(dir: &Path, job: NewJob<'_>) -> Result<Opened, StateError> {
+    let io_err = |source| StateError::Io {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let spool = Spool::open(dir, Positions::default()).map_err(io_err)?;
+    let manifest = Manifest {
+        version: VERSION,
+        input: job.input.to_owned(),
+        input_fingerprint: job.fingerprint.to_owned(),
+        started_at: unix_now(),
+        run_tag: job.run_tag,
+        positions: Positions::default(),
+        totals: Totals::default(),
+        checkpoints: 0,
+    };
+    manifest.store(dir).map_err(io_err)?;
+    Ok(Opened {
+        spool,
+        manifest,
+        done: BitSet::default(),
+        counts: [0; Outcome::ALL.len()],
+        resumed: false,
+    })
+}
+
+fn resume(dir: &Path, manifest: Manifest, job: &NewJob<'_>) -> Result<Opened, StateError> {
+    if manifest.input_fingerprint != job.fingerprint {
+        return Err(StateError::InputChanged {
+            dir: dir.display().to_string(),
+            input: job.input.to_owned(),
+        });
+    }
+    let io_err = |source| StateError::Io {
+        dir: dir.display().to_string(),
+        source,
+    };
+    let spool = Spool::open(dir, manifest.positions).map_err(io_err)?;
+    let mut done = BitSet::default();
+    let mut counts = [0; Outcome::ALL.len()];
+    read_index(&spool.files().index, manifest.positions.index, |r| {
+        done.insert(r.line);
+        counts[r.outcome.index()] += 1;
+    })
+    .map_err(io_err)?;
+    Ok(Opened {
+        spool,
+        manifest,
+        done,
+        counts,
+        resumed: true,
+    })
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job<'a>(fingerprint: &'a str) -> NewJob<'a> {
+        NewJob {
+            input: "in.jsonl",
+            fingerprint,
+            run_tag: "tag".into(),
+        }
+    }
+
+    #[test]
+    fn starts_then_resumes_from_the_last_checkpoint() {
+        let dir = tempfile::tempdir().expect("temp");
+        let state = dir.path().join("s");
+        let mut opened = open(&state, job("f1"), false).expect("start");
+        assert!(!opened.resumed);
+        opened
+            .spool
+            .append(4, Outcome::Succeeded, b"a\n")
+            .expect("append");
+        opened
+            .spool
+            .append(2, Outcome::Expired, b"b\n")
+            .expect("append");
+        let at = opened.spool.flush().expect("flush");
+        opened.manifest.positions = at;
+        opened.manifest.store(&state).expect("store");
+        opened
+            .spool
+            .append(9, Outcome::Succeeded, b"lost\n")
+            .expect("append");
+        opened.spool.flush().expect("flush");
+        drop(opened);
+
+        let resumed = open(&state, job("f1"), false).expect("resume");
+        assert!(resumed.resumed);
+        assert!(resumed.done.contains(4) && resumed.done.contains(2) && !resumed.done.contains(9));
+        assert_eq!(resumed.counts[Outcome::Succeeded.index()], 1);
+        assert_eq!(resumed.counts[Outcome::Expired.index()], 1);
+        assert_eq!(resumed.manifest.run_tag, "tag");
+    }
+
+    #[test]
+    fn another_input_is_refused_unless_restarting() {
+        let dir = tempfile::tempdir().expect("temp");
+        let state = dir.path().join("s");
+        drop(open(&state, job("f1"), false).expect("start"));
+        let err = open(&state, job("f2"), false).err().expect("refused");
+        let text = err.to_string();
+        assert!(
+            text.contains("restore the original input") && text.contains("--restart"),
+            "{text}"
+        );
+        let fresh = open(&state, job("f2"), true).expect("restart");
+        assert!(!fresh.resumed);
+    }
+
+    #[test]
+    fn results_without_a_manifest_are_not_silently_dropped() {
+        let dir = tempfile::tempdir().expect("temp");
+        let files = SpoolFiles::in_dir(dir.path());
+        fs::write(&files.output, b"x\n").expect("write");
+        let err = open(dir.path(), job("f"), false).err().expect("refused");
+        assert!(err.to_string().contains("--restart"));
+    }
+}
