@@ -13,11 +13,11 @@ pub enum Deadline {
 }
 
 impl Deadline {
-    /// The absolute time for a job that first started at `started_at` (Unix seconds).
-    pub fn resolve(self, started_at: u64) -> Option<SystemTime> {
+    /// The absolute time for a job that first started at `started_at_ms` (Unix milliseconds).
+    pub fn resolve(self, started_at_ms: u64) -> Option<SystemTime> {
         match self {
             Deadline::None => None,
-            Deadline::Window(d) => Some(UNIX_EPOCH + Duration::from_secs(started_at) + d),
+            Deadline::Window(d) => Some(UNIX_EPOCH + Duration::from_millis(started_at_ms) + d),
             Deadline::At(t) => Some(t),
         }
     }

@@ -35,8 +35,8 @@ pub struct Manifest {
     pub input: String,
     /// Size and content hash of the input: a resume against other bytes is refused.
     pub input_fingerprint: String,
-    /// Unix seconds of the job's first start.
-    pub started_at: u64,
+    /// Unix time of the job's first start, in milliseconds.
+    pub started_at_ms: u64,
     /// Makes result ids unique to this job and stable across its resumes.
     pub run_tag: String,
     pub positions: Positions,
@@ -155,7 +155,7 @@ fn start(dir: &Path, job: NewJob<'_>) -> Result<Opened, StateError> {
         version: VERSION,
         input: job.input.to_owned(),
         input_fingerprint: job.fingerprint.to_owned(),
-        started_at: unix_now(),
+        started_at_ms: unix_now_ms(),
         run_tag: job.run_tag,
         positions: Positions::default(),
         totals: Totals::default(),
@@ -199,10 +199,10 @@ fn resume(dir: &Path, manifest: Manifest, job: &NewJob<'_>) -> Result<Opened, St
     })
 }
 
-pub fn unix_now() -> u64 {
+pub fn unix_now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

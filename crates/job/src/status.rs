@@ -19,7 +19,8 @@ use crate::state::Manifest;
 #[derive(Debug, Clone, Serialize)]
 pub struct JobProgress {
     pub input: String,
-    pub started_at: u64,
+    /// Unix time of the job's first start, in milliseconds.
+    pub started_at_ms: u64,
     pub checkpoints: u64,
     /// Results covered by the last checkpoint, by outcome.
     pub checkpointed: BTreeMap<&'static str, u64>,
@@ -47,7 +48,7 @@ pub fn read_progress(dir: &Path) -> std::io::Result<Option<JobProgress>> {
         written.saturating_sub(manifest.positions.index) / IndexRecord::BYTES as u64;
     Ok(Some(JobProgress {
         input: manifest.input,
-        started_at: manifest.started_at,
+        started_at_ms: manifest.started_at_ms,
         checkpoints: manifest.checkpoints,
         checkpointed,
         since_checkpoint,

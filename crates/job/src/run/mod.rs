@@ -195,7 +195,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         total_tokens: totals.total_tokens,
     });
 
-    let deadline = options.deadline.resolve(opened.manifest.started_at);
+    let deadline = options.deadline.resolve(opened.manifest.started_at_ms);
     let ids = Ids::new(opened.manifest.run_tag.clone());
     let state_io = RunError::io(format!("state directory {}", options.state_dir.display()));
     let sink = Arc::new(
