@@ -205,6 +205,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub grace: Duration,
 
+    /// Rerun only the lines that failed, expired or were cancelled in an earlier run (this is
+    /// its error file), and merge: OUTPUT gets the earlier successes plus the new ones, the error
+    /// file only what fails again.
+    #[arg(long, value_name = "ERRORS_FILE")]
+    pub retry_failed: Option<PathBuf>,
+
+    /// The earlier run's output, for --retry-failed [default: OUTPUT].
+    #[arg(long, value_name = "PATH", requires = "retry_failed")]
+    pub previous_output: Option<PathBuf>,
+
     /// On Ctrl-C or SIGTERM, finalize the job as cancelled (unsent lines become
     /// batch_cancelled) instead of stopping it resumable.
     #[arg(long)]

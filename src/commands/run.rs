@@ -6,6 +6,7 @@ use batch_job::deadline::Deadline;
 use batch_job::dispatch::{EngineOptions, RetryPolicy};
 use batch_job::finalize::Order;
 use batch_job::progress::ProgressMode;
+use batch_job::retry_failed::Previous;
 use batch_job::run::{RunOptions, default_errors_path, default_state_dir};
 use batch_job::sink::CheckpointPolicy;
 use batch_job::stop::{Phase, StopReason, StopSignal};
@@ -82,6 +83,13 @@ pub fn run(args: RunArgs) -> Exit {
 }
 
 fn options(args: RunArgs) -> RunOptions {
+    let retry_failed = args.retry_failed.clone().map(|errors| Previous {
+        errors,
+        output: args
+            .previous_output
+            .clone()
+            .unwrap_or_else(|| args.output.clone()),
+    });
     let errors = args
         .errors
         .clone()
@@ -134,6 +142,7 @@ fn options(args: RunArgs) -> RunOptions {
             (None, None) => Deadline::None,
         },
         grace: args.grace,
+        retry_failed,
     }
 }
 

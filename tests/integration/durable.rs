@@ -66,7 +66,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn below(&mut self, n: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % n
     }
 }
@@ -81,12 +84,21 @@ fn signal(child: &Child, name: &str) {
 
 #[test]
 fn kill_9_at_random_points_then_resume_gives_exactly_once_output() {
-    let sim = Sim::start(&["--ttft-ms", "15", "--ms-per-token", "0", "--max-running", "16"]);
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "15",
+        "--ms-per-token",
+        "0",
+        "--max-running",
+        "16",
+    ]);
     let job = Job::new();
     let n = 3000;
     let input = batch(&job, n);
     let reference = job.path("reference.jsonl");
-    let out = run_cmd(&input, &reference, &sim.url, &[]).output().expect("reference run");
+    let out = run_cmd(&input, &reference, &sim.url, &[])
+        .output()
+        .expect("reference run");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let served_before = sim.metric("sglang:num_requests_total");
 
@@ -95,7 +107,14 @@ fn kill_9_at_random_points_then_resume_gives_exactly_once_output() {
         .map_or(1, |d| d.as_nanos() as u64);
     let mut rng = Lcg(seed);
     let output = job.path("crashed.jsonl");
-    let extra = ["--checkpoint-every", "50", "--checkpoint-interval", "100ms", "--max-concurrency", "16"];
+    let extra = [
+        "--checkpoint-every",
+        "50",
+        "--checkpoint-interval",
+        "100ms",
+        "--max-concurrency",
+        "16",
+    ];
     let mut kills = 0;
     let finished = loop {
         let mut child = run_cmd(&input, &output, &sim.url, &extra)
@@ -118,11 +137,18 @@ fn kill_9_at_random_points_then_resume_gives_exactly_once_output() {
         assert!(kills < 200, "seed {seed}: the job never finished");
     };
     assert_eq!(finished.code(), Some(1), "seed {seed}");
-    assert!(kills >= 3, "seed {seed}: only {kills} kills; the test did not exercise resume");
+    assert!(
+        kills >= 3,
+        "seed {seed}: only {kills} kills; the test did not exercise resume"
+    );
     eprintln!("exactly-once after {kills} SIGKILLs (seed {seed})");
 
     let errors_of = batch_runner_errors;
-    assert_eq!(normalised(&output), normalised(&reference), "seed {seed}, {kills} kills");
+    assert_eq!(
+        normalised(&output),
+        normalised(&reference),
+        "seed {seed}, {kills} kills"
+    );
     assert_eq!(
         normalised(&errors_of(&output)),
         normalised(&errors_of(&reference)),
@@ -130,7 +156,11 @@ fn kill_9_at_random_points_then_resume_gives_exactly_once_output() {
     );
     let ok = results_by_id(&output);
     let failed = results_by_id(&errors_of(&output));
-    assert_eq!(ok.len() + failed.len(), n, "seed {seed}: exactly one line per custom_id");
+    assert_eq!(
+        ok.len() + failed.len(),
+        n,
+        "seed {seed}: exactly one line per custom_id"
+    );
     assert!(ok.keys().all(|k| !failed.contains_key(k)));
     assert!(!job.path("crashed.jsonl.state").exists());
     // Each crash re-sends at most one checkpoint interval (50) plus what was in flight (16).
@@ -151,7 +181,9 @@ fn a_short_window_expires_what_cannot_finish_and_keeps_what_did() {
     // 60 requests of 100 ms, two at a time, need 3 s; the window is 1 s.
     let sim = Sim::start(&["--ttft-ms", "100", "--ms-per-token", "0"]);
     let job = Job::new();
-    let lines: Vec<Value> = (0..60).map(|i| chat_line(&format!("w{i}"), json!({}))).collect();
+    let lines: Vec<Value> = (0..60)
+        .map(|i| chat_line(&format!("w{i}"), json!({})))
+        .collect();
     let input = job.input(&lines);
     let output = job.path("out.jsonl");
     let started = Instant::now();
@@ -159,12 +191,25 @@ fn a_short_window_expires_what_cannot_finish_and_keeps_what_did() {
         &input,
         &output,
         &sim.url,
-        &["--completion-window", "1s", "--grace", "50ms", "--max-concurrency", "2", "--summary-json", "-"],
+        &[
+            "--completion-window",
+            "1s",
+            "--grace",
+            "50ms",
+            "--max-concurrency",
+            "2",
+            "--summary-json",
+            "-",
+        ],
     )
     .output()
     .expect("run");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     let ok = results_by_id(&output);
     let failed = results_by_id(&batch_runner_errors(&output));
     assert_eq!(ok.len() + failed.len(), 60);
@@ -186,7 +231,12 @@ fn a_short_window_expires_what_cannot_finish_and_keeps_what_did() {
     let first: Vec<String> = std::fs::read_to_string(&output)
         .expect("out")
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json")["custom_id"].as_str().expect("id").to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["custom_id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        })
         .collect();
     let expected: Vec<String> = (0..first.len()).map(|i| format!("w{i}")).collect();
     assert_eq!(first, expected);
@@ -196,7 +246,10 @@ fn a_short_window_expires_what_cannot_finish_and_keeps_what_did() {
 fn retries_never_wait_past_the_deadline() {
     let sim = Sim::instant(&[]);
     let job = Job::new();
-    let input = job.input(&[chat_line("stubborn", json!({"sim": {"status": 503}})), chat_line("fine", json!({}))]);
+    let input = job.input(&[
+        chat_line("stubborn", json!({"sim": {"status": 503}})),
+        chat_line("fine", json!({})),
+    ]);
     let output = job.path("out.jsonl");
     let started = Instant::now();
     let mut c = cmd();
@@ -204,19 +257,47 @@ fn retries_never_wait_past_the_deadline() {
         .arg(&input)
         .arg("-o")
         .arg(&output)
-        .args(["--engine-url", &sim.url, "--progress", "off", "--completion-window", "1s"])
-        .args(["--retry-backoff", "20s", "--retry-max-backoff", "20s", "--max-retries", "3"]);
+        .args([
+            "--engine-url",
+            &sim.url,
+            "--progress",
+            "off",
+            "--completion-window",
+            "1s",
+        ])
+        .args([
+            "--retry-backoff",
+            "20s",
+            "--retry-max-backoff",
+            "20s",
+            "--max-retries",
+            "3",
+        ]);
     let out = c.output().expect("run");
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "waited {:?}",
+        started.elapsed()
+    );
     let failed = results_by_id(&batch_runner_errors(&output));
     assert_eq!(failed["stubborn"]["error"]["code"], "batch_expired");
-    assert_eq!(results_by_id(&output)["fine"]["response"]["status_code"], 200);
+    assert_eq!(
+        results_by_id(&output)["fine"]["response"]["status_code"],
+        200
+    );
 }
 
 #[test]
 fn sigint_stops_resumably_and_the_same_command_finishes_the_job() {
-    let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0", "--max-running", "8"]);
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "20",
+        "--ms-per-token",
+        "0",
+        "--max-running",
+        "8",
+    ]);
     let job = Job::new();
     let n = 400;
     let input = batch(&job, n);
@@ -233,7 +314,11 @@ fn sigint_stops_resumably_and_the_same_command_finishes_the_job() {
     signal(&child, "INT");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
-    assert!(stderr(&out).contains("run the same command again to resume"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("run the same command again to resume"),
+        "{}",
+        stderr(&out)
+    );
     assert!(state.exists() && !output.exists());
 
     let status = cmd().arg("status").arg(&state).output().expect("status");
@@ -254,7 +339,10 @@ fn sigint_stops_resumably_and_the_same_command_finishes_the_job() {
     assert_eq!(failed.len(), n / 10);
     // The resumed run sent only what the first one had not finished.
     let resent = sim.metric("sglang:num_requests_total") - served_before;
-    assert!(resent < (n - 30) as f64, "the resume re-sent {resent} requests");
+    assert!(
+        resent < (n - 30) as f64,
+        "the resume re-sent {resent} requests"
+    );
     assert!(!state.exists());
 }
 
@@ -262,13 +350,20 @@ fn sigint_stops_resumably_and_the_same_command_finishes_the_job() {
 fn cancel_on_signal_finalizes_unsent_lines_as_cancelled() {
     let sim = Sim::start(&["--ttft-ms", "50", "--ms-per-token", "0"]);
     let job = Job::new();
-    let lines: Vec<Value> = (0..100).map(|i| chat_line(&format!("c{i}"), json!({}))).collect();
+    let lines: Vec<Value> = (0..100)
+        .map(|i| chat_line(&format!("c{i}"), json!({})))
+        .collect();
     let input = job.input(&lines);
     let output = job.path("out.jsonl");
-    let mut child = run_cmd(&input, &output, &sim.url, &["--max-concurrency", "2", "--cancel-on-signal"])
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn");
+    let mut child = run_cmd(
+        &input,
+        &output,
+        &sim.url,
+        &["--max-concurrency", "2", "--cancel-on-signal"],
+    )
+    .stderr(Stdio::null())
+    .spawn()
+    .expect("spawn");
     wait_for(Duration::from_secs(10), || {
         (sim.metric("sglang:num_requests_total") >= 4.0).then_some(())
     });
@@ -278,7 +373,12 @@ fn cancel_on_signal_finalizes_unsent_lines_as_cancelled() {
     let ok = results_by_id(&output);
     let failed = results_by_id(&batch_runner_errors(&output));
     assert_eq!(ok.len() + failed.len(), 100);
-    assert!(!ok.is_empty() && failed.len() > 50, "{} / {}", ok.len(), failed.len());
+    assert!(
+        !ok.is_empty() && failed.len() > 50,
+        "{} / {}",
+        ok.len(),
+        failed.len()
+    );
     for f in failed.values() {
         assert_eq!(f["error"]["code"], "batch_cancelled");
     }
@@ -293,7 +393,9 @@ fn a_changed_input_is_not_resumed_unless_restarting() {
     let output = job.path("out.jsonl");
     let state = job.path("out.jsonl.state");
     // A finished job with its state kept behaves like an interrupted one for this purpose.
-    let out = run_cmd(&input, &output, &sim.url, &["--keep-state"]).output().expect("run");
+    let out = run_cmd(&input, &output, &sim.url, &["--keep-state"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(state.join("manifest.json").exists());
 
@@ -301,14 +403,24 @@ fn a_changed_input_is_not_resumed_unless_restarting() {
     text.push_str(&chat_line("new", json!({})).to_string());
     text.push('\n');
     std::fs::write(&input, text).expect("write");
-    let out = run_cmd(&input, &output, &sim.url, &[]).output().expect("run");
+    let out = run_cmd(&input, &output, &sim.url, &[])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("restore the original input") && err.contains("--restart"), "{err}");
+    assert!(
+        err.contains("restore the original input") && err.contains("--restart"),
+        "{err}"
+    );
 
-    let out = run_cmd(&input, &output, &sim.url, &["--restart"]).output().expect("run");
+    let out = run_cmd(&input, &output, &sim.url, &["--restart"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert_eq!(lines_of(&output) + lines_of(&batch_runner_errors(&output)), 21);
+    assert_eq!(
+        lines_of(&output) + lines_of(&batch_runner_errors(&output)),
+        21
+    );
 }
 
 #[test]
@@ -322,20 +434,133 @@ fn completion_order_keeps_the_order_results_arrived_in() {
     ];
     let input = job.input(&lines);
     let output = job.path("out.jsonl");
-    let out = run_cmd(&input, &output, &sim_slow.url, &["--order", "completion"]).output().expect("run");
+    let out = run_cmd(&input, &output, &sim_slow.url, &["--order", "completion"])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let order: Vec<String> = std::fs::read_to_string(&output)
         .expect("out")
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json")["custom_id"].as_str().expect("id").to_owned())
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["custom_id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        })
         .collect();
     assert_eq!(order, vec!["fast", "slow"]);
-    let out = run_cmd(&input, &job.path("ordered.jsonl"), &sim_slow.url, &[]).output().expect("run");
+    let out = run_cmd(&input, &job.path("ordered.jsonl"), &sim_slow.url, &[])
+        .output()
+        .expect("run");
     assert_eq!(out.status.code(), Some(0));
     let ordered = std::fs::read_to_string(job.path("ordered.jsonl")).expect("out");
     let ids: Vec<&str> = ordered
         .lines()
-        .map(|l| if l.contains("\"custom_id\":\"slow\"") { "slow" } else { "fast" })
+        .map(|l| {
+            if l.contains("\"custom_id\":\"slow\"") {
+                "slow"
+            } else {
+                "fast"
+            }
+        })
         .collect();
-    assert_eq!(ids, vec!["slow", "fast"], "the default order is the input's");
+    assert_eq!(
+        ids,
+        vec!["slow", "fast"],
+        "the default order is the input's"
+    );
+}
+
+#[test]
+fn retry_failed_reruns_only_the_failures_and_merges_the_output() {
+    let flaky = Sim::instant(&["--fail-rate", "0.3", "--fail-status", "500", "--seed", "7"]);
+    let job = Job::new();
+    let n = 300;
+    let lines: Vec<Value> = (0..n)
+        .map(|i| chat_line(&format!("r{i}"), json!({})))
+        .collect();
+    let input = job.input(&lines);
+    let output = job.path("out.jsonl");
+    let errors = batch_runner_errors(&output);
+    let out = run_cmd(&input, &output, &flaky.url, &["--max-retries", "0"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let first_ok = results_by_id(&output);
+    let first_failed = results_by_id(&errors);
+    assert!(first_failed.len() > 30, "{} failed", first_failed.len());
+    assert_eq!(first_ok.len() + first_failed.len(), n);
+
+    let healthy = Sim::instant(&[]);
+    let retry = ["--retry-failed", errors.to_str().expect("path")];
+    let out = run_cmd(&input, &output, &healthy.url, &retry)
+        .output()
+        .expect("rerun");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        healthy.metric("sglang:num_requests_total"),
+        first_failed.len() as f64,
+        "only the failed lines are sent again"
+    );
+    let merged = results_by_id(&output);
+    assert_eq!(merged.len(), n);
+    assert_eq!(lines_of(&errors), 0);
+    for (id, line) in &first_ok {
+        assert_eq!(&merged[id], line, "earlier successes are kept as they were");
+    }
+    // Input order across old and new results.
+    let order: Vec<String> = std::fs::read_to_string(&output)
+        .expect("out")
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["custom_id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
+    assert_eq!(order, expected);
+}
+
+#[test]
+fn a_second_signal_stops_at_once_and_the_job_still_resumes() {
+    // Requests take 5 s; a single signal would wait for them.
+    let slow = Sim::start(&["--ttft-ms", "5000", "--ms-per-token", "0"]);
+    let job = Job::new();
+    let input = batch(&job, 20);
+    let output = job.path("out.jsonl");
+    let child = run_cmd(&input, &output, &slow.url, &["--max-concurrency", "4"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(Duration::from_secs(10), || {
+        (slow.metric("sglang:num_running_reqs") >= 4.0).then_some(())
+    });
+    let started = Instant::now();
+    signal(&child, "INT");
+    std::thread::sleep(Duration::from_millis(200));
+    signal(&child, "INT");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr(&out).contains("stopping at once"),
+        "{}",
+        stderr(&out)
+    );
+
+    let fast = Sim::instant(&[]);
+    let out = run_cmd(&input, &output, &fast.url, &[])
+        .output()
+        .expect("resume");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(
+        lines_of(&output) + lines_of(&batch_runner_errors(&output)),
+        20
+    );
 }

@@ -149,8 +149,8 @@ mod tests {
     fn a_window_counts_from_the_first_start() {
         let d = Deadline::Window(Duration::from_secs(90));
         assert_eq!(
-            d.resolve(1000),
-            Some(UNIX_EPOCH + Duration::from_secs(1090))
+            d.resolve(1_000_500),
+            Some(UNIX_EPOCH + Duration::from_millis(1_090_500))
         );
         assert_eq!(Deadline::None.resolve(1000), None);
     }

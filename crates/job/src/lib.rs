@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod progress;
 pub mod reader;
+pub mod retry_failed;
 pub mod run;
 pub mod sink;
 pub mod spool;

@@ -44,6 +44,8 @@ pub struct RunSummary {
     pub retries: u64,
     pub usage: UsageTotals,
     pub wall_seconds: f64,
+    /// Time spent writing the final files (part of the wall time).
+    pub finalize_seconds: f64,
     pub requests_per_second: f64,
     pub output_tokens_per_second: f64,
 }
@@ -102,6 +104,7 @@ impl RunSummary {
                 total_tokens: Stats::load(&stats.total_tokens),
             },
             wall_seconds: wall.as_secs_f64(),
+            finalize_seconds: 0.0,
             requests_per_second: stats.done() as f64 / secs,
             output_tokens_per_second: output_tokens as f64 / secs,
         }

@@ -39,6 +39,7 @@ use crate::finalize::{Destination, FinalizeError, Order, finalize};
 use crate::metrics::{self, Stats};
 use crate::outcome::Outcome;
 use crate::progress::{Progress, ProgressMode};
+use crate::retry_failed::{Previous, seed};
 use crate::sink::{CheckpointPolicy, Sink};
 use crate::state::{self, NewJob, StateError};
 use crate::stop::{StopReason, StopSignal};
@@ -67,6 +68,8 @@ pub struct RunOptions {
     pub deadline: Deadline,
     /// How long requests in flight may still finish once the job is stopping.
     pub grace: Duration,
+    /// Rerun only what an earlier run did not get a success for, merging with its output.
+    pub retry_failed: Option<Previous>,
 }
 
 /// `OUTPUT.errors.jsonl` for `OUTPUT.jsonl` (or `OUTPUT.errors.jsonl` for any other name).
@@ -155,7 +158,43 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         fingerprint: &validation.fingerprint,
         run_tag: run_tag(),
     };
-    let opened = state::open(&options.state_dir, job, options.restart)?;
+    let mut opened = state::open(&options.state_dir, job, options.restart)?;
+    let seeded = match &options.retry_failed {
+        Some(previous) if !opened.resumed => {
+            let (previous, input) = (previous.clone(), options.input.clone());
+            let max_line_bytes = options.validate.max_line_bytes;
+            let (result, back) = tokio::task::spawn_blocking(move || {
+                let o = &mut opened;
+                let result = seed(
+                    &previous,
+                    &input,
+                    max_line_bytes,
+                    &mut o.spool,
+                    &mut o.done,
+                    &mut o.counts,
+                );
+                (result, opened)
+            })
+            .await
+            .map_err(|e| RunError::io("--retry-failed")(std::io::Error::other(e)))?;
+            opened = back;
+            let seeded = result.map_err(RunError::io("--retry-failed"))?;
+            tracing::info!(
+                "--retry-failed: {} earlier successes kept; {} lines to run ({} listed as failed)",
+                seeded.reused,
+                planned.saturating_sub(seeded.reused),
+                seeded.listed_failed
+            );
+            if seeded.unknown > 0 {
+                tracing::warn!(
+                    "--retry-failed: {} earlier results name a custom_id that is not in {input_name}; they are left out",
+                    seeded.unknown
+                );
+            }
+            true
+        }
+        _ => false,
+    };
     let already = opened.done.len();
     if opened.resumed {
         tracing::info!(
@@ -207,6 +246,14 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         )
         .map_err(state_io)?,
     );
+    if seeded {
+        // Make the carried-over results durable before anything else happens.
+        let sink = sink.clone();
+        tokio::task::spawn_blocking(move || sink.checkpoint())
+            .await
+            .map_err(|e| RunError::io("checkpoint")(std::io::Error::other(e)))?
+            .map_err(RunError::io("checkpoint"))?;
+    }
     let checkpoints = tokio::spawn(sink.clone().run_checkpoints());
     let stop_metrics = match options.metrics_listen {
         Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
@@ -278,17 +325,16 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
             ))(std::io::Error::other("an append failed")));
         }
     };
+    let mut finalize_time = Duration::ZERO;
     if status != JobStatus::Interrupted {
         let to = Destination {
             output: &options.output,
             errors: &options.errors,
         };
-        finalize(
-            &crate::spool::SpoolFiles::in_dir(&options.state_dir),
-            positions,
-            options.order,
-            &to,
-        )?;
+        let finalizing = Instant::now();
+        let spool = crate::spool::SpoolFiles::in_dir(&options.state_dir);
+        finalize(&spool, positions, options.order, &to)?;
+        finalize_time = finalizing.elapsed();
         if !options.keep_state {
             std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
                 "cannot remove the state directory {}",
@@ -302,13 +348,9 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         errors: &options.errors.display().to_string(),
         state_dir: &options.state_dir.display().to_string(),
     };
-    Ok(RunSummary::new(
-        paths,
-        status,
-        report.lines,
-        &stats,
-        started.elapsed(),
-    ))
+    let mut summary = RunSummary::new(paths, status, report.lines, &stats, started.elapsed());
+    summary.finalize_seconds = finalize_time.as_secs_f64();
+    Ok(summary)
 }
 
 /// Fires the deadline, and ends the grace once the job is stopping.
