@@ -301,4 +301,8 @@ pub struct SimArgs {
     /// Require this bearer token on /v1/* requests (401 otherwise).
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
+
+    /// Require this header on /v1/* requests, as 'Name: value' (repeatable; 401 otherwise).
+    #[arg(long = "require-header", value_name = "HEADER")]
+    pub require_headers: Vec<String>,
 }

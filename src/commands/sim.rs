@@ -65,5 +65,14 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         hang: Duration::from_millis(args.hang_ms),
         seed: args.seed,
         api_key: args.api_key.clone(),
+        required_headers: args
+            .require_headers
+            .iter()
+            .map(|h| {
+                h.split_once(':')
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .ok_or_else(|| format!("--require-header {h:?}: write it as 'Name: value'"))
+            })
+            .collect::<Result<_, _>>()?,
     })
 }

@@ -6,7 +6,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::common::{Job, Sim, chat_line, cmd, lines_of, results_by_id, stderr, wait_for};
+use crate::common::{
+    Job, Sim, chat_line, cmd, custom_ids_in_order, lines_of, numbered_lines, results_by_id, stderr,
+    wait_for,
+};
 
 /// A batch of `n` chat lines; every tenth is refused by the engine with 400, so both final
 /// files have lines.
@@ -181,9 +184,7 @@ fn a_short_window_expires_what_cannot_finish_and_keeps_what_did() {
     // 60 requests of 100 ms, two at a time, need 3 s; the window is 1 s.
     let sim = Sim::start(&["--ttft-ms", "100", "--ms-per-token", "0"]);
     let job = Job::new();
-    let lines: Vec<Value> = (0..60)
-        .map(|i| chat_line(&format!("w{i}"), json!({})))
-        .collect();
+    let lines = numbered_lines("w", 60);
     let input = job.input(&lines);
     let output = job.path("out.jsonl");
     let started = Instant::now();
@@ -228,16 +229,7 @@ fn a_short_window_expires_what_cannot_finish_and_keeps_what_did() {
     assert_eq!(summary["succeeded"].as_u64(), Some(ok.len() as u64));
     assert_eq!(summary["failed"], 0);
     // Input order: the finished lines are the first ones.
-    let first: Vec<String> = std::fs::read_to_string(&output)
-        .expect("out")
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("json")["custom_id"]
-                .as_str()
-                .expect("id")
-                .to_owned()
-        })
-        .collect();
+    let first = custom_ids_in_order(&output);
     let expected: Vec<String> = (0..first.len()).map(|i| format!("w{i}")).collect();
     assert_eq!(first, expected);
 }
@@ -350,9 +342,7 @@ fn sigint_stops_resumably_and_the_same_command_finishes_the_job() {
 fn cancel_on_signal_finalizes_unsent_lines_as_cancelled() {
     let sim = Sim::start(&["--ttft-ms", "50", "--ms-per-token", "0"]);
     let job = Job::new();
-    let lines: Vec<Value> = (0..100)
-        .map(|i| chat_line(&format!("c{i}"), json!({})))
-        .collect();
+    let lines = numbered_lines("c", 100);
     let input = job.input(&lines);
     let output = job.path("out.jsonl");
     let mut child = run_cmd(
@@ -438,16 +428,7 @@ fn completion_order_keeps_the_order_results_arrived_in() {
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let order: Vec<String> = std::fs::read_to_string(&output)
-        .expect("out")
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("json")["custom_id"]
-                .as_str()
-                .expect("id")
-                .to_owned()
-        })
-        .collect();
+    let order = custom_ids_in_order(&output);
     assert_eq!(order, vec!["fast", "slow"]);
     let out = run_cmd(&input, &job.path("ordered.jsonl"), &sim_slow.url, &[])
         .output()
@@ -476,9 +457,7 @@ fn retry_failed_reruns_only_the_failures_and_merges_the_output() {
     let flaky = Sim::instant(&["--fail-rate", "0.3", "--fail-status", "500", "--seed", "7"]);
     let job = Job::new();
     let n = 300;
-    let lines: Vec<Value> = (0..n)
-        .map(|i| chat_line(&format!("r{i}"), json!({})))
-        .collect();
+    let lines = numbered_lines("r", n);
     let input = job.input(&lines);
     let output = job.path("out.jsonl");
     let errors = batch_runner_errors(&output);
@@ -509,16 +488,7 @@ fn retry_failed_reruns_only_the_failures_and_merges_the_output() {
         assert_eq!(&merged[id], line, "earlier successes are kept as they were");
     }
     // Input order across old and new results.
-    let order: Vec<String> = std::fs::read_to_string(&output)
-        .expect("out")
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).expect("json")["custom_id"]
-                .as_str()
-                .expect("id")
-                .to_owned()
-        })
-        .collect();
+    let order = custom_ids_in_order(&output);
     let expected: Vec<String> = (0..n).map(|i| format!("r{i}")).collect();
     assert_eq!(order, expected);
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::{
-    Job, Sim, chat_line, cmd, http_get, lines_of, prometheus_value, results_by_id, run_cmd, stderr,
-    wait_for,
+    Job, Sim, chat_line, cmd, http_get, lines_of, numbered_lines, prometheus_value, results_by_id,
+    run_cmd, stderr, wait_for,
 };
 
 /// Fast retries so fault tests finish quickly.
@@ -36,6 +36,19 @@ fn run_args<'a>(
     }
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args
+}
+
+fn run_job(
+    job: &Job,
+    input: &std::path::Path,
+    engines: &[&str],
+    extra: &[&str],
+) -> std::process::Output {
+    let input = input.to_str().expect("utf-8 path");
+    cmd()
+        .args(run_args(job, input, engines, extra))
+        .output()
+        .expect("run")
 }
 
 fn summary(job: &Job) -> Value {
@@ -70,15 +83,7 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
     let input = job.input(&lines);
     let mut extra = vec!["--request-timeout", "300ms", "--max-retries", "2"];
     extra.extend_from_slice(&FAST_RETRIES);
-    let out = cmd()
-        .args(run_args(
-            &job,
-            input.to_str().expect("path"),
-            &[&sim.url],
-            &extra,
-        ))
-        .output()
-        .expect("run");
+    let out = run_job(&job, &input, &[&sim.url], &extra);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 
     let ok = results_by_id(&job.path("out.jsonl"));
@@ -154,15 +159,7 @@ fn retry_after_from_the_engine_is_honoured() {
         json!({"sim": {"status": 429, "times": 1, "retry_after": 1}}),
     )]);
     let started = std::time::Instant::now();
-    let out = cmd()
-        .args(run_args(
-            &job,
-            input.to_str().expect("path"),
-            &[&sim.url],
-            &FAST_RETRIES,
-        ))
-        .output()
-        .expect("run");
+    let out = run_job(&job, &input, &[&sim.url], &FAST_RETRIES);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // Own backoff is at most 50 ms here; only the engine's Retry-After explains a second.
     assert!(
@@ -181,15 +178,7 @@ fn bodies_are_forwarded_byte_for_byte() {
     // the prompt arrived intact and the sim's request-hash id shows the exact bytes.
     let line = "{\"custom_id\":\"x\",\"method\":\"POST\",\"url\":\"/v1/chat/completions\",\"body\":{ \"messages\" : [{\"role\":\"user\",\"content\":\"tab\\there \\u00e9\"}],\"model\":\"sim-model\" }}\n";
     let input = job.write("in.jsonl", line.as_bytes());
-    let out = cmd()
-        .args(run_args(
-            &job,
-            input.to_str().expect("path"),
-            &[&sim.url],
-            &[],
-        ))
-        .output()
-        .expect("run");
+    let out = run_job(&job, &input, &[&sim.url], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let ok = results_by_id(&job.path("out.jsonl"));
     assert_eq!(
@@ -217,19 +206,9 @@ fn several_engines_share_the_work_and_a_dead_one_is_skipped() {
         format!("http://{}", l.local_addr().expect("addr"))
     };
     let job = Job::new();
-    let lines: Vec<Value> = (0..200)
-        .map(|i| chat_line(&format!("r{i}"), json!({})))
-        .collect();
+    let lines = numbered_lines("r", 200);
     let input = job.input(&lines);
-    let out = cmd()
-        .args(run_args(
-            &job,
-            input.to_str().expect("path"),
-            &[&a.url, &dead, &b.url],
-            &FAST_RETRIES,
-        ))
-        .output()
-        .expect("run");
+    let out = run_job(&job, &input, &[&a.url, &dead, &b.url], &FAST_RETRIES);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(lines_of(&job.path("out.jsonl")), 200);
     assert_eq!(lines_of(&job.path("out.errors.jsonl")), 0);
@@ -250,10 +229,7 @@ fn no_reachable_engine_is_a_runtime_failure_before_anything_is_written() {
     };
     let job = Job::new();
     let input = job.input(&[chat_line("a", json!({}))]);
-    let out = cmd()
-        .args(run_args(&job, input.to_str().expect("path"), &[&dead], &[]))
-        .output()
-        .expect("run");
+    let out = run_job(&job, &input, &[&dead], &[]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out).contains("no engine is reachable"),
@@ -271,15 +247,7 @@ fn an_invalid_file_fails_before_any_request_is_sent() {
     let mut lines = vec![chat_line("a", json!({})), chat_line("a", json!({}))];
     lines.push(json!({"custom_id": "b", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "sim-model", "stream": true}}));
     let input = job.input(&lines);
-    let out = cmd()
-        .args(run_args(
-            &job,
-            input.to_str().expect("path"),
-            &[&sim.url],
-            &[],
-        ))
-        .output()
-        .expect("run");
+    let out = run_job(&job, &input, &[&sim.url], &[]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(
@@ -306,15 +274,7 @@ fn skip_invalid_runs_the_rest_and_reports_each_bad_line() {
         chat_line("b", json!({})),
     );
     let input = job.write("in.jsonl", text.as_bytes());
-    let out = cmd()
-        .args(run_args(
-            &job,
-            input.to_str().expect("path"),
-            &[&sim.url],
-            &["--skip-invalid"],
-        ))
-        .output()
-        .expect("run");
+    let out = run_job(&job, &input, &[&sim.url], &["--skip-invalid"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let ok = results_by_id(&job.path("out.jsonl"));
     assert_eq!(ok.len(), 2);
@@ -356,26 +316,23 @@ fn skip_invalid_runs_the_rest_and_reports_each_bad_line() {
 
 #[test]
 fn api_key_and_headers_reach_the_engine() {
-    let sim = Sim::instant(&["--api-key", "secret"]);
+    let sim = Sim::instant(&["--api-key", "secret", "--require-header", "X-Team: batch"]);
     let job = Job::new();
     let input = job.input(&[chat_line("a", json!({}))]);
-    let input = input.to_str().expect("path");
-    let out = cmd()
-        .args(run_args(
-            &job,
-            input,
-            &[&sim.url],
-            &["--api-key", "secret", "--header", "X-Team: batch"],
-        ))
-        .output()
-        .expect("run");
+    let good = ["--api-key", "secret", "--header", "X-Team: batch"];
+    let out = run_job(&job, &input, &[&sim.url], &good);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
-    std::fs::remove_file(job.path("out.jsonl")).expect("rm");
-    let out = cmd()
-        .args(run_args(&job, input, &[&sim.url], &["--api-key", "wrong"]))
-        .output()
-        .expect("run");
+    for bad in [
+        &["--api-key", "wrong", "--header", "X-Team: batch"][..],
+        &["--api-key", "secret"],
+    ] {
+        let out = run_job(&job, &input, &[&sim.url], bad);
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        let failed = results_by_id(&job.path("out.errors.jsonl"));
+        assert_eq!(failed["a"]["response"]["status_code"], 401, "{bad:?}");
+    }
+    let out = run_job(&job, &input, &[&sim.url], &["--api-key", "wrong"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unauthorised"), "{}", stderr(&out));
     let failed = results_by_id(&job.path("out.errors.jsonl"));
@@ -387,9 +344,7 @@ fn metrics_are_served_while_the_job_runs() {
     // 40 requests of 100 ms, two at a time: about two seconds of running.
     let sim = Sim::start(&["--ttft-ms", "100", "--ms-per-token", "0"]);
     let job = Job::new();
-    let lines: Vec<Value> = (0..40)
-        .map(|i| chat_line(&format!("m{i}"), json!({})))
-        .collect();
+    let lines = numbered_lines("m", 40);
     let input = job.input(&lines);
     let mut child = cmd()
         .env("BATCH_RUNNER_LOG", "info")

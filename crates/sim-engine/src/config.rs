@@ -28,6 +28,9 @@ pub struct SimConfig {
     pub seed: u64,
     /// When set, `/v1/*` requests must carry `Authorization: Bearer <key>`.
     pub api_key: Option<String>,
+    /// Headers (name, value) every `/v1/*` request must carry, as a gateway in front of an
+    /// engine might require.
+    pub required_headers: Vec<(String, String)>,
 }
 
 impl Default for SimConfig {
@@ -46,6 +49,7 @@ impl Default for SimConfig {
             hang: Duration::from_secs(3600),
             seed: 0,
             api_key: None,
+            required_headers: Vec::new(),
         }
     }
 }

@@ -109,7 +109,7 @@ impl Engine {
         if path.starts_with("/v1/") && !self.authorised(&req) {
             return Ok(respond::error(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong API key",
+                "missing or wrong API key or required header",
             ));
         }
         match (&method, path.as_str()) {
@@ -137,14 +137,16 @@ impl Engine {
     }
 
     fn authorised(&self, req: &Request<Incoming>) -> bool {
-        let Some(key) = &self.config.api_key else {
-            return true;
-        };
-        let sent = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        sent.and_then(|s| s.strip_prefix("Bearer ")) == Some(key.as_str())
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let key_ok = self.config.api_key.as_ref().is_none_or(|key| {
+            header("authorization").and_then(|s| s.strip_prefix("Bearer ")) == Some(key.as_str())
+        });
+        key_ok
+            && self
+                .config
+                .required_headers
+                .iter()
+                .all(|(name, value)| header(name) == Some(value.as_str()))
     }
 
     async fn generate(&self, path: &str, body: Bytes) -> Reply {

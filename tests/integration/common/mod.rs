@@ -146,6 +146,25 @@ pub fn chat_line(custom_id: &str, extra: Value) -> Value {
     json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
 }
 
+/// `n` plain chat lines with custom_ids `{prefix}0`, `{prefix}1`, ...
+pub fn numbered_lines(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n)
+        .map(|i| chat_line(&format!("{prefix}{i}"), json!({})))
+        .collect()
+}
+
+/// The custom_ids of a result file, in file order.
+pub fn custom_ids_in_order(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("result line is JSON");
+            v["custom_id"].as_str().unwrap_or_default().to_owned()
+        })
+        .collect()
+}
+
 /// Every line of a JSONL file, parsed, keyed by custom_id (panics on a duplicate id).
 pub fn results_by_id(path: &Path) -> HashMap<String, Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
