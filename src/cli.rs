@@ -35,6 +35,32 @@ pub enum Command {
     SimEngine(SimArgs),
     /// Show the progress of a running or interrupted job from its state directory.
     Status(StatusArgs),
+    /// (internal) Runs a launched engine so that it never outlives the runner.
+    #[command(hide = true)]
+    EngineGuard(GuardArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    #[arg(long)]
+    pub log: PathBuf,
+    #[arg(long)]
+    pub max_log_bytes: u64,
+    #[arg(long)]
+    pub stop_grace_ms: u64,
+    #[arg(long)]
+    pub mirror: bool,
+    /// The engine command, run with `sh -c`.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EngineArg {
+    /// python -m sglang.launch_server --model-path PATH --host {host} --port {port} --enable-metrics
+    Sglang,
+    /// vllm serve PATH --host {host} --port {port}
+    Vllm,
 }
 
 #[derive(Debug, Args)]
@@ -108,14 +134,54 @@ pub struct RunArgs {
     pub errors: Option<PathBuf>,
 
     /// Base URL of an OpenAI-compatible engine (repeatable; requests go to the least busy).
-    #[arg(
-        long = "engine-url",
-        value_name = "URL",
-        required = true,
-        env = "BATCH_RUNNER_ENGINE_URL",
-        value_delimiter = ','
-    )]
+    #[arg(long = "engine-url", value_name = "URL", required_unless_present_any = ["launch", "engine"],
+          env = "BATCH_RUNNER_ENGINE_URL", value_delimiter = ',')]
     pub engine_urls: Vec<String>,
+
+    /// Start this engine command for the job; {port} (a free port the runner chooses) and
+    /// {host} are substituted, e.g. 'my-server --port {port}'. Can be combined with --engine-url.
+    #[arg(long, value_name = "COMMAND", conflicts_with = "engine")]
+    pub launch: Option<String>,
+
+    /// Start SGLang or vLLM for the job (needs --model-path; engine arguments go after `--`).
+    #[arg(long, value_enum, requires = "model_path")]
+    pub engine: Option<EngineArg>,
+
+    /// The model for --engine.
+    #[arg(long, value_name = "PATH", alias = "model")]
+    pub model_path: Option<String>,
+
+    /// Extra arguments for the --engine command.
+    #[arg(last = true, value_name = "ENGINE_ARGS")]
+    pub engine_args: Vec<String>,
+
+    /// Print the command --launch or --engine would start, and exit.
+    #[arg(long)]
+    pub print_launch: bool,
+
+    /// Host the launched engine listens on.
+    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    pub launch_host: String,
+
+    /// How long the launched engine may take to become ready (model loading takes minutes).
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    pub launch_timeout: Duration,
+
+    /// Readiness path for --launch (the presets use /health).
+    #[arg(long, value_name = "PATH", default_value = "/v1/models")]
+    pub launch_ready_path: String,
+
+    /// Restarts of a launched engine that dies mid-run before the job stops (resumable).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_engine_restarts: u32,
+
+    /// Time a launched engine gets to exit after SIGTERM before SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub engine_stop_grace: Duration,
+
+    /// Show the launched engine's output (it always goes to STATE_DIR/engine.log).
+    #[arg(long)]
+    pub verbose: bool,
 
     /// Sent to the engines as `Authorization: Bearer KEY`.
     #[arg(
@@ -301,6 +367,10 @@ pub struct SimArgs {
     /// Require this bearer token on /v1/* requests (401 otherwise).
     #[arg(long, value_name = "KEY")]
     pub api_key: Option<String>,
+
+    /// Simulate a crash: exit (code 1) after answering this many requests.
+    #[arg(long, value_name = "N")]
+    pub exit_after: Option<u64>,
 
     /// Require this header on /v1/* requests, as 'Name: value' (repeatable; 401 otherwise).
     #[arg(long = "require-header", value_name = "HEADER")]

@@ -11,6 +11,8 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     init_logging();
     let code = match cli.command {
+        // The guard reports the engine's own exit status.
+        cli::Command::EngineGuard(args) => return ExitCode::from(commands::guard::run(args)),
         cli::Command::Validate(args) => commands::validate::run(args),
         cli::Command::Run(args) => commands::run::run(*args),
         cli::Command::SimEngine(args) => commands::sim::run(args),

@@ -1,5 +1,6 @@
 //! One module per subcommand; each returns the process exit code.
 
+pub mod guard;
 pub mod run;
 pub mod sim;
 pub mod status;

@@ -5,6 +5,8 @@ use std::path::Path;
 use batch_job::deadline::Deadline;
 use batch_job::dispatch::{EngineOptions, RetryPolicy};
 use batch_job::finalize::Order;
+use batch_job::launch::LaunchSpec;
+use batch_job::launch::preset::Preset;
 use batch_job::progress::ProgressMode;
 use batch_job::retry_failed::Previous;
 use batch_job::run::{RunOptions, default_errors_path, default_state_dir};
@@ -14,7 +16,7 @@ use batch_job::summary::{JobStatus, RunSummary};
 use batch_job::validate::ValidateOptions;
 
 use super::{Exit, Signals, runtime};
-use crate::cli::{OrderArg, ProgressArg, RunArgs};
+use crate::cli::{EngineArg, OrderArg, ProgressArg, RunArgs};
 
 /// First signal: stop sending and let requests in flight finish; second: stop at once.
 async fn watch_signals(stop: StopSignal, reason: StopReason, grace: std::time::Duration) {
@@ -33,6 +35,25 @@ async fn watch_signals(stop: StopSignal, reason: StopReason, grace: std::time::D
 }
 
 pub fn run(args: RunArgs) -> Exit {
+    let launch = match launch_spec(&args) {
+        Ok(spec) => spec,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Invalid;
+        }
+    };
+    if args.print_launch {
+        return match &launch {
+            Some(spec) => {
+                println!("{}", spec.template.replace("{host}", &spec.host));
+                Exit::Success
+            }
+            None => {
+                tracing::error!("--print-launch needs --launch or --engine");
+                Exit::Invalid
+            }
+        };
+    }
     let summary_json = args.summary_json.clone();
     let on_signal = if args.cancel_on_signal {
         StopReason::Cancelled
@@ -40,7 +61,8 @@ pub fn run(args: RunArgs) -> Exit {
         StopReason::Interrupted
     };
     let grace = args.grace;
-    let options = options(args);
+    let mut options = options(args);
+    options.launch = launch;
     let result = runtime().map_err(|e| e.to_string()).map(|rt| {
         rt.block_on(async {
             let stop = StopSignal::new();
@@ -59,6 +81,8 @@ pub fn run(args: RunArgs) -> Exit {
             tracing::error!("{e}");
             if e.is_usage() {
                 Exit::Invalid
+            } else if e.is_resumable() {
+                Exit::Interrupted
             } else {
                 Exit::Runtime
             }
@@ -143,7 +167,52 @@ fn options(args: RunArgs) -> RunOptions {
         },
         grace: args.grace,
         retry_failed,
+        launch: None,
     }
+}
+
+/// Size at which the engine's log is rotated.
+const ENGINE_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// What --launch or --engine asks for, if anything.
+fn launch_spec(args: &RunArgs) -> Result<Option<LaunchSpec>, String> {
+    let (template, ready_path) = match (&args.launch, args.engine) {
+        (Some(command), _) => (command.clone(), args.launch_ready_path.clone()),
+        (None, Some(engine)) => {
+            let preset = match engine {
+                EngineArg::Sglang => Preset::Sglang,
+                EngineArg::Vllm => Preset::Vllm,
+            };
+            let model = args
+                .model_path
+                .as_deref()
+                .ok_or("--engine needs --model-path")?;
+            (
+                preset.template(model, &args.engine_args),
+                preset.ready_path().to_owned(),
+            )
+        }
+        (None, None) => return Ok(None),
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| default_state_dir(&args.output));
+    let guard_program = std::env::current_exe().map_err(|e| {
+        format!("cannot find the batch-runner executable for the engine guard: {e}")
+    })?;
+    Ok(Some(LaunchSpec {
+        template,
+        host: args.launch_host.clone(),
+        ready_path,
+        ready_timeout: args.launch_timeout,
+        max_restarts: args.max_engine_restarts,
+        guard_program,
+        log: state_dir.join("engine.log"),
+        max_log_bytes: ENGINE_LOG_MAX_BYTES,
+        stop_grace: args.engine_stop_grace,
+        verbose: args.verbose,
+    }))
 }
 
 fn write_summary(summary: &RunSummary, path: &Path) -> std::io::Result<()> {

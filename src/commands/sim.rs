@@ -29,7 +29,11 @@ pub fn run(args: SimArgs) -> Exit {
         })
     });
     match result {
-        Ok(()) => Exit::Success,
+        Ok(sim_engine::Ended::Shutdown) => Exit::Success,
+        Ok(sim_engine::Ended::Crashed) => {
+            tracing::error!("simulated crash (--exit-after)");
+            Exit::SomeFailed
+        }
         Err(e) => {
             tracing::error!("sim-engine on {}:{}: {e}", args.host, args.port);
             Exit::Runtime
@@ -65,6 +69,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         hang: Duration::from_millis(args.hang_ms),
         seed: args.seed,
         api_key: args.api_key.clone(),
+        exit_after: args.exit_after,
         required_headers: args
             .require_headers
             .iter()

@@ -3,6 +3,7 @@
 
 mod common;
 mod durable;
+mod launch;
 mod run;
 mod sim_engine;
 mod validate;

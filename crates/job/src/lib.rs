@@ -20,6 +20,7 @@ pub mod dispatch;
 pub mod duration;
 pub mod extsort;
 pub mod finalize;
+pub mod launch;
 pub mod metrics;
 pub mod outcome;
 pub mod progress;

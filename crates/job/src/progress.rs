@@ -23,6 +23,33 @@ pub enum ProgressMode {
 pub struct Progress {
     task: Option<JoinHandle<()>>,
     bar: Option<ProgressBar>,
+    printer: Printer,
+}
+
+/// Prints lines (a launched engine's output with `--verbose`) above the progress bar when one is
+/// drawn, so the two never tear each other.
+#[derive(Clone, Default)]
+pub struct Printer {
+    bar: Arc<std::sync::Mutex<Option<ProgressBar>>>,
+}
+
+impl Printer {
+    pub fn line(&self, text: &str) {
+        let bar = self.bar.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match bar {
+            Some(bar) => bar.println(text),
+            None => eprintln!("{text}"),
+        }
+    }
+
+    /// As a callback for an output stream.
+    pub fn into_fn(self) -> impl Fn(String) + Send + 'static {
+        move |line| self.line(&line)
+    }
+
+    fn set(&self, bar: Option<ProgressBar>) {
+        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+    }
 }
 
 /// One line of progress, e.g. `1200/5000 (24.0%) ok 1190 failed 10 | 410.2 req/s 9120 tok/s | ETA 9s`.
@@ -61,7 +88,12 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 impl Progress {
-    pub fn start(stats: Arc<Stats>, mode: ProgressMode, log_interval: Duration) -> Self {
+    pub fn start(
+        stats: Arc<Stats>,
+        mode: ProgressMode,
+        log_interval: Duration,
+        printer: Printer,
+    ) -> Self {
         let started = Instant::now();
         let mode = match mode {
             ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
@@ -88,9 +120,11 @@ impl Progress {
                         shown.set_message(describe(&stats, started.elapsed()));
                     }
                 });
+                printer.set(Some(bar.clone()));
                 Self {
                     task: Some(task),
                     bar: Some(bar),
+                    printer,
                 }
             }
             ProgressMode::Log => {
@@ -105,16 +139,19 @@ impl Progress {
                 Self {
                     task: Some(task),
                     bar: None,
+                    printer,
                 }
             }
             ProgressMode::Auto | ProgressMode::Off => Self {
                 task: None,
                 bar: None,
+                printer,
             },
         }
     }
 
     pub fn finish(self) {
+        self.printer.set(None);
         if let Some(task) = self.task {
             task.abort();
         }

@@ -31,6 +31,8 @@ pub struct SimConfig {
     /// Headers (name, value) every `/v1/*` request must carry, as a gateway in front of an
     /// engine might require.
     pub required_headers: Vec<(String, String)>,
+    /// Simulate a crash: stop serving (the process exits) after answering this many requests.
+    pub exit_after: Option<u64>,
 }
 
 impl Default for SimConfig {
@@ -50,6 +52,7 @@ impl Default for SimConfig {
             seed: 0,
             api_key: None,
             required_headers: Vec::new(),
+            exit_after: None,
         }
     }
 }

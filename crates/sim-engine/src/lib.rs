@@ -42,6 +42,16 @@ struct Engine {
     prompt_tokens: AtomicU64,
     generation_tokens: AtomicU64,
     faults: Faults,
+    /// Signalled when `exit_after` requests have been answered.
+    crash: tokio::sync::Notify,
+}
+
+/// Why [`serve`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    Shutdown,
+    /// `exit_after` was reached: the caller should exit at once, as a crashing engine would.
+    Crashed,
 }
 
 /// Returned by the service to make hyper close the connection without an answer.
@@ -63,7 +73,7 @@ pub async fn serve(
     listener: TcpListener,
     config: SimConfig,
     shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
+) -> std::io::Result<Ended> {
     let engine = Arc::new(Engine {
         slots: Semaphore::new(config.max_running.max(1)),
         faults: Faults::new(config.seed),
@@ -73,11 +83,13 @@ pub async fn serve(
         requests: AtomicU64::new(0),
         prompt_tokens: AtomicU64::new(0),
         generation_tokens: AtomicU64::new(0),
+        crash: tokio::sync::Notify::new(),
     });
     tokio::pin!(shutdown);
     loop {
         let (stream, _) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            () = &mut shutdown => return Ok(Ended::Shutdown),
+            () = engine.crash.notified() => return Ok(Ended::Crashed),
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -202,6 +214,10 @@ impl Engine {
         self.running.fetch_add(1, Ordering::SeqCst);
 
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        if self.config.exit_after == Some(n + 1) {
+            // notify_one keeps the permit if the accept loop is not waiting right now.
+            self.crash.notify_one();
+        }
         let answer = respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
         let service_time = self.config.service_time(answer.output_tokens);
         if !service_time.is_zero() {

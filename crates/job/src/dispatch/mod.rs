@@ -130,6 +130,15 @@ impl Engines {
         self.pool.in_flight(engine)
     }
 
+    /// Stops sending to `engine` (it is restarting) until [`Engines::resume`].
+    pub fn suspend(&self, engine: usize) {
+        self.pool.suspend(engine);
+    }
+
+    pub fn resume(&self, engine: usize) {
+        self.pool.resume(engine);
+    }
+
     /// Asks every engine for `GET /v1/models` once. Engines that cannot be reached start with
     /// their breaker open; if none can be reached the run stops before sending anything.
     pub async fn probe(&self) -> Result<Vec<ProbeResult>, EngineError> {

@@ -5,6 +5,10 @@
 //! while it keeps failing; after the cool-down one request probes it, and any answer that is not
 //! a server error closes the breaker again. When every engine is cooling down, requests wait for
 //! the first one to come back instead of hammering engines that are known to be down.
+//!
+//! An engine the runner launched itself is *suspended* while it restarts after a crash: no
+//! request goes to it, and requests that have nowhere else to go wait until it is back, so a
+//! restart that takes minutes (model loading) burns no retries.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -23,6 +27,7 @@ struct Breaker {
     failures: u32,
     open_until: Option<Instant>,
     cool_down: Duration,
+    suspended: bool,
 }
 
 impl Default for Breaker {
@@ -31,6 +36,7 @@ impl Default for Breaker {
             failures: 0,
             open_until: None,
             cool_down: FIRST_COOL_DOWN,
+            suspended: false,
         }
     }
 }
@@ -42,6 +48,8 @@ pub struct Pool {
     breakers: Mutex<Vec<Breaker>>,
     /// Rotates the starting point so ties do not always go to the first engine.
     turn: AtomicUsize,
+    /// Wakes requests waiting for a suspended engine to come back.
+    resumed: tokio::sync::Notify,
 }
 
 /// Holds an engine's in-flight slot; released on drop.
@@ -62,6 +70,7 @@ impl Pool {
             in_flight: (0..engines).map(|_| AtomicUsize::new(0)).collect(),
             breakers: Mutex::new((0..engines).map(|_| Breaker::default()).collect()),
             turn: AtomicUsize::new(0),
+            resumed: tokio::sync::Notify::new(),
         }
     }
 
@@ -80,18 +89,27 @@ impl Pool {
     /// Takes a slot on the best available engine, waiting while every breaker is open.
     pub async fn lease(&self) -> Lease<'_> {
         loop {
+            // Registered before choosing, so a resume between the two is not missed.
+            let resumed = self.resumed.notified();
             match self.choose(Instant::now()) {
                 Ok(engine) => {
                     self.in_flight[engine].fetch_add(1, Ordering::Relaxed);
                     return Lease { pool: self, engine };
                 }
-                Err(reopens_at) => tokio::time::sleep_until(reopens_at).await,
+                Err(Some(reopens_at)) => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(reopens_at) => {}
+                        () = resumed => {}
+                    }
+                }
+                Err(None) => resumed.await,
             }
         }
     }
 
-    /// The available engine with the fewest in flight, or when the first breaker closes.
-    fn choose(&self, now: Instant) -> Result<usize, Instant> {
+    /// The available engine with the fewest in flight; otherwise when the first breaker closes
+    /// (`None`: every engine is suspended).
+    fn choose(&self, now: Instant) -> Result<usize, Option<Instant>> {
         let breakers = self.lock();
         let n = breakers.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n.max(1);
@@ -99,6 +117,9 @@ impl Pool {
         let mut first_reopen: Option<Instant> = None;
         for k in 0..n {
             let i = (start + k) % n;
+            if breakers[i].suspended {
+                continue;
+            }
             match breakers[i].open_until {
                 Some(until) if until > now => {
                     first_reopen = Some(first_reopen.map_or(until, |f| f.min(until)));
@@ -113,13 +134,28 @@ impl Pool {
         }
         match (best, first_reopen) {
             (Some((i, _)), _) => Ok(i),
-            (None, Some(at)) => Err(at),
-            (None, None) => Err(now),
+            (None, at) => Err(at),
         }
     }
 
-    pub fn record_success(&self, engine: usize) {
+    /// Sends nothing to `engine` until [`Pool::resume`].
+    pub fn suspend(&self, engine: usize) {
+        self.lock()[engine].suspended = true;
+    }
+
+    /// Takes `engine` back into use with a clean breaker.
+    pub fn resume(&self, engine: usize) {
         self.lock()[engine] = Breaker::default();
+        self.resumed.notify_waiters();
+    }
+
+    pub fn record_success(&self, engine: usize) {
+        let mut breakers = self.lock();
+        let suspended = breakers[engine].suspended;
+        breakers[engine] = Breaker {
+            suspended,
+            ..Breaker::default()
+        };
     }
 
     /// Records a failure; returns true when this failure opened the breaker.
@@ -188,6 +224,23 @@ mod tests {
             leases.push(pool.lease().await);
         }
         leases.iter().map(|l| l.engine).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_suspended_engine_gets_nothing_until_resumed() {
+        let pool = std::sync::Arc::new(Pool::new(1));
+        pool.suspend(0);
+        let waiting = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.lease().await.engine })
+        };
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        assert!(
+            !waiting.is_finished(),
+            "no lease while suspended, however long"
+        );
+        pool.resume(0);
+        assert_eq!(waiting.await.expect("join"), 0);
     }
 
     #[tokio::test(start_paused = true)]

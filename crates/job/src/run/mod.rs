@@ -18,6 +18,7 @@
 mod dispatcher;
 mod execute;
 mod feed;
+mod supervise;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,13 +33,15 @@ use dispatcher::{Shared, dispatch};
 use execute::Ids;
 pub use execute::{CANCELLED_MESSAGE, EXPIRED_MESSAGE};
 use feed::Feed;
+use supervise::Supervisor;
 
 use crate::deadline::Deadline;
 use crate::dispatch::{EngineError, EngineOptions, Engines, ProbeResult};
 use crate::finalize::{Destination, FinalizeError, Order, finalize};
+use crate::launch::{LaunchError, LaunchSpec, Launched};
 use crate::metrics::{self, Stats};
 use crate::outcome::Outcome;
-use crate::progress::{Progress, ProgressMode};
+use crate::progress::{Printer, Progress, ProgressMode};
 use crate::retry_failed::{Previous, seed};
 use crate::sink::{CheckpointPolicy, Sink};
 use crate::state::{self, NewJob, StateError};
@@ -70,6 +73,8 @@ pub struct RunOptions {
     pub grace: Duration,
     /// Rerun only what an earlier run did not get a success for, merging with its output.
     pub retry_failed: Option<Previous>,
+    /// Start an engine for the job (it is used together with `engines.urls`).
+    pub launch: Option<LaunchSpec>,
 }
 
 /// `OUTPUT.errors.jsonl` for `OUTPUT.jsonl` (or `OUTPUT.errors.jsonl` for any other name).
@@ -104,6 +109,11 @@ pub enum RunError {
     },
     #[error(transparent)]
     Finalize(#[from] FinalizeError),
+    #[error(transparent)]
+    Launch(#[from] LaunchError),
+    /// The launched engine kept dying; the job is checkpointed and can be resumed.
+    #[error("{0}")]
+    EngineGaveUp(String),
 }
 
 impl RunError {
@@ -113,8 +123,16 @@ impl RunError {
             RunError::Invalid(..) | RunError::Validate(_) => true,
             RunError::State(e) => !matches!(e, StateError::Io { .. }),
             RunError::Engine(e) => !matches!(e, EngineError::NoneReachable(_)),
-            RunError::Io { .. } | RunError::Finalize(_) => false,
+            RunError::Io { .. }
+            | RunError::Finalize(_)
+            | RunError::Launch(_)
+            | RunError::EngineGaveUp(_) => false,
         }
+    }
+
+    /// True when the job stopped with its state kept, so the same command resumes it.
+    pub fn is_resumable(&self) -> bool {
+        matches!(self, RunError::EngineGaveUp(_))
     }
 
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -203,19 +221,17 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         );
     }
 
-    let engines = Engines::new(&options.engines)?;
-    if already < planned {
-        match engines.probe().await {
-            Ok(probes) => log_probes(&probes),
-            Err(e) => {
-                if !existed {
-                    // Nothing was done: leave no state behind.
-                    let _ = std::fs::remove_dir_all(&options.state_dir);
-                }
-                return Err(e.into());
+    let printer = Printer::default();
+    let (engines, launched) = match start_engines(&options, already < planned, &printer).await {
+        Ok(started) => started,
+        Err(e) => {
+            if !existed && !matches!(e, RunError::Launch(_)) {
+                // Nothing was done: leave no state behind (but keep a failed engine's log).
+                let _ = std::fs::remove_dir_all(&options.state_dir);
             }
+            return Err(e);
         }
-    }
+    };
 
     let stats = Arc::new(Stats::default());
     stats
@@ -259,7 +275,12 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
         None => None,
     };
-    let progress = Progress::start(stats.clone(), options.progress, options.progress_interval);
+    let progress = Progress::start(
+        stats.clone(),
+        options.progress,
+        options.progress_interval,
+        printer.clone(),
+    );
     let timers = tokio::spawn(stop_timers(stop.clone(), deadline, options.grace));
 
     let target = engines.target(validation.settled.as_ref().map_or("", |s| s.url.as_str()))?;
@@ -288,7 +309,15 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
             feed.run(&batch_tx)
         })
     };
+    let supervisor = launched.map(|engine| {
+        let restarts = options.launch.as_ref().map_or(0, |l| l.max_restarts);
+        Supervisor::start(engine, shared.clone(), restarts, printer.clone())
+    });
     let ended = dispatch(shared, batches, options.max_concurrency).await;
+    let engine_gave_up = match supervisor {
+        Some(s) => s.finish().await,
+        None => None,
+    };
     timers.abort();
     checkpoints.abort();
     progress.finish();
@@ -313,6 +342,9 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         options.input.display()
     )))?;
 
+    if let Some(message) = engine_gave_up {
+        return Err(RunError::EngineGaveUp(message));
+    }
     let status = match ended {
         Ended::Complete => JobStatus::Completed,
         Ended::Stopped(StopReason::Expired) => JobStatus::Expired,
@@ -378,6 +410,29 @@ async fn stop_timers(stop: StopSignal, deadline: Option<SystemTime>, grace: Dura
         }
     };
     tokio::join!(expire, end_grace);
+}
+
+/// Launches the engine (when asked and there is work left) and sets up every engine; probes them
+/// when there is work left.
+async fn start_engines(
+    options: &RunOptions,
+    work_left: bool,
+    printer: &Printer,
+) -> Result<(Engines, Option<Launched>), RunError> {
+    let mut engine_options = options.engines.clone();
+    let launched = match &options.launch {
+        Some(spec) if work_left => {
+            let engine = spec.start(printer.clone().into_fn()).await?;
+            engine_options.urls.insert(0, engine.url.clone());
+            Some(engine)
+        }
+        _ => None,
+    };
+    let engines = Engines::new(&engine_options)?;
+    if work_left {
+        log_probes(&engines.probe().await?);
+    }
+    Ok((engines, launched))
 }
 
 fn log_probes(probes: &[ProbeResult]) {

@@ -1,0 +1,241 @@
+//! `run --launch` / `--engine`: the runner starts the engine, restarts it, and never leaves it
+//! behind.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::common::{BIN, Job, cmd, lines_of, numbered_lines, results_by_id, stderr, wait_for};
+
+/// Processes whose command line contains `marker`.
+fn processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) {
+                found.push(format!("{}: {text}", name.to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// A sim-engine launch command tagged with `marker` (as its model name).
+fn sim_launch(marker: &str, extra: &str) -> String {
+    format!("{BIN} sim-engine --host {{host}} --port {{port}} --model {marker} {extra}")
+}
+
+fn marker(name: &str) -> String {
+    format!("marker-{name}-{}", std::process::id())
+}
+
+fn assert_gone(marker: &str) {
+    wait_for(Duration::from_secs(10), || {
+        processes_with(marker).is_empty().then_some(())
+    });
+}
+
+#[test]
+fn launches_the_engine_runs_the_job_and_stops_it() {
+    let job = Job::new();
+    let input = job.input(&numbered_lines("l", 50));
+    let output = job.path("out.jsonl");
+    let m = marker("basic");
+    let out = cmd()
+        .arg("run")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args(["--progress", "off", "--keep-state", "--launch"])
+        .arg(sim_launch(&m, "--ttft-ms 0 --ms-per-token 0"))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(lines_of(&output), 50);
+    let log = std::fs::read_to_string(job.path("out.jsonl.state/engine.log")).expect("engine log");
+    assert!(log.contains("listening on http://127.0.0.1:"), "{log}");
+    assert_gone(&m);
+}
+
+#[test]
+fn an_engine_that_crashes_mid_run_is_restarted_and_no_line_is_lost() {
+    let job = Job::new();
+    let n = 300;
+    let input = job.input(&numbered_lines("c", n));
+    let output = job.path("out.jsonl");
+    let m = marker("crash");
+    let out = cmd()
+        .arg("run")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args([
+            "--progress",
+            "off",
+            "--keep-state",
+            "--max-engine-restarts",
+            "20",
+        ])
+        .args([
+            "--retry-backoff",
+            "20ms",
+            "--max-concurrency",
+            "16",
+            "--launch",
+        ])
+        .arg(sim_launch(
+            &m,
+            "--ttft-ms 2 --ms-per-token 0 --exit-after 80",
+        ))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ok = results_by_id(&output);
+    assert_eq!(ok.len(), n, "every line exactly once");
+    let log = std::fs::read_to_string(job.path("out.jsonl.state/engine.log")).expect("engine log");
+    let starts = log.matches("listening on").count();
+    assert!(starts >= 4, "the engine was started {starts} times");
+    assert!(stderr(&out).contains("restarting it"), "{}", stderr(&out));
+    assert_gone(&m);
+}
+
+#[test]
+fn an_engine_that_exits_at_once_is_reported_with_its_log() {
+    let job = Job::new();
+    let input = job.input(&numbered_lines("e", 3));
+    let out = cmd()
+        .arg("run")
+        .arg(&input)
+        .arg("-o")
+        .arg(job.path("out.jsonl"))
+        .args([
+            "--progress",
+            "off",
+            "--launch",
+            "echo 'no GPU found' >&2; exit 3",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(
+        err.contains("the engine exited (exit code 3) before it was ready"),
+        "{err}"
+    );
+    assert!(err.contains("no GPU found"), "{err}");
+    assert!(!job.path("out.jsonl").exists());
+}
+
+#[test]
+fn an_engine_that_never_gets_ready_times_out_and_is_stopped() {
+    let job = Job::new();
+    let input = job.input(&numbered_lines("t", 3));
+    let m = marker("never-ready");
+    let out = cmd()
+        .arg("run")
+        .arg(&input)
+        .arg("-o")
+        .arg(job.path("out.jsonl"))
+        .args([
+            "--progress",
+            "off",
+            "--launch-timeout",
+            "1s",
+            "--launch-ready-path",
+            "/nowhere",
+        ])
+        .args(["--engine-stop-grace", "2s", "--launch"])
+        .arg(sim_launch(&m, ""))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(err.contains("was not ready within 1s"), "{err}");
+    assert!(
+        err.contains("listening on"),
+        "the message quotes the engine's log: {err}"
+    );
+    assert_gone(&m);
+}
+
+#[test]
+fn killing_the_runner_with_sigkill_takes_the_engine_down() {
+    let job = Job::new();
+    let input = job.input(&numbered_lines("k", 100));
+    let m = marker("orphan");
+    let mut child = cmd()
+        .arg("run")
+        .arg(&input)
+        .arg("-o")
+        .arg(job.path("out.jsonl"))
+        .args(["--progress", "off", "--launch"])
+        .arg(sim_launch(&m, "--ttft-ms 10000"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    // The engine runs (its process carries the marker) and is serving the job.
+    wait_for(Duration::from_secs(20), || {
+        processes_with(&format!("--model {m}"))
+            .iter()
+            .any(|p| p.contains("sim-engine") && !p.contains("engine-guard"))
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    child.kill().expect("SIGKILL the runner");
+    child.wait().expect("wait");
+    assert_gone(&m);
+}
+
+#[test]
+fn the_presets_build_the_documented_commands() {
+    let job = Job::new();
+    let input = job.input(&numbered_lines("p", 1));
+    let print = |args: &[&str]| {
+        let out = cmd()
+            .arg("run")
+            .arg(&input)
+            .arg("-o")
+            .arg(job.path("o.jsonl"))
+            .args(args)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        String::from_utf8(out.stdout).expect("utf-8")
+    };
+    assert_eq!(
+        print(&[
+            "--engine",
+            "sglang",
+            "--model-path",
+            "meta-llama/Llama-3.1-8B-Instruct",
+            "--print-launch",
+            "--",
+            "--tp",
+            "2"
+        ]),
+        "python -m sglang.launch_server --model-path meta-llama/Llama-3.1-8B-Instruct --host 127.0.0.1 --port {port} --enable-metrics --tp 2\n"
+    );
+    assert_eq!(
+        print(&[
+            "--engine",
+            "vllm",
+            "--model-path",
+            "/models/my model",
+            "--print-launch",
+            "--launch-host",
+            "0.0.0.0"
+        ]),
+        "vllm serve '/models/my model' --host 0.0.0.0 --port {port}\n"
+    );
+    assert_eq!(
+        print(&["--launch", "my-server --port {port}", "--print-launch"]),
+        "my-server --port {port}\n"
+    );
+}
