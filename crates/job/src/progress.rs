@@ -23,32 +23,43 @@ pub enum ProgressMode {
 pub struct Progress {
     task: Option<JoinHandle<()>>,
     bar: Option<ProgressBar>,
-    printer: Printer,
 }
 
-/// Prints lines (a launched engine's output with `--verbose`) above the progress bar when one is
-/// drawn, so the two never tear each other.
-#[derive(Clone, Default)]
-pub struct Printer {
-    bar: Arc<std::sync::Mutex<Option<ProgressBar>>>,
+/// The progress bar being drawn, if any. There is one terminal, so this is process-wide: log
+/// lines and a launched engine's output are written around the bar through it, so they never
+/// tear each other.
+static ACTIVE_BAR: std::sync::Mutex<Option<ProgressBar>> = std::sync::Mutex::new(None);
+
+fn active_bar() -> Option<ProgressBar> {
+    ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
-impl Printer {
-    pub fn line(&self, text: &str) {
-        let bar = self.bar.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match bar {
-            Some(bar) => bar.println(text),
-            None => eprintln!("{text}"),
+fn set_active_bar(bar: Option<ProgressBar>) {
+    *ACTIVE_BAR.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+}
+
+/// Prints a line on stderr, above the progress bar when one is drawn.
+pub fn print_line(text: &str) {
+    match active_bar() {
+        Some(bar) => bar.println(text),
+        None => eprintln!("{text}"),
+    }
+}
+
+/// A stderr writer for the log subscriber that hides the bar while a log line is written.
+pub struct StderrAboveBar;
+
+impl std::io::Write for StderrAboveBar {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match active_bar() {
+            Some(bar) => bar.suspend(|| std::io::stderr().write_all(buf))?,
+            None => std::io::stderr().write_all(buf)?,
         }
+        Ok(buf.len())
     }
 
-    /// As a callback for an output stream.
-    pub fn into_fn(self) -> impl Fn(String) + Send + 'static {
-        move |line| self.line(&line)
-    }
-
-    fn set(&self, bar: Option<ProgressBar>) {
-        *self.bar.lock().unwrap_or_else(|e| e.into_inner()) = bar;
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 
@@ -88,12 +99,7 @@ pub fn format_duration(d: Duration) -> String {
 }
 
 impl Progress {
-    pub fn start(
-        stats: Arc<Stats>,
-        mode: ProgressMode,
-        log_interval: Duration,
-        printer: Printer,
-    ) -> Self {
+    pub fn start(stats: Arc<Stats>, mode: ProgressMode, log_interval: Duration) -> Self {
         let started = Instant::now();
         let mode = match mode {
             ProgressMode::Auto if std::io::stderr().is_terminal() => ProgressMode::Bar,
@@ -120,11 +126,10 @@ impl Progress {
                         shown.set_message(describe(&stats, started.elapsed()));
                     }
                 });
-                printer.set(Some(bar.clone()));
+                set_active_bar(Some(bar.clone()));
                 Self {
                     task: Some(task),
                     bar: Some(bar),
-                    printer,
                 }
             }
             ProgressMode::Log => {
@@ -139,19 +144,17 @@ impl Progress {
                 Self {
                     task: Some(task),
                     bar: None,
-                    printer,
                 }
             }
             ProgressMode::Auto | ProgressMode::Off => Self {
                 task: None,
                 bar: None,
-                printer,
             },
         }
     }
 
     pub fn finish(self) {
-        self.printer.set(None);
+        set_active_bar(None);
         if let Some(task) = self.task {
             task.abort();
         }

@@ -45,7 +45,7 @@ pub struct LaunchSpec {
     pub log: PathBuf,
     pub max_log_bytes: u64,
     pub stop_grace: Duration,
-    /// Show the engine's output (through `on_output`).
+    /// Show the engine's output (above the progress bar).
     pub verbose: bool,
 }
 
@@ -106,19 +106,12 @@ impl LaunchSpec {
     }
 
     /// Starts the engine on a free port and waits until it is ready.
-    pub async fn start(
-        &self,
-        on_output: impl Fn(String) + Send + 'static,
-    ) -> Result<Launched, LaunchError> {
+    pub async fn start(&self) -> Result<Launched, LaunchError> {
         let port = free_port(&self.host).map_err(LaunchError::Port)?;
-        self.start_on(port, on_output).await
+        self.start_on(port).await
     }
 
-    async fn start_on(
-        &self,
-        port: u16,
-        on_output: impl Fn(String) + Send + 'static,
-    ) -> Result<Launched, LaunchError> {
+    async fn start_on(&self, port: u16) -> Result<Launched, LaunchError> {
         let command = self.command(port);
         tracing::info!("starting the engine: {command}");
         let mut guard = Command::new(&self.guard_program);
@@ -150,7 +143,7 @@ impl LaunchSpec {
             tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    on_output(line);
+                    crate::progress::print_line(&line);
                 }
             });
         }
@@ -215,11 +208,8 @@ impl Launched {
     }
 
     /// Starts the engine again on the same port (the dispatcher already knows its URL).
-    pub async fn restart(
-        &mut self,
-        on_output: impl Fn(String) + Send + 'static,
-    ) -> Result<(), LaunchError> {
-        let fresh = self.spec.start_on(self.port, on_output).await?;
+    pub async fn restart(&mut self) -> Result<(), LaunchError> {
+        let fresh = self.spec.start_on(self.port).await?;
         let old = std::mem::replace(self, fresh);
         old.stop().await;
         Ok(())

@@ -41,7 +41,7 @@ use crate::finalize::{Destination, FinalizeError, Order, finalize};
 use crate::launch::{LaunchError, LaunchSpec, Launched};
 use crate::metrics::{self, Stats};
 use crate::outcome::Outcome;
-use crate::progress::{Printer, Progress, ProgressMode};
+use crate::progress::{Progress, ProgressMode};
 use crate::retry_failed::{Previous, seed};
 use crate::sink::{CheckpointPolicy, Sink};
 use crate::state::{self, NewJob, StateError};
@@ -221,8 +221,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         );
     }
 
-    let printer = Printer::default();
-    let (engines, launched) = match start_engines(&options, already < planned, &printer).await {
+    let (engines, launched) = match start_engines(&options, already < planned).await {
         Ok(started) => started,
         Err(e) => {
             if !existed && !matches!(e, RunError::Launch(_)) {
@@ -275,12 +274,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
         None => None,
     };
-    let progress = Progress::start(
-        stats.clone(),
-        options.progress,
-        options.progress_interval,
-        printer.clone(),
-    );
+    let progress = Progress::start(stats.clone(), options.progress, options.progress_interval);
     let timers = tokio::spawn(stop_timers(stop.clone(), deadline, options.grace));
 
     let target = engines.target(validation.settled.as_ref().map_or("", |s| s.url.as_str()))?;
@@ -311,7 +305,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
     };
     let supervisor = launched.map(|engine| {
         let restarts = options.launch.as_ref().map_or(0, |l| l.max_restarts);
-        Supervisor::start(engine, shared.clone(), restarts, printer.clone())
+        Supervisor::start(engine, shared.clone(), restarts)
     });
     let ended = dispatch(shared, batches, options.max_concurrency).await;
     let engine_gave_up = match supervisor {
@@ -417,12 +411,11 @@ async fn stop_timers(stop: StopSignal, deadline: Option<SystemTime>, grace: Dura
 async fn start_engines(
     options: &RunOptions,
     work_left: bool,
-    printer: &Printer,
 ) -> Result<(Engines, Option<Launched>), RunError> {
     let mut engine_options = options.engines.clone();
     let launched = match &options.launch {
         Some(spec) if work_left => {
-            let engine = spec.start(printer.clone().into_fn()).await?;
+            let engine = spec.start().await?;
             engine_options.urls.insert(0, engine.url.clone());
             Some(engine)
         }

@@ -12,7 +12,6 @@ use tokio::task::JoinHandle;
 
 use super::dispatcher::Shared;
 use crate::launch::Launched;
-use crate::progress::Printer;
 use crate::stop::StopReason;
 
 /// The launched engine is always the first engine of the pool.
@@ -24,14 +23,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn start(
-        engine: Launched,
-        shared: Arc<Shared>,
-        max_restarts: u32,
-        printer: Printer,
-    ) -> Self {
+    pub fn start(engine: Launched, shared: Arc<Shared>, max_restarts: u32) -> Self {
         let (finish, finished) = oneshot::channel();
-        let task = tokio::spawn(supervise(engine, shared, max_restarts, printer, finished));
+        let task = tokio::spawn(supervise(engine, shared, max_restarts, finished));
         Self { finish, task }
     }
 
@@ -54,7 +48,6 @@ async fn supervise(
     mut engine: Launched,
     shared: Arc<Shared>,
     max_restarts: u32,
-    printer: Printer,
     mut finished: oneshot::Receiver<()>,
 ) -> (Option<Launched>, Option<String>) {
     let mut restarts = 0;
@@ -76,7 +69,7 @@ async fn supervise(
         restarts += 1;
         tracing::warn!("the engine exited ({how}); restarting it ({restarts} of {max_restarts})");
         let restarted = tokio::select! {
-            r = engine.restart(printer.clone().into_fn()) => r,
+            r = engine.restart() => r,
             _ = &mut finished => return (Some(engine), None),
         };
         match restarted {
