@@ -9,8 +9,11 @@
 //!   make them durable; [`state`]: the manifest, and resuming from it;
 //! - [`stop`], [`deadline`]: ending early (completion window, signals, cancel);
 //! - [`finalize`]: the spool becomes the final output and error files, atomically, in input order
-//!   (with [`extsort`]) or completion order;
-//! - [`progress`], [`metrics`], [`summary`]: what the operator sees while and after it runs;
+//!   (with [`extsort`]) or completion order; [`retry_failed`] seeds a job with an earlier run's
+//!   successes;
+//! - [`launch`]: starting, guarding and restarting an engine for the job;
+//! - [`progress`], [`metrics`], [`summary`], [`status`]: what the operator sees while and after
+//!   it runs; [`outcome`]: how each line ended;
 //! - [`run`]: wires the stages together; [`duration`] parses the durations flags take.
 
 pub mod bitset;
