@@ -21,8 +21,13 @@ const LATENCY_BUCKETS: [f64; 16] = [
 
 #[derive(Debug, Default)]
 pub struct Stats {
-    /// Lines this run will produce a result for.
+    /// Lines this job produces a result for.
     pub planned: AtomicU64,
+    /// Results that an earlier run of the job had already produced (a resume): excluded from
+    /// rates, so they describe this run.
+    pub carried_over: AtomicU64,
+    /// Output tokens of the carried-over results.
+    pub carried_output_tokens: AtomicU64,
     outcomes: [AtomicU64; Outcome::ALL.len()],
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
@@ -50,6 +55,16 @@ impl Stats {
     /// Results produced so far, whatever their outcome.
     pub fn done(&self) -> u64 {
         Outcome::ALL.iter().map(|&o| self.count(o)).sum()
+    }
+
+    /// Output tokens generated for this run.
+    pub fn output_tokens_now(&self) -> u64 {
+        Self::load(&self.output_tokens).saturating_sub(Self::load(&self.carried_output_tokens))
+    }
+
+    /// Results produced by this run.
+    pub fn done_now(&self) -> u64 {
+        self.done().saturating_sub(Self::load(&self.carried_over))
     }
 
     pub fn failed(&self) -> u64 {

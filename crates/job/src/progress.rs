@@ -68,8 +68,8 @@ pub fn describe(stats: &Stats, elapsed: Duration) -> String {
     let done = stats.done();
     let planned = Stats::load(&stats.planned);
     let secs = elapsed.as_secs_f64().max(1e-3);
-    let rate = done as f64 / secs;
-    let tokens = Stats::load(&stats.output_tokens) as f64 / secs;
+    let rate = stats.done_now() as f64 / secs;
+    let tokens = stats.output_tokens_now() as f64 / secs;
     let eta = if rate > 0.0 && planned > done {
         format_duration(Duration::from_secs_f64((planned - done) as f64 / rate))
     } else {

@@ -105,8 +105,8 @@ impl RunSummary {
             },
             wall_seconds: wall.as_secs_f64(),
             finalize_seconds: 0.0,
-            requests_per_second: stats.done() as f64 / secs,
-            output_tokens_per_second: output_tokens as f64 / secs,
+            requests_per_second: stats.done_now() as f64 / secs,
+            output_tokens_per_second: stats.output_tokens_now() as f64 / secs,
         }
     }
 

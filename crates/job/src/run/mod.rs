@@ -3,12 +3,12 @@
 //!
 //! Two stages run at once, connected by a bounded channel so memory stays flat however large the
 //! input is:
-//! - a reader thread ([`feed`]) streams the input a second time and turns each line still
+//! - a reader thread (`feed`) streams the input a second time and turns each line still
 //!   without a result into a request (or, with `--skip-invalid`, into an error record for a line
 //!   the validation pass rejected), handing them over in batches so the threads rarely have to
 //!   wake each other;
-//! - the [`dispatcher`] keeps at most `max_concurrency` requests in flight, each a task that
-//!   sends, retries, formats its result line ([`execute`]) and appends it to the spool.
+//! - the `dispatcher` keeps at most `max_concurrency` requests in flight, each a task that
+//!   sends, retries, formats its result line (`execute`) and appends it to the spool.
 //!
 //! Appending is a short copy into the spool's buffer under a lock, cheaper than handing each
 //! record to a writer thread (measured: the wake-ups cost more than the writes). Checkpoints run
@@ -239,6 +239,13 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
     for o in Outcome::ALL {
         stats.add(o, opened.counts[o.index()]);
     }
+    stats
+        .carried_over
+        .store(stats.done(), std::sync::atomic::Ordering::Relaxed);
+    stats.carried_output_tokens.store(
+        opened.manifest.totals.output_tokens,
+        std::sync::atomic::Ordering::Relaxed,
+    );
     let totals = opened.manifest.totals;
     stats
         .retries
