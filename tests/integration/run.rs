@@ -383,6 +383,40 @@ fn metrics_are_served_while_the_job_runs() {
 }
 
 #[test]
+fn outputs_that_would_overwrite_the_input_are_refused() {
+    let job = Job::new();
+    let input = job.input(&[chat_line("a", json!({}))]);
+    let dir = job.dir.path().to_str().expect("path");
+    for (output, errors, expected) in [
+        ("input.jsonl", "e.jsonl", "would overwrite the input"),
+        ("o.jsonl", "./input.jsonl", "would overwrite the input"),
+        ("o.jsonl", "o.jsonl", "are the same file"),
+    ] {
+        let out = cmd()
+            .current_dir(dir)
+            .arg("run")
+            .arg(&input)
+            .args([
+                "-o",
+                output,
+                "--errors",
+                errors,
+                "--engine-url",
+                "http://127.0.0.1:9",
+            ])
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(2), "{output} {errors}");
+        assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    }
+    assert!(
+        std::fs::read_to_string(&input)
+            .expect("input")
+            .contains("\"a\"")
+    );
+}
+
+#[test]
 fn usage_errors_exit_with_code_2() {
     let out = run_cmd(&["run", "in.jsonl"]);
     assert_eq!(out.status.code(), Some(2));

@@ -111,6 +111,8 @@ pub enum RunError {
     Finalize(#[from] FinalizeError),
     #[error(transparent)]
     Launch(#[from] LaunchError),
+    #[error("{0}")]
+    Paths(String),
     /// The launched engine kept dying; the job is checkpointed and can be resumed.
     #[error("{0}")]
     EngineGaveUp(String),
@@ -120,7 +122,7 @@ impl RunError {
     /// True when the input or the command line is at fault (rather than the environment).
     pub fn is_usage(&self) -> bool {
         match self {
-            RunError::Invalid(..) | RunError::Validate(_) => true,
+            RunError::Invalid(..) | RunError::Validate(_) | RunError::Paths(_) => true,
             RunError::State(e) => !matches!(e, StateError::Io { .. }),
             RunError::Engine(e) => !matches!(e, EngineError::NoneReachable(_)),
             RunError::Io { .. }
@@ -145,6 +147,7 @@ impl RunError {
 /// is how the caller (signal handlers, a service) stops it early.
 pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, RunError> {
     let started = Instant::now();
+    check_paths(&options)?;
     let validation = {
         let (path, vopts) = (options.input.clone(), options.validate.clone());
         tokio::task::spawn_blocking(move || validate_file(&path, &vopts))
@@ -384,6 +387,37 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
     let mut summary = RunSummary::new(paths, status, report.lines, &stats, started.elapsed());
     summary.finalize_seconds = finalize_time.as_secs_f64();
     Ok(summary)
+}
+
+/// Refuses outputs that would overwrite the input or each other.
+fn check_paths(options: &RunOptions) -> Result<(), RunError> {
+    let input = same_file_key(&options.input);
+    let output = same_file_key(&options.output);
+    let errors = same_file_key(&options.errors);
+    if output == input || errors == input {
+        return Err(RunError::Paths(format!(
+            "the output would overwrite the input {}; choose another --output / --errors",
+            options.input.display()
+        )));
+    }
+    if output == errors {
+        return Err(RunError::Paths(format!(
+            "--output and --errors are the same file ({}); give them different paths",
+            options.output.display()
+        )));
+    }
+    Ok(())
+}
+
+/// A path made comparable: the canonical parent directory plus the file name (the file itself
+/// need not exist yet).
+fn same_file_key(path: &Path) -> PathBuf {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_owned());
+    dir.join(path.file_name().unwrap_or_default())
 }
 
 /// Fires the deadline, and ends the grace once the job is stopping.
