@@ -35,6 +35,8 @@ pub enum Command {
     SimEngine(SimArgs),
     /// Show the progress of a running or interrupted job from its state directory.
     Status(StatusArgs),
+    /// Deliver results whose upload failed (kept in the job's state directory).
+    Upload(UploadArgs),
     /// (internal) Runs a launched engine so that it never outlives the runner.
     #[command(hide = true)]
     EngineGuard(GuardArgs),
@@ -61,6 +63,16 @@ pub enum EngineArg {
     Sglang,
     /// vllm serve PATH --host {host} --port {port}
     Vllm,
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// The job's state directory, as the failed run named it.
+    pub state_dir: PathBuf,
+
+    /// Keep the state directory after everything is delivered.
+    #[arg(long)]
+    pub keep_state: bool,
 }
 
 #[derive(Debug, Args)]
@@ -122,16 +134,30 @@ pub enum ProgressArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The batch file (.jsonl).
-    pub input: PathBuf,
+    /// The batch file (.jsonl): a path, or an http(s) URL (a presigned URL works).
+    pub input: String,
 
-    /// Where successful results go (one JSON line per request that got a 2xx answer).
-    #[arg(short, long, value_name = "PATH")]
-    pub output: PathBuf,
+    /// Where successful results go (one JSON line per request that got a 2xx answer): a path, or
+    /// an http(s) URL the file is PUT to (a presigned URL works).
+    #[arg(short, long, value_name = "PATH|URL")]
+    pub output: String,
 
-    /// Where failed results go [default: OUTPUT with .errors.jsonl in place of .jsonl].
-    #[arg(long, value_name = "PATH")]
-    pub errors: Option<PathBuf>,
+    /// Where failed results go [default: OUTPUT with .errors.jsonl in place of .jsonl; required
+    /// when OUTPUT is a URL with a query string].
+    #[arg(long, value_name = "PATH|URL")]
+    pub errors: Option<String>,
+
+    /// Extra header for downloading an input URL, as 'Name: value' (repeatable).
+    #[arg(long = "input-header", value_name = "HEADER")]
+    pub input_headers: Vec<String>,
+
+    /// Extra header for uploading to output URLs, as 'Name: value' (repeatable).
+    #[arg(long = "output-header", value_name = "HEADER")]
+    pub output_headers: Vec<String>,
+
+    /// Retries of a download or upload after a transport error, 408, 429 or 5xx (with backoff).
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub transfer_retries: u32,
 
     /// Base URL of an OpenAI-compatible engine (repeatable; requests go to the least busy).
     #[arg(long = "engine-url", value_name = "URL", required_unless_present_any = ["launch", "engine"],

@@ -17,6 +17,7 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => commands::run::run(*args),
         cli::Command::SimEngine(args) => commands::sim::run(args),
         cli::Command::Status(args) => commands::status::run(args),
+        cli::Command::Upload(args) => commands::upload::run(args),
     };
     ExitCode::from(code as u8)
 }

@@ -2,8 +2,10 @@
 
 pub mod guard;
 pub mod run;
+mod run_options;
 pub mod sim;
 pub mod status;
+pub mod upload;
 pub mod validate;
 
 /// The documented exit codes.

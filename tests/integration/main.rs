@@ -4,6 +4,7 @@
 mod common;
 mod durable;
 mod launch;
+mod remote;
 mod run;
 mod sim_engine;
 mod validate;

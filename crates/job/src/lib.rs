@@ -12,6 +12,7 @@
 //!   (with [`extsort`]) or completion order; [`retry_failed`] seeds a job with an earlier run's
 //!   successes;
 //! - [`launch`]: starting, guarding and restarting an engine for the job;
+//! - [`remote`]: inputs and results at http(s) URLs, and uploads that failed;
 //! - [`progress`], [`metrics`], [`summary`], [`status`]: what the operator sees while and after
 //!   it runs; [`outcome`]: how each line ended;
 //! - [`run`]: wires the stages together; [`duration`] parses the durations flags take.
@@ -28,6 +29,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod progress;
 pub mod reader;
+pub mod remote;
 pub mod retry_failed;
 pub mod run;
 pub mod sink;

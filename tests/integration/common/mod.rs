@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod store;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_batch-runner");
 
 /// A `batch-runner` command with logs quiet unless the test asks.

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use batch_format::LineRules;
+use batch_storage::{StorageError, download, redact};
 use tokio::sync::{mpsc, oneshot};
 
 pub use dispatcher::Ended;
@@ -42,6 +43,7 @@ use crate::launch::{LaunchError, LaunchSpec, Launched};
 use crate::metrics::{self, Stats};
 use crate::outcome::Outcome;
 use crate::progress::{Progress, ProgressMode};
+use crate::remote::{Remote, UploadError, deliver};
 use crate::retry_failed::{Previous, seed};
 use crate::sink::{CheckpointPolicy, Sink};
 use crate::state::{self, NewJob, StateError};
@@ -75,6 +77,9 @@ pub struct RunOptions {
     pub retry_failed: Option<Previous>,
     /// Start an engine for the job (it is used together with `engines.urls`).
     pub launch: Option<LaunchSpec>,
+    /// URLs the input comes from and the results go to. When set, `input`, `output` and `errors`
+    /// are the local copies inside the state directory.
+    pub remote: Remote,
 }
 
 /// `OUTPUT.errors.jsonl` for `OUTPUT.jsonl` (or `OUTPUT.errors.jsonl` for any other name).
@@ -113,6 +118,10 @@ pub enum RunError {
     Launch(#[from] LaunchError),
     #[error("{0}")]
     Paths(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
     /// The launched engine kept dying; the job is checkpointed and can be resumed.
     #[error("{0}")]
     EngineGaveUp(String),
@@ -128,6 +137,8 @@ impl RunError {
             RunError::Io { .. }
             | RunError::Finalize(_)
             | RunError::Launch(_)
+            | RunError::Storage(_)
+            | RunError::Upload(_)
             | RunError::EngineGaveUp(_) => false,
         }
     }
@@ -148,16 +159,51 @@ impl RunError {
 pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     check_paths(&options)?;
+    if options.restart && options.state_dir.exists() {
+        std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
+            "cannot remove the state directory {} (--restart)",
+            options.state_dir.display()
+        )))?;
+    }
+    let existed = options.state_dir.exists();
+    // Fail now, not after hours of work, if the results cannot be placed.
+    for path in [&options.output, &options.errors] {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(RunError::io(format!(
+                "cannot create the directory for {}",
+                path.display()
+            )))?;
+        }
+    }
+    // Until the state is opened, a failure leaves no state directory this run created behind.
+    let abandon = |e: RunError| {
+        if !existed {
+            let _ = std::fs::remove_dir_all(&options.state_dir);
+        }
+        e
+    };
+    if let Some(url) = &options.remote.input {
+        let size = download(url, &options.input, &options.remote.input_http)
+            .await
+            .map_err(|e| abandon(e.into()))?;
+        tracing::info!("downloaded {} ({size} bytes)", redact(url));
+    }
     let validation = {
         let (path, vopts) = (options.input.clone(), options.validate.clone());
         tokio::task::spawn_blocking(move || validate_file(&path, &vopts))
             .await
-            .map_err(|e| RunError::io("validation")(std::io::Error::other(e)))??
+            .map_err(|e| RunError::io("validation")(std::io::Error::other(e)))
+            .and_then(|v| v.map_err(RunError::from))
+            .map_err(abandon)?
     };
     let report = validation.report;
-    let input_name = options.input.display().to_string();
+    let input_name = options
+        .remote
+        .input
+        .as_ref()
+        .map_or_else(|| options.input.display().to_string(), redact);
     if report.requests == 0 && report.invalid_lines == 0 || !report.valid && !options.skip_invalid {
-        return Err(RunError::Invalid(Box::new(report), input_name));
+        return Err(abandon(RunError::Invalid(Box::new(report), input_name)));
     }
     if !report.valid {
         tracing::warn!(
@@ -173,13 +219,12 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
             0
         };
 
-    let existed = options.state_dir.exists();
     let job = NewJob {
         input: &input_name,
         fingerprint: &validation.fingerprint,
         run_tag: run_tag(),
     };
-    let mut opened = state::open(&options.state_dir, job, options.restart)?;
+    let mut opened = state::open(&options.state_dir, job, false)?;
     let seeded = match &options.retry_failed {
         Some(previous) if !opened.resumed => {
             let (previous, input) = (previous.clone(), options.input.clone());
@@ -226,13 +271,9 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
 
     let (engines, launched) = match start_engines(&options, already < planned).await {
         Ok(started) => started,
-        Err(e) => {
-            if !existed && !matches!(e, RunError::Launch(_)) {
-                // Nothing was done: leave no state behind (but keep a failed engine's log).
-                let _ = std::fs::remove_dir_all(&options.state_dir);
-            }
-            return Err(e);
-        }
+        // Nothing was done: leave no state behind (but keep a failed engine's log).
+        Err(e) if matches!(e, RunError::Launch(_)) => return Err(e),
+        Err(e) => return Err(abandon(e)),
     };
 
     let stats = Arc::new(Stats::default());
@@ -371,6 +412,16 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         let spool = crate::spool::SpoolFiles::in_dir(&options.state_dir);
         finalize(&spool, positions, options.order, &to)?;
         finalize_time = finalizing.elapsed();
+        let uploads: Vec<(PathBuf, reqwest::Url)> = [
+            (&options.output, &options.remote.output),
+            (&options.errors, &options.remote.errors),
+        ]
+        .into_iter()
+        .filter_map(|(local, url)| url.clone().map(|u| (local.clone(), u)))
+        .collect();
+        if !uploads.is_empty() {
+            deliver(&options.state_dir, uploads, &options.remote.output_http).await?;
+        }
         if !options.keep_state {
             std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
                 "cannot remove the state directory {}",
@@ -378,10 +429,14 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
             )))?;
         }
     }
+    let shown = |local: &PathBuf, url: &Option<reqwest::Url>| {
+        url.as_ref()
+            .map_or_else(|| local.display().to_string(), redact)
+    };
     let paths = Paths {
         input: &input_name,
-        output: &options.output.display().to_string(),
-        errors: &options.errors.display().to_string(),
+        output: &shown(&options.output, &options.remote.output),
+        errors: &shown(&options.errors, &options.remote.errors),
         state_dir: &options.state_dir.display().to_string(),
     };
     let mut summary = RunSummary::new(paths, status, report.lines, &stats, started.elapsed());

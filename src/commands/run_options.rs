@@ -1,0 +1,233 @@
+//! Turning `run`'s command line into [`RunOptions`]: where the input and results are (local
+//! paths or URLs), the engine to launch, and every other setting.
+
+use std::path::{Path, PathBuf};
+
+use batch_job::deadline::Deadline;
+use batch_job::dispatch::{EngineOptions, RetryPolicy};
+use batch_job::finalize::Order;
+use batch_job::launch::LaunchSpec;
+use batch_job::launch::preset::Preset;
+use batch_job::progress::ProgressMode;
+use batch_job::remote::{FINAL_DIR, Remote};
+use batch_job::retry_failed::Previous;
+use batch_job::run::{RunOptions, default_errors_path, default_state_dir};
+use batch_job::sink::CheckpointPolicy;
+use batch_job::validate::ValidateOptions;
+use batch_storage::{HttpOptions, Location};
+
+use crate::cli::{EngineArg, OrderArg, ProgressArg, RunArgs};
+
+/// Size at which the engine's log is rotated.
+const ENGINE_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Where the job reads and writes, locally, and which of those ends are URLs.
+struct Places {
+    input: PathBuf,
+    output: PathBuf,
+    errors: PathBuf,
+    state_dir: PathBuf,
+    remote: Remote,
+}
+
+fn places(args: &RunArgs) -> Result<Places, String> {
+    let parse = |text: &str| Location::parse(text).map_err(|e| e.to_string());
+    let input = parse(&args.input)?;
+    let output = parse(&args.output)?;
+    let errors = args.errors.as_deref().map(parse).transpose()?;
+    let state_dir = match (&args.state_dir, &output) {
+        (Some(dir), _) => dir.clone(),
+        (None, Location::Local(path)) => default_state_dir(path),
+        (None, Location::Http(url)) => PathBuf::from(format!("{}.state", last_segment(url))),
+    };
+    let staged = |name: &str| state_dir.join(FINAL_DIR).join(name);
+    let (output_local, output_url) = match output {
+        Location::Local(path) => (path, None),
+        Location::Http(url) => (staged("output.jsonl"), Some(url)),
+    };
+    let (errors_local, errors_url) = match (errors, &output_url) {
+        (Some(Location::Local(path)), _) => (path, None),
+        (Some(Location::Http(url)), _) => (staged("errors.jsonl"), Some(url)),
+        (None, None) => (default_errors_path(&output_local), None),
+        (None, Some(url)) if url.query().is_some() => {
+            return Err(
+                "--errors is required when --output is a URL with a query string (a \
+                        presigned URL is signed for one object): give the error file its own URL"
+                    .into(),
+            );
+        }
+        (None, Some(url)) => (staged("errors.jsonl"), Some(errors_url_for(url))),
+    };
+    let (input_local, input_url) = match input {
+        Location::Local(path) => (path, None),
+        Location::Http(url) => (state_dir.join("input.jsonl"), Some(url)),
+    };
+    if let Some(i) = &input_url
+        && (Some(i) == output_url.as_ref() || Some(i) == errors_url.as_ref())
+    {
+        return Err("the input and an output are the same URL; results must go elsewhere".into());
+    }
+    let http = |headers: &[String]| HttpOptions {
+        headers: headers.to_vec(),
+        attempts: args.transfer_retries.saturating_add(1),
+        ..HttpOptions::default()
+    };
+    Ok(Places {
+        input: input_local,
+        output: output_local,
+        errors: errors_local,
+        state_dir,
+        remote: Remote {
+            input: input_url,
+            output: output_url,
+            errors: errors_url,
+            input_http: http(&args.input_headers),
+            output_http: http(&args.output_headers),
+        },
+    })
+}
+
+/// The file name a URL points at (for a default state directory name).
+fn last_segment(url: &reqwest::Url) -> String {
+    url.path_segments()
+        .and_then(|mut s| s.rfind(|p| !p.is_empty()))
+        .map_or_else(|| "output".to_owned(), str::to_owned)
+}
+
+/// `…/name.errors.jsonl` for `…/name.jsonl`.
+fn errors_url_for(url: &reqwest::Url) -> reqwest::Url {
+    let mut errors = url.clone();
+    let path = url.path();
+    let stem = path.strip_suffix(".jsonl").unwrap_or(path);
+    errors.set_path(&format!("{stem}.errors.jsonl"));
+    errors
+}
+
+pub fn build(args: RunArgs) -> Result<RunOptions, String> {
+    let places = places(&args)?;
+    let launch = launch_spec(&args, &places.state_dir)?;
+    let retry_failed = match (
+        &args.retry_failed,
+        &args.previous_output,
+        &places.remote.output,
+    ) {
+        (None, _, _) => None,
+        (Some(errors), Some(output), _) => Some(Previous {
+            errors: errors.clone(),
+            output: output.clone(),
+        }),
+        (Some(errors), None, None) => Some(Previous {
+            errors: errors.clone(),
+            output: places.output.clone(),
+        }),
+        (Some(_), None, Some(_)) => {
+            return Err(
+                "--retry-failed with an --output URL needs --previous-output PATH (a \
+                        local copy of the earlier output)"
+                    .into(),
+            );
+        }
+    };
+    Ok(RunOptions {
+        validate: ValidateOptions::from(&args.rules),
+        engines: EngineOptions {
+            urls: args.engine_urls,
+            api_key: args.api_key,
+            headers: args.headers,
+            request_timeout: args.request_timeout,
+            connect_timeout: args.connect_timeout,
+            retry: RetryPolicy {
+                max_retries: args.max_retries,
+                base_delay: args.retry_backoff,
+                max_delay: args.retry_max_backoff,
+            },
+        },
+        input: places.input,
+        output: places.output,
+        errors: places.errors,
+        state_dir: places.state_dir,
+        remote: places.remote,
+        max_concurrency: args.max_concurrency as usize,
+        skip_invalid: args.skip_invalid,
+        metrics_listen: args.metrics_listen,
+        progress: match args.progress {
+            ProgressArg::Auto => ProgressMode::Auto,
+            ProgressArg::Bar => ProgressMode::Bar,
+            ProgressArg::Log => ProgressMode::Log,
+            ProgressArg::Off => ProgressMode::Off,
+        },
+        progress_interval: args.progress_interval,
+        order: match args.order {
+            OrderArg::Input => Order::Input,
+            OrderArg::Completion => Order::Completion,
+        },
+        checkpoint: CheckpointPolicy {
+            every_results: args.checkpoint_every,
+            every: args.checkpoint_interval,
+        },
+        restart: args.restart,
+        keep_state: args.keep_state,
+        deadline: match (args.completion_window, args.deadline) {
+            (Some(window), _) => Deadline::Window(window),
+            (None, Some(at)) => Deadline::At(at),
+            (None, None) => Deadline::None,
+        },
+        grace: args.grace,
+        retry_failed,
+        launch,
+    })
+}
+
+/// What --launch or --engine asks for, if anything.
+fn launch_spec(args: &RunArgs, state_dir: &Path) -> Result<Option<LaunchSpec>, String> {
+    let (template, ready_path) = match (&args.launch, args.engine) {
+        (Some(command), _) => (command.clone(), args.launch_ready_path.clone()),
+        (None, Some(engine)) => {
+            let preset = match engine {
+                EngineArg::Sglang => Preset::Sglang,
+                EngineArg::Vllm => Preset::Vllm,
+            };
+            let model = args
+                .model_path
+                .as_deref()
+                .ok_or("--engine needs --model-path")?;
+            (
+                preset.template(model, &args.engine_args),
+                preset.ready_path().to_owned(),
+            )
+        }
+        (None, None) => return Ok(None),
+    };
+    let guard_program = std::env::current_exe().map_err(|e| {
+        format!("cannot find the batch-runner executable for the engine guard: {e}")
+    })?;
+    Ok(Some(LaunchSpec {
+        template,
+        host: args.launch_host.clone(),
+        ready_path,
+        ready_timeout: args.launch_timeout,
+        max_restarts: args.max_engine_restarts,
+        guard_program,
+        log: state_dir.join("engine.log"),
+        max_log_bytes: ENGINE_LOG_MAX_BYTES,
+        stop_grace: args.engine_stop_grace,
+        verbose: args.verbose,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_urls_follow_the_output_url() {
+        let u = reqwest::Url::parse("https://store.example/jobs/7/results.jsonl").expect("url");
+        assert_eq!(
+            errors_url_for(&u).as_str(),
+            "https://store.example/jobs/7/results.errors.jsonl"
+        );
+        assert_eq!(last_segment(&u), "results.jsonl");
+        let bare = reqwest::Url::parse("https://store.example/").expect("url");
+        assert_eq!(last_segment(&bare), "output");
+    }
+}
