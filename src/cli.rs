@@ -73,6 +73,35 @@ pub struct UploadArgs {
     /// Keep the state directory after everything is delivered.
     #[arg(long)]
     pub keep_state: bool,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+/// Object storage settings beyond the standard AWS environment variables.
+#[derive(Debug, Args)]
+pub struct S3Args {
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, Garage, ...) [default: AWS_ENDPOINT_URL].
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// Region of the store [default: AWS_REGION].
+    #[arg(long, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Address buckets as https://BUCKET.host/ instead of https://host/BUCKET/.
+    #[arg(long)]
+    pub s3_virtual_hosted_style: bool,
+}
+
+impl From<&S3Args> for batch_storage::S3Options {
+    fn from(a: &S3Args) -> Self {
+        Self {
+            endpoint: a.s3_endpoint.clone(),
+            region: a.s3_region.clone(),
+            virtual_hosted_style: a.s3_virtual_hosted_style,
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -134,11 +163,11 @@ pub enum ProgressArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The batch file (.jsonl): a path, or an http(s) URL (a presigned URL works).
+    /// The batch file (.jsonl): a path, an http(s) URL (a presigned URL works) or s3://bucket/key.
     pub input: String,
 
-    /// Where successful results go (one JSON line per request that got a 2xx answer): a path, or
-    /// an http(s) URL the file is PUT to (a presigned URL works).
+    /// Where successful results go (one JSON line per request that got a 2xx answer): a path, an
+    /// http(s) URL the file is PUT to (a presigned URL works) or s3://bucket/key.
     #[arg(short, long, value_name = "PATH|URL")]
     pub output: String,
 
@@ -158,6 +187,9 @@ pub struct RunArgs {
     /// Retries of a download or upload after a transport error, 408, 429 or 5xx (with backoff).
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub transfer_retries: u32,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// Base URL of an OpenAI-compatible engine (repeatable; requests go to the least busy).
     #[arg(long = "engine-url", value_name = "URL", required_unless_present_any = ["launch", "engine"],

@@ -11,10 +11,10 @@ use batch_job::launch::preset::Preset;
 use batch_job::progress::ProgressMode;
 use batch_job::remote::{FINAL_DIR, Remote};
 use batch_job::retry_failed::Previous;
-use batch_job::run::{RunOptions, default_errors_path, default_state_dir};
+use batch_job::run::{RunOptions, default_state_dir};
 use batch_job::sink::CheckpointPolicy;
 use batch_job::validate::ValidateOptions;
-use batch_storage::{HttpOptions, Location};
+use batch_storage::{HttpOptions, Location, S3Options};
 
 use crate::cli::{EngineArg, OrderArg, ProgressArg, RunArgs};
 
@@ -34,38 +34,37 @@ fn places(args: &RunArgs) -> Result<Places, String> {
     let parse = |text: &str| Location::parse(text).map_err(|e| e.to_string());
     let input = parse(&args.input)?;
     let output = parse(&args.output)?;
-    let errors = args.errors.as_deref().map(parse).transpose()?;
+    let errors = match args.errors.as_deref().map(parse).transpose()? {
+        Some(errors) => errors,
+        None => output.errors_sibling().ok_or(
+            "--errors is required when --output is a URL with a query string (a presigned URL \
+             is signed for one object): give the error file its own URL",
+        )?,
+    };
     let state_dir = match (&args.state_dir, &output) {
         (Some(dir), _) => dir.clone(),
         (None, Location::Local(path)) => default_state_dir(path),
-        (None, Location::Http(url)) => PathBuf::from(format!("{}.state", last_segment(url))),
-    };
-    let staged = |name: &str| state_dir.join(FINAL_DIR).join(name);
-    let (output_local, output_url) = match output {
-        Location::Local(path) => (path, None),
-        Location::Http(url) => (staged("output.jsonl"), Some(url)),
-    };
-    let (errors_local, errors_url) = match (errors, &output_url) {
-        (Some(Location::Local(path)), _) => (path, None),
-        (Some(Location::Http(url)), _) => (staged("errors.jsonl"), Some(url)),
-        (None, None) => (default_errors_path(&output_local), None),
-        (None, Some(url)) if url.query().is_some() => {
-            return Err(
-                "--errors is required when --output is a URL with a query string (a \
-                        presigned URL is signed for one object): give the error file its own URL"
-                    .into(),
-            );
+        (None, remote) => {
+            let name = remote.file_name().unwrap_or_else(|| "output".into());
+            PathBuf::from(format!("{name}.state"))
         }
-        (None, Some(url)) => (staged("errors.jsonl"), Some(errors_url_for(url))),
     };
-    let (input_local, input_url) = match input {
+    // A remote end has a local copy in the state directory.
+    let local = |place: Location, staged: PathBuf| match place {
         Location::Local(path) => (path, None),
-        Location::Http(url) => (state_dir.join("input.jsonl"), Some(url)),
+        remote => (staged, Some(remote)),
     };
-    if let Some(i) = &input_url
-        && (Some(i) == output_url.as_ref() || Some(i) == errors_url.as_ref())
+    let (output_local, output_remote) =
+        local(output, state_dir.join(FINAL_DIR).join("output.jsonl"));
+    let (errors_local, errors_remote) =
+        local(errors, state_dir.join(FINAL_DIR).join("errors.jsonl"));
+    let (input_local, input_remote) = local(input, state_dir.join("input.jsonl"));
+    if let Some(i) = &input_remote
+        && (Some(i) == output_remote.as_ref() || Some(i) == errors_remote.as_ref())
     {
-        return Err("the input and an output are the same URL; results must go elsewhere".into());
+        return Err(
+            "the input and an output are the same location; results must go elsewhere".into(),
+        );
     }
     let http = |headers: &[String]| HttpOptions {
         headers: headers.to_vec(),
@@ -78,29 +77,14 @@ fn places(args: &RunArgs) -> Result<Places, String> {
         errors: errors_local,
         state_dir,
         remote: Remote {
-            input: input_url,
-            output: output_url,
-            errors: errors_url,
+            input: input_remote,
+            output: output_remote,
+            errors: errors_remote,
             input_http: http(&args.input_headers),
             output_http: http(&args.output_headers),
+            s3: S3Options::from(&args.s3),
         },
     })
-}
-
-/// The file name a URL points at (for a default state directory name).
-fn last_segment(url: &reqwest::Url) -> String {
-    url.path_segments()
-        .and_then(|mut s| s.rfind(|p| !p.is_empty()))
-        .map_or_else(|| "output".to_owned(), str::to_owned)
-}
-
-/// `…/name.errors.jsonl` for `…/name.jsonl`.
-fn errors_url_for(url: &reqwest::Url) -> reqwest::Url {
-    let mut errors = url.clone();
-    let path = url.path();
-    let stem = path.strip_suffix(".jsonl").unwrap_or(path);
-    errors.set_path(&format!("{stem}.errors.jsonl"));
-    errors
 }
 
 pub fn build(args: RunArgs) -> Result<RunOptions, String> {
@@ -213,21 +197,4 @@ fn launch_spec(args: &RunArgs, state_dir: &Path) -> Result<Option<LaunchSpec>, S
         stop_grace: args.engine_stop_grace,
         verbose: args.verbose,
     }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_urls_follow_the_output_url() {
-        let u = reqwest::Url::parse("https://store.example/jobs/7/results.jsonl").expect("url");
-        assert_eq!(
-            errors_url_for(&u).as_str(),
-            "https://store.example/jobs/7/results.errors.jsonl"
-        );
-        assert_eq!(last_segment(&u), "results.jsonl");
-        let bare = reqwest::Url::parse("https://store.example/").expect("url");
-        assert_eq!(last_segment(&bare), "output");
-    }
 }

@@ -15,8 +15,14 @@ pub fn run(args: UploadArgs) -> Exit {
         );
         return Exit::Invalid;
     }
-    let result =
-        runtime().map(|rt| rt.block_on(upload_pending(&args.state_dir, &HttpOptions::default())));
+    let s3 = batch_storage::S3Options::from(&args.s3);
+    let result = runtime().map(|rt| {
+        rt.block_on(upload_pending(
+            &args.state_dir,
+            &HttpOptions::default(),
+            &s3,
+        ))
+    });
     match result {
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");

@@ -4,6 +4,7 @@
 mod common;
 mod durable;
 mod launch;
+mod objects;
 mod remote;
 mod run;
 mod sim_engine;

@@ -126,7 +126,7 @@ fn a_presigned_output_needs_its_own_errors_url_and_other_schemes_are_refused() {
         .arg(&input)
         .args([
             "-o",
-            "s3://bucket/r.jsonl",
+            "gs://bucket/r.jsonl",
             "--engine-url",
             "http://127.0.0.1:9",
         ])
@@ -134,7 +134,7 @@ fn a_presigned_output_needs_its_own_errors_url_and_other_schemes_are_refused() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("s3:// locations are not supported"),
+        stderr(&out).contains("gs:// locations are not supported"),
         "{}",
         stderr(&out)
     );

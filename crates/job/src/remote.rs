@@ -1,4 +1,5 @@
-//! Inputs and results at http(s) URLs (presigned object-store URLs included).
+//! Inputs and results at http(s) URLs (presigned object-store URLs included) and in S3-compatible
+//! object stores (`s3://bucket/key`).
 //!
 //! A remote input is downloaded into the state directory before the validation pass (the
 //! pipeline reads the input twice). Remote results are finalized into `STATE_DIR/final/` and
@@ -10,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 
-use batch_storage::{HttpOptions, StorageError, redact, upload};
+use batch_storage::{HttpOptions, Location, S3Options, StorageError};
 use serde::{Deserialize, Serialize};
 
 pub const UPLOADS: &str = "uploads.json";
@@ -19,11 +20,12 @@ pub const FINAL_DIR: &str = "final";
 /// Where a job's remote ends are.
 #[derive(Debug, Clone, Default)]
 pub struct Remote {
-    pub input: Option<reqwest::Url>,
-    pub output: Option<reqwest::Url>,
-    pub errors: Option<reqwest::Url>,
+    pub input: Option<Location>,
+    pub output: Option<Location>,
+    pub errors: Option<Location>,
     pub input_http: HttpOptions,
     pub output_http: HttpOptions,
+    pub s3: S3Options,
 }
 
 /// One file still to be uploaded.
@@ -31,6 +33,7 @@ pub struct Remote {
 pub struct PendingUpload {
     /// Relative to the state directory.
     pub file: PathBuf,
+    /// The destination, as given (URLs with their secrets).
     pub url: String,
     pub headers: Vec<String>,
 }
@@ -46,49 +49,51 @@ pub enum UploadError {
     State(String, std::io::Error),
 }
 
-/// Uploads `(local file, url)` pairs; records what fails in `uploads.json` and reports it.
+/// Uploads `(local file, destination)` pairs; records what fails in `uploads.json` and
+/// reports it.
 pub async fn deliver(
     state_dir: &Path,
-    files: Vec<(PathBuf, reqwest::Url)>,
-    options: &HttpOptions,
+    files: Vec<(PathBuf, Location)>,
+    http: &HttpOptions,
+    s3: &S3Options,
 ) -> Result<(), UploadError> {
     let pending: Vec<PendingUpload> = files
         .into_iter()
-        .map(|(file, url)| PendingUpload {
+        .map(|(file, to)| PendingUpload {
             file: file
                 .strip_prefix(state_dir)
                 .map_or(file.clone(), Path::to_owned),
-            url: url.to_string(),
-            headers: options.headers.clone(),
+            url: to.to_text(),
+            headers: http.headers.clone(),
         })
         .collect();
     store_pending(state_dir, &pending)?;
-    upload_pending(state_dir, options).await
+    upload_pending(state_dir, http, s3).await
 }
 
 /// Uploads everything `uploads.json` lists, removing each entry once delivered.
-pub async fn upload_pending(state_dir: &Path, base: &HttpOptions) -> Result<(), UploadError> {
+pub async fn upload_pending(
+    state_dir: &Path,
+    base: &HttpOptions,
+    s3: &S3Options,
+) -> Result<(), UploadError> {
     let mut pending = load_pending(state_dir)?;
     let mut first_error: Option<StorageError> = None;
     let mut left = Vec::new();
     for item in pending.drain(..) {
-        let result = match reqwest::Url::parse(&item.url) {
-            Ok(url) => {
+        let result = match Location::parse(&item.url) {
+            Ok(to) => {
                 let options = HttpOptions {
                     headers: item.headers.clone(),
                     ..base.clone()
                 };
-                let shown = redact(&url);
-                let r = upload(&state_dir.join(&item.file), &url, &options).await;
+                let r = to.store(&state_dir.join(&item.file), &options, s3).await;
                 if r.is_ok() {
-                    tracing::info!("uploaded {} to {shown}", item.file.display());
+                    tracing::info!("uploaded {} to {}", item.file.display(), to.describe());
                 }
                 r
             }
-            Err(e) => Err(StorageError::BadUrl(
-                "(in uploads.json)".into(),
-                e.to_string(),
-            )),
+            Err(e) => Err(e),
         };
         if let Err(e) = result {
             first_error.get_or_insert(e);

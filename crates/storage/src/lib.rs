@@ -1,6 +1,7 @@
 //! Where a job's input comes from and where its results go.
 //!
-//! A location is a local path or an `http(s)://` URL. URLs are read with a streaming GET and
+//! A location is a local path, an `http(s)://` URL, or an `s3://bucket/key` object in any
+//! S3-compatible store (see [`object`]). URLs are read with a streaming GET and
 //! written with a PUT whose body streams from a local file with its `Content-Length` set: that is
 //! the form presigned object-store URLs take, and S3 refuses a presigned PUT sent with chunked
 //! transfer encoding. Transfers are retried with backoff on transport errors, 408, 429 and 5xx.
@@ -8,8 +9,12 @@
 //! URLs can carry secrets (a presigned URL's signature is in its query string; credentials can
 //! sit in its user info), so every message names a URL through [`redact`].
 
+pub mod object;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub use object::S3Options;
 
 use reqwest::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
 use tokio::io::AsyncWriteExt;
@@ -19,6 +24,8 @@ use tokio::io::AsyncWriteExt;
 pub enum Location {
     Local(PathBuf),
     Http(reqwest::Url),
+    /// `s3://bucket/key`.
+    Object(reqwest::Url),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +42,12 @@ pub enum StorageError {
         url: String,
         reason: String,
     },
+    #[error("{what} {url}: {reason}")]
+    Object {
+        what: &'static str,
+        url: String,
+        reason: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: String,
@@ -44,14 +57,17 @@ pub enum StorageError {
 }
 
 impl Location {
-    /// `http://…` and `https://…` are URLs; anything else is a local path. Other schemes (such as
-    /// `s3://`) are refused rather than taken for a relative path.
+    /// `http(s)://…` and `s3://…` are remote; anything else is a local path. Other schemes are
+    /// refused rather than taken for a relative path.
     pub fn parse(text: &str) -> Result<Self, StorageError> {
         let lower = text.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
             return reqwest::Url::parse(text)
                 .map(Location::Http)
                 .map_err(|e| StorageError::BadUrl(redact_text(text), e.to_string()));
+        }
+        if lower.starts_with("s3://") {
+            return object::parse(text).map(Location::Object);
         }
         if let Some((scheme, _)) = text.split_once("://")
             && !scheme.is_empty()
@@ -60,18 +76,110 @@ impl Location {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'+')
         {
             return Err(StorageError::Unsupported(format!(
-                "{scheme}:// locations are not supported; use a local path or an http(s) URL \
-                 (for object storage, a presigned URL)"
+                "{scheme}:// locations are not supported; use a local path, an http(s) URL (a \
+                 presigned URL works) or s3://bucket/key"
             )));
         }
         Ok(Location::Local(PathBuf::from(text)))
+    }
+
+    /// True for URLs and objects.
+    pub fn is_remote(&self) -> bool {
+        !matches!(self, Location::Local(_))
+    }
+
+    /// The last path segment (for default names derived from a location).
+    pub fn file_name(&self) -> Option<String> {
+        match self {
+            Location::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()),
+            Location::Http(u) | Location::Object(u) => u
+                .path_segments()
+                .and_then(|mut s| s.rfind(|p| !p.is_empty()))
+                .map(str::to_owned),
+        }
+    }
+
+    /// The same place with `.errors.jsonl` for `.jsonl` at the end of its path. `None` for URLs
+    /// with a query string (a presigned URL is signed for one object only).
+    pub fn errors_sibling(&self) -> Option<Location> {
+        let sibling = |path: &str| {
+            let stem = path.strip_suffix(".jsonl").unwrap_or(path);
+            format!("{stem}.errors.jsonl")
+        };
+        match self {
+            Location::Local(p) => Some(Location::Local(PathBuf::from(sibling(
+                &p.to_string_lossy(),
+            )))),
+            Location::Http(u) | Location::Object(u) if u.query().is_some() => None,
+            Location::Http(u) => {
+                let mut e = u.clone();
+                e.set_path(&sibling(u.path()));
+                Some(Location::Http(e))
+            }
+            Location::Object(u) => {
+                let mut e = u.clone();
+                e.set_path(&sibling(u.path()));
+                Some(Location::Object(e))
+            }
+        }
+    }
+
+    /// The text that parses back to this location (secrets included: for storage, not logs).
+    pub fn to_text(&self) -> String {
+        match self {
+            Location::Local(p) => p.display().to_string(),
+            Location::Http(u) | Location::Object(u) => u.to_string(),
+        }
     }
 
     /// How to name this location in messages and logs: URLs without their secrets.
     pub fn describe(&self) -> String {
         match self {
             Location::Local(p) => p.display().to_string(),
-            Location::Http(u) => redact(u),
+            Location::Http(u) | Location::Object(u) => redact(u),
+        }
+    }
+
+    /// Copies a remote location to the local file `dest`, streaming.
+    pub async fn fetch(
+        &self,
+        dest: &Path,
+        http: &HttpOptions,
+        s3: &S3Options,
+    ) -> Result<u64, StorageError> {
+        match self {
+            Location::Local(p) => {
+                tokio::fs::copy(p, dest)
+                    .await
+                    .map_err(|source| StorageError::Io {
+                        path: p.display().to_string(),
+                        source,
+                    })
+            }
+            Location::Http(u) => download(u, dest, http).await,
+            Location::Object(u) => object::download(u, dest, s3).await,
+        }
+    }
+
+    /// Delivers the local file `src` here, streaming.
+    pub async fn store(
+        &self,
+        src: &Path,
+        http: &HttpOptions,
+        s3: &S3Options,
+    ) -> Result<(), StorageError> {
+        match self {
+            Location::Local(p) => {
+                tokio::fs::copy(src, p)
+                    .await
+                    .map(|_| ())
+                    .map_err(|source| StorageError::Io {
+                        path: p.display().to_string(),
+                        source,
+                    })
+            }
+            Location::Http(u) => upload(src, u, http).await,
+            Location::Object(u) => object::upload(src, u, s3).await,
         }
     }
 }
@@ -298,7 +406,7 @@ pub async fn upload(
     .await
 }
 
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_os_string();
     name.push(suffix);
     PathBuf::from(name)
@@ -321,8 +429,20 @@ mod tests {
             Location::parse("HTTPS://h/x").expect("url"),
             Location::Http(_)
         ));
-        let err = Location::parse("s3://bucket/key").expect_err("unsupported");
-        assert!(err.to_string().contains("presigned URL"), "{err}");
+        assert!(matches!(
+            Location::parse("s3://bucket/key").expect("s3"),
+            Location::Object(_)
+        ));
+        let err = Location::parse("gs://bucket/key").expect_err("unsupported");
+        assert!(err.to_string().contains("s3://bucket/key"), "{err}");
+        let out = Location::parse("s3://b/jobs/r.jsonl").expect("s3");
+        assert_eq!(
+            out.errors_sibling().map(|l| l.to_text()).as_deref(),
+            Some("s3://b/jobs/r.errors.jsonl")
+        );
+        assert_eq!(out.file_name().as_deref(), Some("r.jsonl"));
+        let presigned = Location::parse("https://h/r.jsonl?sig=1").expect("url");
+        assert!(presigned.errors_sibling().is_none());
         assert!(matches!(Location::parse("C:x"), Ok(Location::Local(_))));
     }
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use batch_format::LineRules;
-use batch_storage::{StorageError, download, redact};
+use batch_storage::{Location, StorageError};
 use tokio::sync::{mpsc, oneshot};
 
 pub use dispatcher::Ended;
@@ -80,13 +80,6 @@ pub struct RunOptions {
     /// URLs the input comes from and the results go to. When set, `input`, `output` and `errors`
     /// are the local copies inside the state directory.
     pub remote: Remote,
-}
-
-/// `OUTPUT.errors.jsonl` for `OUTPUT.jsonl` (or `OUTPUT.errors.jsonl` for any other name).
-pub fn default_errors_path(output: &Path) -> PathBuf {
-    let name = output.to_string_lossy();
-    let stem = name.strip_suffix(".jsonl").unwrap_or(&name);
-    PathBuf::from(format!("{stem}.errors.jsonl"))
 }
 
 /// `OUTPUT.state`, next to the output so finalize can rename instead of copying.
@@ -182,11 +175,13 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         }
         e
     };
-    if let Some(url) = &options.remote.input {
-        let size = download(url, &options.input, &options.remote.input_http)
+    if let Some(from) = &options.remote.input {
+        let remote = &options.remote;
+        let size = from
+            .fetch(&options.input, &remote.input_http, &remote.s3)
             .await
             .map_err(|e| abandon(e.into()))?;
-        tracing::info!("downloaded {} ({size} bytes)", redact(url));
+        tracing::info!("downloaded {} ({size} bytes)", from.describe());
     }
     let validation = {
         let (path, vopts) = (options.input.clone(), options.validate.clone());
@@ -201,7 +196,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         .remote
         .input
         .as_ref()
-        .map_or_else(|| options.input.display().to_string(), redact);
+        .map_or_else(|| options.input.display().to_string(), Location::describe);
     if report.requests == 0 && report.invalid_lines == 0 || !report.valid && !options.skip_invalid {
         return Err(abandon(RunError::Invalid(Box::new(report), input_name)));
     }
@@ -412,7 +407,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         let spool = crate::spool::SpoolFiles::in_dir(&options.state_dir);
         finalize(&spool, positions, options.order, &to)?;
         finalize_time = finalizing.elapsed();
-        let uploads: Vec<(PathBuf, reqwest::Url)> = [
+        let uploads: Vec<(PathBuf, Location)> = [
             (&options.output, &options.remote.output),
             (&options.errors, &options.remote.errors),
         ]
@@ -420,7 +415,8 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         .filter_map(|(local, url)| url.clone().map(|u| (local.clone(), u)))
         .collect();
         if !uploads.is_empty() {
-            deliver(&options.state_dir, uploads, &options.remote.output_http).await?;
+            let remote = &options.remote;
+            deliver(&options.state_dir, uploads, &remote.output_http, &remote.s3).await?;
         }
         if !options.keep_state {
             std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
@@ -429,9 +425,10 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
             )))?;
         }
     }
-    let shown = |local: &PathBuf, url: &Option<reqwest::Url>| {
-        url.as_ref()
-            .map_or_else(|| local.display().to_string(), redact)
+    let shown = |local: &PathBuf, remote: &Option<Location>| {
+        remote
+            .as_ref()
+            .map_or_else(|| local.display().to_string(), Location::describe)
     };
     let paths = Paths {
         input: &input_name,
@@ -569,15 +566,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_paths_sit_next_to_the_output() {
-        assert_eq!(
-            default_errors_path(Path::new("out/results.jsonl")),
-            PathBuf::from("out/results.errors.jsonl")
-        );
-        assert_eq!(
-            default_errors_path(Path::new("results.txt")),
-            PathBuf::from("results.txt.errors.jsonl")
-        );
+    fn the_default_state_dir_sits_next_to_the_output() {
         assert_eq!(
             default_state_dir(Path::new("out/r.jsonl")),
             PathBuf::from("out/r.jsonl.state")

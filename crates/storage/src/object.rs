@@ -1,0 +1,150 @@
+//! `s3://bucket/key` locations, in AWS S3 or any S3-compatible store (MinIO, Ceph, Garage, …).
+//!
+//! Credentials, region and endpoint come from the standard AWS environment variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`,
+//! `AWS_ENDPOINT_URL`, …); [`S3Options`] overrides endpoint, region and addressing style. Uploads
+//! are multipart and streamed from the local file through a fixed-size buffer, so memory stays
+//! bounded whatever the file's size. The object store client retries failed requests itself.
+
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::StorageError;
+
+/// Size of one uploaded part, and of the upload buffer.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+/// Parts in flight at once: memory is about `PART_BYTES * (UPLOAD_CONCURRENCY + 1)`.
+const UPLOAD_CONCURRENCY: usize = 2;
+
+/// Settings beyond the environment.
+#[derive(Debug, Clone, Default)]
+pub struct S3Options {
+    /// The store's endpoint (for S3-compatible stores); `http://` endpoints are allowed.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// `https://bucket.host/key` addressing instead of the default `https://host/bucket/key`.
+    pub virtual_hosted_style: bool,
+}
+
+pub fn parse(text: &str) -> Result<reqwest::Url, StorageError> {
+    let url = reqwest::Url::parse(text)
+        .map_err(|e| StorageError::BadUrl(text.to_owned(), e.to_string()))?;
+    if url.host_str().is_none_or(str::is_empty) || url.path().trim_start_matches('/').is_empty() {
+        return Err(StorageError::BadUrl(
+            text.to_owned(),
+            "write it as s3://bucket/key".into(),
+        ));
+    }
+    Ok(url)
+}
+
+impl S3Options {
+    fn open(&self, url: &reqwest::Url) -> Result<(Arc<dyn ObjectStore>, ObjectPath), StorageError> {
+        let fail = |reason: String| StorageError::Object {
+            what: "cannot open",
+            url: url.to_string(),
+            reason,
+        };
+        let bucket = url.host_str().unwrap_or_default();
+        let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        let endpoint = self
+            .endpoint
+            .clone()
+            .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+        if let Some(endpoint) = endpoint {
+            builder = builder
+                .with_allow_http(endpoint.starts_with("http://"))
+                .with_endpoint(endpoint);
+        }
+        if let Some(region) = &self.region {
+            builder = builder.with_region(region);
+        }
+        if self.virtual_hosted_style {
+            builder = builder.with_virtual_hosted_style_request(true);
+        }
+        let store = builder.build().map_err(|e| fail(e.to_string()))?;
+        let key = url.path().trim_start_matches('/');
+        let path = ObjectPath::parse(key).map_err(|e| fail(e.to_string()))?;
+        Ok((Arc::new(store), path))
+    }
+}
+
+/// Streams the object into `dest` (through a temporary file beside it). Returns the size.
+pub async fn download(
+    url: &reqwest::Url,
+    dest: &std::path::Path,
+    options: &S3Options,
+) -> Result<u64, StorageError> {
+    let (store, path) = options.open(url)?;
+    let fail = |reason: String| StorageError::Object {
+        what: "cannot download",
+        url: url.to_string(),
+        reason,
+    };
+    let io = |source| StorageError::Io {
+        path: dest.display().to_string(),
+        source,
+    };
+    let tmp = crate::with_suffix(dest, ".part");
+    let mut file = tokio::fs::File::create(&tmp).await.map_err(io)?;
+    let mut stream = store
+        .get(&path)
+        .await
+        .map_err(|e| fail(e.to_string()))?
+        .into_stream();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| fail(e.to_string()))?;
+        file.write_all(&chunk).await.map_err(io)?;
+        size += chunk.len() as u64;
+    }
+    file.sync_all().await.map_err(io)?;
+    tokio::fs::rename(&tmp, dest).await.map_err(io)?;
+    Ok(size)
+}
+
+/// Uploads the file as a multipart upload with bounded memory.
+pub async fn upload(
+    src: &std::path::Path,
+    url: &reqwest::Url,
+    options: &S3Options,
+) -> Result<(), StorageError> {
+    let (store, path) = options.open(url)?;
+    let fail = |reason: String| StorageError::Object {
+        what: "cannot upload to",
+        url: url.to_string(),
+        reason,
+    };
+    let mut file = tokio::fs::File::open(src)
+        .await
+        .map_err(|source| StorageError::Io {
+            path: src.display().to_string(),
+            source,
+        })?;
+    let mut writer =
+        BufWriter::with_capacity(store, path, PART_BYTES).with_max_concurrency(UPLOAD_CONCURRENCY);
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|source| StorageError::Io {
+                path: src.display().to_string(),
+                source,
+            })?;
+        if n == 0 {
+            break;
+        }
+        if let Err(e) = writer.write_all(&buf[..n]).await {
+            let _ = writer.abort().await;
+            return Err(fail(e.to_string()));
+        }
+    }
+    writer.shutdown().await.map_err(|e| fail(e.to_string()))
+}

@@ -1,0 +1,142 @@
+//! Inputs and results in a real S3-compatible store (moto): `s3://` locations, presigned URLs,
+//! and a large upload with bounded memory.
+
+use std::time::Duration;
+
+use object_store::path::Path as ObjectPath;
+use object_store::signer::Signer;
+
+use crate::common::s3::{BUCKET, Moto};
+use crate::common::{Job, Sim, cmd, numbered_lines, stderr};
+
+fn jsonl(lines: &[serde_json::Value]) -> Vec<u8> {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(&l.to_string());
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+fn count_lines(data: &[u8]) -> usize {
+    data.iter().filter(|&&b| b == b'\n').count()
+}
+
+#[test]
+fn s3_input_and_outputs_end_to_end() {
+    let moto = Moto::start();
+    let sim = Sim::instant(&[]);
+    moto.put("in/batch.jsonl", &jsonl(&numbered_lines("s", 30)));
+    let job = Job::new();
+    let out = cmd()
+        .current_dir(job.dir.path())
+        .envs(moto.env())
+        .arg("run")
+        .arg(format!("s3://{BUCKET}/in/batch.jsonl"))
+        .args(["-o", &format!("s3://{BUCKET}/out/results.jsonl")])
+        .args(["--engine-url", &sim.url, "--progress", "off"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let results = moto.get("out/results.jsonl").expect("output object");
+    assert_eq!(count_lines(&results), 30);
+    assert!(
+        moto.get("out/results.errors.jsonl").is_some(),
+        "error object"
+    );
+    assert!(!job.path("results.jsonl.state").exists());
+}
+
+#[test]
+fn presigned_urls_for_the_input_and_both_outputs() {
+    let moto = Moto::start();
+    let sim = Sim::instant(&[]);
+    moto.put("in/p.jsonl", &jsonl(&numbered_lines("p", 12)));
+    let client = moto.client();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt");
+    let sign = |method: reqwest::Method, key: &str| {
+        rt.block_on(client.signed_url(method, &ObjectPath::from(key), Duration::from_secs(600)))
+            .expect("presign")
+            .to_string()
+    };
+    let input = sign(reqwest::Method::GET, "in/p.jsonl");
+    let output = sign(reqwest::Method::PUT, "out/p.jsonl");
+    let errors = sign(reqwest::Method::PUT, "out/p.errors.jsonl");
+    let job = Job::new();
+    // No credentials in the runner's environment: the URLs carry the authorisation.
+    let out = cmd()
+        .current_dir(job.dir.path())
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .arg("run")
+        .arg(&input)
+        .args([
+            "-o",
+            &output,
+            "--errors",
+            &errors,
+            "--engine-url",
+            &sim.url,
+            "--progress",
+            "off",
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(count_lines(&moto.get("out/p.jsonl").expect("output")), 12);
+    assert!(moto.get("out/p.errors.jsonl").is_some());
+    assert!(
+        !stderr(&out).contains("X-Amz-Signature="),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_large_output_is_uploaded_with_bounded_memory() {
+    let moto = Moto::start();
+    let job = Job::new();
+    let state = job.path("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    // 256 MB of result lines, delivered by `batch-runner upload` as after a failed upload.
+    let line = format!("{{\"custom_id\":\"x\",\"pad\":\"{}\"}}\n", "y".repeat(1000));
+    let lines = 256 * 1024 * 1024 / line.len();
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(state.join("big.jsonl")).expect("create"),
+        );
+        for _ in 0..lines {
+            f.write_all(line.as_bytes()).expect("write");
+        }
+        f.flush().expect("flush");
+    }
+    let pending = serde_json::json!([{"file": "big.jsonl", "url": format!("s3://{BUCKET}/big.jsonl"), "headers": []}]);
+    std::fs::write(state.join("uploads.json"), pending.to_string()).expect("uploads.json");
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "peak-rss-kb %M"])
+        .arg(crate::common::BIN)
+        .arg("upload")
+        .arg(&state)
+        .envs(moto.env())
+        .env("BATCH_RUNNER_LOG", "warn")
+        .output()
+        .expect("GNU time (/usr/bin/time) runs the upload");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let rss_kb: u64 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("peak-rss-kb "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no peak RSS in {err}"));
+    assert!(
+        rss_kb < 100 * 1024,
+        "peak RSS {rss_kb} KB for a 256 MB upload"
+    );
+    eprintln!("256 MB uploaded with a peak RSS of {rss_kb} KB");
+    let stored = moto.get("big.jsonl").expect("uploaded");
+    assert_eq!(stored.len(), lines * line.len());
+    assert!(!state.exists());
+}
