@@ -291,9 +291,16 @@ pub struct RunArgs {
     pub skip_invalid: bool,
 
     /// Where the job keeps its spool and checkpoints while it runs [default: OUTPUT.state].
-    /// Running the same command again after an interruption resumes from it.
+    /// Running the same command again after an interruption resumes from it. With
+    /// s3://bucket/prefix the state lives in object storage (checkpoints uploaded as segments),
+    /// so the job can be resumed on another machine.
+    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    pub state_dir: Option<String>,
+
+    /// Local working copy of an s3:// state directory [default: a directory under the system's
+    /// temporary directory, named after the state's URL].
     #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub state_cache: Option<PathBuf>,
 
     /// Discard the state of an earlier, unfinished run of this job and start over.
     #[arg(long)]

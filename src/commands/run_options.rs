@@ -27,7 +27,23 @@ struct Places {
     output: PathBuf,
     errors: PathBuf,
     state_dir: PathBuf,
+    state_remote: Option<reqwest::Url>,
     remote: Remote,
+}
+
+/// `$TMPDIR/batch-runner-state/BUCKET/PREFIX` for `s3://BUCKET/PREFIX`.
+fn state_cache_for(url: &reqwest::Url) -> PathBuf {
+    let key: String = format!("{}{}", url.host_str().unwrap_or_default(), url.path())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    std::env::temp_dir().join("batch-runner-state").join(key)
 }
 
 fn places(args: &RunArgs) -> Result<Places, String> {
@@ -41,12 +57,23 @@ fn places(args: &RunArgs) -> Result<Places, String> {
              is signed for one object): give the error file its own URL",
         )?,
     };
-    let state_dir = match (&args.state_dir, &output) {
-        (Some(dir), _) => dir.clone(),
-        (None, Location::Local(path)) => default_state_dir(path),
+    let state = args.state_dir.as_deref().map(parse).transpose()?;
+    let (state_dir, state_remote) = match (state, &output) {
+        (Some(Location::Local(dir)), _) => (dir, None),
+        (Some(Location::Object(url)), _) => {
+            let cache = args
+                .state_cache
+                .clone()
+                .unwrap_or_else(|| state_cache_for(&url));
+            (cache, Some(url))
+        }
+        (Some(Location::Http(_)), _) => {
+            return Err("--state-dir must be a local directory or s3://bucket/prefix".into());
+        }
+        (None, Location::Local(path)) => (default_state_dir(path), None),
         (None, remote) => {
             let name = remote.file_name().unwrap_or_else(|| "output".into());
-            PathBuf::from(format!("{name}.state"))
+            (PathBuf::from(format!("{name}.state")), None)
         }
     };
     // A remote end has a local copy in the state directory.
@@ -76,6 +103,7 @@ fn places(args: &RunArgs) -> Result<Places, String> {
         output: output_local,
         errors: errors_local,
         state_dir,
+        state_remote,
         remote: Remote {
             input: input_remote,
             output: output_remote,
@@ -130,6 +158,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         output: places.output,
         errors: places.errors,
         state_dir: places.state_dir,
+        state_remote: places.state_remote,
         remote: places.remote,
         max_concurrency: args.max_concurrency as usize,
         skip_invalid: args.skip_invalid,

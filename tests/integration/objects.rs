@@ -140,3 +140,93 @@ fn a_large_output_is_uploaded_with_bounded_memory() {
     assert_eq!(stored.len(), lines * line.len());
     assert!(!state.exists());
 }
+
+#[test]
+fn a_job_with_its_state_in_s3_resumes_on_a_fresh_cache() {
+    let moto = Moto::start();
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "20",
+        "--ms-per-token",
+        "0",
+        "--max-running",
+        "8",
+    ]);
+    let job = Job::new();
+    let n = 300;
+    let input = job.input(&numbered_lines("m", n));
+    let output = job.path("out.jsonl");
+    let state = format!("s3://{BUCKET}/state/job-1");
+    let run = |cache: &str| {
+        let mut c = cmd();
+        c.envs(moto.env())
+            .arg("run")
+            .arg(&input)
+            .arg("-o")
+            .arg(&output)
+            .args(["--state-dir", &state, "--state-cache"])
+            .arg(job.path(cache))
+            .args([
+                "--engine-url",
+                &sim.url,
+                "--progress",
+                "off",
+                "--max-concurrency",
+                "8",
+            ])
+            .args(["--checkpoint-every", "20"]);
+        c
+    };
+    // First machine: interrupted after some results.
+    let child = run("cache-a")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    crate::common::wait_for(Duration::from_secs(20), || {
+        (sim.metric("sglang:num_requests_total") >= 100.0).then_some(())
+    });
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        moto.get("state/job-1/manifest.json").is_some(),
+        "the state is in the bucket"
+    );
+
+    // Second machine: an empty cache.
+    let served_before = sim.metric("sglang:num_requests_total");
+    let out = run("cache-b")
+        .env("BATCH_RUNNER_LOG", "info")
+        .output()
+        .expect("resume");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("restoring the job's state from object storage"),
+        "{err}"
+    );
+    let done_before: u64 = err
+        .split("resuming from ")
+        .nth(1)
+        .and_then(|rest| rest.split(": ").nth(1))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no resume line in {err}"));
+    assert!(done_before >= 60, "only {done_before} results carried over");
+    let resent = sim.metric("sglang:num_requests_total") - served_before;
+    assert!(
+        resent <= (n as f64) - (done_before as f64) + 8.0,
+        "{resent} sent again"
+    );
+    let ids = crate::common::custom_ids_in_order(&output);
+    let expected: Vec<String> = (0..n).map(|i| format!("m{i}")).collect();
+    assert_eq!(ids, expected, "every line exactly once, in input order");
+    assert!(
+        moto.get("state/job-1/manifest.json").is_none(),
+        "the remote state is removed"
+    );
+}

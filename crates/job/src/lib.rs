@@ -6,7 +6,8 @@
 //!   request is sent;
 //! - [`dispatch`]: engines, retries, circuit breaking; sends each request body unparsed;
 //! - [`spool`], [`sink`]: results appended as they complete, with an index; checkpoints that
-//!   make them durable; [`state`]: the manifest, and resuming from it;
+//!   make them durable; [`state`]: the manifest, and resuming from it; [`mirror`]: the state
+//!   copied to object storage, for resuming on another machine;
 //! - [`stop`], [`deadline`]: ending early (completion window, signals, cancel);
 //! - [`finalize`]: the spool becomes the final output and error files, atomically, in input order
 //!   (with [`extsort`]) or completion order; [`retry_failed`] seeds a job with an earlier run's
@@ -26,6 +27,7 @@ pub mod extsort;
 pub mod finalize;
 pub mod launch;
 pub mod metrics;
+pub mod mirror;
 pub mod outcome;
 pub mod progress;
 pub mod reader;

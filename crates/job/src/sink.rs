@@ -14,6 +14,7 @@ use std::time::Duration;
 use batch_format::output::Usage;
 use tokio::sync::Notify;
 
+use crate::mirror::Mirror;
 use crate::outcome::Outcome;
 use crate::spool::{Positions, Spool, SyncHandles};
 use crate::state::{Manifest, Totals};
@@ -59,6 +60,8 @@ pub struct Sink {
     manifest: Mutex<Manifest>,
     policy: CheckpointPolicy,
     wake: Notify,
+    /// Where each checkpoint is copied, when the state lives in object storage.
+    mirror: Option<Arc<Mirror>>,
 }
 
 impl Sink {
@@ -81,7 +84,28 @@ impl Sink {
             manifest: Mutex::new(manifest),
             policy,
             wake: Notify::new(),
+            mirror: None,
         })
+    }
+
+    pub fn with_mirror(mut self, mirror: Option<Arc<Mirror>>) -> Self {
+        self.mirror = mirror;
+        self
+    }
+
+    /// A checkpoint (on a blocking thread), then its copy to object storage. A failed copy is
+    /// only a warning: the local state is complete, the remote one is just behind.
+    pub async fn checkpoint_now(self: &Arc<Self>) -> io::Result<Positions> {
+        let sink = self.clone();
+        let positions = tokio::task::spawn_blocking(move || sink.checkpoint())
+            .await
+            .map_err(io::Error::other)??;
+        if let Some(mirror) = &self.mirror
+            && let Err(e) = mirror.push(&self.dir, &self.manifest()).await
+        {
+            tracing::warn!("the job's state in object storage is behind: {e}");
+        }
+        Ok(positions)
     }
 
     fn lock(&self) -> MutexGuard<'_, Appending> {
@@ -161,11 +185,8 @@ impl Sink {
             if self.policy.every.is_zero() && self.policy.every_results == 0 {
                 continue;
             }
-            let sink = self.clone();
-            match tokio::task::spawn_blocking(move || sink.checkpoint()).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!("checkpoint failed (will retry): {e}"),
-                Err(e) => tracing::warn!("checkpoint task failed: {e}"),
+            if let Err(e) = self.checkpoint_now().await {
+                tracing::warn!("checkpoint failed (will retry): {e}");
             }
         }
     }

@@ -148,3 +148,138 @@ pub async fn upload(
     }
     writer.shutdown().await.map_err(|e| fail(e.to_string()))
 }
+
+/// A "directory" in an object store: every key under one prefix. Holds a job's state so that
+/// another machine can pick the job up.
+#[derive(Clone)]
+pub struct ObjectDir {
+    store: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    url: String,
+}
+
+impl ObjectDir {
+    pub fn open(url: &reqwest::Url, options: &S3Options) -> Result<Self, StorageError> {
+        let (store, prefix) = options.open(url)?;
+        Ok(Self {
+            store,
+            prefix,
+            url: url.to_string(),
+        })
+    }
+
+    fn key(&self, name: &str) -> ObjectPath {
+        self.prefix.clone().join(name)
+    }
+
+    fn fail(&self, what: &'static str, e: impl std::fmt::Display) -> StorageError {
+        StorageError::Object {
+            what,
+            url: self.url.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Stores a small object.
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<(), StorageError> {
+        self.store
+            .put(&self.key(name), bytes.into())
+            .await
+            .map(|_| ())
+            .map_err(|e| self.fail("cannot write to", e))
+    }
+
+    /// A small object, or `None` when there is none by that name.
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        match self.store.get(&self.key(name)).await {
+            Ok(got) => got
+                .bytes()
+                .await
+                .map(|b| Some(b.to_vec()))
+                .map_err(|e| self.fail("cannot read", e)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("cannot read", e)),
+        }
+    }
+
+    /// Uploads `len` bytes of the local file from `offset` as one object, streaming.
+    pub async fn put_range(
+        &self,
+        name: &str,
+        file: &std::path::Path,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), StorageError> {
+        use tokio::io::AsyncSeekExt;
+        let io = |source| StorageError::Io {
+            path: file.display().to_string(),
+            source,
+        };
+        let mut src = tokio::fs::File::open(file).await.map_err(io)?;
+        src.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(io)?;
+        let mut src = src.take(len);
+        let mut writer = BufWriter::with_capacity(self.store.clone(), self.key(name), PART_BYTES)
+            .with_max_concurrency(UPLOAD_CONCURRENCY);
+        let mut buf = vec![0u8; 1024 * 1024];
+        loop {
+            let n = src.read(&mut buf).await.map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            if let Err(e) = writer.write_all(&buf[..n]).await {
+                let _ = writer.abort().await;
+                return Err(self.fail("cannot write to", e));
+            }
+        }
+        writer
+            .shutdown()
+            .await
+            .map_err(|e| self.fail("cannot write to", e))
+    }
+
+    /// Appends the object `name` to the local file `to`, streaming.
+    pub async fn append_to(&self, name: &str, to: &std::path::Path) -> Result<u64, StorageError> {
+        let io = |source| StorageError::Io {
+            path: to.display().to_string(),
+            source,
+        };
+        let mut out = tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(to)
+            .await
+            .map_err(io)?;
+        let mut stream = self
+            .store
+            .get(&self.key(name))
+            .await
+            .map_err(|e| self.fail("cannot read", e))?
+            .into_stream();
+        let mut size = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| self.fail("cannot read", e))?;
+            out.write_all(&chunk).await.map_err(io)?;
+            size += chunk.len() as u64;
+        }
+        out.sync_all().await.map_err(io)?;
+        Ok(size)
+    }
+
+    /// Deletes every object under the prefix.
+    pub async fn remove_all(&self) -> Result<(), StorageError> {
+        let mut listing = self.store.list(Some(&self.prefix));
+        let mut keys = Vec::new();
+        while let Some(meta) = listing.next().await {
+            keys.push(meta.map_err(|e| self.fail("cannot list", e))?.location);
+        }
+        for key in keys {
+            self.store
+                .delete(&key)
+                .await
+                .map_err(|e| self.fail("cannot delete in", e))?;
+        }
+        Ok(())
+    }
+}

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use batch_format::LineRules;
+use batch_storage::object::ObjectDir;
 use batch_storage::{Location, StorageError};
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,6 +42,7 @@ use crate::dispatch::{EngineError, EngineOptions, Engines, ProbeResult};
 use crate::finalize::{Destination, FinalizeError, Order, finalize};
 use crate::launch::{LaunchError, LaunchSpec, Launched};
 use crate::metrics::{self, Stats};
+use crate::mirror::Mirror;
 use crate::outcome::Outcome;
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Remote, UploadError, deliver};
@@ -80,6 +82,9 @@ pub struct RunOptions {
     /// URLs the input comes from and the results go to. When set, `input`, `output` and `errors`
     /// are the local copies inside the state directory.
     pub remote: Remote,
+    /// The state's home in object storage (`s3://bucket/prefix`); `state_dir` is then its local
+    /// cache.
+    pub state_remote: Option<reqwest::Url>,
 }
 
 /// `OUTPUT.state`, next to the output so finalize can rename instead of copying.
@@ -152,12 +157,25 @@ impl RunError {
 pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     check_paths(&options)?;
-    if options.restart && options.state_dir.exists() {
-        std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
-            "cannot remove the state directory {} (--restart)",
-            options.state_dir.display()
-        )))?;
+    let remote_state = match &options.state_remote {
+        Some(url) => Some(ObjectDir::open(url, &options.remote.s3)?),
+        None => None,
+    };
+    if options.restart {
+        if options.state_dir.exists() {
+            std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
+                "cannot remove the state directory {} (--restart)",
+                options.state_dir.display()
+            )))?;
+        }
+        if let Some(dir) = &remote_state {
+            dir.remove_all().await?;
+        }
     }
+    let mirror = match remote_state {
+        Some(dir) => Some(Arc::new(Mirror::restore(dir, &options.state_dir).await?)),
+        None => None,
+    };
     let existed = options.state_dir.exists();
     // Fail now, not after hours of work, if the results cannot be placed.
     for path in [&options.output, &options.errors] {
@@ -305,14 +323,14 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
             options.state_dir.clone(),
             options.checkpoint,
         )
-        .map_err(state_io)?,
+        .map_err(state_io)?
+        .with_mirror(mirror.clone()),
     );
-    if seeded {
-        // Make the carried-over results durable before anything else happens.
-        let sink = sink.clone();
-        tokio::task::spawn_blocking(move || sink.checkpoint())
+    // The carried-over results (and, for a state in object storage, the job itself) are made
+    // durable before anything else happens.
+    if seeded || mirror.is_some() {
+        sink.checkpoint_now()
             .await
-            .map_err(|e| RunError::io("checkpoint")(std::io::Error::other(e)))?
             .map_err(RunError::io("checkpoint"))?;
     }
     let checkpoints = tokio::spawn(sink.clone().run_checkpoints());
@@ -367,13 +385,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
     let read = reader
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread panicked")));
-    let final_checkpoint = {
-        let sink = sink.clone();
-        tokio::task::spawn_blocking(move || sink.checkpoint())
-            .await
-            .map_err(|e| RunError::io("checkpoint")(std::io::Error::other(e)))?
-    };
-    let positions = final_checkpoint.map_err(RunError::io(format!(
+    let positions = sink.checkpoint_now().await.map_err(RunError::io(format!(
         "cannot write the spool in {}",
         options.state_dir.display()
     )))?;
@@ -423,6 +435,9 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
                 "cannot remove the state directory {}",
                 options.state_dir.display()
             )))?;
+            if let Some(mirror) = &mirror {
+                mirror.remove().await?;
+            }
         }
     }
     let shown = |local: &PathBuf, remote: &Option<Location>| {
