@@ -69,6 +69,18 @@ impl Location {
         if lower.starts_with("s3://") {
             return object::parse(text).map(Location::Object);
         }
+        if lower.starts_with("file://") {
+            return reqwest::Url::parse(text)
+                .ok()
+                .and_then(|u| u.to_file_path().ok())
+                .map(Location::Local)
+                .ok_or_else(|| {
+                    StorageError::BadUrl(
+                        text.to_owned(),
+                        "write it as file:///absolute/path".into(),
+                    )
+                });
+        }
         if let Some((scheme, _)) = text.split_once("://")
             && !scheme.is_empty()
             && scheme
@@ -433,6 +445,10 @@ mod tests {
             Location::parse("s3://bucket/key").expect("s3"),
             Location::Object(_)
         ));
+        assert_eq!(
+            Location::parse("file:///tmp/in.jsonl").expect("file"),
+            Location::Local("/tmp/in.jsonl".into())
+        );
         let err = Location::parse("gs://bucket/key").expect_err("unsupported");
         assert!(err.to_string().contains("s3://bucket/key"), "{err}");
         let out = Location::parse("s3://b/jobs/r.jsonl").expect("s3");
