@@ -1,14 +1,14 @@
 //! Durable jobs: crash and resume, expiry, signals, cancellation, ordering.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 
 use crate::common::{
-    Job, Sim, chat_line, cmd, custom_ids_in_order, lines_of, numbered_lines, results_by_id, stderr,
-    wait_for,
+    Job, Sim, chat_line, cmd, custom_ids_in_order, lines_of, numbered_lines, results_by_id, signal,
+    stderr, wait_for,
 };
 
 /// A batch of `n` chat lines; every tenth is refused by the engine with 400, so both final
@@ -75,14 +75,6 @@ impl Lcg {
             .wrapping_add(1_442_695_040_888_963_407);
         (self.0 >> 33) % n
     }
-}
-
-fn signal(child: &Child, name: &str) {
-    let status = Command::new("kill")
-        .args([&format!("-{name}"), &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(status.success());
 }
 
 #[test]

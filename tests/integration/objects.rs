@@ -7,20 +7,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::signer::Signer;
 
 use crate::common::s3::{BUCKET, Moto};
-use crate::common::{Job, Sim, cmd, numbered_lines, stderr};
-
-fn jsonl(lines: &[serde_json::Value]) -> Vec<u8> {
-    let mut text = String::new();
-    for l in lines {
-        text.push_str(&l.to_string());
-        text.push('\n');
-    }
-    text.into_bytes()
-}
-
-fn count_lines(data: &[u8]) -> usize {
-    data.iter().filter(|&&b| b == b'\n').count()
-}
+use crate::common::{Job, Sim, cmd, count_lines, jsonl, numbered_lines, stderr};
 
 #[test]
 fn s3_input_and_outputs_end_to_end() {
@@ -185,11 +172,7 @@ fn a_job_with_its_state_in_s3_resumes_on_a_fresh_cache() {
     crate::common::wait_for(Duration::from_secs(20), || {
         (sim.metric("sglang:num_requests_total") >= 100.0).then_some(())
     });
-    let kill = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    crate::common::signal(&child, "INT");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
     assert!(

@@ -4,20 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use crate::common::store::Store;
-use crate::common::{Job, Sim, cmd, numbered_lines, stderr};
-
-fn jsonl(lines: &[serde_json::Value]) -> Vec<u8> {
-    let mut text = String::new();
-    for l in lines {
-        text.push_str(&l.to_string());
-        text.push('\n');
-    }
-    text.into_bytes()
-}
-
-fn count_lines(data: &[u8]) -> usize {
-    data.iter().filter(|&&b| b == b'\n').count()
-}
+use crate::common::{Job, Sim, cmd, count_lines, jsonl, numbered_lines, stderr};
 
 #[test]
 fn input_from_a_url_and_results_put_to_urls() {

@@ -149,6 +149,30 @@ pub fn chat_line(custom_id: &str, extra: Value) -> Value {
     json!({"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body})
 }
 
+/// Lines as JSONL bytes.
+pub fn jsonl(lines: &[Value]) -> Vec<u8> {
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(&l.to_string());
+        text.push('\n');
+    }
+    text.into_bytes()
+}
+
+/// Lines in JSONL bytes.
+pub fn count_lines(data: &[u8]) -> usize {
+    data.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// Sends the signal `name` (e.g. "INT") to a child process.
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name}");
+}
+
 /// `n` plain chat lines with custom_ids `{prefix}0`, `{prefix}1`, ...
 pub fn numbered_lines(prefix: &str, n: usize) -> Vec<Value> {
     (0..n)
