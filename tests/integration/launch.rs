@@ -36,6 +36,23 @@ fn marker(name: &str) -> String {
     format!("marker-{name}-{}", std::process::id())
 }
 
+/// Whether the launched engine itself (a process whose first argument is `sim-engine`, not the
+/// runner or the shell that mention it) is running with this marker.
+fn engine_running(marker: &str) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            args.get(1).is_some_and(|a| a == "sim-engine") && args.iter().any(|a| a == marker)
+        })
+    })
+}
+
 fn assert_gone(marker: &str) {
     wait_for(Duration::from_secs(10), || {
         processes_with(marker).is_empty().then_some(())
@@ -181,15 +198,50 @@ fn killing_the_runner_with_sigkill_takes_the_engine_down() {
         .spawn()
         .expect("spawn");
     // The engine runs (its process carries the marker) and is serving the job.
-    wait_for(Duration::from_secs(20), || {
-        processes_with(&format!("--model {m}"))
-            .iter()
-            .any(|p| p.contains("sim-engine") && !p.contains("engine-guard"))
-            .then_some(())
-    });
+    wait_for(Duration::from_secs(20), || engine_running(&m).then_some(()));
     std::thread::sleep(Duration::from_millis(500));
     child.kill().expect("SIGKILL the runner");
     child.wait().expect("wait");
+    assert_gone(&m);
+}
+
+#[test]
+fn ctrl_c_while_the_engine_loads_stops_at_once_and_takes_the_engine_down() {
+    let job = Job::new();
+    let input = job.input(&numbered_lines("w", 3));
+    let m = marker("loading");
+    // An engine that never gets ready (it answers 404 on the readiness path).
+    let child = cmd()
+        .arg("run")
+        .arg(&input)
+        .arg("-o")
+        .arg(job.path("out.jsonl"))
+        .args([
+            "--progress",
+            "off",
+            "--launch-ready-path",
+            "/nowhere",
+            "--launch",
+        ])
+        .arg(sim_launch(&m, ""))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(Duration::from_secs(20), || engine_running(&m).then_some(()));
+    let started = std::time::Instant::now();
+    crate::common::signal(&child, "INT");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        stderr(&out).contains("stopped before any request was sent"),
+        "{}",
+        stderr(&out)
+    );
     assert_gone(&m);
 }
 

@@ -136,7 +136,9 @@ impl LaunchSpec {
                 Stdio::null()
             })
             .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+            // Dropping the handle must not kill the guard: closing its stdin (the lifeline) is
+            // what makes it stop the engine properly.
+            .kill_on_drop(false);
         let mut child = guard.spawn().map_err(LaunchError::Spawn)?;
         let lifeline = child.stdin.take();
         if let Some(out) = child.stdout.take() {

@@ -120,6 +120,9 @@ pub enum RunError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Upload(#[from] UploadError),
+    /// Stopped (a signal) while the engines were being started; nothing was sent.
+    #[error("stopped before any request was sent; run the same command again to start over")]
+    StoppedBeforeStart,
     /// The launched engine kept dying; the job is checkpointed and can be resumed.
     #[error("{0}")]
     EngineGaveUp(String),
@@ -137,13 +140,17 @@ impl RunError {
             | RunError::Launch(_)
             | RunError::Storage(_)
             | RunError::Upload(_)
+            | RunError::StoppedBeforeStart
             | RunError::EngineGaveUp(_) => false,
         }
     }
 
     /// True when the job stopped with its state kept, so the same command resumes it.
     pub fn is_resumable(&self) -> bool {
-        matches!(self, RunError::EngineGaveUp(_))
+        matches!(
+            self,
+            RunError::EngineGaveUp(_) | RunError::StoppedBeforeStart
+        )
     }
 
     fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
@@ -282,8 +289,15 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         );
     }
 
-    let (engines, launched) = match start_engines(&options, already < planned).await {
+    let starting = start_engines(&options, already < planned);
+    let engines_started = tokio::select! {
+        started = starting => started,
+        // A model can take minutes to load: a stop meanwhile must not wait for it.
+        () = stop.stopping() => Err(RunError::StoppedBeforeStart),
+    };
+    let (engines, launched) = match engines_started {
         Ok(started) => started,
+        Err(RunError::StoppedBeforeStart) => return Err(RunError::StoppedBeforeStart),
         // Nothing was done: leave no state behind (but keep a failed engine's log).
         Err(e) if matches!(e, RunError::Launch(_)) => return Err(e),
         Err(e) => return Err(abandon(e)),
