@@ -168,81 +168,115 @@ pub struct RunArgs {
 
     /// Where successful results go (one JSON line per request that got a 2xx answer): a path, an
     /// http(s) URL the file is PUT to (a presigned URL works) or s3://bucket/key.
-    #[arg(short, long, value_name = "PATH|URL")]
+    #[arg(
+        help_heading = "Inputs and results",
+        short,
+        long,
+        value_name = "PATH|URL"
+    )]
     pub output: String,
 
     /// Where failed results go [default: OUTPUT with .errors.jsonl in place of .jsonl; required
     /// when OUTPUT is a URL with a query string].
-    #[arg(long, value_name = "PATH|URL")]
+    #[arg(help_heading = "Inputs and results", long, value_name = "PATH|URL")]
     pub errors: Option<String>,
 
     /// Extra header for downloading an input URL, as 'Name: value' (repeatable).
-    #[arg(long = "input-header", value_name = "HEADER")]
+    #[arg(
+        help_heading = "Inputs and results",
+        long = "input-header",
+        value_name = "HEADER"
+    )]
     pub input_headers: Vec<String>,
 
     /// Extra header for uploading to output URLs, as 'Name: value' (repeatable).
-    #[arg(long = "output-header", value_name = "HEADER")]
+    #[arg(
+        help_heading = "Inputs and results",
+        long = "output-header",
+        value_name = "HEADER"
+    )]
     pub output_headers: Vec<String>,
 
     /// Retries of a download or upload after a transport error, 408, 429 or 5xx (with backoff).
-    #[arg(long, value_name = "N", default_value_t = 4)]
+    #[arg(
+        help_heading = "Inputs and results",
+        long,
+        value_name = "N",
+        default_value_t = 4
+    )]
     pub transfer_retries: u32,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Inputs and results")]
     pub s3: S3Args,
 
     /// Base URL of an OpenAI-compatible engine (repeatable; requests go to the least busy).
-    #[arg(long = "engine-url", value_name = "URL", required_unless_present_any = ["launch", "engine"],
+    #[arg(help_heading = "Engines", long = "engine-url", value_name = "URL", required_unless_present_any = ["launch", "engine"],
           env = "BATCH_RUNNER_ENGINE_URL", value_delimiter = ',')]
     pub engine_urls: Vec<String>,
 
     /// Start this engine command for the job; {port} (a free port the runner chooses) and
     /// {host} are substituted, e.g. 'my-server --port {port}'. Can be combined with --engine-url.
-    #[arg(long, value_name = "COMMAND", conflicts_with = "engine")]
+    #[arg(
+        help_heading = "Engines",
+        long,
+        value_name = "COMMAND",
+        conflicts_with = "engine"
+    )]
     pub launch: Option<String>,
 
     /// Start SGLang or vLLM for the job (needs --model-path; engine arguments go after `--`).
-    #[arg(long, value_enum, requires = "model_path")]
+    #[arg(help_heading = "Engines", long, value_enum, requires = "model_path")]
     pub engine: Option<EngineArg>,
 
     /// The model for --engine.
-    #[arg(long, value_name = "PATH", alias = "model")]
+    #[arg(help_heading = "Engines", long, value_name = "PATH", alias = "model")]
     pub model_path: Option<String>,
 
     /// Extra arguments for the --engine command.
-    #[arg(last = true, value_name = "ENGINE_ARGS")]
+    #[arg(help_heading = "Engines", last = true, value_name = "ENGINE_ARGS")]
     pub engine_args: Vec<String>,
 
     /// Print the command --launch or --engine would start, and exit.
-    #[arg(long)]
+    #[arg(help_heading = "Engines", long)]
     pub print_launch: bool,
 
     /// Host the launched engine listens on.
-    #[arg(long, value_name = "HOST", default_value = "127.0.0.1")]
+    #[arg(
+        help_heading = "Engines",
+        long,
+        value_name = "HOST",
+        default_value = "127.0.0.1"
+    )]
     pub launch_host: String,
 
     /// How long the launched engine may take to become ready (model loading takes minutes).
-    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
+    #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
     pub launch_timeout: Duration,
 
     /// Readiness path for --launch (the presets use /health).
-    #[arg(long, value_name = "PATH", default_value = "/v1/models")]
+    #[arg(
+        help_heading = "Engines",
+        long,
+        value_name = "PATH",
+        default_value = "/v1/models"
+    )]
     pub launch_ready_path: String,
 
     /// Restarts of a launched engine that dies mid-run before the job stops (resumable).
-    #[arg(long, value_name = "N", default_value_t = 3)]
+    #[arg(help_heading = "Engines", long, value_name = "N", default_value_t = 3)]
     pub max_engine_restarts: u32,
 
     /// Time a launched engine gets to exit after SIGTERM before SIGKILL.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub engine_stop_grace: Duration,
 
     /// Show the launched engine's output (it always goes to STATE_DIR/engine.log).
-    #[arg(long)]
+    #[arg(help_heading = "Engines", long)]
     pub verbose: bool,
 
     /// Sent to the engines as `Authorization: Bearer KEY`.
     #[arg(
+        help_heading = "Requests",
         long,
         value_name = "KEY",
         env = "BATCH_RUNNER_API_KEY",
@@ -251,25 +285,26 @@ pub struct RunArgs {
     pub api_key: Option<String>,
 
     /// Extra header for every engine request, as 'Name: value' (repeatable).
-    #[arg(long = "header", value_name = "HEADER")]
+    #[arg(help_heading = "Requests", long = "header", value_name = "HEADER")]
     pub headers: Vec<String>,
 
     /// Most requests in flight at once, across all engines.
-    #[arg(long, value_name = "N", default_value_t = 64, env = "BATCH_RUNNER_MAX_CONCURRENCY",
+    #[arg(help_heading = "Requests", long, value_name = "N", default_value_t = 64, env = "BATCH_RUNNER_MAX_CONCURRENCY",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrency: u32,
 
     /// Longest time one attempt may take, answer included.
-    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration,
+    #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration,
           env = "BATCH_RUNNER_REQUEST_TIMEOUT")]
     pub request_timeout: Duration,
 
     /// Longest time to open a connection to an engine.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
 
     /// Retries after a connect error, reset, timeout, 408, 429 or 5xx (other 4xx are final).
     #[arg(
+        help_heading = "Requests",
         long,
         value_name = "N",
         default_value_t = 5,
@@ -278,96 +313,119 @@ pub struct RunArgs {
     pub max_retries: u32,
 
     /// Wait before the first retry; doubles each retry, with jitter.
-    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
     pub retry_backoff: Duration,
 
     /// Longest wait between retries (a longer Retry-After from the engine is honoured, up to 5m).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub retry_max_backoff: Duration,
 
     /// Run the valid lines and write each invalid one to the error file (code invalid_request)
     /// instead of refusing the whole file.
-    #[arg(long)]
+    #[arg(help_heading = "Job state and resume", long)]
     pub skip_invalid: bool,
 
     /// Where the job keeps its spool and checkpoints while it runs [default: OUTPUT.state].
     /// Running the same command again after an interruption resumes from it. With
     /// s3://bucket/prefix the state lives in object storage (checkpoints uploaded as segments),
     /// so the job can be resumed on another machine.
-    #[arg(long, value_name = "DIR|s3://BUCKET/PREFIX")]
+    #[arg(
+        help_heading = "Job state and resume",
+        long,
+        value_name = "DIR|s3://BUCKET/PREFIX"
+    )]
     pub state_dir: Option<String>,
 
     /// Local working copy of an s3:// state directory [default: a directory under the system's
     /// temporary directory, named after the state's URL].
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Job state and resume", long, value_name = "DIR")]
     pub state_cache: Option<PathBuf>,
 
     /// Discard the state of an earlier, unfinished run of this job and start over.
-    #[arg(long)]
+    #[arg(help_heading = "Job state and resume", long)]
     pub restart: bool,
 
     /// Keep the state directory after the final files are written.
-    #[arg(long)]
+    #[arg(help_heading = "Job state and resume", long)]
     pub keep_state: bool,
 
     /// Order of the lines in OUTPUT and the error file.
-    #[arg(long, value_enum, default_value_t = OrderArg::Input)]
+    #[arg(help_heading = "Job state and resume", long, value_enum, default_value_t = OrderArg::Input)]
     pub order: OrderArg,
 
     /// Checkpoint after this many results (0: only on time).
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    #[arg(
+        help_heading = "Job state and resume",
+        long,
+        value_name = "N",
+        default_value_t = 10_000
+    )]
     pub checkpoint_every: u64,
 
     /// Checkpoint at least this often (0: only by count).
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Job state and resume", long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
 
     /// Finish within this long of the job's first start (e.g. 24h); what has not finished by
     /// then is written to the error file as batch_expired. Survives resume.
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "deadline",
+    #[arg(help_heading = "Deadlines and stopping", long, value_name = "DURATION", value_parser = parse_duration, conflicts_with = "deadline",
           env = "BATCH_RUNNER_COMPLETION_WINDOW")]
     pub completion_window: Option<Duration>,
 
     /// Finish by this time (RFC 3339, e.g. 2026-11-28T18:00:00Z), like --completion-window.
-    #[arg(long, value_name = "TIME", value_parser = batch_job::deadline::parse_rfc3339)]
+    #[arg(help_heading = "Deadlines and stopping", long, value_name = "TIME", value_parser = batch_job::deadline::parse_rfc3339)]
     pub deadline: Option<std::time::SystemTime>,
 
     /// How long requests in flight may still finish once the job stops (deadline or signal).
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    #[arg(help_heading = "Deadlines and stopping", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub grace: Duration,
 
     /// Rerun only the lines that failed, expired or were cancelled in an earlier run (this is
     /// its error file), and merge: OUTPUT gets the earlier successes plus the new ones, the error
     /// file only what fails again.
-    #[arg(long, value_name = "ERRORS_FILE")]
+    #[arg(
+        help_heading = "Job state and resume",
+        long,
+        value_name = "ERRORS_FILE"
+    )]
     pub retry_failed: Option<PathBuf>,
 
     /// The earlier run's output, for --retry-failed [default: OUTPUT].
-    #[arg(long, value_name = "PATH", requires = "retry_failed")]
+    #[arg(
+        help_heading = "Job state and resume",
+        long,
+        value_name = "PATH",
+        requires = "retry_failed"
+    )]
     pub previous_output: Option<PathBuf>,
 
     /// On Ctrl-C or SIGTERM, finalize the job as cancelled (unsent lines become
     /// batch_cancelled) instead of stopping it resumable.
-    #[arg(long)]
+    #[arg(help_heading = "Deadlines and stopping", long)]
     pub cancel_on_signal: bool,
 
     /// Also write the final summary as JSON to this file ('-' for stdout).
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "Reporting", long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics while the job runs.
-    #[arg(long, value_name = "ADDR", env = "BATCH_RUNNER_METRICS_LISTEN")]
+    #[arg(
+        help_heading = "Reporting",
+        long,
+        value_name = "ADDR",
+        env = "BATCH_RUNNER_METRICS_LISTEN"
+    )]
     pub metrics_listen: Option<SocketAddr>,
 
     /// How to show progress.
-    #[arg(long, value_enum, default_value_t = ProgressArg::Auto)]
+    #[arg(help_heading = "Reporting", long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
 
     /// How often to log a progress line when not showing a bar.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    #[arg(help_heading = "Reporting", long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub progress_interval: Duration,
 
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Validation")]
     pub rules: RulesArgs,
 }
 
