@@ -19,12 +19,9 @@ impl BitSet {
         self.words.get(word).is_some_and(|w| w & (1 << bit) != 0)
     }
 
-    pub fn len(&self) -> u64 {
+    /// How many line numbers are in the set.
+    pub fn count(&self) -> u64 {
         self.words.iter().map(|w| u64::from(w.count_ones())).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.words.iter().all(|&w| w == 0)
     }
 
     fn locate(n: u64) -> (usize, u32) {
@@ -39,12 +36,12 @@ mod tests {
     #[test]
     fn inserts_and_queries() {
         let mut s = BitSet::default();
-        assert!(s.is_empty());
+        assert_eq!(s.count(), 0);
         for n in [0, 63, 64, 1_000_003] {
             s.insert(n);
         }
         s.insert(64);
         assert!(s.contains(63) && s.contains(1_000_003) && !s.contains(65));
-        assert_eq!(s.len(), 4);
+        assert_eq!(s.count(), 4);
     }
 }

@@ -145,10 +145,6 @@ impl Sink {
         self.failed.load(Ordering::Relaxed)
     }
 
-    pub fn totals(&self) -> Totals {
-        self.lock().totals
-    }
-
     /// Makes every result appended so far durable and records it in the manifest.
     pub fn checkpoint(&self) -> io::Result<Positions> {
         let mut manifest = self.manifest.lock().unwrap_or_else(|e| e.into_inner());

@@ -95,11 +95,6 @@ impl Location {
         Ok(Location::Local(PathBuf::from(text)))
     }
 
-    /// True for URLs and objects.
-    pub fn is_remote(&self) -> bool {
-        !matches!(self, Location::Local(_))
-    }
-
     /// The last path segment (for default names derived from a location).
     pub fn file_name(&self) -> Option<String> {
         match self {

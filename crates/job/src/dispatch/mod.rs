@@ -70,7 +70,6 @@ pub enum Delivery {
 pub struct Sent {
     pub delivery: Delivery,
     pub attempts: u32,
-    pub engine: usize,
 }
 
 pub struct Engines {
@@ -120,14 +119,6 @@ impl Engines {
             request_timeout: options.request_timeout,
             retry: options.retry,
         })
-    }
-
-    pub fn urls(&self) -> &[String] {
-        &self.bases
-    }
-
-    pub fn in_flight(&self, engine: usize) -> usize {
-        self.pool.in_flight(engine)
     }
 
     /// Stops sending to `engine` (it is restarting) until [`Engines::resume`].
@@ -256,7 +247,6 @@ impl Engines {
                 return Sent {
                     delivery,
                     attempts: attempt,
-                    engine,
                 };
             }
             let backoff = tokio::time::sleep(self.retry.backoff(attempt - 1, wait_hint));
@@ -266,7 +256,6 @@ impl Engines {
                     return Sent {
                         delivery: Delivery::Stopped,
                         attempts: attempt,
-                        engine,
                     };
                 }
             }

@@ -74,14 +74,6 @@ impl Pool {
         }
     }
 
-    pub fn len(&self) -> usize {
-        self.in_flight.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.in_flight.is_empty()
-    }
-
     pub fn in_flight(&self, engine: usize) -> usize {
         self.in_flight[engine].load(Ordering::Relaxed)
     }

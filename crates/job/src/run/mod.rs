@@ -281,7 +281,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         }
         _ => false,
     };
-    let already = opened.done.len();
+    let already = opened.done.count();
     if opened.resumed {
         tracing::info!(
             "resuming from {}: {already} of {planned} lines already have a result",
