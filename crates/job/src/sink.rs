@@ -222,7 +222,7 @@ mod tests {
             fingerprint: "fp",
             run_tag: "t".into(),
         };
-        let opened = open(dir.path(), job(), false).expect("open");
+        let opened = open(dir.path(), job()).expect("open");
         let sink = Sink::new(
             opened.spool,
             opened.manifest,
@@ -236,7 +236,7 @@ mod tests {
         sink.append(record(3, Outcome::Succeeded));
         drop(sink);
 
-        let resumed = open(dir.path(), job(), false).expect("resume");
+        let resumed = open(dir.path(), job()).expect("resume");
         assert_eq!(resumed.manifest.positions, at);
         assert_eq!(resumed.manifest.checkpoints, 1);
         assert_eq!(resumed.manifest.totals.retries, 2);

@@ -109,16 +109,9 @@ pub struct NewJob<'a> {
     pub run_tag: String,
 }
 
-/// Opens `dir` for the job: resumes what is there, or starts fresh (after discarding it, with
-/// `restart`).
-pub fn open(dir: &Path, job: NewJob<'_>, restart: bool) -> Result<Opened, StateError> {
-    let io_err = |source| StateError::Io {
-        dir: dir.display().to_string(),
-        source,
-    };
-    if restart && dir.exists() {
-        fs::remove_dir_all(dir).map_err(io_err)?;
-    }
+/// Opens `dir` for the job: resumes what is there, or starts fresh. (`--restart` is the caller's:
+/// it must empty the directory before a remote input is downloaded into it.)
+pub fn open(dir: &Path, job: NewJob<'_>) -> Result<Opened, StateError> {
     let existing = match Manifest::load(dir) {
         Ok(m) => m,
         Err(e) => {
@@ -221,7 +214,7 @@ mod tests {
     fn starts_then_resumes_from_the_last_checkpoint() {
         let dir = tempfile::tempdir().expect("temp");
         let state = dir.path().join("s");
-        let mut opened = open(&state, job("f1"), false).expect("start");
+        let mut opened = open(&state, job("f1")).expect("start");
         assert!(!opened.resumed);
         opened
             .spool
@@ -241,7 +234,7 @@ mod tests {
         opened.spool.flush().expect("flush");
         drop(opened);
 
-        let resumed = open(&state, job("f1"), false).expect("resume");
+        let resumed = open(&state, job("f1")).expect("resume");
         assert!(resumed.resumed);
         assert!(resumed.done.contains(4) && resumed.done.contains(2) && !resumed.done.contains(9));
         assert_eq!(resumed.counts[Outcome::Succeeded.index()], 1);
@@ -253,14 +246,15 @@ mod tests {
     fn another_input_is_refused_unless_restarting() {
         let dir = tempfile::tempdir().expect("temp");
         let state = dir.path().join("s");
-        drop(open(&state, job("f1"), false).expect("start"));
-        let err = open(&state, job("f2"), false).err().expect("refused");
+        drop(open(&state, job("f1")).expect("start"));
+        let err = open(&state, job("f2")).err().expect("refused");
         let text = err.to_string();
         assert!(
             text.contains("restore the original input") && text.contains("--restart"),
             "{text}"
         );
-        let fresh = open(&state, job("f2"), true).expect("restart");
+        fs::remove_dir_all(&state).expect("what --restart does");
+        let fresh = open(&state, job("f2")).expect("restart");
         assert!(!fresh.resumed);
     }
 
@@ -269,7 +263,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let files = SpoolFiles::in_dir(dir.path());
         fs::write(&files.output, b"x\n").expect("write");
-        let err = open(dir.path(), job("f"), false).err().expect("refused");
+        let err = open(dir.path(), job("f")).err().expect("refused");
         assert!(err.to_string().contains("--restart"));
     }
 }

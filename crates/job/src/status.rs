@@ -104,7 +104,7 @@ mod tests {
             fingerprint: "f",
             run_tag: "t".into(),
         };
-        let mut opened = open(dir.path(), job, false).expect("open");
+        let mut opened = open(dir.path(), job).expect("open");
         opened
             .spool
             .append(1, Outcome::Succeeded, b"a\n")

@@ -244,7 +244,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         fingerprint: &validation.fingerprint,
         run_tag: run_tag(),
     };
-    let mut opened = state::open(&options.state_dir, job, false)?;
+    let mut opened = state::open(&options.state_dir, job)?;
     let seeded = match &options.retry_failed {
         Some(previous) if !opened.resumed => {
             let (previous, input) = (previous.clone(), options.input.clone());
