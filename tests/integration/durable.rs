@@ -526,3 +526,51 @@ fn a_second_signal_stops_at_once_and_the_job_still_resumes() {
         20
     );
 }
+
+#[test]
+fn retry_failed_with_a_file_that_is_not_a_result_file_says_so() {
+    let sim = Sim::instant(&[]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("w", 5));
+    let wrong = job.write("notes.txt", b"these are not results\nneither is this\n");
+    let output = job.path("out.jsonl");
+    let out = run_cmd(
+        &input,
+        &output,
+        &sim.url,
+        &["--retry-failed", wrong.to_str().expect("path")],
+    )
+    .output()
+    .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "no earlier output: {}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("--previous-output"),
+        "{}",
+        stderr(&out)
+    );
+    job.write("out.jsonl", b"");
+    let out = run_cmd(
+        &input,
+        &output,
+        &sim.url,
+        &["--retry-failed", wrong.to_str().expect("path")],
+    )
+    .output()
+    .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("2 lines of") && err.contains("(the first is line 1) are not result lines"),
+        "{err}"
+    );
+    assert_eq!(
+        lines_of(&output),
+        5,
+        "with nothing to reuse, every line runs"
+    );
+}

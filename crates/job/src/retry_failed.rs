@@ -113,26 +113,45 @@ struct IdOnly<'a> {
     custom_id: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// Every result line of a JSONL file with a string custom_id, sorted by its hash.
+/// Every result line of a JSONL file with a string custom_id, sorted by its hash. Lines that
+/// have none cannot be matched; they are counted and the user is told, so a wrong file does not
+/// pass unnoticed.
 fn sort_results(path: &Path, max_line_bytes: usize) -> io::Result<Sorted<ResultEntry>> {
     let file = File::open(path).map_err(|e| named(path, e))?;
     let mut reader = LineReader::new(file, max_line_bytes.saturating_mul(2));
     let mut sorter = Sorter::new(CHUNK);
+    let (mut unmatched, mut first_unmatched) = (0u64, None);
     while let Some(line) = reader.next_line().map_err(|e| named(path, e))? {
-        let Content::Text(text) = line.content else {
+        if line.content.is_blank() {
             continue;
+        }
+        let id = match line.content {
+            Content::Text(text) => match serde_json::from_slice::<IdOnly<'_>>(text) {
+                Ok(IdOnly {
+                    custom_id: Some(id),
+                }) => Some((id, text.len())),
+                _ => None,
+            },
+            Content::TooLong => None,
         };
-        let Ok(IdOnly {
-            custom_id: Some(id),
-        }) = serde_json::from_slice::<IdOnly<'_>>(text)
-        else {
+        let Some((id, len)) = id else {
+            unmatched += 1;
+            first_unmatched.get_or_insert(line.number);
             continue;
         };
         sorter.push(ResultEntry {
             hash: hash128(&id),
             offset: line.offset,
-            len: text.len() as u64,
+            len: len as u64,
         })?;
+    }
+    if let Some(first) = first_unmatched {
+        tracing::warn!(
+            "--retry-failed: {unmatched} lines of {} (the first is line {first}) are not result \
+             lines with a custom_id, so they cannot be matched to the input; check that this is \
+             the earlier run's file",
+            path.display()
+        );
     }
     sorter.finish()
 }
@@ -152,7 +171,12 @@ pub fn seed(
 ) -> io::Result<Seeded> {
     let mut seeded = Seeded::default();
     let mut failed = sort_results(&previous.errors, max_line_bytes)?;
-    let mut succeeded = sort_results(&previous.output, max_line_bytes)?;
+    let mut succeeded = sort_results(&previous.output, max_line_bytes).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("{e} (the earlier run's output; name it with --previous-output)"),
+        )
+    })?;
 
     let mut inputs = Sorter::new(CHUNK);
     let mut reader = LineReader::new(File::open(input)?, max_line_bytes);

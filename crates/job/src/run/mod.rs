@@ -264,7 +264,9 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
             .await
             .map_err(|e| RunError::io("--retry-failed")(std::io::Error::other(e)))?;
             opened = back;
-            let seeded = result.map_err(RunError::io("--retry-failed"))?;
+            // A failed seed must not leave a fresh state behind: the next run would resume it
+            // and run every line instead of only the failed ones.
+            let seeded = result.map_err(|e| abandon(RunError::io("--retry-failed")(e)))?;
             tracing::info!(
                 "--retry-failed: {} earlier successes kept; {} lines to run ({} listed as failed)",
                 seeded.reused,
