@@ -53,6 +53,17 @@ fn engine_running(marker: &str) -> bool {
     })
 }
 
+/// `batch-runner run INPUT -o JOB/out.jsonl --progress off` (output `out` in the job's folder).
+fn run_in(job: &Job, input: &std::path::Path, out: &str) -> std::process::Command {
+    let mut c = cmd();
+    c.arg("run")
+        .arg(input)
+        .arg("-o")
+        .arg(job.path(out))
+        .args(["--progress", "off"]);
+    c
+}
+
 fn assert_gone(marker: &str) {
     wait_for(Duration::from_secs(10), || {
         processes_with(marker).is_empty().then_some(())
@@ -65,12 +76,8 @@ fn launches_the_engine_runs_the_job_and_stops_it() {
     let input = job.input(&numbered_lines("l", 50));
     let output = job.path("out.jsonl");
     let m = marker("basic");
-    let out = cmd()
-        .arg("run")
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
-        .args(["--progress", "off", "--keep-state", "--launch"])
+    let out = run_in(&job, &input, "out.jsonl")
+        .args(["--keep-state", "--launch"])
         .arg(sim_launch(&m, "--ttft-ms 0 --ms-per-token 0"))
         .output()
         .expect("run");
@@ -88,18 +95,8 @@ fn an_engine_that_crashes_mid_run_is_restarted_and_no_line_is_lost() {
     let input = job.input(&numbered_lines("c", n));
     let output = job.path("out.jsonl");
     let m = marker("crash");
-    let out = cmd()
-        .arg("run")
-        .arg(&input)
-        .arg("-o")
-        .arg(&output)
-        .args([
-            "--progress",
-            "off",
-            "--keep-state",
-            "--max-engine-restarts",
-            "20",
-        ])
+    let out = run_in(&job, &input, "out.jsonl")
+        .args(["--keep-state", "--max-engine-restarts", "20"])
         .args([
             "--retry-backoff",
             "20ms",
@@ -127,17 +124,8 @@ fn an_engine_that_crashes_mid_run_is_restarted_and_no_line_is_lost() {
 fn an_engine_that_exits_at_once_is_reported_with_its_log() {
     let job = Job::new();
     let input = job.input(&numbered_lines("e", 3));
-    let out = cmd()
-        .arg("run")
-        .arg(&input)
-        .arg("-o")
-        .arg(job.path("out.jsonl"))
-        .args([
-            "--progress",
-            "off",
-            "--launch",
-            "echo 'no GPU found' >&2; exit 3",
-        ])
+    let out = run_in(&job, &input, "out.jsonl")
+        .args(["--launch", "echo 'no GPU found' >&2; exit 3"])
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(3));
@@ -155,19 +143,8 @@ fn an_engine_that_never_gets_ready_times_out_and_is_stopped() {
     let job = Job::new();
     let input = job.input(&numbered_lines("t", 3));
     let m = marker("never-ready");
-    let out = cmd()
-        .arg("run")
-        .arg(&input)
-        .arg("-o")
-        .arg(job.path("out.jsonl"))
-        .args([
-            "--progress",
-            "off",
-            "--launch-timeout",
-            "1s",
-            "--launch-ready-path",
-            "/nowhere",
-        ])
+    let out = run_in(&job, &input, "out.jsonl")
+        .args(["--launch-timeout", "1s", "--launch-ready-path", "/nowhere"])
         .args(["--engine-stop-grace", "2s", "--launch"])
         .arg(sim_launch(&m, ""))
         .output()
@@ -187,12 +164,8 @@ fn killing_the_runner_with_sigkill_takes_the_engine_down() {
     let job = Job::new();
     let input = job.input(&numbered_lines("k", 100));
     let m = marker("orphan");
-    let mut child = cmd()
-        .arg("run")
-        .arg(&input)
-        .arg("-o")
-        .arg(job.path("out.jsonl"))
-        .args(["--progress", "off", "--launch"])
+    let mut child = run_in(&job, &input, "out.jsonl")
+        .args(["--launch"])
         .arg(sim_launch(&m, "--ttft-ms 10000"))
         .stderr(Stdio::null())
         .spawn()
@@ -211,18 +184,8 @@ fn ctrl_c_while_the_engine_loads_stops_at_once_and_takes_the_engine_down() {
     let input = job.input(&numbered_lines("w", 3));
     let m = marker("loading");
     // An engine that never gets ready (it answers 404 on the readiness path).
-    let child = cmd()
-        .arg("run")
-        .arg(&input)
-        .arg("-o")
-        .arg(job.path("out.jsonl"))
-        .args([
-            "--progress",
-            "off",
-            "--launch-ready-path",
-            "/nowhere",
-            "--launch",
-        ])
+    let child = run_in(&job, &input, "out.jsonl")
+        .args(["--launch-ready-path", "/nowhere", "--launch"])
         .arg(sim_launch(&m, ""))
         .stderr(Stdio::piped())
         .spawn()
