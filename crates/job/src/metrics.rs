@@ -40,6 +40,27 @@ pub struct Stats {
 }
 
 impl Stats {
+    /// Counters for a job of `planned` results, starting from what a resumed job already has
+    /// (`counts` by outcome, `totals` from its manifest).
+    pub fn for_job(planned: u64, counts: &[u64], totals: crate::state::Totals) -> Self {
+        let stats = Self::default();
+        stats.planned.store(planned, Ordering::Relaxed);
+        for o in Outcome::ALL {
+            stats.add(o, counts.get(o.index()).copied().unwrap_or(0));
+        }
+        stats.carried_over.store(stats.done(), Ordering::Relaxed);
+        stats
+            .carried_output_tokens
+            .store(totals.output_tokens, Ordering::Relaxed);
+        stats.retries.store(totals.retries, Ordering::Relaxed);
+        stats.add_usage(batch_format::output::Usage {
+            input_tokens: totals.input_tokens,
+            output_tokens: totals.output_tokens,
+            total_tokens: totals.total_tokens,
+        });
+        stats
+    }
+
     pub fn record(&self, outcome: Outcome) {
         self.add(outcome, 1);
     }

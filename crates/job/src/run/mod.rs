@@ -43,7 +43,6 @@ use crate::finalize::{Destination, FinalizeError, Order, finalize};
 use crate::launch::{LaunchError, LaunchSpec, Launched};
 use crate::metrics::{self, Stats};
 use crate::mirror::Mirror;
-use crate::outcome::Outcome;
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Remote, UploadError, deliver};
 use crate::retry_failed::{Previous, seed};
@@ -247,38 +246,13 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
     let mut opened = state::open(&options.state_dir, job)?;
     let seeded = match &options.retry_failed {
         Some(previous) if !opened.resumed => {
-            let (previous, input) = (previous.clone(), options.input.clone());
-            let max_line_bytes = options.validate.max_line_bytes;
-            let (result, back) = tokio::task::spawn_blocking(move || {
-                let o = &mut opened;
-                let result = seed(
-                    &previous,
-                    &input,
-                    max_line_bytes,
-                    &mut o.spool,
-                    &mut o.done,
-                    &mut o.counts,
-                );
-                (result, opened)
-            })
-            .await
-            .map_err(|e| RunError::io("--retry-failed")(std::io::Error::other(e)))?;
+            let (back, result) = seed_from(previous, &options, opened, planned, &input_name)
+                .await
+                .map_err(abandon)?;
             opened = back;
             // A failed seed must not leave a fresh state behind: the next run would resume it
             // and run every line instead of only the failed ones.
-            let seeded = result.map_err(|e| abandon(RunError::io("--retry-failed")(e)))?;
-            tracing::info!(
-                "--retry-failed: {} earlier successes kept; {} lines to run ({} listed as failed)",
-                seeded.reused,
-                planned.saturating_sub(seeded.reused),
-                seeded.listed_failed
-            );
-            if seeded.unknown > 0 {
-                tracing::warn!(
-                    "--retry-failed: {} earlier results name a custom_id that is not in {input_name}; they are left out",
-                    seeded.unknown
-                );
-            }
+            result.map_err(abandon)?;
             true
         }
         _ => false,
@@ -305,30 +279,11 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         Err(e) => return Err(abandon(e)),
     };
 
-    let stats = Arc::new(Stats::default());
-    stats
-        .planned
-        .store(planned, std::sync::atomic::Ordering::Relaxed);
-    for o in Outcome::ALL {
-        stats.add(o, opened.counts[o.index()]);
-    }
-    stats
-        .carried_over
-        .store(stats.done(), std::sync::atomic::Ordering::Relaxed);
-    stats.carried_output_tokens.store(
-        opened.manifest.totals.output_tokens,
-        std::sync::atomic::Ordering::Relaxed,
-    );
-    let totals = opened.manifest.totals;
-    stats
-        .retries
-        .store(totals.retries, std::sync::atomic::Ordering::Relaxed);
-    stats.add_usage(batch_format::output::Usage {
-        input_tokens: totals.input_tokens,
-        output_tokens: totals.output_tokens,
-        total_tokens: totals.total_tokens,
-    });
-
+    let stats = Arc::new(Stats::for_job(
+        planned,
+        &opened.counts,
+        opened.manifest.totals,
+    ));
     let deadline = options.deadline.resolve(opened.manifest.started_at_ms);
     let ids = Ids::new(opened.manifest.run_tag.clone());
     let state_io = RunError::io(format!("state directory {}", options.state_dir.display()));
@@ -425,37 +380,11 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
             ))(std::io::Error::other("an append failed")));
         }
     };
-    let mut finalize_time = Duration::ZERO;
-    if status != JobStatus::Interrupted {
-        let to = Destination {
-            output: &options.output,
-            errors: &options.errors,
-        };
-        let finalizing = Instant::now();
-        let spool = crate::spool::SpoolFiles::in_dir(&options.state_dir);
-        finalize(&spool, positions, options.order, &to)?;
-        finalize_time = finalizing.elapsed();
-        let uploads: Vec<(PathBuf, Location)> = [
-            (&options.output, &options.remote.output),
-            (&options.errors, &options.remote.errors),
-        ]
-        .into_iter()
-        .filter_map(|(local, url)| url.clone().map(|u| (local.clone(), u)))
-        .collect();
-        if !uploads.is_empty() {
-            let remote = &options.remote;
-            deliver(&options.state_dir, uploads, &remote.output_http, &remote.s3).await?;
-        }
-        if !options.keep_state {
-            std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
-                "cannot remove the state directory {}",
-                options.state_dir.display()
-            )))?;
-            if let Some(mirror) = &mirror {
-                mirror.remove().await?;
-            }
-        }
-    }
+    let finalize_time = if status == JobStatus::Interrupted {
+        Duration::ZERO
+    } else {
+        deliver_results(&options, positions, mirror.as_deref()).await?
+    };
     let shown = |local: &PathBuf, remote: &Option<Location>| {
         remote
             .as_ref()
@@ -501,6 +430,93 @@ fn same_file_key(path: &Path) -> PathBuf {
     };
     let dir = std::fs::canonicalize(parent).unwrap_or_else(|_| parent.to_owned());
     dir.join(path.file_name().unwrap_or_default())
+}
+
+/// Seeds a fresh job with an earlier run's successes (`--retry-failed`), on a blocking thread.
+/// Hands `opened` back with the seeding's result (the outer error: the thread itself failed).
+async fn seed_from(
+    previous: &Previous,
+    options: &RunOptions,
+    mut opened: state::Opened,
+    planned: u64,
+    input_name: &str,
+) -> Result<(state::Opened, Result<(), RunError>), RunError> {
+    let (previous, input) = (previous.clone(), options.input.clone());
+    let max_line_bytes = options.validate.max_line_bytes;
+    let joined = tokio::task::spawn_blocking(move || {
+        let o = &mut opened;
+        let result = seed(
+            &previous,
+            &input,
+            max_line_bytes,
+            &mut o.spool,
+            &mut o.done,
+            &mut o.counts,
+        );
+        (opened, result)
+    })
+    .await;
+    let (opened, result) =
+        joined.map_err(|e| RunError::io("--retry-failed")(std::io::Error::other(e)))?;
+    let result = result
+        .map_err(RunError::io("--retry-failed"))
+        .map(|seeded| {
+            tracing::info!(
+                "--retry-failed: {} earlier successes kept; {} lines to run ({} listed as failed)",
+                seeded.reused,
+                planned.saturating_sub(seeded.reused),
+                seeded.listed_failed
+            );
+            if seeded.unknown > 0 {
+                tracing::warn!(
+                    "--retry-failed: {} earlier results name a custom_id that is not in \
+                 {input_name}; they are left out",
+                    seeded.unknown
+                );
+            }
+        });
+    Ok((opened, result))
+}
+
+/// Writes the final files, delivers remote ones, and removes the state (unless kept). Returns
+/// the time the final files took to write.
+async fn deliver_results(
+    options: &RunOptions,
+    positions: crate::spool::Positions,
+    mirror: Option<&Mirror>,
+) -> Result<Duration, RunError> {
+    let to = Destination {
+        output: &options.output,
+        errors: &options.errors,
+    };
+    let finalizing = Instant::now();
+    let spool = crate::spool::SpoolFiles::in_dir(&options.state_dir);
+    finalize(&spool, positions, options.order, &to)?;
+    let finalize_time = finalizing.elapsed();
+    let uploads: Vec<(PathBuf, Location)> = [
+        (&options.output, &options.remote.output),
+        (&options.errors, &options.remote.errors),
+    ]
+    .into_iter()
+    .filter_map(|(local, remote)| remote.clone().map(|r| (local.clone(), r)))
+    .collect();
+    if !uploads.is_empty() {
+        let remote = &options.remote;
+        deliver(&options.state_dir, uploads, &remote.output_http, &remote.s3).await?;
+    }
+    if !options.keep_state {
+        std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
+            "cannot remove the state directory {}",
+            options.state_dir.display()
+        )))?;
+        // The results are delivered: a leftover remote state is only clutter.
+        if let Some(mirror) = mirror
+            && let Err(e) = mirror.remove().await
+        {
+            tracing::warn!("the job is done, but its state in object storage remains: {e}");
+        }
+    }
+    Ok(finalize_time)
 }
 
 /// Fires the deadline, and ends the grace once the job is stopping.
