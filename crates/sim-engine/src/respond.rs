@@ -73,7 +73,7 @@ pub fn answer(
     let finish_reason = if limit.is_some() { "length" } else { "stop" };
     let id_suffix = format!("{digest:016x}{n:08x}");
 
-    match endpoint {
+    let (id, body, prompt_tokens, output_tokens) = match endpoint {
         Endpoint::Chat => {
             let prompt = last_text(request.get("messages"));
             let prompt_tokens = words(&prompt);
@@ -93,12 +93,7 @@ pub fn answer(
                 }],
                 "usage": usage(prompt_tokens, output_tokens),
             });
-            Answer {
-                id,
-                body,
-                prompt_tokens,
-                output_tokens,
-            }
+            (id, body, prompt_tokens, output_tokens)
         }
         Endpoint::Completions => {
             let prompt = last_text(request.get("prompt"));
@@ -113,12 +108,7 @@ pub fn answer(
                              "finish_reason": finish_reason, "matched_stop": null}],
                 "usage": usage(prompt_tokens, output_tokens),
             });
-            Answer {
-                id,
-                body,
-                prompt_tokens,
-                output_tokens,
-            }
+            (id, body, prompt_tokens, output_tokens)
         }
         Endpoint::Embeddings => {
             let inputs: Vec<Value> = match request.get("input") {
@@ -143,12 +133,7 @@ pub fn answer(
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens,
                           "completion_tokens": 0, "prompt_tokens_details": null},
             });
-            Answer {
-                id,
-                body,
-                prompt_tokens,
-                output_tokens: 0,
-            }
+            (id, body, prompt_tokens, 0)
         }
         Endpoint::Responses => {
             let prompt = last_text(request.get("input"));
@@ -171,13 +156,14 @@ pub fn answer(
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": output_tokens,
                           "total_tokens": prompt_tokens + output_tokens},
             });
-            Answer {
-                id,
-                body,
-                prompt_tokens,
-                output_tokens,
-            }
+            (id, body, prompt_tokens, output_tokens)
         }
+    };
+    Answer {
+        id,
+        body,
+        prompt_tokens,
+        output_tokens,
     }
 }
 
