@@ -18,6 +18,8 @@ fn main() -> ExitCode {
         cli::Command::SimEngine(args) => commands::sim::run(args),
         cli::Command::Status(args) => commands::status::run(args),
         cli::Command::Upload(args) => commands::upload::run(args),
+        cli::Command::Serve(args) => commands::serve::run(*args),
+        cli::Command::Worker(args) => commands::worker::run(args),
     };
     ExitCode::from(code as u8)
 }

@@ -3,10 +3,12 @@
 pub mod guard;
 pub mod run;
 mod run_options;
+pub mod serve;
 pub mod sim;
 pub mod status;
 pub mod upload;
 pub mod validate;
+pub mod worker;
 
 /// The documented exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

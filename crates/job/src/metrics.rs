@@ -111,6 +111,14 @@ impl Stats {
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// Answered requests and the sum of their latencies.
+    pub fn latency(&self) -> (u64, Duration) {
+        (
+            Self::load(&self.latency_count),
+            Duration::from_micros(Self::load(&self.latency_sum_micros)),
+        )
+    }
+
     pub fn load(a: &AtomicU64) -> u64 {
         a.load(Ordering::Relaxed)
     }

@@ -161,6 +161,16 @@ impl RunError {
 /// Runs the job to its end: completed, expired, cancelled, or interrupted (resumable). `stop`
 /// is how the caller (signal handlers, a service) stops it early.
 pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, RunError> {
+    run_observed(options, stop, |_| {}).await
+}
+
+/// [`run`], handing the job's live counters to `observe` once they exist (the service's worker
+/// reports them to the store while the job runs).
+pub async fn run_observed(
+    options: RunOptions,
+    stop: StopSignal,
+    observe: impl FnOnce(Arc<Stats>),
+) -> Result<RunSummary, RunError> {
     let started = Instant::now();
     check_paths(&options)?;
     let remote_state = match &options.state_remote {
@@ -284,6 +294,7 @@ pub async fn run(options: RunOptions, stop: StopSignal) -> Result<RunSummary, Ru
         &opened.counts,
         opened.manifest.totals,
     ));
+    observe(stats.clone());
     let deadline = options.deadline.resolve(opened.manifest.started_at_ms);
     let ids = Ids::new(opened.manifest.run_tag.clone());
     let state_io = RunError::io(format!("state directory {}", options.state_dir.display()));

@@ -1,0 +1,259 @@
+//! `/v1/batches`: create, list, retrieve, cancel, and the extension `partial_results`.
+
+use axum::Extension;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State, rejection::QueryRejection};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::AppState;
+use super::files::EXPIRY_SECONDS;
+use super::range::{serve_file, serve_prefix};
+use crate::auth::Owner;
+use crate::error::ApiError;
+use crate::ids;
+use crate::model::{Batch, List};
+use crate::store::{BatchRow, now_secs};
+use crate::window::parse_window;
+
+/// OpenAI's metadata limits.
+const MAX_METADATA_PAIRS: usize = 16;
+const MAX_METADATA_KEY: usize = 64;
+const MAX_METADATA_VALUE: usize = 512;
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct CreateBatch {
+    input_file_id: String,
+    /// One of the supported endpoints, e.g. `/v1/chat/completions`.
+    endpoint: String,
+    /// `24h`, or (extension) a duration such as `2h` within the service's bounds.
+    completion_window: String,
+    /// Up to 16 string pairs; keys up to 64 characters, values up to 512.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+    #[serde(default)]
+    output_expires_after: Option<ExpiresAfter>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct ExpiresAfter {
+    anchor: String,
+    seconds: i64,
+}
+
+#[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = CreateBatch,
+    responses((status = 200, body = Batch), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn create(
+    State(app): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    body: Bytes,
+) -> Result<Json<Batch>, ApiError> {
+    let request: CreateBatch = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid(format!("Invalid JSON body: {e}")))?;
+    let endpoint = request.endpoint.as_str();
+    if !batch_format::SUPPORTED_URLS.contains(&endpoint)
+        && !app.config.extra_endpoints.iter().any(|e| e == endpoint)
+    {
+        return Err(ApiError::invalid(format!(
+            "Invalid endpoint {endpoint:?}: use one of {}",
+            batch_format::SUPPORTED_URLS.join(", ")
+        ))
+        .param("endpoint"));
+    }
+    let window = parse_window(&request.completion_window, app.config.windows)
+        .map_err(|m| ApiError::invalid(m).param("completion_window"))?;
+    let metadata = match request.metadata {
+        None | Some(serde_json::Value::Null) => None,
+        Some(m) => Some(check_metadata(m)?),
+    };
+    let output_expires_seconds = match request.output_expires_after {
+        None => None,
+        Some(e) if e.anchor == "created_at" && EXPIRY_SECONDS.contains(&e.seconds) => {
+            Some(e.seconds)
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(format!(
+                "output_expires_after needs anchor 'created_at' and seconds from {} to {}",
+                EXPIRY_SECONDS.start(),
+                EXPIRY_SECONDS.end()
+            ))
+            .param("output_expires_after"));
+        }
+    };
+    let input = app
+        .store
+        .file(&owner.0, &request.input_file_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("File", &request.input_file_id).param("input_file_id"))?;
+    if input.purpose != "batch" {
+        return Err(ApiError::invalid(format!(
+            "The file {} has purpose {:?}; a batch's input must be uploaded with purpose 'batch'",
+            input.id, input.purpose
+        ))
+        .param("input_file_id"));
+    }
+    let created_at = now_secs();
+    let row = BatchRow {
+        id: ids::batch_id(),
+        owner: owner.0,
+        endpoint: request.endpoint,
+        input_file_id: input.id,
+        input_blob: input.blob,
+        completion_window: request.completion_window,
+        status: "validating".into(),
+        created_at,
+        expires_at: created_at + window as i64,
+        metadata: metadata.map(|m| serde_json::Value::from(m).to_string()),
+        output_expires_seconds,
+        ..BatchRow::default()
+    };
+    app.store.insert_batch(&row).await?;
+    app.wake.notify_one();
+    Ok(Json(Batch::from(&row)))
+}
+
+fn check_metadata(value: serde_json::Value) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    let bad = |m: String| ApiError::invalid(m).param("metadata");
+    let serde_json::Value::Object(map) = value else {
+        return Err(bad("metadata must be an object of string values".into()));
+    };
+    if map.len() > MAX_METADATA_PAIRS {
+        return Err(bad(format!(
+            "metadata has {} keys; at most {MAX_METADATA_PAIRS} are allowed",
+            map.len()
+        )));
+    }
+    for (k, v) in &map {
+        if k.chars().count() > MAX_METADATA_KEY {
+            return Err(bad(format!(
+                "metadata key {:?}… is longer than {MAX_METADATA_KEY} characters",
+                k.chars().take(20).collect::<String>()
+            )));
+        }
+        match v {
+            serde_json::Value::String(s) if s.chars().count() <= MAX_METADATA_VALUE => {}
+            serde_json::Value::String(_) => {
+                return Err(bad(format!(
+                    "metadata value of {k:?} is longer than {MAX_METADATA_VALUE} characters"
+                )));
+            }
+            _ => return Err(bad(format!("metadata value of {k:?} must be a string"))),
+        }
+    }
+    Ok(map)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct ListBatches {
+    after: Option<String>,
+    /// 1 to 100; default 20.
+    limit: Option<i64>,
+}
+
+#[utoipa::path(get, path = "/v1/batches", tag = "batches", params(ListBatches),
+    description = "Newest first.", responses((status = 200, body = List<Batch>)))]
+pub async fn list(
+    State(app): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    query: Result<Query<ListBatches>, QueryRejection>,
+) -> Result<Json<List<Batch>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=100).contains(&limit) {
+        return Err(ApiError::invalid("limit must be from 1 to 100").param("limit"));
+    }
+    let rows = app.store.batches(&owner.0, q.after.as_deref(), limit + 1).await?;
+    let batches = rows.iter().map(Batch::from).collect();
+    Ok(Json(List::page(batches, limit as usize, |b: &Batch| &b.id)))
+}
+
+async fn owned(app: &AppState, owner: &Owner, id: &str) -> Result<BatchRow, ApiError> {
+    app.store
+        .batch(&owner.0, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("Batch", id))
+}
+
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches",
+    responses((status = 200, body = Batch), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn retrieve(
+    State(app): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Json<Batch>, ApiError> {
+    Ok(Json(Batch::from(&owned(&app, &owner, &id).await?)))
+}
+
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches",
+    description = "No body is needed. Requests in flight finish within the cancel grace; unsent ones are written as `batch_cancelled`.",
+    responses((status = 200, body = Batch), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn cancel(
+    State(app): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+) -> Result<Json<Batch>, ApiError> {
+    let batch = owned(&app, &owner, &id).await?;
+    match batch.status.as_str() {
+        "validating" | "in_progress" => {
+            app.store.request_cancel(&owner.0, &id, now_secs()).await?;
+            app.wake.notify_one();
+            Ok(Json(Batch::from(&owned(&app, &owner, &id).await?)))
+        }
+        // Cancelling twice is harmless, as with OpenAI.
+        "cancelling" | "cancelled" => Ok(Json(Batch::from(&batch))),
+        status => Err(ApiError::invalid(format!(
+            "Cannot cancel batch {id}: its status is {status:?}; only a validating or \
+             in_progress batch can be cancelled"
+        ))
+        .param("id")),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PartialQuery {
+    /// `output` (default) or `errors`.
+    file: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/batches/{id}/partial_results", tag = "batches",
+    params(PartialQuery),
+    description = "batch-runner extension: the results written so far (up to the last checkpoint) of a running batch, in completion order; after the batch ends, its final file.",
+    responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = crate::error::ErrorBody)))]
+pub async fn partial_results(
+    State(app): State<AppState>,
+    Extension(owner): Extension<Owner>,
+    Path(id): Path<String>,
+    query: Result<Query<PartialQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let errors = match q.file.as_deref() {
+        None | Some("output") => false,
+        Some("errors") => true,
+        Some(_) => return Err(ApiError::invalid("file must be 'output' or 'errors'").param("file")),
+    };
+    let batch = owned(&app, &owner, &id).await?;
+    let finished = if errors { &batch.error_file_id } else { &batch.output_file_id };
+    if let Some(file_id) = finished {
+        if let Some(file) = app.store.file(&owner.0, file_id).await? {
+            return serve_file(&app.blobs.path(&file.blob), &headers).await;
+        }
+    }
+    let state = crate::worker::state_dir(&app.work_dir, &id);
+    let read = |e| ApiError::internal("cannot read the batch's results so far", e);
+    let manifest = batch_job::state::Manifest::load(&state).map_err(read)?;
+    let Some(manifest) = manifest else {
+        return Ok(Bytes::new().into_response());
+    };
+    let spool = batch_job::spool::SpoolFiles::in_dir(&state);
+    let (path, len) = if errors {
+        (spool.errors, manifest.positions.errors)
+    } else {
+        (spool.output, manifest.positions.output)
+    };
+    let file = tokio::fs::File::open(&path).await.map_err(read)?;
+    serve_prefix(file, len, &headers).await.map_err(read)
+}

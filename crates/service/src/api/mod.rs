@@ -1,0 +1,113 @@
+//! The HTTP API: OpenAI's Files and Batches routes, plus `/health`, `/metrics` and
+//! `/openapi.json`. Every error is an OpenAI error body (see [`crate::error`]).
+
+mod batches;
+mod files;
+mod ops;
+mod range;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use tokio::sync::Notify;
+
+use crate::auth::Keys;
+use crate::blobs::Blobs;
+use crate::error::ApiError;
+use crate::store::Store;
+use crate::window::WindowBounds;
+
+pub use ops::ApiDoc;
+
+/// Settings of the API itself.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest upload accepted; larger ones get 413.
+    pub max_upload_bytes: u64,
+    /// The `completion_window` values accepted besides `24h`.
+    pub windows: WindowBounds,
+    /// Endpoints a batch may target beyond the built-in ones.
+    pub extra_endpoints: Vec<String>,
+    /// How long a `purpose=batch` upload is kept when it names no `expires_after` (OpenAI: 30
+    /// days); `None` keeps it until deleted.
+    pub batch_file_ttl: Option<u64>,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: 512 * 1024 * 1024,
+            windows: WindowBounds::default(),
+            extra_endpoints: Vec::new(),
+            batch_file_ttl: Some(30 * 86400),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub blobs: Blobs,
+    pub keys: Arc<Keys>,
+    pub config: Arc<ApiConfig>,
+    /// Wakes the scheduler when a batch is created or cancelled.
+    pub wake: Arc<Notify>,
+    /// Where workers keep each batch's job state (`WORK_DIR/BATCH_ID/state`).
+    pub work_dir: PathBuf,
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        // Uploads are streamed and limited by `max_upload_bytes` with a proper 413; JSON bodies
+        // keep axum's 2 MB default.
+        .route(
+            "/files",
+            post(files::create)
+                .layer(DefaultBodyLimit::disable())
+                .get(files::list),
+        )
+        .route("/files/{id}", get(files::retrieve).delete(files::delete))
+        .route("/files/{id}/content", get(files::content))
+        .route("/batches", post(batches::create).get(batches::list))
+        .route("/batches/{id}", get(batches::retrieve))
+        .route("/batches/{id}/cancel", post(batches::cancel))
+        .route("/batches/{id}/partial_results", get(batches::partial_results))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/health", get(ops::health))
+        .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
+        .nest("/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn authenticate(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    match app.keys.owner(header) {
+        Ok(owner) => {
+            request.extensions_mut().insert(owner);
+            next.run(request).await
+        }
+        Err(message) => ApiError::unauthorized(message).into_response(),
+    }
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::route_not_found(request.method().as_str(), request.uri().path())
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::route_not_found(request.method().as_str(), request.uri().path())
+}

@@ -1,0 +1,84 @@
+//! `/health`, `/metrics` (Prometheus text) and `/openapi.json` (generated from the handlers).
+
+use std::fmt::Write;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use utoipa::OpenApi;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::model::Progress;
+use crate::store::now_ms;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "batch-runner", description = "OpenAI-compatible Files and Batches API of batch-runner's service."),
+    paths(
+        super::files::create, super::files::list, super::files::retrieve, super::files::content,
+        super::files::delete, super::batches::create, super::batches::list,
+        super::batches::retrieve, super::batches::cancel, super::batches::partial_results,
+    ),
+    tags((name = "files"), (name = "batches"))
+)]
+pub struct ApiDoc;
+
+pub async fn health() -> impl IntoResponse {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    Json(ApiDoc::openapi())
+}
+
+pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP batch_runner_batches Batches by status.\n# TYPE batch_runner_batches gauge"
+    );
+    let counts = app.store.status_counts().await?;
+    for status in [
+        "validating",
+        "in_progress",
+        "finalizing",
+        "completed",
+        "failed",
+        "expired",
+        "cancelling",
+        "cancelled",
+    ] {
+        let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+        let _ = writeln!(out, "batch_runner_batches{{status=\"{status}\"}} {n}");
+    }
+    let queue = app.store.queue_depth(now_ms()).await?;
+    let _ = writeln!(
+        out,
+        "# HELP batch_runner_queue_depth Unfinished batches waiting for a worker.\n\
+         # TYPE batch_runner_queue_depth gauge\nbatch_runner_queue_depth {queue}"
+    );
+    let (completed, failed, progress) = app.store.request_totals().await?;
+    let (mut count, mut sum, mut in_flight) = (0u64, 0f64, 0u64);
+    for p in progress.iter().filter_map(|p| serde_json::from_str::<Progress>(p).ok()) {
+        count += p.latency_count;
+        sum += p.latency_sum_seconds;
+        in_flight += p.in_flight;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP batch_runner_requests Requests of all batches by outcome (expired and cancelled \
+         lines are neither).\n# TYPE batch_runner_requests gauge\n\
+         batch_runner_requests{{outcome=\"completed\"}} {completed}\n\
+         batch_runner_requests{{outcome=\"failed\"}} {failed}\n\
+         # HELP batch_runner_requests_in_flight Requests sent to engines and not answered yet.\n\
+         # TYPE batch_runner_requests_in_flight gauge\n\
+         batch_runner_requests_in_flight {in_flight}\n\
+         # HELP batch_runner_engine_latency_seconds Engine latency of answered requests.\n\
+         # TYPE batch_runner_engine_latency_seconds summary\n\
+         batch_runner_engine_latency_seconds_sum {sum}\n\
+         batch_runner_engine_latency_seconds_count {count}"
+    );
+    Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}

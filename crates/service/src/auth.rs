@@ -1,0 +1,104 @@
+//! API keys: each maps to an owner, and every file and batch belongs to one owner. Keys come
+//! from `--api-key-file` (one `KEY OWNER` per line) and/or `BATCH_RUNNER_API_KEYS` (the same,
+//! entries separated by newlines or commas).
+
+use std::collections::HashMap;
+
+/// The owner of everything when no keys are configured.
+pub const ANONYMOUS: &str = "anonymous";
+
+#[derive(Debug, Clone, Default)]
+pub struct Keys {
+    owners: HashMap<String, String>,
+}
+
+/// The owner a request acts for, put in its extensions by the auth layer.
+#[derive(Debug, Clone)]
+pub struct Owner(pub String);
+
+impl Keys {
+    /// Parses `KEY OWNER` entries; `source` names where they came from in error messages.
+    pub fn add_entries(&mut self, text: &str, source: &str, commas: bool) -> Result<(), String> {
+        let split: Vec<&str> = if commas {
+            text.split([',', '\n']).collect()
+        } else {
+            text.split('\n').collect()
+        };
+        for (i, entry) in split.iter().enumerate() {
+            let entry = entry.trim();
+            if entry.is_empty() || entry.starts_with('#') {
+                continue;
+            }
+            let mut parts = entry.split_whitespace();
+            let (Some(key), Some(owner), None) = (parts.next(), parts.next(), parts.next()) else {
+                return Err(format!(
+                    "{source}, entry {}: expected 'KEY OWNER' (two words), e.g. 'sk-team-a team-a'",
+                    i + 1
+                ));
+            };
+            self.owners.insert(key.to_owned(), owner.to_owned());
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.owners.len()
+    }
+
+    /// The owner of `Authorization: Bearer KEY`, or why the request is refused.
+    pub fn owner(&self, authorization: Option<&str>) -> Result<Owner, &'static str> {
+        if self.owners.is_empty() {
+            return Ok(Owner(ANONYMOUS.into()));
+        }
+        let key = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or("Missing API key: send 'Authorization: Bearer YOUR_KEY'")?;
+        // Compare against every key without stopping early, so timing tells nothing.
+        let mut found = None;
+        for (k, owner) in &self.owners {
+            if constant_time_eq(k.as_bytes(), key.as_bytes()) {
+                found = Some(owner);
+            }
+        }
+        found
+            .map(|o| Owner(o.clone()))
+            .ok_or("Incorrect API key provided")
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_map_to_owners_and_bad_keys_are_refused() {
+        let mut keys = Keys::default();
+        keys.add_entries("# team keys\nsk-a team-a\n\nsk-b team-b\n", "keys.txt", false)
+            .unwrap();
+        keys.add_entries("sk-c team-c,sk-d team-d", "env", true).unwrap();
+        assert_eq!(keys.len(), 4);
+        assert_eq!(keys.owner(Some("Bearer sk-b")).unwrap().0, "team-b");
+        assert_eq!(keys.owner(Some("Bearer sk-d")).unwrap().0, "team-d");
+        assert!(keys.owner(Some("Bearer sk-x")).is_err());
+        assert!(keys.owner(None).is_err());
+        let err = keys.add_entries("lonely", "keys.txt", false).unwrap_err();
+        assert!(err.contains("keys.txt, entry 1"), "{err}");
+    }
+
+    #[test]
+    fn no_keys_means_one_anonymous_owner() {
+        assert_eq!(Keys::default().owner(None).unwrap().0, ANONYMOUS);
+    }
+}

@@ -1,0 +1,235 @@
+//! The objects of the API as they go over the wire (OpenAI's File and Batch), built from store
+//! rows. Every field of the spec is always present, `null` when it has no value, as OpenAI sends
+//! them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::store::{BatchRow, FileRow};
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileObject {
+    pub id: String,
+    /// Always `file`.
+    pub object: String,
+    pub bytes: i64,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub filename: String,
+    pub purpose: String,
+    /// Always `processed`: a file is stored whole before it is listed.
+    pub status: String,
+    pub status_details: Option<String>,
+}
+
+impl From<&FileRow> for FileObject {
+    fn from(f: &FileRow) -> Self {
+        Self {
+            id: f.id.clone(),
+            object: "file".into(),
+            bytes: f.bytes,
+            created_at: f.created_at,
+            expires_at: f.expires_at,
+            filename: f.filename.clone(),
+            purpose: f.purpose.clone(),
+            status: "processed".into(),
+            status_details: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct FileDeleted {
+    pub id: String,
+    pub object: String,
+    pub deleted: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct RequestCounts {
+    pub total: i64,
+    pub completed: i64,
+    pub failed: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct InputTokensDetails {
+    pub cached_tokens: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct OutputTokensDetails {
+    pub reasoning_tokens: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchUsage {
+    pub input_tokens: i64,
+    pub input_tokens_details: InputTokensDetails,
+    pub output_tokens: i64,
+    pub output_tokens_details: OutputTokensDetails,
+    pub total_tokens: i64,
+}
+
+/// A batch-level problem: a validation failure (with its input line) or why the batch failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BatchError {
+    pub code: String,
+    pub message: String,
+    pub param: Option<String>,
+    pub line: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BatchErrors {
+    pub object: String,
+    pub data: Vec<BatchError>,
+}
+
+/// Progress detail beyond OpenAI's fields, under one namespaced key the SDK keeps but ignores.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// Requests sent to the engine and not answered yet.
+    pub in_flight: u64,
+    /// Retries so far (a request retried twice counts two).
+    pub retried: u64,
+    /// Expired or cancelled lines (not counted as failed, as OpenAI does).
+    pub not_run: u64,
+    /// Results per second over the worker's current run.
+    pub requests_per_second: f64,
+    /// Seconds left at the current rate; null until there is a rate.
+    pub eta_seconds: Option<u64>,
+    /// Engine latency over every answered request: count and sum, for the service's metrics.
+    pub latency_count: u64,
+    pub latency_sum_seconds: f64,
+    /// How many times a worker of this batch died and was restarted.
+    pub worker_restarts: u64,
+    /// Where the results so far can be read while the batch runs.
+    pub partial_results_path: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Batch {
+    pub id: String,
+    /// Always `batch`.
+    pub object: String,
+    pub endpoint: String,
+    pub model: Option<String>,
+    pub errors: Option<BatchErrors>,
+    pub input_file_id: String,
+    pub completion_window: String,
+    /// `validating`, `failed`, `in_progress`, `finalizing`, `completed`, `expired`,
+    /// `cancelling` or `cancelled`.
+    pub status: String,
+    pub output_file_id: Option<String>,
+    pub error_file_id: Option<String>,
+    pub created_at: i64,
+    pub in_progress_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub finalizing_at: Option<i64>,
+    pub completed_at: Option<i64>,
+    pub failed_at: Option<i64>,
+    pub expired_at: Option<i64>,
+    pub cancelling_at: Option<i64>,
+    pub cancelled_at: Option<i64>,
+    pub request_counts: RequestCounts,
+    pub usage: BatchUsage,
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// batch-runner's extension: live progress detail.
+    pub x_batch_runner: Progress,
+}
+
+impl From<&BatchRow> for Batch {
+    fn from(b: &BatchRow) -> Self {
+        let errors = b.errors.as_deref().and_then(|text| {
+            serde_json::from_str::<Vec<BatchError>>(text)
+                .ok()
+                .map(|data| BatchErrors {
+                    object: "list".into(),
+                    data,
+                })
+        });
+        let mut progress: Progress = b
+            .progress
+            .as_deref()
+            .and_then(|p| serde_json::from_str(p).ok())
+            .unwrap_or_default();
+        progress.worker_restarts = b.crashes.max(0) as u64;
+        if matches!(b.status.as_str(), "in_progress" | "finalizing" | "cancelling") {
+            progress.partial_results_path = Some(format!("/v1/batches/{}/partial_results", b.id));
+        } else {
+            progress.partial_results_path = None;
+            progress.in_flight = 0;
+            progress.eta_seconds = None;
+        }
+        Self {
+            id: b.id.clone(),
+            object: "batch".into(),
+            endpoint: b.endpoint.clone(),
+            model: b.model.clone(),
+            errors,
+            input_file_id: b.input_file_id.clone(),
+            completion_window: b.completion_window.clone(),
+            status: b.status.clone(),
+            output_file_id: b.output_file_id.clone(),
+            error_file_id: b.error_file_id.clone(),
+            created_at: b.created_at,
+            in_progress_at: b.in_progress_at,
+            expires_at: Some(b.expires_at),
+            finalizing_at: b.finalizing_at,
+            completed_at: b.completed_at,
+            failed_at: b.failed_at,
+            expired_at: b.expired_at,
+            cancelling_at: b.cancelling_at,
+            cancelled_at: b.cancelled_at,
+            request_counts: RequestCounts {
+                total: b.total,
+                completed: b.completed,
+                failed: b.failed,
+            },
+            usage: BatchUsage {
+                input_tokens: b.input_tokens,
+                input_tokens_details: InputTokensDetails {
+                    cached_tokens: b.cached_tokens,
+                },
+                output_tokens: b.output_tokens,
+                output_tokens_details: OutputTokensDetails {
+                    reasoning_tokens: b.reasoning_tokens,
+                },
+                total_tokens: b.input_tokens + b.output_tokens,
+            },
+            metadata: b
+                .metadata
+                .as_deref()
+                .and_then(|m| serde_json::from_str(m).ok()),
+            x_batch_runner: progress,
+        }
+    }
+}
+
+/// One page of a list: `after` is "strictly after this id in the list's order".
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct List<T> {
+    pub object: String,
+    pub data: Vec<T>,
+    pub first_id: Option<String>,
+    pub last_id: Option<String>,
+    pub has_more: bool,
+}
+
+impl<T> List<T> {
+    /// A page from up to `limit + 1` rows fetched in order: the extra row only says there is more.
+    pub fn page(mut rows: Vec<T>, limit: usize, id_of: impl Fn(&T) -> &str) -> Self {
+        let has_more = rows.len() > limit;
+        rows.truncate(limit);
+        Self {
+            object: "list".into(),
+            first_id: rows.first().map(|r| id_of(r).to_owned()),
+            last_id: rows.last().map(|r| id_of(r).to_owned()),
+            data: rows,
+            has_more,
+        }
+    }
+}

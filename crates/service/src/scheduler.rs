@@ -1,0 +1,270 @@
+//! Claims unfinished batches and runs one worker process for each, up to a limit.
+//!
+//! A claim is a compare-and-swap on the batch's fence and lease (see [`Store::claim`]); the
+//! worker renews the lease while it runs. The worker is started from a command template
+//! (default `{exe} worker …`, or `docker run …`, `kubectl …`) with `sh -c`; its stdin is a pipe
+//! from this process, which the worker watches: when the service goes away, the pipe closes and
+//! the worker checkpoints, gives the lease back and exits, so a restarted service resumes the
+//! batch at once.
+//!
+//! A worker that exits with a code other than 0 (done) or 75 (gave the batch up) crashed: the
+//! crash is counted, the lease released, and the batch claimed again (resuming from its
+//! checkpoint) until `max_crashes`, when it fails with the reason.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{Notify, watch};
+
+use crate::store::{Store, now_ms};
+use crate::worker::work_dir;
+
+/// The default worker command.
+pub const DEFAULT_TEMPLATE: &str =
+    "{exe} worker --data-dir {data_dir} --batch {batch} --fence {fence} --lifeline-stdin";
+/// The exit code of a worker that gave its batch up without failing.
+pub const GAVE_UP: i32 = 75;
+/// Lines of a crashed worker's log quoted in the batch's error.
+const LOG_TAIL_LINES: usize = 5;
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub template: String,
+    pub exe: PathBuf,
+    pub data_dir: PathBuf,
+    pub work_root: PathBuf,
+    pub max_concurrent: usize,
+    pub max_crashes: i64,
+    pub lease: Duration,
+    /// How often to look for work when nothing wakes the scheduler.
+    pub poll: Duration,
+    /// Who claims (for the lease's record): host and process.
+    pub holder: String,
+    /// Given to workers as `BATCH_RUNNER_ENGINE_API_KEY`.
+    pub engine_api_key: Option<String>,
+    /// How long workers get to checkpoint and exit when the service stops.
+    pub stop_grace: Duration,
+}
+
+struct Running {
+    child: Child,
+    fence: i64,
+    /// Held open while the worker should run; dropped, it tells the worker to stop.
+    lifeline: Option<ChildStdin>,
+}
+
+/// Runs until `shutdown` turns true, then stops the workers and waits for them.
+pub async fn run(
+    store: Store,
+    config: SchedulerConfig,
+    wake: Arc<Notify>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut running: HashMap<String, Running> = HashMap::new();
+    loop {
+        reap(&store, &config, &mut running).await;
+        claim(&store, &config, &mut running).await;
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(config.poll) => {}
+            _ = shutdown.changed() => break,
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    stop_all(&store, &config, running).await;
+}
+
+/// Notices workers that exited.
+async fn reap(store: &Store, config: &SchedulerConfig, running: &mut HashMap<String, Running>) {
+    let mut exited = Vec::new();
+    for (id, worker) in running.iter_mut() {
+        match worker.child.try_wait() {
+            Ok(Some(status)) => exited.push((id.clone(), worker.fence, status)),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("cannot check the worker of {id}: {e}"),
+        }
+    }
+    for (id, fence, status) in exited {
+        running.remove(&id);
+        match status.code() {
+            Some(0) => tracing::info!("batch {id}: worker finished"),
+            Some(GAVE_UP) => {
+                let _ = store.release(&id, fence).await;
+            }
+            _ => {
+                let log = work_dir(&config.work_root, &id).join("worker.log");
+                let message = format!("{}; {}", describe(status), log_tail(&log));
+                tracing::warn!("batch {id}: the worker died ({message})");
+                match store.record_crash(&id, fence, config.max_crashes, &message).await {
+                    Ok(true) => tracing::error!(
+                        "batch {id} failed: its worker died {} times",
+                        config.max_crashes
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("cannot record the crash of {id}'s worker: {e}"),
+                }
+            }
+        }
+    }
+}
+
+/// Claims batches while there is room and starts their workers.
+async fn claim(store: &Store, config: &SchedulerConfig, running: &mut HashMap<String, Running>) {
+    let room = config.max_concurrent.saturating_sub(running.len());
+    if room == 0 {
+        return;
+    }
+    // A worker of ours that froze may have let its lease run out: skip batches we still run.
+    let candidates = match store
+        .claimable(now_ms(), (room + running.len()) as i64)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!("cannot look for batches to run: {e}");
+            return;
+        }
+    };
+    for (id, fence) in candidates {
+        if running.len() >= config.max_concurrent {
+            break;
+        }
+        if running.contains_key(&id) {
+            continue;
+        }
+        let fence = match store.claim(&id, fence, &config.holder, config.lease).await {
+            Ok(Some(f)) => f,
+            Ok(None) => continue, // someone else was quicker
+            Err(e) => {
+                tracing::warn!("cannot claim {id}: {e}");
+                continue;
+            }
+        };
+        match spawn(config, &id, fence) {
+            Ok(worker) => {
+                tracing::info!("batch {id}: worker started (fence {fence})");
+                running.insert(id, worker);
+            }
+            Err(e) => {
+                let message = format!("cannot start the worker command: {e}");
+                tracing::error!("batch {id}: {message}");
+                let _ = store
+                    .record_crash(&id, fence, config.max_crashes, &message)
+                    .await;
+            }
+        }
+    }
+}
+
+/// The worker command for one batch, each value quoted for `sh`.
+pub fn command_line(config: &SchedulerConfig, batch: &str, fence: i64) -> String {
+    config
+        .template
+        .replace("{exe}", &shell_quote(&config.exe.to_string_lossy()))
+        .replace("{data_dir}", &shell_quote(&config.data_dir.to_string_lossy()))
+        .replace("{batch}", &shell_quote(batch))
+        .replace("{fence}", &fence.to_string())
+}
+
+fn spawn(config: &SchedulerConfig, batch: &str, fence: i64) -> std::io::Result<Running> {
+    let dir = work_dir(&config.work_root, batch);
+    std::fs::create_dir_all(&dir)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("worker.log"))?;
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(command_line(config, batch, fence))
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true);
+    if let Some(key) = &config.engine_api_key {
+        command.env(crate::settings::ENGINE_KEY_ENV, key);
+    }
+    let mut child = command.spawn()?;
+    let lifeline = child.stdin.take();
+    Ok(Running {
+        child,
+        fence,
+        lifeline,
+    })
+}
+
+/// Closes every lifeline, then waits for the workers to checkpoint and exit.
+async fn stop_all(store: &Store, config: &SchedulerConfig, running: HashMap<String, Running>) {
+    let mut workers: Vec<(String, Running)> = running.into_iter().collect();
+    for (_, w) in &mut workers {
+        w.lifeline = None;
+    }
+    for (id, mut w) in workers {
+        match tokio::time::timeout(config.stop_grace, w.child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                tracing::warn!("batch {id}: the worker did not stop in time; killing it");
+                let _ = w.child.kill().await;
+            }
+        }
+        let _ = store.release(&id, w.fence).await;
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(signal)) => format!("killed by signal {signal}"),
+        _ => status.to_string(),
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+    if tail.is_empty() {
+        "the worker wrote nothing to its log".into()
+    } else {
+        format!("last lines of {}: {}", path.display(), tail.join(" | "))
+    }
+}
+
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_template_gets_quoted_values() {
+        let config = SchedulerConfig {
+            template: DEFAULT_TEMPLATE.into(),
+            exe: "/opt/my tools/batch-runner".into(),
+            data_dir: "/data/it's here".into(),
+            work_root: "/data/work".into(),
+            max_concurrent: 1,
+            max_crashes: 1,
+            lease: Duration::from_secs(1),
+            poll: Duration::from_secs(1),
+            holder: "h".into(),
+            engine_api_key: None,
+            stop_grace: Duration::from_secs(1),
+        };
+        assert_eq!(
+            command_line(&config, "batch_1", 7),
+            "'/opt/my tools/batch-runner' worker --data-dir '/data/it'\\''s here' --batch \
+             'batch_1' --fence 7 --lifeline-stdin"
+        );
+    }
+}

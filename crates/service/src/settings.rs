@@ -1,0 +1,139 @@
+//! What a worker needs to know besides its batch: the database, which engines serve which model,
+//! and the client settings shared with `run`. `serve` writes them to
+//! `DATA_DIR/worker-settings.json` at start, so a worker started by any spawn template (a
+//! container, a Kubernetes Job) only needs the data directory. Secrets are not in the file: the
+//! engines' API key reaches workers as `BATCH_RUNNER_ENGINE_API_KEY`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use batch_job::dispatch::{EngineOptions, RetryPolicy};
+use batch_job::sink::CheckpointPolicy;
+use serde::{Deserialize, Serialize};
+
+pub const SETTINGS_FILE: &str = "worker-settings.json";
+pub const ENGINE_KEY_ENV: &str = "BATCH_RUNNER_ENGINE_API_KEY";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerSettings {
+    pub database: String,
+    /// Engines for a model with no entry in `model_engines`.
+    pub default_engines: Vec<String>,
+    pub model_engines: BTreeMap<String, Vec<String>>,
+    pub headers: Vec<String>,
+    /// Requests in flight at once, per batch.
+    pub max_concurrency: usize,
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_retries: u32,
+    pub retry_backoff: Duration,
+    pub retry_max_backoff: Duration,
+    /// How long requests in flight may finish after a cancel or expiry.
+    pub grace: Duration,
+    /// A worker's lease; it renews it three times per period.
+    pub lease: Duration,
+    /// How often a worker writes its counters (and sees a cancel).
+    pub report_every: Duration,
+    pub checkpoint_every_results: u64,
+    pub checkpoint_every: Duration,
+    pub extra_endpoints: Vec<String>,
+}
+
+impl WorkerSettings {
+    /// The engines for `model`, or `None` when no engine serves it.
+    pub fn engines_for(&self, model: &str) -> Option<&[String]> {
+        self.model_engines
+            .get(model)
+            .or_else(|| (!self.default_engines.is_empty()).then_some(&self.default_engines))
+            .map(Vec::as_slice)
+    }
+
+    pub fn engine_options(&self, urls: &[String]) -> EngineOptions {
+        EngineOptions {
+            urls: urls.to_vec(),
+            api_key: std::env::var(ENGINE_KEY_ENV).ok().filter(|k| !k.is_empty()),
+            headers: self.headers.clone(),
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            retry: RetryPolicy {
+                max_retries: self.max_retries,
+                base_delay: self.retry_backoff,
+                max_delay: self.retry_max_backoff,
+            },
+        }
+    }
+
+    pub fn checkpoint(&self) -> CheckpointPolicy {
+        CheckpointPolicy {
+            every_results: self.checkpoint_every_results,
+            every: self.checkpoint_every,
+        }
+    }
+
+    pub fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join(SETTINGS_FILE)
+    }
+
+    /// Writes the file whole or not at all (a worker starting meanwhile reads the old one).
+    pub fn store(&self, data_dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
+        let temp = data_dir.join(format!("{SETTINGS_FILE}.{}", std::process::id()));
+        std::fs::write(&temp, text)?;
+        std::fs::rename(temp, Self::path(data_dir))
+    }
+
+    pub fn load(data_dir: &Path) -> Result<Self, String> {
+        let path = Self::path(data_dir);
+        let text = std::fs::read(&path).map_err(|e| {
+            format!(
+                "cannot read {} ({e}); `batch-runner serve --data-dir {}` writes it at start",
+                path.display(),
+                data_dir.display()
+            )
+        })?;
+        serde_json::from_slice(&text).map_err(|e| format!("{} is damaged: {e}", path.display()))
+    }
+}
+
+/// Parses `MODEL=URL[,URL…]`.
+pub fn parse_model_engine(text: &str) -> Result<(String, Vec<String>), String> {
+    let (model, urls) = text
+        .split_once('=')
+        .filter(|(m, u)| !m.trim().is_empty() && !u.trim().is_empty())
+        .ok_or_else(|| {
+            format!("{text:?}: write MODEL=URL[,URL…], e.g. llama-3-8b=http://10.0.0.5:30000")
+        })?;
+    Ok((
+        model.trim().to_owned(),
+        urls.split(',').map(|u| u.trim().to_owned()).collect(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn models_map_to_engines_with_a_default() {
+        let (model, urls) = parse_model_engine("m1=http://a:1,http://b:2").unwrap();
+        let mut s: WorkerSettings = serde_json::from_value(serde_json::json!({
+            "database": "sqlite://x", "default_engines": [], "model_engines": {},
+            "headers": [], "max_concurrency": 4,
+            "request_timeout": {"secs": 1, "nanos": 0}, "connect_timeout": {"secs": 1, "nanos": 0},
+            "max_retries": 1, "retry_backoff": {"secs": 1, "nanos": 0},
+            "retry_max_backoff": {"secs": 1, "nanos": 0}, "grace": {"secs": 1, "nanos": 0},
+            "lease": {"secs": 1, "nanos": 0}, "report_every": {"secs": 1, "nanos": 0},
+            "checkpoint_every_results": 10, "checkpoint_every": {"secs": 1, "nanos": 0},
+            "extra_endpoints": []
+        }))
+        .unwrap();
+        s.model_engines.insert(model, urls);
+        assert_eq!(s.engines_for("m1").unwrap().len(), 2);
+        assert!(s.engines_for("m2").is_none());
+        s.default_engines = vec!["http://c:3".into()];
+        assert_eq!(s.engines_for("m2").unwrap(), ["http://c:3".to_owned()]);
+        assert!(parse_model_engine("=http://x").is_err());
+        assert!(parse_model_engine("m").is_err());
+    }
+}

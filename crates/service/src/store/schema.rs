@@ -1,0 +1,63 @@
+//! The tables, as numbered migrations applied once each at start-up. The SQL is the subset that
+//! SQLite and PostgreSQL read alike (TEXT, BIGINT, `$N` parameters), so one store serves both.
+
+/// `(version, statements)`; a version is applied in one transaction and recorded.
+pub const MIGRATIONS: &[(i64, &[&str])] = &[(
+    1,
+    &[
+        "CREATE TABLE files (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            filename TEXT NOT NULL,
+            purpose TEXT NOT NULL,
+            bytes BIGINT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT,
+            -- Hidden from the API; the blob stays while an unfinished batch still reads it.
+            deleted BIGINT NOT NULL DEFAULT 0,
+            blob TEXT NOT NULL
+        )",
+        "CREATE INDEX files_by_owner ON files (owner, id)",
+        "CREATE TABLE batches (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            endpoint TEXT NOT NULL,
+            input_file_id TEXT NOT NULL,
+            input_blob TEXT NOT NULL,
+            completion_window TEXT NOT NULL,
+            status TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            expires_at BIGINT NOT NULL,
+            in_progress_at BIGINT,
+            finalizing_at BIGINT,
+            completed_at BIGINT,
+            failed_at BIGINT,
+            expired_at BIGINT,
+            cancelling_at BIGINT,
+            cancelled_at BIGINT,
+            output_file_id TEXT,
+            error_file_id TEXT,
+            total BIGINT NOT NULL DEFAULT 0,
+            completed BIGINT NOT NULL DEFAULT 0,
+            failed BIGINT NOT NULL DEFAULT 0,
+            input_tokens BIGINT NOT NULL DEFAULT 0,
+            cached_tokens BIGINT NOT NULL DEFAULT 0,
+            output_tokens BIGINT NOT NULL DEFAULT 0,
+            reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+            model TEXT,
+            metadata TEXT,
+            errors TEXT,
+            output_expires_seconds BIGINT,
+            progress TEXT,
+            -- The lease: who runs the batch, until when (Unix ms), and the fencing counter that
+            -- every write of a worker must match.
+            lease_owner TEXT,
+            lease_until BIGINT NOT NULL DEFAULT 0,
+            fence BIGINT NOT NULL DEFAULT 0,
+            crashes BIGINT NOT NULL DEFAULT 0,
+            last_error TEXT
+        )",
+        "CREATE INDEX batches_by_owner ON batches (owner, id)",
+        "CREATE INDEX batches_by_status ON batches (status, lease_until)",
+    ],
+)];

@@ -1,0 +1,544 @@
+//! One batch in one process: `batch-runner worker --batch ID --fence N`.
+//!
+//! The worker validates the input (`validating`), runs the job pipeline of `run` on it
+//! (`in_progress`, counters written back every `report_every`), then turns the final files into
+//! File objects and ends the batch (`finalizing` → `completed`, or `expired`, `cancelled`).
+//! Every write names the fence the scheduler gave it: once another worker has taken the batch
+//! over, the writes match nothing and this worker stops without touching the results.
+//!
+//! The job state lives in `WORK_DIR/ID/state`, so a worker started after a crash resumes from
+//! the last checkpoint. Once the pipeline has finished, `WORK_DIR/ID/outcome.json` records how,
+//! so a crash while the files are being registered does not run (or expire) anything twice.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use batch_job::deadline::Deadline;
+use batch_job::finalize::Order;
+use batch_job::metrics::Stats;
+use batch_job::progress::ProgressMode;
+use batch_job::remote::Remote;
+use batch_job::run::{RunError, RunOptions, run_observed};
+use batch_job::stop::{StopReason, StopSignal};
+use batch_job::summary::{JobStatus, RunSummary};
+use batch_job::validate::{ValidateOptions, validate_file};
+use serde::{Deserialize, Serialize};
+
+use crate::blobs::Blobs;
+use crate::ids;
+use crate::model::{BatchError, Progress};
+use crate::settings::WorkerSettings;
+use crate::store::{BatchRow, Counts, FileRow, Finish, LeaseLost, Store, StoreError, now_secs};
+
+/// How a worker ended; the process exit code tells the scheduler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerEnd {
+    /// The batch reached a terminal status (or already had one).
+    Done,
+    /// The worker gave the batch up (stopped, or another worker holds it now); not a failure.
+    GaveUp,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no batch {0} in the database")]
+    NoBatch(String),
+    #[error("{0}")]
+    Run(#[from] RunError),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> WorkerError {
+    let context = context.into();
+    move |source| WorkerError::Io { context, source }
+}
+
+pub fn work_dir(work_root: &Path, batch: &str) -> PathBuf {
+    work_root.join(batch)
+}
+
+pub fn state_dir(work_root: &Path, batch: &str) -> PathBuf {
+    work_dir(work_root, batch).join("state")
+}
+
+/// What the pipeline ended with, kept until the batch's files are registered.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Outcome {
+    status: String,
+    completed: i64,
+    failed: i64,
+    input_tokens: i64,
+    output_tokens: i64,
+    progress: Progress,
+}
+
+pub struct Worker {
+    pub store: Store,
+    pub blobs: Blobs,
+    pub work_root: PathBuf,
+    pub settings: WorkerSettings,
+    pub batch: String,
+    pub fence: i64,
+}
+
+impl Worker {
+    /// Runs the batch to its end. `stop` is moved to draining when the worker must give up
+    /// (its lifeline to the service closed, a signal).
+    pub async fn run(&self, stop: StopSignal) -> Result<WorkerEnd, WorkerError> {
+        let batch = self
+            .store
+            .batch_by_id(&self.batch)
+            .await?
+            .ok_or_else(|| WorkerError::NoBatch(self.batch.clone()))?;
+        if batch.fence != self.fence {
+            tracing::warn!("batch {} is held by a newer worker; leaving it", self.batch);
+            return Ok(WorkerEnd::GaveUp);
+        }
+        if batch.is_terminal() {
+            return Ok(WorkerEnd::Done);
+        }
+        let work = work_dir(&self.work_root, &self.batch);
+        std::fs::create_dir_all(&work).map_err(io(format!("cannot create {}", work.display())))?;
+        let lost = Arc::new(AtomicBool::new(false));
+        let heartbeat = tokio::spawn(heartbeat(
+            self.store.clone(),
+            self.batch.clone(),
+            self.fence,
+            self.settings.lease,
+            stop.clone(),
+            lost.clone(),
+        ));
+        let ended = self.drive(&batch, &work, stop.clone()).await;
+        heartbeat.abort();
+        if lost.load(Ordering::Relaxed) {
+            tracing::warn!("batch {}: the lease was taken over; stopping", self.batch);
+            return Ok(WorkerEnd::GaveUp);
+        }
+        match ended {
+            Ok(WorkerEnd::Done) => {
+                // The batch is recorded: its job state is no longer needed.
+                if let Err(e) = std::fs::remove_dir_all(&work) {
+                    tracing::warn!("cannot remove {}: {e}", work.display());
+                }
+                Ok(WorkerEnd::Done)
+            }
+            Ok(WorkerEnd::GaveUp) => {
+                let _ = self.store.release(&self.batch, self.fence).await;
+                Ok(WorkerEnd::GaveUp)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn drive(
+        &self,
+        batch: &BatchRow,
+        work: &Path,
+        stop: StopSignal,
+    ) -> Result<WorkerEnd, WorkerError> {
+        let outcome_path = work.join("outcome.json");
+        if let Some(outcome) = read_outcome(&outcome_path)? {
+            return self.register(batch, work, outcome).await;
+        }
+        let state = work.join("state");
+        if batch.status == "cancelling" && batch.in_progress_at.is_none() && !state.exists() {
+            // Cancelled before anything ran: no files, nothing counted.
+            let outcome = Outcome {
+                status: "cancelled".into(),
+                completed: 0,
+                failed: 0,
+                input_tokens: 0,
+                output_tokens: 0,
+                progress: Progress::default(),
+            };
+            return self.register(batch, work, outcome).await;
+        }
+        let input = self.blobs.path(&batch.input_blob);
+        let model = match &batch.model {
+            Some(model) if batch.status != "validating" => model.clone(),
+            _ => match self.validate(batch, &input).await? {
+                Ok(model) => model,
+                Err(end) => return Ok(end),
+            },
+        };
+        let Some(urls) = self.settings.engines_for(&model) else {
+            return self.fail_with(vec![no_engine(&model)]).await;
+        };
+        let options = RunOptions {
+            input,
+            output: work.join("output.jsonl"),
+            errors: work.join("errors.jsonl"),
+            state_dir: state,
+            engines: self.settings.engine_options(urls),
+            max_concurrency: self.settings.max_concurrency,
+            skip_invalid: false,
+            validate: self.validate_options(),
+            metrics_listen: None,
+            progress: ProgressMode::Off,
+            progress_interval: Duration::from_secs(3600),
+            order: Order::Input,
+            checkpoint: self.settings.checkpoint(),
+            restart: false,
+            // The worker removes the state once the batch is recorded, not before.
+            keep_state: true,
+            deadline: Deadline::At(UNIX_EPOCH + Duration::from_secs(batch.expires_at.max(0) as u64)),
+            grace: self.settings.grace,
+            retry_failed: None,
+            launch: None,
+            remote: Remote::default(),
+            state_remote: None,
+        };
+        let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
+        let observed = Arc::new(std::sync::OnceLock::new());
+        let keep = observed.clone();
+        let reporter = tokio::spawn(report_loop(
+            self.store.clone(),
+            self.batch.clone(),
+            self.fence,
+            self.settings.report_every,
+            stop.clone(),
+            stats_rx,
+        ));
+        let result = run_observed(options, stop, move |stats| {
+            let _ = keep.set(stats.clone());
+            let _ = stats_tx.send(stats);
+        })
+        .await;
+        reporter.abort();
+        let summary = match result {
+            Ok(summary) => summary,
+            Err(e) if e.is_resumable() => return Ok(WorkerEnd::GaveUp),
+            Err(e) => return Err(e.into()),
+        };
+        let status = match summary.status {
+            JobStatus::Completed => "completed",
+            JobStatus::Expired => "expired",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Interrupted => return Ok(WorkerEnd::GaveUp),
+        };
+        let outcome = outcome_of(status, &summary, observed.get().map(Arc::as_ref));
+        write_outcome(&outcome_path, &outcome)?;
+        self.register(batch, work, outcome).await
+    }
+
+    fn validate_options(&self) -> ValidateOptions {
+        ValidateOptions {
+            rules: batch_format::RulesConfig {
+                extra_urls: self.settings.extra_endpoints.clone(),
+            },
+            max_listed_errors: 1000,
+            ..ValidateOptions::default()
+        }
+    }
+
+    /// The `validating` phase: the whole file against every rule, the batch's endpoint, and an
+    /// engine for its model. Returns the model, or how the batch ended.
+    async fn validate(
+        &self,
+        batch: &BatchRow,
+        input: &Path,
+    ) -> Result<Result<String, WorkerEnd>, WorkerError> {
+        let (path, options) = (input.to_owned(), self.validate_options());
+        let validation = tokio::task::spawn_blocking(move || validate_file(&path, &options))
+            .await
+            .map_err(|e| io("validation")(std::io::Error::other(e)))?;
+        let report = match validation {
+            Ok(v) => v.report,
+            Err(e) => {
+                let error = batch_error("invalid_file", e.to_string(), None, None);
+                return Ok(Err(self.fail_with(vec![error]).await?));
+            }
+        };
+        let mut errors: Vec<BatchError> = report
+            .errors
+            .iter()
+            .map(|e| batch_error(e.code, e.message.clone(), e.param.map(str::to_owned), e.line))
+            .collect();
+        if report.errors_not_listed > 0 {
+            errors.push(batch_error(
+                "too_many_errors",
+                format!("and {} more problems not listed", report.errors_not_listed),
+                None,
+                None,
+            ));
+        }
+        if report.requests == 0 && errors.is_empty() {
+            errors.push(batch_error(
+                "empty_file",
+                "The input file has no request lines".into(),
+                None,
+                None,
+            ));
+        }
+        if let Some(endpoint) = &report.endpoint
+            && endpoint != &batch.endpoint
+        {
+            errors.push(batch_error(
+                "url_mismatch",
+                format!(
+                    "The requests use the url {endpoint:?} but the batch was created for the \
+                     endpoint {:?}; create the batch with endpoint {endpoint:?}",
+                    batch.endpoint
+                ),
+                Some("url".into()),
+                None,
+            ));
+        }
+        let model = report.model.clone().unwrap_or_default();
+        if errors.is_empty() && self.settings.engines_for(&model).is_none() {
+            errors.push(no_engine(&model));
+        }
+        if !errors.is_empty() {
+            return Ok(Err(self.fail_with(errors).await?));
+        }
+        match self
+            .store
+            .start(&self.batch, self.fence, report.requests as i64, Some(&model))
+            .await?
+        {
+            Ok(()) => Ok(Ok(model)),
+            Err(LeaseLost) => Ok(Err(WorkerEnd::GaveUp)),
+        }
+    }
+
+    async fn fail_with(&self, errors: Vec<BatchError>) -> Result<WorkerEnd, WorkerError> {
+        let text = serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into());
+        Ok(match self.store.fail(&self.batch, self.fence, &text).await? {
+            Ok(()) => WorkerEnd::Done,
+            Err(LeaseLost) => WorkerEnd::GaveUp,
+        })
+    }
+
+    /// Registers the final files as File objects and ends the batch, in one transaction.
+    async fn register(
+        &self,
+        batch: &BatchRow,
+        work: &Path,
+        outcome: Outcome,
+    ) -> Result<WorkerEnd, WorkerError> {
+        if outcome.status == "completed" {
+            self.store.finalizing(&self.batch, self.fence).await?;
+        }
+        let output = self.adopt(batch, &work.join("output.jsonl"), "output")?;
+        let errors = self.adopt(batch, &work.join("errors.jsonl"), "error")?;
+        let finish = Finish {
+            status: match outcome.status.as_str() {
+                "completed" => "completed",
+                "expired" => "expired",
+                _ => "cancelled",
+            },
+            counts: Counts {
+                completed: outcome.completed,
+                failed: outcome.failed,
+                input_tokens: outcome.input_tokens,
+                output_tokens: outcome.output_tokens,
+            },
+            progress: serde_json::to_string(&outcome.progress).unwrap_or_default(),
+            output,
+            errors,
+        };
+        match self.store.finish(&self.batch, self.fence, &finish).await? {
+            Ok(()) => Ok(WorkerEnd::Done),
+            Err(LeaseLost) => {
+                // Another worker owns the batch now; the files made here are not its.
+                for file in [finish.output, finish.errors].into_iter().flatten() {
+                    let _ = self.blobs.remove(&file.blob);
+                }
+                Ok(WorkerEnd::GaveUp)
+            }
+        }
+    }
+
+    /// A result file as a new File object (`None` when it is empty or missing), linked into the
+    /// blob store: the work copy stays until the batch is recorded, so a crash in between loses
+    /// nothing.
+    fn adopt(&self, batch: &BatchRow, path: &Path, kind: &str) -> Result<Option<FileRow>, WorkerError> {
+        let bytes = match std::fs::metadata(path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(format!("cannot read {}", path.display()))(e)),
+        };
+        if bytes == 0 {
+            return Ok(None);
+        }
+        let id = ids::file_id();
+        self.blobs
+            .link(path, &id)
+            .map_err(io(format!("cannot store {}", path.display())))?;
+        let created_at = now_secs();
+        Ok(Some(FileRow {
+            id: id.clone(),
+            owner: batch.owner.clone(),
+            filename: format!("{}_{kind}.jsonl", batch.id),
+            purpose: "batch_output".into(),
+            bytes: bytes as i64,
+            created_at,
+            expires_at: batch.output_expires_seconds.map(|s| created_at + s),
+            blob: id,
+        }))
+    }
+}
+
+fn batch_error(code: &str, message: String, param: Option<String>, line: Option<u64>) -> BatchError {
+    BatchError {
+        code: code.into(),
+        message,
+        param,
+        line,
+    }
+}
+
+fn no_engine(model: &str) -> BatchError {
+    batch_error(
+        "model_not_found",
+        format!(
+            "No engine serves the model {model:?}: start the service with --model-engine \
+             '{model}=URL' or a default --engine-url"
+        ),
+        Some("model".into()),
+        None,
+    )
+}
+
+fn outcome_of(status: &str, summary: &RunSummary, stats: Option<&Stats>) -> Outcome {
+    let (latency_count, latency_sum) = stats.map(Stats::latency).unwrap_or_default();
+    Outcome {
+        status: status.into(),
+        completed: summary.succeeded as i64,
+        failed: summary.failed as i64,
+        input_tokens: summary.usage.input_tokens as i64,
+        output_tokens: summary.usage.output_tokens as i64,
+        progress: Progress {
+            retried: summary.retries,
+            not_run: summary.expired + summary.cancelled,
+            requests_per_second: (summary.requests_per_second * 10.0).round() / 10.0,
+            latency_count,
+            latency_sum_seconds: latency_sum.as_secs_f64(),
+            ..Progress::default()
+        },
+    }
+}
+
+fn read_outcome(path: &Path) -> Result<Option<Outcome>, WorkerError> {
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(format!("cannot read {}", path.display()))(e)),
+    }
+}
+
+fn write_outcome(path: &Path, outcome: &Outcome) -> Result<(), WorkerError> {
+    let text = serde_json::to_vec(outcome).map_err(|e| io("outcome")(std::io::Error::other(e)))?;
+    let temp = path.with_extension("tmp");
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&temp)?;
+        std::io::Write::write_all(&mut f, &text)?;
+        f.sync_all()?;
+        std::fs::rename(&temp, path)
+    };
+    write().map_err(io(format!("cannot write {}", path.display())))
+}
+
+/// Renews the lease three times per lease period; a lost lease stops the job at once.
+async fn heartbeat(
+    store: Store,
+    batch: String,
+    fence: i64,
+    lease: Duration,
+    stop: StopSignal,
+    lost: Arc<AtomicBool>,
+) {
+    let mut tick = tokio::time::interval(lease / 3);
+    loop {
+        tick.tick().await;
+        match store.renew(&batch, fence, lease).await {
+            Ok(Ok(())) => {}
+            Ok(Err(LeaseLost)) => {
+                lost.store(true, Ordering::Relaxed);
+                stop.abort(StopReason::Interrupted);
+                return;
+            }
+            // The database may come back before the lease runs out.
+            Err(e) => tracing::warn!("cannot renew the lease of {batch}: {e}"),
+        }
+    }
+}
+
+/// Writes the live counters every `every`; a cancel seen in the answer starts the cancel.
+async fn report_loop(
+    store: Store,
+    batch: String,
+    fence: i64,
+    every: Duration,
+    stop: StopSignal,
+    stats: tokio::sync::oneshot::Receiver<Arc<Stats>>,
+) {
+    let Ok(stats) = stats.await else { return };
+    let started = SystemTime::now();
+    let start_done = stats.done();
+    let mut tick = tokio::time::interval(every);
+    let mut last = None;
+    loop {
+        tick.tick().await;
+        let (counts, progress) = snapshot(&stats, started, start_done);
+        // Nothing new: no write (a quiet batch costs the database one read per period).
+        let status = if last.as_ref() == Some(&(counts.clone(), progress.clone())) {
+            store.batch_by_id(&batch).await.map(|b| Ok(b.map(|b| b.status).unwrap_or_default()))
+        } else {
+            let text = serde_json::to_string(&progress).unwrap_or_default();
+            store.report(&batch, fence, &counts, &text).await
+        };
+        last = Some((counts, progress));
+        match status {
+            Ok(Ok(status)) if status == "cancelling" => {
+                if stop.phase() == batch_job::stop::Phase::Running {
+                    tracing::info!("batch {batch}: cancel requested");
+                    stop.request(StopReason::Cancelled);
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("cannot report progress of {batch}: {e}"),
+        }
+    }
+}
+
+fn snapshot(stats: &Stats, started: SystemTime, start_done: u64) -> (Counts, Progress) {
+    use batch_job::metrics::Outcome;
+    let done = stats.done();
+    let not_run = stats.count(Outcome::Expired) + stats.count(Outcome::Cancelled);
+    let counts = Counts {
+        completed: stats.count(Outcome::Succeeded) as i64,
+        failed: (stats.failed() - not_run) as i64,
+        input_tokens: Stats::load(&stats.input_tokens) as i64,
+        output_tokens: Stats::load(&stats.output_tokens) as i64,
+    };
+    let elapsed = started.elapsed().unwrap_or_default().as_secs_f64();
+    let rate = if elapsed > 0.0 {
+        done.saturating_sub(start_done) as f64 / elapsed
+    } else {
+        0.0
+    };
+    let left = Stats::load(&stats.planned).saturating_sub(done);
+    let (latency_count, latency_sum) = stats.latency();
+    let progress = Progress {
+        in_flight: Stats::load(&stats.in_flight),
+        retried: Stats::load(&stats.retries),
+        not_run,
+        requests_per_second: (rate * 10.0).round() / 10.0,
+        eta_seconds: (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64),
+        latency_count,
+        latency_sum_seconds: latency_sum.as_secs_f64(),
+        worker_restarts: 0,
+        partial_results_path: None,
+    };
+    (counts, progress)
+}

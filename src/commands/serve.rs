@@ -1,0 +1,149 @@
+//! `batch-runner serve`: the OpenAI Files + Batches API with one worker process per batch.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::time::Duration;
+
+use batch_service::api::ApiConfig;
+use batch_service::auth::Keys;
+use batch_service::scheduler::SchedulerConfig;
+use batch_service::settings::{WorkerSettings, parse_model_engine};
+use batch_service::window::WindowBounds;
+use batch_service::{DataDir, ServeConfig};
+
+use super::{Exit, Signals, runtime};
+use crate::cli::ServeArgs;
+
+/// Polling for work when nothing wakes the scheduler (another process may have created it).
+const SCHEDULER_POLL: Duration = Duration::from_millis(500);
+
+pub fn run(args: ServeArgs) -> Exit {
+    let config = match config(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Invalid;
+        }
+    };
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind(args.listen)
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            // The first stdout line is the contract scripts and tests wait for.
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "listening on http://{addr}");
+            let _ = out.flush();
+            tracing::info!(
+                "serving the Files and Batches API on http://{addr}/v1 (data in {})",
+                args.data_dir.display()
+            );
+            let mut signals = Signals::new();
+            batch_service::serve(config, listener, async move { signals.recv().await })
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    match result {
+        Ok(()) => Exit::Success,
+        Err(e) => {
+            tracing::error!("{e}");
+            Exit::Runtime
+        }
+    }
+}
+
+fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
+    let keys = keys(args)?;
+    if keys.is_empty() && !args.listen.ip().is_loopback() && !args.insecure_no_auth {
+        return Err(format!(
+            "refusing to serve on {} without API keys: give --api-key-file (or \
+             BATCH_RUNNER_API_KEYS), listen on 127.0.0.1, or pass --insecure-no-auth",
+            args.listen
+        ));
+    }
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&args.data_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", args.data_dir.display()))?;
+    let mut model_engines = BTreeMap::new();
+    for entry in &args.model_engines {
+        let (model, urls) = parse_model_engine(entry).map_err(|e| format!("--model-engine {e}"))?;
+        model_engines.insert(model, urls);
+    }
+    if args.engine_urls.is_empty() && model_engines.is_empty() {
+        tracing::warn!(
+            "no --engine-url or --model-engine given: every batch will fail validation with \
+             model_not_found"
+        );
+    }
+    let dirs = DataDir {
+        root: data_dir.clone(),
+    };
+    let database = args
+        .database
+        .clone()
+        .unwrap_or_else(|| DataDir::default_database(&data_dir));
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the batch-runner executable for workers: {e}"))?;
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    Ok(ServeConfig {
+        api: ApiConfig {
+            max_upload_bytes: args.max_upload_bytes,
+            windows: WindowBounds {
+                min: args.min_completion_window,
+                max: args.max_completion_window,
+            },
+            extra_endpoints: args.allow_url.clone(),
+            batch_file_ttl: Some(args.batch_file_retention.as_secs()).filter(|&s| s > 0),
+        },
+        keys,
+        worker: WorkerSettings {
+            database,
+            default_engines: args.engine_urls.clone(),
+            model_engines,
+            headers: args.headers.clone(),
+            max_concurrency: args.max_concurrency as usize,
+            request_timeout: args.request_timeout,
+            connect_timeout: args.connect_timeout,
+            max_retries: args.max_retries,
+            retry_backoff: args.retry_backoff,
+            retry_max_backoff: args.retry_max_backoff,
+            grace: args.grace,
+            lease: args.lease,
+            report_every: args.report_interval,
+            checkpoint_every_results: 10_000,
+            checkpoint_every: Duration::from_secs(5),
+            extra_endpoints: args.allow_url.clone(),
+        },
+        scheduler: SchedulerConfig {
+            template: args.worker_command.clone(),
+            exe,
+            data_dir: data_dir.clone(),
+            work_root: dirs.work(),
+            max_concurrent: args.max_concurrent_batches.max(1),
+            max_crashes: i64::from(args.max_worker_restarts) + 1,
+            lease: args.lease,
+            poll: SCHEDULER_POLL,
+            holder: format!("{}:{}", host.trim(), std::process::id()),
+            engine_api_key: args.engine_api_key.clone(),
+            stop_grace: args.grace + Duration::from_secs(10),
+        },
+        sweep_every: args.sweep_interval,
+        data_dir,
+    })
+}
+
+fn keys(args: &ServeArgs) -> Result<Keys, String> {
+    let mut keys = Keys::default();
+    if let Some(path) = &args.api_key_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --api-key-file {}: {e}", path.display()))?;
+        keys.add_entries(&text, &path.display().to_string(), false)?;
+    }
+    if let Ok(text) = std::env::var("BATCH_RUNNER_API_KEYS") {
+        keys.add_entries(&text, "BATCH_RUNNER_API_KEYS", true)?;
+    }
+    Ok(keys)
+}

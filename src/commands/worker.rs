@@ -1,0 +1,81 @@
+//! `batch-runner worker`: runs one batch of the service (started by `serve`'s scheduler).
+//! Exit codes: 0 the batch ended and is recorded; 75 the worker gave the batch back (stopped,
+//! or another worker took it over); 3 it failed (the scheduler counts a crash and retries).
+
+use std::io::Read;
+
+use batch_job::stop::{StopReason, StopSignal};
+use batch_service::blobs::Blobs;
+use batch_service::settings::WorkerSettings;
+use batch_service::store::Store;
+use batch_service::worker::{Worker, WorkerEnd};
+use batch_service::DataDir;
+
+use super::{Exit, Signals, runtime};
+use crate::cli::WorkerArgs;
+
+pub fn run(args: WorkerArgs) -> Exit {
+    let settings = match WorkerSettings::load(&args.data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Invalid;
+        }
+    };
+    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            let dirs = DataDir {
+                root: args.data_dir.clone(),
+            };
+            let store = Store::open(&settings.database, false)
+                .await
+                .map_err(|e| e.to_string())?;
+            let blobs = Blobs::open(dirs.files()).map_err(|e| e.to_string())?;
+            let stop = StopSignal::new();
+            watch_stops(&stop, args.lifeline_stdin);
+            tracing::info!("batch {}: worker starting (fence {})", args.batch, args.fence);
+            let worker = Worker {
+                store,
+                blobs,
+                work_root: dirs.work(),
+                settings,
+                batch: args.batch.clone(),
+                fence: args.fence,
+            };
+            worker.run(stop).await.map_err(|e| e.to_string())
+        })
+    });
+    match result {
+        Ok(WorkerEnd::Done) => Exit::Success,
+        Ok(WorkerEnd::GaveUp) => Exit::Interrupted,
+        Err(e) => {
+            tracing::error!("batch {}: {e}", args.batch);
+            Exit::Runtime
+        }
+    }
+}
+
+/// A signal, or the end of stdin with `--lifeline-stdin`, stops the batch resumably.
+fn watch_stops(stop: &StopSignal, lifeline: bool) {
+    let on_signal = stop.clone();
+    tokio::spawn(async move {
+        let mut signals = Signals::new();
+        loop {
+            signals.recv().await;
+            on_signal.request(StopReason::Interrupted);
+        }
+    });
+    if lifeline {
+        let on_eof = stop.clone();
+        let handle = tokio::runtime::Handle::current();
+        std::thread::spawn(move || {
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            handle.spawn(async move {
+                tracing::warn!("the service went away: stopping, the batch resumes later");
+                on_eof.request(StopReason::Interrupted);
+            });
+        });
+    }
+}
