@@ -508,11 +508,21 @@ pub struct SimArgs {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address the API listens on. Without API keys only a loopback address is allowed.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080", env = "BATCH_RUNNER_LISTEN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:8080",
+        env = "BATCH_RUNNER_LISTEN"
+    )]
     pub listen: SocketAddr,
 
     /// Where the service keeps its database (SQLite), files and the state of running batches.
-    #[arg(long, value_name = "DIR", default_value = "batch-runner-data", env = "BATCH_RUNNER_DATA_DIR")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "batch-runner-data",
+        env = "BATCH_RUNNER_DATA_DIR"
+    )]
     pub data_dir: PathBuf,
 
     /// The metadata database [default: sqlite://DATA_DIR/batch-runner.db].
@@ -530,17 +540,33 @@ pub struct ServeArgs {
 
     /// Engine for batches whose model has no --model-engine entry (repeatable: several
     /// engines share the load).
-    #[arg(help_heading = "Engines", long = "engine-url", value_name = "URL", env = "BATCH_RUNNER_ENGINE_URL", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Engines",
+        long = "engine-url",
+        value_name = "URL",
+        env = "BATCH_RUNNER_ENGINE_URL",
+        value_delimiter = ','
+    )]
     pub engine_urls: Vec<String>,
 
     /// Engines for one model, as MODEL=URL[,URL…] (repeatable). A batch whose model has no
     /// engine fails validation with code model_not_found.
-    #[arg(help_heading = "Engines", long = "model-engine", value_name = "MODEL=URLS")]
+    #[arg(
+        help_heading = "Engines",
+        long = "model-engine",
+        value_name = "MODEL=URLS"
+    )]
     pub model_engines: Vec<String>,
 
     /// Sent to the engines as 'Authorization: Bearer KEY' (reaches workers through the
     /// environment, never their command line).
-    #[arg(help_heading = "Engines", long, value_name = "KEY", env = "BATCH_RUNNER_ENGINE_API_KEY", hide_env_values = true)]
+    #[arg(
+        help_heading = "Engines",
+        long,
+        value_name = "KEY",
+        env = "BATCH_RUNNER_ENGINE_API_KEY",
+        hide_env_values = true
+    )]
     pub engine_api_key: Option<String>,
 
     /// Extra header for every engine request, as 'Name: value' (repeatable).
@@ -573,7 +599,13 @@ pub struct ServeArgs {
     pub retry_max_backoff: Duration,
 
     /// Batches run at once, each in its own worker process.
-    #[arg(help_heading = "Workers", long, value_name = "N", default_value_t = 4, env = "BATCH_RUNNER_MAX_CONCURRENT_BATCHES")]
+    #[arg(
+        help_heading = "Workers",
+        long,
+        value_name = "N",
+        default_value_t = 4,
+        env = "BATCH_RUNNER_MAX_CONCURRENT_BATCHES"
+    )]
     pub max_concurrent_batches: usize,
 
     /// The command that starts a worker, run with 'sh -c'. Placeholders: {exe} (this
@@ -602,6 +634,11 @@ pub struct ServeArgs {
     /// How often a worker writes its batch's request_counts (and notices a cancel).
     #[arg(help_heading = "Workers", long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     pub report_interval: Duration,
+
+    /// How often a worker checkpoints its batch (a restarted worker re-sends at most what
+    /// ran since the last checkpoint; results so far are readable up to it).
+    #[arg(help_heading = "Workers", long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub checkpoint_interval: Duration,
 
     /// Largest upload accepted (413 beyond).
     #[arg(help_heading = "Limits", long, value_name = "BYTES", default_value_t = 512 * 1024 * 1024)]

@@ -114,7 +114,7 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
             lease: args.lease,
             report_every: args.report_interval,
             checkpoint_every_results: 10_000,
-            checkpoint_every: Duration::from_secs(5),
+            checkpoint_every: args.checkpoint_interval,
             extra_endpoints: args.allow_url.clone(),
         },
         scheduler: SchedulerConfig {

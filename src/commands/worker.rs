@@ -5,11 +5,11 @@
 use std::io::Read;
 
 use batch_job::stop::{StopReason, StopSignal};
+use batch_service::DataDir;
 use batch_service::blobs::Blobs;
 use batch_service::settings::WorkerSettings;
 use batch_service::store::Store;
 use batch_service::worker::{Worker, WorkerEnd};
-use batch_service::DataDir;
 
 use super::{Exit, Signals, runtime};
 use crate::cli::WorkerArgs;
@@ -33,7 +33,11 @@ pub fn run(args: WorkerArgs) -> Exit {
             let blobs = Blobs::open(dirs.files()).map_err(|e| e.to_string())?;
             let stop = StopSignal::new();
             watch_stops(&stop, args.lifeline_stdin);
-            tracing::info!("batch {}: worker starting (fence {})", args.batch, args.fence);
+            tracing::info!(
+                "batch {}: worker starting (fence {})",
+                args.batch,
+                args.fence
+            );
             let worker = Worker {
                 store,
                 blobs,

@@ -7,5 +7,6 @@ mod launch;
 mod objects;
 mod remote;
 mod run;
+mod service;
 mod sim_engine;
 mod validate;

@@ -85,20 +85,33 @@ mod tests {
     #[test]
     fn keys_map_to_owners_and_bad_keys_are_refused() {
         let mut keys = Keys::default();
-        keys.add_entries("# team keys\nsk-a team-a\n\nsk-b team-b\n", "keys.txt", false)
-            .unwrap();
-        keys.add_entries("sk-c team-c,sk-d team-d", "env", true).unwrap();
+        keys.add_entries(
+            "# team keys\nsk-a team-a\n\nsk-b team-b\n",
+            "keys.txt",
+            false,
+        )
+        .expect("accepted");
+        keys.add_entries("sk-c team-c,sk-d team-d", "env", true)
+            .expect("accepted");
         assert_eq!(keys.len(), 4);
-        assert_eq!(keys.owner(Some("Bearer sk-b")).unwrap().0, "team-b");
-        assert_eq!(keys.owner(Some("Bearer sk-d")).unwrap().0, "team-d");
+        assert_eq!(
+            keys.owner(Some("Bearer sk-b")).expect("accepted").0,
+            "team-b"
+        );
+        assert_eq!(
+            keys.owner(Some("Bearer sk-d")).expect("accepted").0,
+            "team-d"
+        );
         assert!(keys.owner(Some("Bearer sk-x")).is_err());
         assert!(keys.owner(None).is_err());
-        let err = keys.add_entries("lonely", "keys.txt", false).unwrap_err();
+        let err = keys
+            .add_entries("lonely", "keys.txt", false)
+            .expect_err("refused");
         assert!(err.contains("keys.txt, entry 1"), "{err}");
     }
 
     #[test]
     fn no_keys_means_one_anonymous_owner() {
-        assert_eq!(Keys::default().owner(None).unwrap().0, ANONYMOUS);
+        assert_eq!(Keys::default().owner(None).expect("accepted").0, ANONYMOUS);
     }
 }

@@ -100,7 +100,11 @@ pub async fn serve(
         wake.clone(),
         stop_rx,
     ));
-    let sweeper = tokio::spawn(sweeper::run(store.clone(), blobs.clone(), config.sweep_every));
+    let sweeper = tokio::spawn(sweeper::run(
+        store.clone(),
+        blobs.clone(),
+        config.sweep_every,
+    ));
     let state = AppState {
         store,
         blobs,

@@ -157,7 +157,10 @@ impl From<&BatchRow> for Batch {
             .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or_default();
         progress.worker_restarts = b.crashes.max(0) as u64;
-        if matches!(b.status.as_str(), "in_progress" | "finalizing" | "cancelling") {
+        if matches!(
+            b.status.as_str(),
+            "in_progress" | "finalizing" | "cancelling"
+        ) {
             progress.partial_results_path = Some(format!("/v1/batches/{}/partial_results", b.id));
         } else {
             progress.partial_results_path = None;

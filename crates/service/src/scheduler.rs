@@ -101,7 +101,10 @@ async fn reap(store: &Store, config: &SchedulerConfig, running: &mut HashMap<Str
                 let log = work_dir(&config.work_root, &id).join("worker.log");
                 let message = format!("{}; {}", describe(status), log_tail(&log));
                 tracing::warn!("batch {id}: the worker died ({message})");
-                match store.record_crash(&id, fence, config.max_crashes, &message).await {
+                match store
+                    .record_crash(&id, fence, config.max_crashes, &message)
+                    .await
+                {
                     Ok(true) => tracing::error!(
                         "batch {id} failed: its worker died {} times",
                         config.max_crashes
@@ -167,7 +170,10 @@ pub fn command_line(config: &SchedulerConfig, batch: &str, fence: i64) -> String
     config
         .template
         .replace("{exe}", &shell_quote(&config.exe.to_string_lossy()))
-        .replace("{data_dir}", &shell_quote(&config.data_dir.to_string_lossy()))
+        .replace(
+            "{data_dir}",
+            &shell_quote(&config.data_dir.to_string_lossy()),
+        )
         .replace("{batch}", &shell_quote(batch))
         .replace("{fence}", &fence.to_string())
 }

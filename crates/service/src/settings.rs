@@ -116,7 +116,7 @@ mod tests {
 
     #[test]
     fn models_map_to_engines_with_a_default() {
-        let (model, urls) = parse_model_engine("m1=http://a:1,http://b:2").unwrap();
+        let (model, urls) = parse_model_engine("m1=http://a:1,http://b:2").expect("accepted");
         let mut s: WorkerSettings = serde_json::from_value(serde_json::json!({
             "database": "sqlite://x", "default_engines": [], "model_engines": {},
             "headers": [], "max_concurrency": 4,
@@ -127,12 +127,15 @@ mod tests {
             "checkpoint_every_results": 10, "checkpoint_every": {"secs": 1, "nanos": 0},
             "extra_endpoints": []
         }))
-        .unwrap();
+        .expect("accepted");
         s.model_engines.insert(model, urls);
-        assert_eq!(s.engines_for("m1").unwrap().len(), 2);
+        assert_eq!(s.engines_for("m1").expect("accepted").len(), 2);
         assert!(s.engines_for("m2").is_none());
         s.default_engines = vec!["http://c:3".into()];
-        assert_eq!(s.engines_for("m2").unwrap(), ["http://c:3".to_owned()]);
+        assert_eq!(
+            s.engines_for("m2").expect("accepted"),
+            ["http://c:3".to_owned()]
+        );
         assert!(parse_model_engine("=http://x").is_err());
         assert!(parse_model_engine("m").is_err());
     }

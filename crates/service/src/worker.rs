@@ -190,7 +190,9 @@ impl Worker {
             restart: false,
             // The worker removes the state once the batch is recorded, not before.
             keep_state: true,
-            deadline: Deadline::At(UNIX_EPOCH + Duration::from_secs(batch.expires_at.max(0) as u64)),
+            deadline: Deadline::At(
+                UNIX_EPOCH + Duration::from_secs(batch.expires_at.max(0) as u64),
+            ),
             grace: self.settings.grace,
             retry_failed: None,
             launch: None,
@@ -261,7 +263,14 @@ impl Worker {
         let mut errors: Vec<BatchError> = report
             .errors
             .iter()
-            .map(|e| batch_error(e.code, e.message.clone(), e.param.map(str::to_owned), e.line))
+            .map(|e| {
+                batch_error(
+                    e.code,
+                    e.message.clone(),
+                    e.param.map(str::to_owned),
+                    e.line,
+                )
+            })
             .collect();
         if report.errors_not_listed > 0 {
             errors.push(batch_error(
@@ -302,7 +311,12 @@ impl Worker {
         }
         match self
             .store
-            .start(&self.batch, self.fence, report.requests as i64, Some(&model))
+            .start(
+                &self.batch,
+                self.fence,
+                report.requests as i64,
+                Some(&model),
+            )
             .await?
         {
             Ok(()) => Ok(Ok(model)),
@@ -312,10 +326,12 @@ impl Worker {
 
     async fn fail_with(&self, errors: Vec<BatchError>) -> Result<WorkerEnd, WorkerError> {
         let text = serde_json::to_string(&errors).unwrap_or_else(|_| "[]".into());
-        Ok(match self.store.fail(&self.batch, self.fence, &text).await? {
-            Ok(()) => WorkerEnd::Done,
-            Err(LeaseLost) => WorkerEnd::GaveUp,
-        })
+        Ok(
+            match self.store.fail(&self.batch, self.fence, &text).await? {
+                Ok(()) => WorkerEnd::Done,
+                Err(LeaseLost) => WorkerEnd::GaveUp,
+            },
+        )
     }
 
     /// Registers the final files as File objects and ends the batch, in one transaction.
@@ -361,7 +377,12 @@ impl Worker {
     /// A result file as a new File object (`None` when it is empty or missing), linked into the
     /// blob store: the work copy stays until the batch is recorded, so a crash in between loses
     /// nothing.
-    fn adopt(&self, batch: &BatchRow, path: &Path, kind: &str) -> Result<Option<FileRow>, WorkerError> {
+    fn adopt(
+        &self,
+        batch: &BatchRow,
+        path: &Path,
+        kind: &str,
+    ) -> Result<Option<FileRow>, WorkerError> {
         let bytes = match std::fs::metadata(path) {
             Ok(m) => m.len(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -388,7 +409,12 @@ impl Worker {
     }
 }
 
-fn batch_error(code: &str, message: String, param: Option<String>, line: Option<u64>) -> BatchError {
+fn batch_error(
+    code: &str,
+    message: String,
+    param: Option<String>,
+    line: Option<u64>,
+) -> BatchError {
     BatchError {
         code: code.into(),
         message,
@@ -492,7 +518,10 @@ async fn report_loop(
         let (counts, progress) = snapshot(&stats, started, start_done);
         // Nothing new: no write (a quiet batch costs the database one read per period).
         let status = if last.as_ref() == Some(&(counts.clone(), progress.clone())) {
-            store.batch_by_id(&batch).await.map(|b| Ok(b.map(|b| b.status).unwrap_or_default()))
+            store
+                .batch_by_id(&batch)
+                .await
+                .map(|b| Ok(b.map(|b| b.status).unwrap_or_default()))
         } else {
             let text = serde_json::to_string(&progress).unwrap_or_default();
             store.report(&batch, fence, &counts, &text).await

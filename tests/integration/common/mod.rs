@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod s3;
+pub mod service;
 pub mod store;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_batch-runner");

@@ -3,7 +3,8 @@
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State, rejection::QueryRejection};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -49,8 +50,15 @@ pub struct ExpiresAfter {
 pub async fn create(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Batch>, ApiError> {
+    let body = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::too_large("The request body is larger than 2 MB")
+        } else {
+            ApiError::invalid(format!("Cannot read the request body: {}", e.body_text()))
+        }
+    })?;
     let request: CreateBatch = serde_json::from_slice(&body)
         .map_err(|e| ApiError::invalid(format!("Invalid JSON body: {e}")))?;
     let endpoint = request.endpoint.as_str();
@@ -87,7 +95,9 @@ pub async fn create(
         .store
         .file(&owner.0, &request.input_file_id)
         .await?
-        .ok_or_else(|| ApiError::not_found("File", &request.input_file_id).param("input_file_id"))?;
+        .ok_or_else(|| {
+            ApiError::not_found("File", &request.input_file_id).param("input_file_id")
+        })?;
     if input.purpose != "batch" {
         return Err(ApiError::invalid(format!(
             "The file {} has purpose {:?}; a batch's input must be uploaded with purpose 'batch'",
@@ -115,7 +125,9 @@ pub async fn create(
     Ok(Json(Batch::from(&row)))
 }
 
-fn check_metadata(value: serde_json::Value) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+fn check_metadata(
+    value: serde_json::Value,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
     let bad = |m: String| ApiError::invalid(m).param("metadata");
     let serde_json::Value::Object(map) = value else {
         return Err(bad("metadata must be an object of string values".into()));
@@ -165,7 +177,10 @@ pub async fn list(
     if !(1..=100).contains(&limit) {
         return Err(ApiError::invalid("limit must be from 1 to 100").param("limit"));
     }
-    let rows = app.store.batches(&owner.0, q.after.as_deref(), limit + 1).await?;
+    let rows = app
+        .store
+        .batches(&owner.0, q.after.as_deref(), limit + 1)
+        .await?;
     let batches = rows.iter().map(Batch::from).collect();
     Ok(Json(List::page(batches, limit as usize, |b: &Batch| &b.id)))
 }
@@ -236,11 +251,15 @@ pub async fn partial_results(
         Some(_) => return Err(ApiError::invalid("file must be 'output' or 'errors'").param("file")),
     };
     let batch = owned(&app, &owner, &id).await?;
-    let finished = if errors { &batch.error_file_id } else { &batch.output_file_id };
-    if let Some(file_id) = finished {
-        if let Some(file) = app.store.file(&owner.0, file_id).await? {
-            return serve_file(&app.blobs.path(&file.blob), &headers).await;
-        }
+    let finished = if errors {
+        &batch.error_file_id
+    } else {
+        &batch.output_file_id
+    };
+    if let Some(file_id) = finished
+        && let Some(file) = app.store.file(&owner.0, file_id).await?
+    {
+        return serve_file(&app.blobs.path(&file.blob), &headers).await;
     }
     let state = crate::worker::state_dir(&app.work_dir, &id);
     let read = |e| ApiError::internal("cannot read the batch's results so far", e);

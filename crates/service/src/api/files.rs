@@ -64,8 +64,9 @@ pub async fn create(
             _ => {}
         }
     }
-    let purpose = purpose
-        .ok_or_else(|| ApiError::invalid("Missing required parameter: 'purpose'").param("purpose"))?;
+    let purpose = purpose.ok_or_else(|| {
+        ApiError::invalid("Missing required parameter: 'purpose'").param("purpose")
+    })?;
     if !UPLOAD_PURPOSES.contains(&purpose.as_str()) {
         return Err(ApiError::invalid(format!(
             "Invalid purpose {purpose:?}: use one of {}",
@@ -80,9 +81,13 @@ pub async fn create(
     }
     let created_at = now_secs();
     let expires_at = match (anchor, seconds) {
-        (None, None) if purpose == "batch" => app.config.batch_file_ttl.map(|t| created_at + t as i64),
+        (None, None) if purpose == "batch" => {
+            app.config.batch_file_ttl.map(|t| created_at + t as i64)
+        }
         (None, None) => None,
-        (anchor, seconds) => Some(created_at + expiry_seconds(anchor.as_deref(), seconds.as_deref())?),
+        (anchor, seconds) => {
+            Some(created_at + expiry_seconds(anchor.as_deref(), seconds.as_deref())?)
+        }
     };
     let row = FileRow {
         id: id.clone(),
@@ -183,11 +188,7 @@ fn expiry_seconds(anchor: Option<&str>, seconds: Option<&str>) -> Result<i64, Ap
 /// The name a client gave, reduced to a plain name: no directories, no control characters.
 fn clean_filename(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or_default();
-    let clean: String = base
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(255)
-        .collect();
+    let clean: String = base.chars().filter(|c| !c.is_control()).take(255).collect();
     match clean.trim() {
         "" | "." | ".." => "upload".into(),
         t => t.to_owned(),
@@ -258,10 +259,20 @@ pub async fn list(
     };
     let rows = app
         .store
-        .files(&owner.0, q.purpose.as_deref(), q.after.as_deref(), limit + 1, descending)
+        .files(
+            &owner.0,
+            q.purpose.as_deref(),
+            q.after.as_deref(),
+            limit + 1,
+            descending,
+        )
         .await?;
     let objects = rows.iter().map(FileObject::from).collect();
-    Ok(Json(List::page(objects, limit as usize, |f: &FileObject| &f.id)))
+    Ok(Json(List::page(
+        objects,
+        limit as usize,
+        |f: &FileObject| &f.id,
+    )))
 }
 
 async fn owned(app: &AppState, owner: &Owner, id: &str) -> Result<FileRow, ApiError> {
@@ -330,9 +341,21 @@ mod tests {
     fn the_light_check_wants_a_json_object_first() {
         assert!(check_jsonl(b"{\"custom_id\":\"a\"}\n").is_ok());
         assert!(check_jsonl(b"\xEF\xBB\xBF\n\n{\"a\":1}").is_ok());
-        assert!(check_jsonl(b"").unwrap_err().contains("empty"));
-        assert!(check_jsonl(b"a,b,c\n1,2,3\n").unwrap_err().contains(".jsonl"));
-        assert!(check_jsonl(b"{not json}\n").unwrap_err().contains("not a JSON object"));
-        assert!(check_jsonl(b"\x89PNG\0\0").unwrap_err().contains("binary"));
+        assert!(check_jsonl(b"").expect_err("refused").contains("empty"));
+        assert!(
+            check_jsonl(b"a,b,c\n1,2,3\n")
+                .expect_err("refused")
+                .contains(".jsonl")
+        );
+        assert!(
+            check_jsonl(b"{not json}\n")
+                .expect_err("refused")
+                .contains("not a JSON object")
+        );
+        assert!(
+            check_jsonl(b"\x89PNG\0\0")
+                .expect_err("refused")
+                .contains("binary")
+        );
     }
 }

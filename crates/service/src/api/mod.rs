@@ -78,7 +78,10 @@ pub fn router(state: AppState) -> Router {
         .route("/batches", post(batches::create).get(batches::list))
         .route("/batches/{id}", get(batches::retrieve))
         .route("/batches/{id}/cancel", post(batches::cancel))
-        .route("/batches/{id}/partial_results", get(batches::partial_results))
+        .route(
+            "/batches/{id}/partial_results",
+            get(batches::partial_results),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/health", get(ops::health))

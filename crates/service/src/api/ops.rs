@@ -50,7 +50,10 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
         "cancelling",
         "cancelled",
     ] {
-        let n = counts.iter().find(|(s, _)| s == status).map_or(0, |(_, n)| *n);
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == status)
+            .map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "batch_runner_batches{{status=\"{status}\"}} {n}");
     }
     let queue = app.store.queue_depth(now_ms()).await?;
@@ -61,7 +64,10 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
     );
     let (completed, failed, progress) = app.store.request_totals().await?;
     let (mut count, mut sum, mut in_flight) = (0u64, 0f64, 0u64);
-    for p in progress.iter().filter_map(|p| serde_json::from_str::<Progress>(p).ok()) {
+    for p in progress
+        .iter()
+        .filter_map(|p| serde_json::from_str::<Progress>(p).ok())
+    {
         count += p.latency_count;
         sum += p.latency_sum_seconds;
         in_flight += p.in_flight;

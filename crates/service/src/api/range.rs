@@ -36,7 +36,9 @@ pub fn wanted(header: Option<&str>, len: u64) -> Wanted {
     let parsed = match (start.parse::<u64>(), end.parse::<u64>()) {
         (Ok(s), Ok(e)) if s <= e => Some((s, e.min(len.saturating_sub(1)))),
         (Ok(s), Err(_)) if end.is_empty() => Some((s, len.saturating_sub(1))),
-        (Err(_), Ok(n)) if start.is_empty() && n > 0 => Some((len.saturating_sub(n), len.saturating_sub(1))),
+        (Err(_), Ok(n)) if start.is_empty() && n > 0 => {
+            Some((len.saturating_sub(n), len.saturating_sub(1)))
+        }
         _ => return Wanted::All,
     };
     match parsed {

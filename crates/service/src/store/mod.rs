@@ -209,10 +209,12 @@ impl Store {
                     if sqlite {
                         // Readers never wait for the writer; writers from other processes (the
                         // workers) wait their turn instead of failing.
-                        sqlx::raw_sql("PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000; \
-                                       PRAGMA synchronous = NORMAL;")
-                            .execute(conn)
-                            .await?;
+                        sqlx::raw_sql(
+                            "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 30000; \
+                                       PRAGMA synchronous = NORMAL;",
+                        )
+                        .execute(conn)
+                        .await?;
                     }
                     Ok(())
                 })
@@ -286,7 +288,11 @@ impl Store {
         limit: i64,
         descending: bool,
     ) -> Result<Vec<FileRow>> {
-        let (cmp, dir) = if descending { ("<", "DESC") } else { (">", "ASC") };
+        let (cmp, dir) = if descending {
+            ("<", "DESC")
+        } else {
+            (">", "ASC")
+        };
         let mut text = format!(
             "SELECT {FILE_COLUMNS} FROM files WHERE owner = $1 AND deleted = 0 \
              AND ($2 = '' OR purpose = $2)"

@@ -1,0 +1,254 @@
+//! The batch service for tests: `batch-runner serve` spawned on port 0 over a temporary data
+//! directory, and a small blocking HTTP client (real sockets, no client library).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{cmd, wait_for};
+
+pub const KEY_A: &str = "sk-test-a";
+pub const KEY_B: &str = "sk-test-b";
+
+/// A running `batch-runner serve`, killed (SIGKILL) when dropped.
+pub struct Service {
+    pub child: Child,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+}
+
+impl Service {
+    /// Starts the service on `data_dir` with keys for owners A and B and `extra` flags.
+    pub fn start(data_dir: &Path, extra: &[&str]) -> Service {
+        let mut child = cmd()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .env("BATCH_RUNNER_API_KEYS", format!("{KEY_A} a,{KEY_B} b"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn serve");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("the listening line");
+        let addr = first
+            .trim()
+            .strip_prefix("listening on http://")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_owned();
+        Service { child, addr }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// A request as owner A.
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        let body = body.map(|b| b.to_string().into_bytes());
+        let mut headers = vec![format!("Authorization: Bearer {KEY_A}")];
+        if body.is_some() {
+            headers.push("Content-Type: application/json".into());
+        }
+        request(
+            &self.addr,
+            method,
+            path,
+            &headers,
+            body.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// Uploads `content` as a `purpose=batch` file of owner A; returns its id.
+    pub fn upload(&self, name: &str, content: &[u8]) -> String {
+        let (content_type, body) =
+            multipart(&[("purpose", None, b"batch"), ("file", Some(name), content)]);
+        let r = request(
+            &self.addr,
+            "POST",
+            "/v1/files",
+            &[
+                format!("Authorization: Bearer {KEY_A}"),
+                format!("Content-Type: {content_type}"),
+            ],
+            &body,
+        );
+        assert_eq!(r.status, 200, "upload: {}", r.text());
+        r.json()["id"].as_str().expect("file id").to_owned()
+    }
+
+    /// Creates a batch over `file_id` for the chat endpoint; returns its id.
+    pub fn create_batch(&self, file_id: &str, window: &str) -> String {
+        let r = self.call(
+            "POST",
+            "/v1/batches",
+            Some(&serde_json::json!({
+                "input_file_id": file_id,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": window,
+            })),
+        );
+        assert_eq!(r.status, 200, "create: {}", r.text());
+        r.json()["id"].as_str().expect("batch id").to_owned()
+    }
+
+    pub fn batch(&self, id: &str) -> Value {
+        let r = self.call("GET", &format!("/v1/batches/{id}"), None);
+        assert_eq!(r.status, 200, "retrieve {id}: {}", r.text());
+        r.json()
+    }
+
+    /// Polls until the batch has one of `statuses`.
+    pub fn wait_status(&self, id: &str, statuses: &[&str], limit: Duration) -> Value {
+        wait_for(limit, || {
+            let b = self.batch(id);
+            statuses
+                .contains(&b["status"].as_str().unwrap_or_default())
+                .then_some(b)
+        })
+    }
+
+    pub fn content(&self, file_id: &str) -> Vec<u8> {
+        let r = self.call("GET", &format!("/v1/files/{file_id}/content"), None);
+        assert_eq!(r.status, 200, "content of {file_id}");
+        r.body
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The OpenAI error body's `error` object (panics if the body is not one).
+    pub fn error(&self) -> Value {
+        let e = self.json()["error"].clone();
+        assert!(
+            e["message"].is_string() && e["type"].is_string(),
+            "not an OpenAI error body: {}",
+            self.text()
+        );
+        e
+    }
+}
+
+/// One HTTP/1.1 request over a new connection (`Connection: close`, body read to the end).
+pub fn request(addr: &str, method: &str, path: &str, headers: &[String], body: &[u8]) -> Response {
+    request_raw(addr, &{
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for h in headers {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
+        let mut bytes = head.into_bytes();
+        bytes.extend_from_slice(body);
+        bytes
+    })
+}
+
+/// Sends `raw` bytes as they are and reads the answer.
+pub fn request_raw(addr: &str, raw: &[u8]) -> Response {
+    let mut stream = TcpStream::connect(addr).expect("connect to the service");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    stream.write_all(raw).expect("send");
+    let mut data = Vec::new();
+    stream.read_to_end(&mut data).expect("read the answer");
+    let split = data
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(&data)));
+    let headers = String::from_utf8_lossy(&data[..split]).into_owned();
+    let status = headers
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status code");
+    let mut body = data[split + 4..].to_vec();
+    if headers
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Response { status, body }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 4 + size..];
+    }
+}
+
+/// A multipart/form-data body from `(name, filename, content)` parts; returns the content type
+/// and the body.
+pub fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "----batch-runner-test-boundary";
+    let mut body = Vec::new();
+    for (name, filename, content) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match filename {
+            Some(f) => body.extend_from_slice(
+                format!(
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\n\
+                     Content-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            ),
+            None => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
+            ),
+        }
+        body.extend_from_slice(content);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// The pids of the worker processes of `batch` (found by their command line).
+pub fn worker_pids(batch: &str) -> Vec<u32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("batch-runner worker .*--batch '?{batch}")])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}

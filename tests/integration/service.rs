@@ -1,0 +1,517 @@
+//! `batch-runner serve`: the OpenAI Files + Batches API, driven by the official Python SDK and by
+//! raw HTTP; workers killed, the service restarted, hostile requests.
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::service::{KEY_A, Service, multipart, request, request_raw, worker_pids};
+use crate::common::{Sim, chat_line, jsonl, numbered_lines, run_cmd, stderr, wait_for};
+
+const LONG: Duration = Duration::from_secs(120);
+
+/// The custom_ids of JSONL result bytes; panics on a duplicate.
+fn unique_ids(data: &[u8]) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for line in String::from_utf8_lossy(data).lines() {
+        let v: Value = serde_json::from_str(line).expect("result line is JSON");
+        let id = v["custom_id"].as_str().expect("custom_id").to_owned();
+        assert!(ids.insert(id.clone()), "duplicate result for {id}");
+    }
+    ids
+}
+
+fn python() -> String {
+    std::env::var("BATCH_RUNNER_TEST_PYTHON").unwrap_or_else(|_| {
+        panic!("BATCH_RUNNER_TEST_PYTHON is not set: run the tests with scripts/test, which installs the openai SDK")
+    })
+}
+
+#[test]
+fn the_official_openai_sdk_drives_every_call() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "1",
+        "--ms-per-token",
+        "0",
+        "--hang-ms",
+        "600000",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(
+        dir.path(),
+        &[
+            // Only sim-model has an engine: a batch for another model fails validation.
+            "--model-engine",
+            &format!("sim-model={}", sim.url),
+            "--min-completion-window",
+            "1s",
+            "--grace",
+            "1s",
+            "--report-interval",
+            "100ms",
+            "--max-concurrent-batches",
+            "8",
+        ],
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/openai_compat.py");
+    let out = Command::new(python())
+        .arg(script)
+        .env("BASE_URL", service.base_url())
+        .env("KEY_A", KEY_A)
+        .env("KEY_B", crate::common::service::KEY_B)
+        .output()
+        .expect("run the SDK suite");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the SDK suite failed:\n{stdout}\n{}",
+        stderr(&out)
+    );
+    assert!(stdout.contains("all checks passed"), "{stdout}");
+    assert_eq!(
+        stdout.matches("\nok ").count() + usize::from(stdout.starts_with("ok ")),
+        13,
+        "{stdout}"
+    );
+}
+
+#[test]
+fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let service = Service::start(&data, &["--max-upload-bytes", "4096"]);
+    let auth = format!("Authorization: Bearer {KEY_A}");
+
+    // Malformed multipart: a boundary that never appears, then a truncated body.
+    let r = request(
+        &service.addr,
+        "POST",
+        "/v1/files",
+        &[
+            auth.clone(),
+            "Content-Type: multipart/form-data; boundary=XYZ".into(),
+        ],
+        b"--ABC\r\ngarbage",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let (ct, body) = multipart(&[
+        ("purpose", None, b"batch"),
+        ("file", Some("a.jsonl"), b"{}\n"),
+    ]);
+    let r = request(
+        &service.addr,
+        "POST",
+        "/v1/files",
+        &[auth.clone(), format!("Content-Type: {ct}")],
+        &body[..body.len() - 20],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("multipart")
+    );
+    // Not multipart at all.
+    let r = request(
+        &service.addr,
+        "POST",
+        "/v1/files",
+        std::slice::from_ref(&auth),
+        b"{}",
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error()["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("multipart")
+    );
+
+    // A path-like filename is reduced to its last part and nothing lands outside the data dir.
+    let (ct, body) = multipart(&[
+        ("purpose", None, b"batch"),
+        ("file", Some("../../etc/passwd"), b"{\"custom_id\":\"x\"}\n"),
+    ]);
+    let r = request(
+        &service.addr,
+        "POST",
+        "/v1/files",
+        &[auth.clone(), format!("Content-Type: {ct}")],
+        &body,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["filename"], "passwd");
+    assert!(!dir.path().join("etc").exists() && !data.join("etc").exists());
+
+    // Not JSONL, binary, empty, over the size limit, a bad purpose, no file.
+    for (content, code) in [
+        (&b"name,age\nbob,3\n"[..], 400),
+        (&b"\x89PNG\r\n\x1a\n\0\0"[..], 400),
+        (&b""[..], 400),
+        (&[b'{'; 5000][..], 413),
+    ] {
+        let (ct, body) = multipart(&[
+            ("purpose", None, b"batch"),
+            ("file", Some("x.jsonl"), content),
+        ]);
+        let r = request(
+            &service.addr,
+            "POST",
+            "/v1/files",
+            &[auth.clone(), format!("Content-Type: {ct}")],
+            &body,
+        );
+        assert_eq!(r.status, code, "{}", r.text());
+        assert_eq!(r.error()["param"], "file");
+    }
+    let (ct, body) = multipart(&[
+        ("purpose", None, b"nonsense"),
+        ("file", Some("x.jsonl"), b"{}\n"),
+    ]);
+    let r = request(
+        &service.addr,
+        "POST",
+        "/v1/files",
+        &[auth.clone(), format!("Content-Type: {ct}")],
+        &body,
+    );
+    assert_eq!(
+        (r.status, r.error()["param"].clone()),
+        (400, json!("purpose"))
+    );
+    let (ct, body) = multipart(&[("purpose", None, b"batch")]);
+    let r = request(
+        &service.addr,
+        "POST",
+        "/v1/files",
+        &[auth.clone(), format!("Content-Type: {ct}")],
+        &body,
+    );
+    assert_eq!((r.status, r.error()["param"].clone()), (400, json!("file")));
+    // Nothing half-written stays behind.
+    let incoming = std::fs::read_dir(data.join("files/.incoming"))
+        .expect("incoming")
+        .count();
+    assert_eq!(incoming, 0);
+
+    // Invalid JSON bodies, huge metadata, unknown routes and methods.
+    for body in [&b"{"[..], b"[]", b"{\"endpoint\": 3}", b"\xff\xfe"] {
+        let r = request(
+            &service.addr,
+            "POST",
+            "/v1/batches",
+            std::slice::from_ref(&auth),
+            body,
+        );
+        assert_eq!(r.status, 400, "{}", r.text());
+        r.error();
+    }
+    let huge = json!({"input_file_id": "file-x", "endpoint": "/v1/chat/completions",
+        "completion_window": "24h", "metadata": {"k": "v".repeat(3_000_000)}});
+    let r = service.call("POST", "/v1/batches", Some(&huge));
+    assert_eq!(r.status, 413, "{}", r.text());
+    r.error();
+    let many: serde_json::Map<String, Value> =
+        (0..100).map(|i| (format!("k{i}"), json!("v"))).collect();
+    let r = service.call(
+        "POST",
+        "/v1/batches",
+        Some(&json!({"input_file_id": "file-x",
+        "endpoint": "/v1/chat/completions", "completion_window": "24h", "metadata": many})),
+    );
+    assert_eq!(
+        (r.status, r.error()["param"].clone()),
+        (400, json!("metadata"))
+    );
+    for (method, path) in [
+        ("GET", "/v1/nothing"),
+        ("DELETE", "/v1/batches"),
+        ("GET", "/etc/passwd"),
+    ] {
+        let r = service.call(method, path, None);
+        assert_eq!(r.status, 404, "{method} {path}: {}", r.text());
+        r.error();
+    }
+    let r = service.call("GET", "/v1/files/..%2F..%2Fetc%2Fpasswd/content", None);
+    assert_eq!(r.status, 404);
+    let r = service.call("GET", "/v1/files?limit=0", None);
+    assert_eq!(
+        (r.status, r.error()["param"].clone()),
+        (400, json!("limit"))
+    );
+    let r = service.call("GET", "/v1/batches?limit=abc", None);
+    assert_eq!(r.status, 400);
+    r.error();
+    // No key, a wrong key.
+    let r = request(&service.addr, "GET", "/v1/files", &[], b"");
+    assert_eq!(r.status, 401);
+    assert_eq!(r.error()["code"], "invalid_api_key");
+    let r = request(
+        &service.addr,
+        "GET",
+        "/v1/files",
+        &["Authorization: Bearer nope".into()],
+        b"",
+    );
+    assert_eq!(r.status, 401);
+    // Garbage instead of HTTP.
+    let _ = request_raw(&service.addr, b"\x00\x01\x02 not http\r\n\r\n");
+
+    // Still serving.
+    let r = request(&service.addr, "GET", "/health", &[], b"");
+    assert_eq!(r.status, 200);
+    let r = service.call("GET", "/v1/files", None);
+    assert_eq!(r.json()["data"].as_array().map(Vec::len), Some(1));
+}
+
+#[test]
+fn without_keys_only_loopback_is_served() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = run_cmd(&[
+        "serve",
+        "--listen",
+        "0.0.0.0:0",
+        "--data-dir",
+        &dir.path().display().to_string(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--insecure-no-auth"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_killed_worker_is_restarted_and_the_batch_completes_exactly_once() {
+    // About 4 s of work: 2000 requests, 8 at a time, 15 ms each.
+    let sim = Sim::start(&["--ttft-ms", "15", "--ms-per-token", "0"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(
+        dir.path(),
+        &[
+            "--engine-url",
+            &sim.url,
+            "--max-concurrency",
+            "8",
+            "--checkpoint-interval",
+            "200ms",
+            "--report-interval",
+            "100ms",
+        ],
+    );
+    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("k", 2000)));
+    let batch = service.create_batch(&file, "24h");
+    // Kill the worker once a quarter of the lines are done.
+    wait_for(LONG, || {
+        (service.batch(&batch)["request_counts"]["completed"].as_i64() >= Some(500)).then_some(())
+    });
+    let pids = worker_pids(&batch);
+    assert!(!pids.is_empty(), "no worker process found for {batch}");
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let done = service.wait_status(&batch, &["completed", "failed"], LONG);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 2000, "{done}");
+    assert_eq!(done["x_batch_runner"]["worker_restarts"], 1, "{done}");
+    let output = service.content(done["output_file_id"].as_str().expect("output"));
+    let ids = unique_ids(&output);
+    assert_eq!(ids.len(), 2000);
+    // The worker resumed: at most the results since the last checkpoint (200 ms of work) and
+    // those in flight were sent twice.
+    let sent = sim.metric("sglang:num_requests_total");
+    assert!(
+        sent < 2000.0 + 400.0,
+        "the engine saw {sent} requests for 2000 lines"
+    );
+}
+
+#[test]
+fn restarting_the_service_mid_batch_resumes_every_batch() {
+    let sim = Sim::start(&["--ttft-ms", "10", "--ms-per-token", "0"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flags = [
+        "--engine-url",
+        &sim.url,
+        "--max-concurrency",
+        "4",
+        "--checkpoint-interval",
+        "200ms",
+        "--report-interval",
+        "100ms",
+    ];
+    let mut service = Service::start(dir.path(), &flags);
+    let batches: Vec<String> = (0..3)
+        .map(|b| {
+            let file = service.upload("in.jsonl", &jsonl(&numbered_lines(&format!("b{b}-"), 600)));
+            service.create_batch(&file, "24h")
+        })
+        .collect();
+    wait_for(LONG, || {
+        (service.batch(&batches[0])["request_counts"]["completed"].as_i64() >= Some(100))
+            .then_some(())
+    });
+    // kill -9: the workers see their lifeline close, checkpoint and exit.
+    let _ = service.child.kill();
+    let _ = service.child.wait();
+    wait_for(Duration::from_secs(60), || {
+        batches
+            .iter()
+            .all(|b| worker_pids(b).is_empty())
+            .then_some(())
+    });
+    service = Service::start(dir.path(), &flags);
+    for batch in &batches {
+        let done = service.wait_status(batch, &["completed", "failed"], LONG);
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["request_counts"]["completed"], 600, "{done}");
+        assert_eq!(
+            done["x_batch_runner"]["worker_restarts"], 0,
+            "a clean stop is no crash: {done}"
+        );
+        let output = service.content(done["output_file_id"].as_str().expect("output"));
+        assert_eq!(unique_ids(&output).len(), 600);
+    }
+}
+
+#[test]
+fn workers_start_through_the_command_template() {
+    let sim = Sim::instant(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let wrapper = dir.path().join("wrapper.sh");
+    let marker = dir.path().join("wrapped.txt");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$@\" >> '{}'\nexec \"$@\"\n",
+            marker.display()
+        ),
+    )
+    .expect("wrapper");
+    let template = format!(
+        "sh {} {{exe}} worker --data-dir {{data_dir}} --batch {{batch}} --fence {{fence}} --lifeline-stdin",
+        wrapper.display()
+    );
+    let service = Service::start(
+        &dir.path().join("data"),
+        &["--engine-url", &sim.url, "--worker-command", &template],
+    );
+    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("t", 10)));
+    let batch = service.create_batch(&file, "24h");
+    let done = service.wait_status(&batch, &["completed", "failed"], LONG);
+    assert_eq!(done["status"], "completed", "{done}");
+    let wrapped = std::fs::read_to_string(&marker).expect("the wrapper ran");
+    assert!(wrapped.contains(&format!("--batch {batch}")), "{wrapped}");
+}
+
+#[test]
+fn a_worker_that_keeps_dying_fails_the_batch_with_the_reason() {
+    let sim = Sim::instant(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(
+        dir.path(),
+        &[
+            "--engine-url",
+            &sim.url,
+            "--worker-command",
+            "echo 'GPU node on fire' >&2; exit 3",
+            "--max-worker-restarts",
+            "1",
+        ],
+    );
+    let file = service.upload("in.jsonl", &jsonl(&[chat_line("a", json!({}))]));
+    let batch = service.create_batch(&file, "24h");
+    let failed = service.wait_status(&batch, &["failed", "completed"], LONG);
+    assert_eq!(failed["status"], "failed");
+    let error = &failed["errors"]["data"][0];
+    assert_eq!(error["code"], "worker_failed", "{failed}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("2 times") && message.contains("GPU node on fire"),
+        "{message}"
+    );
+}
+
+#[test]
+fn metrics_openapi_and_results_so_far() {
+    let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(
+        dir.path(),
+        &[
+            "--engine-url",
+            &sim.url,
+            "--max-concurrency",
+            "2",
+            "--checkpoint-interval",
+            "100ms",
+            "--report-interval",
+            "100ms",
+        ],
+    );
+    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("m", 300)));
+    let batch = service.create_batch(&file, "24h");
+    // While it runs: progress detail and the results so far.
+    let running = wait_for(LONG, || {
+        let b = service.batch(&batch);
+        (b["request_counts"]["completed"].as_i64() >= Some(40)).then_some(b)
+    });
+    assert_eq!(running["status"], "in_progress");
+    assert_eq!(running["request_counts"]["total"], 300);
+    assert!(
+        running["x_batch_runner"]["eta_seconds"].as_u64().is_some(),
+        "{running}"
+    );
+    let partial = running["x_batch_runner"]["partial_results_path"]
+        .as_str()
+        .expect("path")
+        .to_owned();
+    let so_far = wait_for(LONG, || {
+        let r = service.call("GET", &partial, None);
+        (r.status == 200 && !r.body.is_empty()).then_some(r.body)
+    });
+    let ids = unique_ids(&so_far);
+    assert!(
+        !ids.is_empty() && ids.len() < 300,
+        "{} results so far",
+        ids.len()
+    );
+    let done = service.wait_status(&batch, &["completed"], LONG);
+
+    let metrics = request(&service.addr, "GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("batch_runner_batches{status=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("batch_runner_requests{outcome=\"completed\"} 300"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("batch_runner_queue_depth 0"), "{metrics}");
+    assert!(
+        metrics.contains("batch_runner_engine_latency_seconds_count 300"),
+        "{metrics}"
+    );
+    let spec = request(&service.addr, "GET", "/openapi.json", &[], b"").json();
+    for path in [
+        "/v1/files",
+        "/v1/files/{id}/content",
+        "/v1/batches",
+        "/v1/batches/{id}/cancel",
+    ] {
+        assert!(
+            spec["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(spec["components"]["schemas"]["Batch"].is_object());
+    // After the end, the extension serves the final output.
+    let r = service.call("GET", &partial, None);
+    assert_eq!(unique_ids(&r.body).len(), 300);
+    assert_eq!(done["x_batch_runner"]["partial_results_path"], Value::Null);
+}
