@@ -515,3 +515,115 @@ fn metrics_openapi_and_results_so_far() {
     assert_eq!(unique_ids(&r.body).len(), 300);
     assert_eq!(done["x_batch_runner"]["partial_results_path"], Value::Null);
 }
+
+/// A second, independent client: the Rust `async-openai` crate deserializes every response into
+/// its own OpenAI types, so a field the service names or types wrongly fails here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rust_openai_client_round_trips_a_batch() {
+    use async_openai::Client;
+    use async_openai::config::OpenAIConfig;
+    use async_openai::error::OpenAIError;
+    use async_openai::types::batches::{BatchEndpoint, BatchRequestArgs, BatchStatus};
+    use async_openai::types::files::{CreateFileRequestArgs, FileInput, FilePurpose};
+
+    let sim = Sim::instant(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(
+        dir.path(),
+        &["--engine-url", &sim.url, "--report-interval", "100ms"],
+    );
+    let client = Client::with_config(
+        OpenAIConfig::new()
+            .with_api_base(service.base_url())
+            .with_api_key(KEY_A),
+    );
+    let lines = jsonl(&numbered_lines("rs", 25));
+    let file = client
+        .files()
+        .create(
+            CreateFileRequestArgs::default()
+                .file(FileInput::from_vec_u8("rust.jsonl".into(), lines.clone()))
+                .purpose(FilePurpose::Batch)
+                .build()
+                .expect("request"),
+        )
+        .await
+        .expect("upload");
+    assert_eq!(file.bytes, Some(lines.len() as u32));
+    assert_eq!(
+        client.files().content(&file.id).await.expect("content"),
+        lines
+    );
+    let batch = client
+        .batches()
+        .create(
+            BatchRequestArgs::default()
+                .input_file_id(file.id.clone())
+                .endpoint(BatchEndpoint::V1ChatCompletions)
+                .build()
+                .expect("request"),
+        )
+        .await
+        .expect("create");
+    assert_eq!(batch.status, BatchStatus::Validating);
+    let done = loop {
+        let b = client
+            .batches()
+            .retrieve(&batch.id)
+            .await
+            .expect("retrieve");
+        if b.status == BatchStatus::Completed {
+            break b;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let counts = done.request_counts.expect("request_counts");
+    assert_eq!((counts.total, counts.completed, counts.failed), (25, 25, 0));
+    assert!(done.error_file_id.is_none());
+    let output = client
+        .files()
+        .content(done.output_file_id.as_deref().expect("output"))
+        .await
+        .expect("output content");
+    assert_eq!(unique_ids(&output).len(), 25);
+    let listed = client.batches().list().await.expect("list");
+    assert_eq!(
+        listed.data.first().map(|b| b.id.as_str()),
+        Some(batch.id.as_str())
+    );
+    let files = client.files().list().await.expect("list files");
+    assert_eq!(files.data.len(), 2, "the input and the output");
+    match client.batches().retrieve("batch_missing").await {
+        Err(OpenAIError::ApiError(e)) => assert_eq!(e.status_code.as_u16(), 404),
+        other => panic!("expected a 404, got {other:?}"),
+    }
+    let deleted = client.files().delete(&file.id).await.expect("delete");
+    assert!(deleted.deleted);
+}
+
+#[test]
+fn expired_files_are_deleted_by_the_sweeper() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(
+        dir.path(),
+        &["--batch-file-retention", "1s", "--sweep-interval", "100ms"],
+    );
+    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("s", 3)));
+    let meta = service
+        .call("GET", &format!("/v1/files/{file}"), None)
+        .json();
+    assert_eq!(
+        meta["expires_at"].as_i64(),
+        meta["created_at"].as_i64().map(|c| c + 1)
+    );
+    let blob = dir.path().join("files").join(&file);
+    assert!(blob.exists());
+    wait_for(Duration::from_secs(10), || {
+        (service
+            .call("GET", &format!("/v1/files/{file}"), None)
+            .status
+            == 404
+            && !blob.exists())
+        .then_some(())
+    });
+}

@@ -1,0 +1,271 @@
+//! The store's behaviour, as a suite any backend must pass (run here on SQLite; the same
+//! functions take a PostgreSQL URL).
+
+use std::time::Duration;
+
+use super::*;
+
+fn file(id: &str, owner: &str, expires_at: Option<i64>) -> FileRow {
+    FileRow {
+        id: id.into(),
+        owner: owner.into(),
+        filename: "in.jsonl".into(),
+        purpose: "batch".into(),
+        bytes: 10,
+        created_at: 1,
+        expires_at,
+        blob: id.into(),
+    }
+}
+
+fn batch(id: &str, input: &str) -> BatchRow {
+    BatchRow {
+        id: id.into(),
+        owner: "a".into(),
+        endpoint: "/v1/chat/completions".into(),
+        input_file_id: input.into(),
+        input_blob: input.into(),
+        completion_window: "24h".into(),
+        status: "validating".into(),
+        created_at: 1,
+        expires_at: 86401,
+        ..BatchRow::default()
+    }
+}
+
+async fn sqlite() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("t.db").display());
+    let store = Store::open(&url, true).await.expect("open");
+    // Migrations run twice are a no-op.
+    Store::open(&url, true).await.expect("reopen");
+    (dir, store)
+}
+
+pub async fn files_are_paged_scoped_and_expired(store: &Store) {
+    for i in 0..5 {
+        store
+            .insert_file(&file(&format!("file-{i}"), "a", None))
+            .await
+            .expect("insert");
+    }
+    store
+        .insert_file(&file("file-9", "b", Some(100)))
+        .await
+        .expect("insert");
+    let ids = |rows: Vec<FileRow>| rows.into_iter().map(|f| f.id).collect::<Vec<_>>();
+    let page = store.files("a", None, None, 2, true).await.expect("list");
+    assert_eq!(ids(page), ["file-4", "file-3"]);
+    let next = store
+        .files("a", None, Some("file-3"), 10, true)
+        .await
+        .expect("list");
+    assert_eq!(ids(next), ["file-2", "file-1", "file-0"]);
+    let asc = store
+        .files("a", Some("batch"), Some("file-1"), 10, false)
+        .await
+        .expect("list");
+    assert_eq!(ids(asc), ["file-2", "file-3", "file-4"]);
+    assert!(
+        store
+            .files("a", Some("vision"), None, 10, true)
+            .await
+            .expect("list")
+            .is_empty()
+    );
+    assert!(
+        store.file("a", "file-9").await.expect("get").is_none(),
+        "another owner's file"
+    );
+    assert!(store.delete_file("b", "file-1").await.is_ok_and(|d| !d));
+
+    // A deleted input stays while an unfinished batch reads it.
+    store
+        .insert_batch(&batch("batch_1", "file-1"))
+        .await
+        .expect("batch");
+    assert!(store.delete_file("a", "file-1").await.expect("delete"));
+    assert!(store.file("a", "file-1").await.expect("get").is_none());
+    assert!(store.garbage().await.expect("garbage").is_empty());
+    assert_eq!(store.expire_files(99).await.expect("expire"), 0);
+    assert_eq!(store.expire_files(100).await.expect("expire"), 1);
+    let garbage = ids(store.garbage().await.expect("garbage"));
+    assert_eq!(garbage, ["file-9"]);
+    store.purge_file("file-9").await.expect("purge");
+    assert!(store.garbage().await.expect("garbage").is_empty());
+}
+
+pub async fn claims_are_exclusive_and_fenced(store: &Store) {
+    store
+        .insert_file(&file("file-in", "a", None))
+        .await
+        .expect("insert");
+    store
+        .insert_batch(&batch("batch_x", "file-in"))
+        .await
+        .expect("batch");
+    let lease = Duration::from_secs(60);
+    let claimable = || async {
+        let found = store.claimable(now_ms(), 10).await.expect("claimable");
+        found
+            .into_iter()
+            .filter(|(id, _)| id == "batch_x")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(claimable().await, [("batch_x".to_owned(), 0)]);
+    let first = store.claim("batch_x", 0, "w1", lease).await.expect("claim");
+    assert_eq!(first, Some(1));
+    // The same stale view cannot claim twice, and a held lease is not claimable.
+    assert_eq!(
+        store.claim("batch_x", 0, "w2", lease).await.expect("claim"),
+        None
+    );
+    assert!(claimable().await.is_empty());
+    assert_eq!(
+        store
+            .start("batch_x", 1, 3, Some("m"))
+            .await
+            .expect("start"),
+        Ok(())
+    );
+
+    // The lease runs out (released here): a second worker takes over with fence 2.
+    store.release("batch_x", 1).await.expect("release");
+    assert_eq!(
+        store.claim("batch_x", 1, "w2", lease).await.expect("claim"),
+        Some(2)
+    );
+    // The first worker, back from a pause, can write nothing.
+    assert_eq!(
+        store.renew("batch_x", 1, lease).await.expect("renew"),
+        Err(LeaseLost)
+    );
+    let counts = Counts {
+        completed: 3,
+        ..Counts::default()
+    };
+    assert_eq!(
+        store
+            .report("batch_x", 1, &counts, "{}")
+            .await
+            .expect("report"),
+        Err(LeaseLost)
+    );
+    let stale = Finish {
+        status: "completed",
+        counts: counts.clone(),
+        progress: "{}".into(),
+        output: Some(file("file-stale", "a", None)),
+        errors: None,
+    };
+    assert_eq!(
+        store.finish("batch_x", 1, &stale).await.expect("finish"),
+        Err(LeaseLost)
+    );
+    assert!(
+        store.file("a", "file-stale").await.expect("get").is_none(),
+        "no file from a stale worker"
+    );
+    assert_eq!(
+        store.fail("batch_x", 1, "[]").await.expect("fail"),
+        Err(LeaseLost)
+    );
+    // The current owner's writes land.
+    let status = store
+        .report("batch_x", 2, &counts, "{}")
+        .await
+        .expect("report");
+    assert_eq!(status, Ok("in_progress".to_owned()));
+    let done = Finish {
+        output: Some(file("file-out", "a", None)),
+        ..stale
+    };
+    assert_eq!(
+        store.finish("batch_x", 2, &done).await.expect("finish"),
+        Ok(())
+    );
+    let b = store
+        .batch("a", "batch_x")
+        .await
+        .expect("get")
+        .expect("batch");
+    assert_eq!(b.status, "completed");
+    assert_eq!(b.output_file_id.as_deref(), Some("file-out"));
+    assert!(b.completed_at.is_some() && b.finalizing_at.is_some());
+    assert!(claimable().await.is_empty());
+}
+
+pub async fn crashes_fail_a_batch_after_the_limit(store: &Store) {
+    store
+        .insert_batch(&batch("batch_c", "file-in"))
+        .await
+        .expect("batch");
+    let lease = Duration::from_secs(60);
+    let f1 = store
+        .claim("batch_c", 0, "w", lease)
+        .await
+        .expect("claim")
+        .expect("won");
+    assert!(
+        !store
+            .record_crash("batch_c", f1, 2, "exit code 3")
+            .await
+            .expect("crash")
+    );
+    let f2 = store
+        .claim("batch_c", f1, "w", lease)
+        .await
+        .expect("claim")
+        .expect("won");
+    assert!(
+        store
+            .record_crash("batch_c", f2, 2, "killed by signal 9")
+            .await
+            .expect("crash")
+    );
+    let b = store
+        .batch_by_id("batch_c")
+        .await
+        .expect("get")
+        .expect("batch");
+    assert_eq!(b.status, "failed");
+    assert!(b.errors.unwrap_or_default().contains("killed by signal 9"));
+}
+
+pub async fn cancel_moves_only_running_batches(store: &Store) {
+    store
+        .insert_batch(&batch("batch_k", "file-in"))
+        .await
+        .expect("batch");
+    store
+        .request_cancel("b", "batch_k", 5)
+        .await
+        .expect("cancel");
+    assert_eq!(
+        store
+            .batch_by_id("batch_k")
+            .await
+            .expect("get")
+            .expect("b")
+            .status,
+        "validating"
+    );
+    store
+        .request_cancel("a", "batch_k", 5)
+        .await
+        .expect("cancel");
+    let b = store.batch_by_id("batch_k").await.expect("get").expect("b");
+    assert_eq!(
+        (b.status.as_str(), b.cancelling_at),
+        ("cancelling", Some(5))
+    );
+}
+
+#[tokio::test]
+async fn sqlite_passes_the_store_suite() {
+    let (_dir, store) = sqlite().await;
+    files_are_paged_scoped_and_expired(&store).await;
+    claims_are_exclusive_and_fenced(&store).await;
+    crashes_fail_a_batch_after_the_limit(&store).await;
+    cancel_moves_only_running_batches(&store).await;
+}
