@@ -5,7 +5,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufWriter};
+
+const WRITE_BUFFER: usize = 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Blobs {
@@ -14,7 +16,9 @@ pub struct Blobs {
 
 /// An upload in progress; dropped without [`Incoming::commit`], it leaves nothing behind.
 pub struct Incoming {
-    file: Option<tokio::fs::File>,
+    /// Buffered so a stream of small network chunks becomes few large writes (each write is a
+    /// hop to a blocking thread).
+    file: Option<BufWriter<tokio::fs::File>>,
     temp: PathBuf,
     pub bytes: u64,
 }
@@ -33,7 +37,7 @@ impl Blobs {
         let temp = self.dir.join(".incoming").join(name);
         let file = tokio::fs::File::create(&temp).await?;
         Ok(Incoming {
-            file: Some(file),
+            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
             temp,
             bytes: 0,
         })
@@ -70,7 +74,7 @@ impl Incoming {
     pub async fn commit(mut self, blobs: &Blobs, name: &str) -> io::Result<()> {
         if let Some(mut f) = self.file.take() {
             f.flush().await?;
-            f.sync_all().await?;
+            f.get_mut().sync_all().await?;
         }
         tokio::fs::rename(&self.temp, blobs.path(name)).await
     }
