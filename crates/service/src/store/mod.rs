@@ -189,6 +189,7 @@ fn batch_from(row: &AnyRow) -> Result<BatchRow> {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    postgres: bool,
 }
 
 impl Store {
@@ -225,22 +226,33 @@ impl Store {
                 url: redact_url(url),
                 source,
             })?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            postgres: !sqlite,
+        };
         if migrate {
             store.migrate().await?;
         }
         Ok(store)
     }
 
+    /// Applies the migrations not applied yet, in one transaction. On PostgreSQL an advisory
+    /// lock makes replicas starting together take turns; on SQLite the database's write lock
+    /// does.
     async fn migrate(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock(7254110362)")
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
              applied_at BIGINT NOT NULL)",
         )
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
         for (version, statements) in schema::MIGRATIONS {
-            let mut tx = self.pool.begin().await?;
             let done = sqlx::query("SELECT version FROM schema_migrations WHERE version = $1")
                 .bind(*version)
                 .fetch_optional(&mut *tx)
@@ -256,8 +268,8 @@ impl Store {
                 .bind(now_secs())
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -269,3 +269,38 @@ async fn sqlite_passes_the_store_suite() {
     crashes_fail_a_batch_after_the_limit(&store).await;
     cancel_moves_only_running_batches(&store).await;
 }
+
+/// The PostgreSQL the machine runs (`BATCH_RUNNER_TEST_POSTGRES`, default the local `test`
+/// database), in a schema of its own so tests never see each other's rows.
+pub async fn postgres_schema() -> (String, String) {
+    let base = std::env::var("BATCH_RUNNER_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("t_{}", crate::ids::batch_id().to_ascii_lowercase());
+    let admin = Store::open(&base, false)
+        .await
+        .expect("PostgreSQL is reachable");
+    sqlx::query(sql(format!("CREATE SCHEMA {schema}")))
+        .execute(&admin.pool)
+        .await
+        .expect("create schema");
+    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    (url, schema)
+}
+
+#[tokio::test]
+async fn postgres_passes_the_store_suite() {
+    let (url, schema) = postgres_schema().await;
+    // Replicas starting at once migrate one after the other.
+    let (a, b) = tokio::join!(Store::open(&url, true), Store::open(&url, true));
+    let store = a.expect("open");
+    b.expect("open concurrently");
+    assert!(store.postgres);
+    files_are_paged_scoped_and_expired(&store).await;
+    claims_are_exclusive_and_fenced(&store).await;
+    crashes_fail_a_batch_after_the_limit(&store).await;
+    cancel_moves_only_running_batches(&store).await;
+    sqlx::query(sql(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&store.pool)
+        .await
+        .expect("drop schema");
+}
