@@ -39,6 +39,9 @@ pub enum Command {
     Upload(UploadArgs),
     /// Serve the OpenAI Files + Batches API; each batch runs in its own worker process.
     Serve(Box<ServeArgs>),
+    /// Claim and run batches of a shared service database without serving the API (for hosts
+    /// next to the engines); takes the engine and worker flags of `serve`.
+    WorkerPool(Box<WorkerPoolArgs>),
     /// (internal) Runs one batch of the service; started by `serve`.
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -516,6 +519,43 @@ pub struct ServeArgs {
     )]
     pub listen: SocketAddr,
 
+    /// File of API keys, one 'KEY OWNER' per line; each owner sees only its own files and
+    /// batches. More keys may come from BATCH_RUNNER_API_KEYS (same format, comma-separated).
+    #[arg(help_heading = "Access", long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+
+    /// Serve without API keys on a non-loopback address (everyone shares one owner).
+    #[arg(help_heading = "Access", long)]
+    pub insecure_no_auth: bool,
+
+    /// Largest upload accepted (413 beyond).
+    #[arg(help_heading = "Limits", long, value_name = "BYTES", default_value_t = 512 * 1024 * 1024)]
+    pub max_upload_bytes: u64,
+
+    /// Shortest completion_window accepted besides '24h' (extension).
+    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
+    pub min_completion_window: Duration,
+
+    /// Longest completion_window accepted.
+    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub max_completion_window: Duration,
+
+    /// How long a purpose=batch upload without expires_after is kept (OpenAI: 30 days); 0
+    /// keeps it until deleted.
+    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub batch_file_retention: Duration,
+
+    /// How often expired files are deleted.
+    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
+
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+/// What `serve` and `worker-pool` share: where the state is, the engines, and how workers run.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
     /// Where the service keeps its database (SQLite), files and the state of running batches.
     #[arg(
         long,
@@ -525,18 +565,19 @@ pub struct ServeArgs {
     )]
     pub data_dir: PathBuf,
 
-    /// The metadata database [default: sqlite://DATA_DIR/batch-runner.db].
+    /// The metadata database [default: sqlite://DATA_DIR/batch-runner.db]; postgres://… for
+    /// several replicas and worker hosts.
     #[arg(long, value_name = "URL", env = "BATCH_RUNNER_DATABASE")]
     pub database: Option<String>,
 
-    /// File of API keys, one 'KEY OWNER' per line; each owner sees only its own files and
-    /// batches. More keys may come from BATCH_RUNNER_API_KEYS (same format, comma-separated).
-    #[arg(help_heading = "Access", long, value_name = "PATH")]
-    pub api_key_file: Option<PathBuf>,
+    /// Keep files and the job states of running batches in object storage
+    /// (s3://bucket/prefix) instead of DATA_DIR, so every replica and worker host sees them.
+    /// Credentials and region come from the AWS_* environment variables.
+    #[arg(long, value_name = "URL", env = "BATCH_RUNNER_STORAGE_URL")]
+    pub storage_url: Option<String>,
 
-    /// Serve without API keys on a non-loopback address (everyone shares one owner).
-    #[arg(help_heading = "Access", long)]
-    pub insecure_no_auth: bool,
+    #[command(flatten)]
+    pub s3: S3Args,
 
     /// Engine for batches whose model has no --model-engine entry (repeatable: several
     /// engines share the load).
@@ -598,7 +639,8 @@ pub struct ServeArgs {
     #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub retry_max_backoff: Duration,
 
-    /// Batches run at once, each in its own worker process.
+    /// Batches run at once by this process, each in its own worker process (serve: 0 serves
+    /// the API only and leaves the batches to worker pools).
     #[arg(
         help_heading = "Workers",
         long,
@@ -640,30 +682,15 @@ pub struct ServeArgs {
     #[arg(help_heading = "Workers", long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
 
-    /// Largest upload accepted (413 beyond).
-    #[arg(help_heading = "Limits", long, value_name = "BYTES", default_value_t = 512 * 1024 * 1024)]
-    pub max_upload_bytes: u64,
-
-    /// Shortest completion_window accepted besides '24h' (extension).
-    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration)]
-    pub min_completion_window: Duration,
-
-    /// Longest completion_window accepted.
-    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
-    pub max_completion_window: Duration,
-
-    /// How long a purpose=batch upload without expires_after is kept (OpenAI: 30 days); 0
-    /// keeps it until deleted.
-    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
-    pub batch_file_retention: Duration,
-
-    /// How often expired files are deleted.
-    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
-    pub sweep_interval: Duration,
-
     /// Endpoint path a batch may target besides the built-in ones (repeatable).
     #[arg(help_heading = "Limits", long, value_name = "PATH")]
     pub allow_url: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerPoolArgs {
+    #[command(flatten)]
+    pub exec: ExecArgs,
 }
 
 #[derive(Debug, Args)]

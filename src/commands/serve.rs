@@ -1,7 +1,9 @@
-//! `batch-runner serve`: the OpenAI Files + Batches API with one worker process per batch.
+//! `batch-runner serve` (the OpenAI Files + Batches API, with its own workers or none) and
+//! `batch-runner worker-pool` (workers without the API, for hosts next to the engines).
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use batch_service::api::ApiConfig;
@@ -9,10 +11,10 @@ use batch_service::auth::Keys;
 use batch_service::scheduler::SchedulerConfig;
 use batch_service::settings::{WorkerSettings, parse_model_engine};
 use batch_service::window::WindowBounds;
-use batch_service::{DataDir, ServeConfig};
+use batch_service::{DataDir, Execution, ServeConfig};
 
 use super::{Exit, Signals, runtime};
-use crate::cli::ServeArgs;
+use crate::cli::{ExecArgs, ServeArgs, WorkerPoolArgs};
 
 /// Polling for work when nothing wakes the scheduler (another process may have created it).
 const SCHEDULER_POLL: Duration = Duration::from_millis(500);
@@ -25,7 +27,7 @@ pub fn run(args: ServeArgs) -> Exit {
             return Exit::Invalid;
         }
     };
-    let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
+    finish(runtime().map_err(|e| e.to_string()).and_then(|rt| {
         rt.block_on(async {
             let listener = tokio::net::TcpListener::bind(args.listen)
                 .await
@@ -37,14 +39,46 @@ pub fn run(args: ServeArgs) -> Exit {
             let _ = out.flush();
             tracing::info!(
                 "serving the Files and Batches API on http://{addr}/v1 (data in {})",
-                args.data_dir.display()
+                config.exec.data_dir.display()
             );
             let mut signals = Signals::new();
             batch_service::serve(config, listener, async move { signals.recv().await })
                 .await
                 .map_err(|e| e.to_string())
         })
-    });
+    }))
+}
+
+pub fn run_pool(args: WorkerPoolArgs) -> Exit {
+    let exec = match execution(&args.exec) {
+        // A pool with no default engine takes only batches of the models it has engines for
+        // (`serve` takes every batch, and fails those no engine serves).
+        Ok(mut e) => {
+            if e.worker.default_engines.is_empty() {
+                e.scheduler.only_models = Some(e.worker.model_engines.keys().cloned().collect());
+            }
+            e
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Invalid;
+        }
+    };
+    finish(runtime().map_err(|e| e.to_string()).and_then(|rt| {
+        rt.block_on(async {
+            // The first stdout line is the contract scripts and tests wait for.
+            let mut out = std::io::stdout();
+            let _ = writeln!(out, "worker pool ready");
+            let _ = out.flush();
+            let mut signals = Signals::new();
+            batch_service::run_pool(exec, async move { signals.recv().await })
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }))
+}
+
+fn finish(result: Result<(), String>) -> Exit {
     match result {
         Ok(()) => Exit::Success,
         Err(e) => {
@@ -63,6 +97,24 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
             args.listen
         ));
     }
+    Ok(ServeConfig {
+        api: ApiConfig {
+            max_upload_bytes: args.max_upload_bytes,
+            windows: WindowBounds {
+                min: args.min_completion_window,
+                max: args.max_completion_window,
+            },
+            extra_endpoints: args.exec.allow_url.clone(),
+            batch_file_ttl: Some(args.batch_file_retention.as_secs()).filter(|&s| s > 0),
+        },
+        keys,
+        sweep_every: args.sweep_interval,
+        exec: execution(&args.exec)?,
+    })
+}
+
+/// The database, storage, engines and workers of a `serve` or a `worker-pool`.
+fn execution(args: &ExecArgs) -> Result<Execution, String> {
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)
@@ -72,15 +124,15 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
         let (model, urls) = parse_model_engine(entry).map_err(|e| format!("--model-engine {e}"))?;
         model_engines.insert(model, urls);
     }
-    if args.engine_urls.is_empty() && model_engines.is_empty() {
+    if args.engine_urls.is_empty() && model_engines.is_empty() && args.max_concurrent_batches > 0 {
         tracing::warn!(
-            "no --engine-url or --model-engine given: every batch will fail validation with \
-             model_not_found"
+            "no --engine-url or --model-engine given: every batch this process runs will fail \
+             validation with model_not_found"
         );
     }
-    let dirs = DataDir {
-        root: data_dir.clone(),
-    };
+    if let Some(url) = &args.storage_url {
+        batch_storage::object::parse(url).map_err(|e| format!("--storage-url: {e}"))?;
+    }
     let database = args
         .database
         .clone()
@@ -88,17 +140,11 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find the batch-runner executable for workers: {e}"))?;
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    Ok(ServeConfig {
-        api: ApiConfig {
-            max_upload_bytes: args.max_upload_bytes,
-            windows: WindowBounds {
-                min: args.min_completion_window,
-                max: args.max_completion_window,
-            },
-            extra_endpoints: args.allow_url.clone(),
-            batch_file_ttl: Some(args.batch_file_retention.as_secs()).filter(|&s| s > 0),
-        },
-        keys,
+    let work_root = DataDir {
+        root: data_dir.clone(),
+    }
+    .work();
+    Ok(Execution {
         worker: WorkerSettings {
             database,
             default_engines: args.engine_urls.clone(),
@@ -116,22 +162,26 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
             checkpoint_every_results: 10_000,
             checkpoint_every: args.checkpoint_interval,
             extra_endpoints: args.allow_url.clone(),
+            storage_url: args.storage_url.clone(),
+            s3_endpoint: args.s3.s3_endpoint.clone(),
+            s3_region: args.s3.s3_region.clone(),
+            s3_virtual_hosted_style: args.s3.s3_virtual_hosted_style,
         },
         scheduler: SchedulerConfig {
             template: args.worker_command.clone(),
             exe,
             data_dir: data_dir.clone(),
-            work_root: dirs.work(),
-            max_concurrent: args.max_concurrent_batches.max(1),
+            work_root,
+            max_concurrent: args.max_concurrent_batches,
             max_crashes: i64::from(args.max_worker_restarts) + 1,
             lease: args.lease,
             poll: SCHEDULER_POLL,
             holder: format!("{}:{}", host.trim(), std::process::id()),
             engine_api_key: args.engine_api_key.clone(),
             stop_grace: args.grace + Duration::from_secs(10),
+            only_models: None,
         },
-        sweep_every: args.sweep_interval,
-        data_dir,
+        data_dir: PathBuf::from(&data_dir),
     })
 }
 

@@ -6,7 +6,6 @@ use std::io::Read;
 
 use batch_job::stop::{StopReason, StopSignal};
 use batch_service::DataDir;
-use batch_service::blobs::Blobs;
 use batch_service::settings::WorkerSettings;
 use batch_service::store::Store;
 use batch_service::worker::{Worker, WorkerEnd};
@@ -30,7 +29,7 @@ pub fn run(args: WorkerArgs) -> Exit {
             let store = Store::open(&settings.database, false)
                 .await
                 .map_err(|e| e.to_string())?;
-            let blobs = Blobs::open(dirs.files()).map_err(|e| e.to_string())?;
+            let blobs = settings.blobs(&args.data_dir)?;
             let stop = StopSignal::new();
             watch_stops(&stop, args.lifeline_stdin);
             tracing::info!(

@@ -1,88 +1,241 @@
-//! Where file contents live: one file per object under `DATA_DIR/files/`, named by the object's
-//! id (never by anything a client sent). An upload is written to `files/.incoming/` and renamed
-//! into place once whole and synced, so a crash never leaves a half file under a real name.
+//! Where file contents live: a local directory (`DATA_DIR/files/`, the default) or a prefix in
+//! S3-compatible object storage (`--files-url s3://bucket/prefix`, for several replicas and
+//! worker hosts). An object is named by its file id, never by anything a client sent.
+//!
+//! An upload is written whole before it gets its name: locally to `files/.incoming/` then
+//! synced and renamed, in object storage as a multipart upload that only appears when complete.
+//! Either way a crash never leaves a half file under a real name.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+use axum::body::Body;
+use axum::http::HeaderMap;
+use axum::response::Response;
+use batch_storage::StorageError;
+use batch_storage::object::{ObjectDir, ObjectWriter};
 use tokio::io::{AsyncWriteExt, BufWriter};
+
+use crate::api::range::{respond, serve_file};
+use crate::error::ApiError;
 
 const WRITE_BUFFER: usize = 1024 * 1024;
 
-#[derive(Debug, Clone)]
-pub struct Blobs {
-    dir: PathBuf,
+#[derive(Clone)]
+pub enum Blobs {
+    Local(PathBuf),
+    Object(ObjectDir),
 }
 
 /// An upload in progress; dropped without [`Incoming::commit`], it leaves nothing behind.
 pub struct Incoming {
-    /// Buffered so a stream of small network chunks becomes few large writes (each write is a
-    /// hop to a blocking thread).
-    file: Option<BufWriter<tokio::fs::File>>,
-    temp: PathBuf,
+    to: IncomingTo,
     pub bytes: u64,
 }
 
+enum IncomingTo {
+    /// Buffered so a stream of small network chunks becomes few large writes (each write is a
+    /// hop to a blocking thread).
+    Local {
+        file: Option<BufWriter<tokio::fs::File>>,
+        temp: PathBuf,
+    },
+    Object(Option<ObjectWriter>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> BlobError + '_ {
+    move |source| BlobError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
 impl Blobs {
-    pub fn open(dir: PathBuf) -> io::Result<Self> {
+    pub fn local(dir: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(dir.join(".incoming"))?;
-        Ok(Self { dir })
+        Ok(Self::Local(dir))
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+    pub async fn incoming(&self, name: &str) -> Result<Incoming, BlobError> {
+        let to = match self {
+            Blobs::Local(dir) => {
+                let temp = dir.join(".incoming").join(name);
+                let file = tokio::fs::File::create(&temp).await.map_err(io_at(&temp))?;
+                IncomingTo::Local {
+                    file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
+                    temp,
+                }
+            }
+            Blobs::Object(dir) => IncomingTo::Object(Some(dir.writer(name))),
+        };
+        Ok(Incoming { to, bytes: 0 })
     }
 
-    pub async fn incoming(&self, name: &str) -> io::Result<Incoming> {
-        let temp = self.dir.join(".incoming").join(name);
-        let file = tokio::fs::File::create(&temp).await?;
-        Ok(Incoming {
-            file: Some(BufWriter::with_capacity(WRITE_BUFFER, file)),
-            temp,
-            bytes: 0,
-        })
-    }
-
-    /// Gives a finished file on the same file system (a worker's result) a name in the store,
-    /// as a hard link (a copy across file systems); the original stays where it is.
-    pub fn link(&self, from: &Path, name: &str) -> io::Result<()> {
-        let to = self.path(name);
-        if std::fs::hard_link(from, &to).is_err() {
-            std::fs::copy(from, &to)?;
+    /// Answers a GET of the content, whole or one `Range` of it.
+    pub async fn serve(&self, name: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
+        let read = |e: BlobError| ApiError::internal("cannot read the file's content", e);
+        match self {
+            Blobs::Local(dir) => serve_file(&dir.join(name), headers).await,
+            Blobs::Object(dir) => {
+                let len = dir
+                    .size(name)
+                    .await
+                    .map_err(|e| read(e.into()))?
+                    .ok_or_else(|| {
+                        read(BlobError::Io {
+                            path: name.into(),
+                            source: io::ErrorKind::NotFound.into(),
+                        })
+                    })?;
+                let (dir, key) = (dir.clone(), name.to_owned());
+                respond(len, headers, |start, count| async move {
+                    let stream = dir
+                        .read_range(&key, start..start + count)
+                        .await
+                        .map_err(io::Error::other)?;
+                    Ok(Body::from_stream(stream))
+                })
+                .await
+                .map_err(|e| read(io_at(Path::new(name))(e)))
+            }
         }
-        Ok(())
     }
 
-    pub fn remove(&self, name: &str) -> io::Result<()> {
-        match std::fs::remove_file(self.path(name)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
+    /// Stores a finished local file (a worker's result) as `name`: a hard link when local (the
+    /// original stays where it is), an upload to object storage otherwise.
+    pub async fn store_file(&self, from: &Path, name: &str) -> Result<(), BlobError> {
+        match self {
+            Blobs::Local(dir) => {
+                let to = dir.join(name);
+                if std::fs::hard_link(from, &to).is_err() {
+                    std::fs::copy(from, &to).map_err(io_at(from))?;
+                }
+                Ok(())
+            }
+            Blobs::Object(dir) => Ok(dir.put_file(name, from).await?),
+        }
+    }
+
+    /// A local path with the content of `name`: the file itself when local, else a download
+    /// to `cache` (kept: a worker that restarts does not download again).
+    pub async fn local_copy(&self, name: &str, cache: &Path) -> Result<PathBuf, BlobError> {
+        match self {
+            Blobs::Local(dir) => Ok(dir.join(name)),
+            Blobs::Object(dir) => {
+                let want = dir.size(name).await?;
+                let have = std::fs::metadata(cache).ok().map(|m| m.len());
+                if have.is_none() || have != want {
+                    let temp = cache.with_extension("part");
+                    let _ = std::fs::remove_file(&temp);
+                    dir.append_to(name, &temp).await?;
+                    std::fs::rename(&temp, cache).map_err(io_at(cache))?;
+                }
+                Ok(cache.to_owned())
+            }
+        }
+    }
+
+    /// Up to the first `max` bytes of `name`.
+    pub async fn head(&self, name: &str, max: u64) -> Result<Vec<u8>, BlobError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncReadExt;
+        let mut out = Vec::new();
+        match self {
+            Blobs::Local(dir) => {
+                let path = dir.join(name);
+                let file = tokio::fs::File::open(&path).await.map_err(io_at(&path))?;
+                file.take(max)
+                    .read_to_end(&mut out)
+                    .await
+                    .map_err(io_at(&path))?;
+            }
+            Blobs::Object(dir) => {
+                let len = dir.size(name).await?.unwrap_or(0).min(max);
+                let mut stream = dir.read_range(name, 0..len).await?;
+                while let Some(chunk) = stream.next().await {
+                    out.extend_from_slice(&chunk.map_err(io_at(Path::new(name)))?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn remove(&self, name: &str) -> Result<(), BlobError> {
+        match self {
+            Blobs::Local(dir) => match std::fs::remove_file(dir.join(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(&dir.join(name))(e)),
+                _ => Ok(()),
+            },
+            Blobs::Object(dir) => Ok(dir.remove(name).await?),
         }
     }
 }
 
 impl Incoming {
-    pub async fn write(&mut self, chunk: &[u8]) -> io::Result<()> {
-        if let Some(f) = &mut self.file {
-            f.write_all(chunk).await?;
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), BlobError> {
+        match &mut self.to {
+            IncomingTo::Local {
+                file: Some(f),
+                temp,
+            } => {
+                f.write_all(chunk).await.map_err(io_at(temp))?;
+            }
+            IncomingTo::Object(Some(w)) => w.write(chunk).await?,
+            _ => {}
         }
         self.bytes += chunk.len() as u64;
         Ok(())
     }
 
-    /// Syncs the content and gives it its name in `blobs`.
-    pub async fn commit(mut self, blobs: &Blobs, name: &str) -> io::Result<()> {
-        if let Some(mut f) = self.file.take() {
-            f.flush().await?;
-            f.get_mut().sync_all().await?;
+    /// Makes the content whole and gives it its name in `blobs`.
+    pub async fn commit(mut self, blobs: &Blobs, name: &str) -> Result<(), BlobError> {
+        match (&mut self.to, blobs) {
+            (IncomingTo::Local { file, temp }, Blobs::Local(dir)) => {
+                if let Some(mut f) = file.take() {
+                    f.flush().await.map_err(io_at(temp))?;
+                    f.get_mut().sync_all().await.map_err(io_at(temp))?;
+                }
+                tokio::fs::rename(&temp, dir.join(name))
+                    .await
+                    .map_err(io_at(temp))
+            }
+            (IncomingTo::Object(writer), _) => match writer.take() {
+                Some(w) => Ok(w.finish().await?),
+                None => Ok(()),
+            },
+            (IncomingTo::Local { temp, .. }, Blobs::Object(_)) => Err(io_at(temp)(
+                io::Error::other("an upload started locally cannot end in object storage"),
+            )),
         }
-        tokio::fs::rename(&self.temp, blobs.path(name)).await
     }
 }
 
 impl Drop for Incoming {
     fn drop(&mut self) {
-        // After a commit the temporary name is gone and this does nothing.
-        let _ = std::fs::remove_file(&self.temp);
+        match &mut self.to {
+            // After a commit the temporary name is gone and this does nothing.
+            IncomingTo::Local { temp, .. } => {
+                let _ = std::fs::remove_file(temp);
+            }
+            IncomingTo::Object(writer) => {
+                if let Some(w) = writer.take()
+                    && let Ok(handle) = tokio::runtime::Handle::try_current()
+                {
+                    handle.spawn(w.abort());
+                }
+            }
+        }
     }
 }

@@ -35,10 +35,6 @@ pub struct DataDir {
 }
 
 impl DataDir {
-    pub fn files(&self) -> PathBuf {
-        self.root.join("files")
-    }
-
     pub fn work(&self) -> PathBuf {
         self.root.join("work")
     }
@@ -50,12 +46,17 @@ impl DataDir {
 }
 
 pub struct ServeConfig {
-    pub data_dir: PathBuf,
+    pub exec: Execution,
     pub api: ApiConfig,
     pub keys: Keys,
+    pub sweep_every: Duration,
+}
+
+/// The database, storage, engines and workers of a `serve` or a `worker-pool`.
+pub struct Execution {
+    pub data_dir: PathBuf,
     pub worker: WorkerSettings,
     pub scheduler: SchedulerConfig,
-    pub sweep_every: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,43 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Storage(String),
+}
+
+fn io(context: &str) -> impl FnOnce(std::io::Error) -> ServeError {
+    let context = context.to_owned();
+    move |source| ServeError::Io { context, source }
+}
+
+/// What a process that runs batches sets up: its work directory, the store (migrated), the
+/// blob store, and the settings file its workers read.
+async fn prepare(exec: &Execution) -> Result<(Store, Blobs), ServeError> {
+    let dirs = DataDir {
+        root: exec.data_dir.clone(),
+    };
+    std::fs::create_dir_all(dirs.work()).map_err(io("cannot create the work directory"))?;
+    let blobs = exec
+        .worker
+        .blobs(&exec.data_dir)
+        .map_err(ServeError::Storage)?;
+    let store = Store::open(&exec.worker.database, true).await?;
+    exec.worker
+        .store(&exec.data_dir)
+        .map_err(io("cannot write the worker settings"))?;
+    Ok((store, blobs))
+}
+
+/// Runs the scheduler (when it may run any batch) until `stop` turns true.
+fn start_scheduler(
+    store: &Store,
+    config: SchedulerConfig,
+    wake: Arc<Notify>,
+) -> (watch::Sender<bool>, Option<tokio::task::JoinHandle<()>>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let task = (config.max_concurrent > 0)
+        .then(|| tokio::spawn(scheduler::run(store.clone(), config, wake, stop_rx)));
+    (stop_tx, task)
 }
 
 /// Serves the API on `listener` and runs the scheduler and the sweeper until `shutdown`
@@ -77,29 +115,9 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let dirs = DataDir {
-        root: config.data_dir.clone(),
-    };
-    let io = |context: &str| {
-        let context = context.to_owned();
-        move |source| ServeError::Io { context, source }
-    };
-    std::fs::create_dir_all(dirs.work()).map_err(io("cannot create the work directory"))?;
-    let blobs = Blobs::open(dirs.files()).map_err(io("cannot create the files directory"))?;
-    let store = Store::open(&config.worker.database, true).await?;
-    config
-        .worker
-        .store(&config.data_dir)
-        .map_err(io("cannot write the worker settings"))?;
-
+    let (store, blobs) = prepare(&config.exec).await?;
     let wake = Arc::new(Notify::new());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let scheduler = tokio::spawn(scheduler::run(
-        store.clone(),
-        config.scheduler,
-        wake.clone(),
-        stop_rx,
-    ));
+    let (stop, scheduler) = start_scheduler(&store, config.exec.scheduler, wake.clone());
     let sweeper = tokio::spawn(sweeper::run(
         store.clone(),
         blobs.clone(),
@@ -111,14 +129,42 @@ pub async fn serve(
         keys: Arc::new(config.keys),
         config: Arc::new(config.api),
         wake,
-        work_dir: dirs.work(),
+        work_dir: DataDir {
+            root: config.exec.data_dir,
+        }
+        .work(),
     };
     let served = axum::serve(listener, api::router(state))
         .with_graceful_shutdown(shutdown)
         .await
         .map_err(io("the HTTP server failed"));
     sweeper.abort();
-    let _ = stop_tx.send(true);
-    let _ = scheduler.await;
+    let _ = stop.send(true);
+    if let Some(task) = scheduler {
+        let _ = task.await;
+    }
     served
+}
+
+/// Claims and runs batches (no API) until `shutdown` resolves; then stops the workers.
+pub async fn run_pool(
+    exec: Execution,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let (store, _blobs) = prepare(&exec).await?;
+    tracing::info!(
+        "worker pool: up to {} batches at once{}",
+        exec.scheduler.max_concurrent,
+        match &exec.scheduler.only_models {
+            Some(models) => format!(", models {}", models.join(", ")),
+            None => String::new(),
+        }
+    );
+    let (stop, scheduler) = start_scheduler(&store, exec.scheduler, Arc::new(Notify::new()));
+    shutdown.await;
+    let _ = stop.send(true);
+    if let Some(task) = scheduler {
+        let _ = task.await;
+    }
+    Ok(())
 }

@@ -48,6 +48,8 @@ pub struct SchedulerConfig {
     pub engine_api_key: Option<String>,
     /// How long workers get to checkpoint and exit when the service stops.
     pub stop_grace: Duration,
+    /// Claim only batches of these models (a pool without a default engine); `None`: any.
+    pub only_models: Option<Vec<String>>,
 }
 
 struct Running {
@@ -125,7 +127,11 @@ async fn claim(store: &Store, config: &SchedulerConfig, running: &mut HashMap<St
     }
     // A worker of ours that froze may have let its lease run out: skip batches we still run.
     let candidates = match store
-        .claimable(now_ms(), (room + running.len()) as i64)
+        .claimable(
+            now_ms(),
+            (room + running.len()) as i64,
+            config.only_models.as_deref(),
+        )
         .await
     {
         Ok(c) => c,
@@ -266,6 +272,7 @@ mod tests {
             holder: "h".into(),
             engine_api_key: None,
             stop_grace: Duration::from_secs(1),
+            only_models: None,
         };
         assert_eq!(
             command_line(&config, "batch_1", 7),

@@ -10,7 +10,11 @@ use std::time::Duration;
 
 use batch_job::dispatch::{EngineOptions, RetryPolicy};
 use batch_job::sink::CheckpointPolicy;
+use batch_storage::object::ObjectDir;
+use batch_storage::{S3Options, StorageError};
 use serde::{Deserialize, Serialize};
+
+use crate::blobs::Blobs;
 
 pub const SETTINGS_FILE: &str = "worker-settings.json";
 pub const ENGINE_KEY_ENV: &str = "BATCH_RUNNER_ENGINE_API_KEY";
@@ -38,6 +42,12 @@ pub struct WorkerSettings {
     pub checkpoint_every_results: u64,
     pub checkpoint_every: Duration,
     pub extra_endpoints: Vec<String>,
+    /// `s3://bucket/prefix` holding files (`files/`) and the job states of running batches
+    /// (`work/`), shared by every replica and worker host; `None`: the local data directory.
+    pub storage_url: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_virtual_hosted_style: bool,
 }
 
 impl WorkerSettings {
@@ -68,6 +78,35 @@ impl WorkerSettings {
         CheckpointPolicy {
             every_results: self.checkpoint_every_results,
             every: self.checkpoint_every,
+        }
+    }
+
+    pub fn s3(&self) -> S3Options {
+        S3Options {
+            endpoint: self.s3_endpoint.clone(),
+            region: self.s3_region.clone(),
+            virtual_hosted_style: self.s3_virtual_hosted_style,
+        }
+    }
+
+    /// `storage_url/REST` as an object storage URL.
+    pub fn object_url(&self, rest: &str) -> Option<Result<reqwest::Url, StorageError>> {
+        self.storage_url.as_ref().map(|root| {
+            batch_storage::object::parse(&format!("{}/{rest}", root.trim_end_matches('/')))
+        })
+    }
+
+    /// Where file contents live.
+    pub fn blobs(&self, data_dir: &Path) -> Result<Blobs, String> {
+        match self.object_url("files") {
+            None => Blobs::local(data_dir.join("files"))
+                .map_err(|e| format!("cannot create {}/files: {e}", data_dir.display())),
+            Some(url) => {
+                let url = url.map_err(|e| e.to_string())?;
+                ObjectDir::open(&url, &self.s3())
+                    .map(Blobs::Object)
+                    .map_err(|e| e.to_string())
+            }
         }
     }
 
@@ -125,7 +164,8 @@ mod tests {
             "retry_max_backoff": {"secs": 1, "nanos": 0}, "grace": {"secs": 1, "nanos": 0},
             "lease": {"secs": 1, "nanos": 0}, "report_every": {"secs": 1, "nanos": 0},
             "checkpoint_every_results": 10, "checkpoint_every": {"secs": 1, "nanos": 0},
-            "extra_endpoints": []
+            "extra_endpoints": [], "storage_url": null, "s3_endpoint": null, "s3_region": null,
+            "s3_virtual_hosted_style": false
         }))
         .expect("accepted");
         s.model_engines.insert(model, urls);

@@ -31,7 +31,7 @@ pub async fn collect(store: &Store, blobs: &Blobs) {
         }
     };
     for file in garbage {
-        match blobs.remove(&file.blob) {
+        match blobs.remove(&file.blob).await {
             Ok(()) => {
                 if let Err(e) = store.purge_file(&file.id).await {
                     tracing::warn!("cannot forget the deleted file {}: {e}", file.id);

@@ -26,6 +26,8 @@ use batch_job::summary::{JobStatus, RunSummary};
 use batch_job::validate::{ValidateOptions, validate_file};
 use serde::{Deserialize, Serialize};
 
+use batch_storage::object::ObjectDir;
+
 use crate::blobs::Blobs;
 use crate::ids;
 use crate::model::{BatchError, Progress};
@@ -49,6 +51,10 @@ pub enum WorkerError {
     NoBatch(String),
     #[error("{0}")]
     Run(#[from] RunError),
+    #[error(transparent)]
+    Blob(#[from] crate::blobs::BlobError),
+    #[error(transparent)]
+    Storage(#[from] batch_storage::StorageError),
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -126,6 +132,18 @@ impl Worker {
         match ended {
             Ok(WorkerEnd::Done) => {
                 // The batch is recorded: its job state is no longer needed.
+                if let Some(url) = self.settings.object_url(&format!("work/{}", self.batch)) {
+                    let removed = match url {
+                        Ok(url) => match ObjectDir::open(&url, &self.settings.s3()) {
+                            Ok(dir) => dir.remove_all().await,
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = removed {
+                        tracing::warn!("cannot remove the job state in object storage: {e}");
+                    }
+                }
                 if let Err(e) = std::fs::remove_dir_all(&work) {
                     tracing::warn!("cannot remove {}: {e}", work.display());
                 }
@@ -150,6 +168,7 @@ impl Worker {
             return self.register(batch, work, outcome).await;
         }
         let state = work.join("state");
+        let state_remote = self.take_over_state(&state).await?;
         if batch.status == "cancelling" && batch.in_progress_at.is_none() && !state.exists() {
             // Cancelled before anything ran: no files, nothing counted.
             let outcome = Outcome {
@@ -162,7 +181,10 @@ impl Worker {
             };
             return self.register(batch, work, outcome).await;
         }
-        let input = self.blobs.path(&batch.input_blob);
+        let input = self
+            .blobs
+            .local_copy(&batch.input_blob, &work.join("input.jsonl"))
+            .await?;
         let model = match &batch.model {
             Some(model) if batch.status != "validating" => model.clone(),
             _ => match self.validate(batch, &input).await? {
@@ -196,8 +218,11 @@ impl Worker {
             grace: self.settings.grace,
             retry_failed: None,
             launch: None,
-            remote: Remote::default(),
-            state_remote: None,
+            remote: Remote {
+                s3: self.settings.s3(),
+                ..Remote::default()
+            },
+            state_remote,
         };
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());
@@ -230,6 +255,34 @@ impl Worker {
         let outcome = outcome_of(status, &summary, observed.get().map(Arc::as_ref));
         write_outcome(&outcome_path, &outcome)?;
         self.register(batch, work, outcome).await
+    }
+
+    /// With object storage, each claim keeps its job state under its own prefix
+    /// (`work/BATCH/fence-N`), so a worker that lost its lease can only ever write where nobody
+    /// reads any more. The newest earlier state is restored into the local cache first; the
+    /// pipeline then uploads it whole as the new prefix's first segment.
+    async fn take_over_state(&self, local: &Path) -> Result<Option<reqwest::Url>, WorkerError> {
+        let url_of = |fence: i64| {
+            self.settings
+                .object_url(&format!("work/{}/fence-{fence}", self.batch))
+                .transpose()
+        };
+        let Some(mine) = url_of(self.fence)? else {
+            return Ok(None);
+        };
+        for fence in (1..self.fence).rev() {
+            let Some(url) = url_of(fence)? else { break };
+            let dir = ObjectDir::open(&url, &self.settings.s3())?;
+            if dir.get("manifest.json").await?.is_some() {
+                tracing::info!(
+                    "batch {}: resuming from the state of claim {fence}",
+                    self.batch
+                );
+                batch_job::mirror::Mirror::restore(dir, local).await?;
+                break;
+            }
+        }
+        Ok(Some(mine))
     }
 
     fn validate_options(&self) -> ValidateOptions {
@@ -344,8 +397,12 @@ impl Worker {
         if outcome.status == "completed" {
             self.store.finalizing(&self.batch, self.fence).await?;
         }
-        let output = self.adopt(batch, &work.join("output.jsonl"), "output")?;
-        let errors = self.adopt(batch, &work.join("errors.jsonl"), "error")?;
+        let output = self
+            .adopt(batch, &work.join("output.jsonl"), "output")
+            .await?;
+        let errors = self
+            .adopt(batch, &work.join("errors.jsonl"), "error")
+            .await?;
         let finish = Finish {
             status: match outcome.status.as_str() {
                 "completed" => "completed",
@@ -367,7 +424,7 @@ impl Worker {
             Err(LeaseLost) => {
                 // Another worker owns the batch now; the files made here are not its.
                 for file in [finish.output, finish.errors].into_iter().flatten() {
-                    let _ = self.blobs.remove(&file.blob);
+                    let _ = self.blobs.remove(&file.blob).await;
                 }
                 Ok(WorkerEnd::GaveUp)
             }
@@ -377,7 +434,7 @@ impl Worker {
     /// A result file as a new File object (`None` when it is empty or missing), linked into the
     /// blob store: the work copy stays until the batch is recorded, so a crash in between loses
     /// nothing.
-    fn adopt(
+    async fn adopt(
         &self,
         batch: &BatchRow,
         path: &Path,
@@ -392,9 +449,7 @@ impl Worker {
             return Ok(None);
         }
         let id = ids::file_id();
-        self.blobs
-            .link(path, &id)
-            .map_err(io(format!("cannot store {}", path.display())))?;
+        self.blobs.store_file(path, &id).await?;
         let created_at = now_secs();
         Ok(Some(FileRow {
             id: id.clone(),

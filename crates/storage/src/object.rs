@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
 use object_store::aws::AmazonS3Builder;
 use object_store::buffered::BufWriter;
 use object_store::path::Path as ObjectPath;
@@ -267,6 +268,74 @@ impl ObjectDir {
         Ok(size)
     }
 
+    /// The "subdirectory" `name` of this one.
+    pub fn child(&self, name: &str) -> ObjectDir {
+        ObjectDir {
+            store: self.store.clone(),
+            prefix: self.key(name),
+            url: format!("{}/{name}", self.url.trim_end_matches('/')),
+        }
+    }
+
+    /// A streamed multipart upload to `name`; the object appears only when it is finished.
+    pub fn writer(&self, name: &str) -> ObjectWriter {
+        ObjectWriter {
+            inner: BufWriter::with_capacity(self.store.clone(), self.key(name), PART_BYTES)
+                .with_max_concurrency(UPLOAD_CONCURRENCY),
+            dir: self.clone(),
+        }
+    }
+
+    /// Uploads a whole local file as `name`.
+    pub async fn put_file(&self, name: &str, file: &std::path::Path) -> Result<(), StorageError> {
+        let len = tokio::fs::metadata(file)
+            .await
+            .map_err(|source| StorageError::Io {
+                path: file.display().to_string(),
+                source,
+            })?
+            .len();
+        self.put_range(name, file, 0, len).await
+    }
+
+    /// The size of `name`, or `None` when there is no such object.
+    pub async fn size(&self, name: &str) -> Result<Option<u64>, StorageError> {
+        match self.store.head(&self.key(name)).await {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.fail("cannot read", e)),
+        }
+    }
+
+    /// Bytes `range` of `name`, as a stream.
+    pub async fn read_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<u64>,
+    ) -> Result<BoxStream<'static, std::io::Result<bytes::Bytes>>, StorageError> {
+        let options = object_store::GetOptions {
+            range: Some(object_store::GetRange::Bounded(range)),
+            ..Default::default()
+        };
+        let got = self
+            .store
+            .get_opts(&self.key(name), options)
+            .await
+            .map_err(|e| self.fail("cannot read", e))?;
+        Ok(got
+            .into_stream()
+            .map(|chunk| chunk.map_err(std::io::Error::other))
+            .boxed())
+    }
+
+    /// Deletes one object (a missing one is not an error).
+    pub async fn remove(&self, name: &str) -> Result<(), StorageError> {
+        match self.store.delete(&self.key(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.fail("cannot delete", e)),
+        }
+    }
+
     /// Deletes every object under the prefix.
     pub async fn remove_all(&self) -> Result<(), StorageError> {
         let mut listing = self.store.list(Some(&self.prefix));
@@ -281,5 +350,33 @@ impl ObjectDir {
                 .map_err(|e| self.fail("cannot delete in", e))?;
         }
         Ok(())
+    }
+}
+
+/// An upload in progress (see [`ObjectDir::writer`]).
+pub struct ObjectWriter {
+    inner: BufWriter,
+    dir: ObjectDir,
+}
+
+impl ObjectWriter {
+    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), StorageError> {
+        self.inner
+            .write_all(chunk)
+            .await
+            .map_err(|e| self.dir.fail("cannot write to", e))
+    }
+
+    /// Completes the upload: the object exists from now on.
+    pub async fn finish(mut self) -> Result<(), StorageError> {
+        self.inner
+            .shutdown()
+            .await
+            .map_err(|e| self.dir.fail("cannot write to", e))
+    }
+
+    /// Gives the upload up; nothing appears.
+    pub async fn abort(mut self) {
+        let _ = self.inner.abort().await;
     }
 }

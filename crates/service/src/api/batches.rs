@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::files::EXPIRY_SECONDS;
-use super::range::{serve_file, serve_prefix};
+use super::range::serve_prefix;
 use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::ids;
@@ -23,6 +23,8 @@ use crate::window::parse_window;
 const MAX_METADATA_PAIRS: usize = 16;
 const MAX_METADATA_KEY: usize = 64;
 const MAX_METADATA_VALUE: usize = 512;
+/// How much of the input is read at creation to find the batch's model.
+const MODEL_PROBE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateBatch {
@@ -105,6 +107,12 @@ pub async fn create(
         ))
         .param("input_file_id"));
     }
+    // The model is known before validation, so a worker pool serving only some models can
+    // tell which batches are its own; validation confirms it.
+    let model = match app.blobs.head(&input.blob, MODEL_PROBE_BYTES).await {
+        Ok(head) => first_model(&head),
+        Err(e) => return Err(ApiError::internal("cannot read the input file", e)),
+    };
     let created_at = now_secs();
     let row = BatchRow {
         id: ids::batch_id(),
@@ -118,11 +126,20 @@ pub async fn create(
         expires_at: created_at + window as i64,
         metadata: metadata.map(|m| serde_json::Value::from(m).to_string()),
         output_expires_seconds,
+        model,
         ..BatchRow::default()
     };
     app.store.insert_batch(&row).await?;
     app.wake.notify_one();
     Ok(Json(Batch::from(&row)))
+}
+
+/// The `body.model` of the first line that has one, within the bytes given.
+fn first_model(head: &[u8]) -> Option<String> {
+    head.split(|&b| b == b'\n').find_map(|line| {
+        let v: serde_json::Value = serde_json::from_slice(line.trim_ascii()).ok()?;
+        v.get("body")?.get("model")?.as_str().map(str::to_owned)
+    })
 }
 
 fn check_metadata(
@@ -259,7 +276,7 @@ pub async fn partial_results(
     if let Some(file_id) = finished
         && let Some(file) = app.store.file(&owner.0, file_id).await?
     {
-        return serve_file(&app.blobs.path(&file.blob), &headers).await;
+        return app.blobs.serve(&file.blob, &headers).await;
     }
     let state = crate::worker::state_dir(&app.work_dir, &id);
     let read = |e| ApiError::internal("cannot read the batch's results so far", e);

@@ -9,7 +9,6 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::AppState;
-use super::range::serve_file;
 use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::ids;
@@ -104,7 +103,7 @@ pub async fn create(
         .await
         .map_err(|e| ApiError::internal("cannot store the upload", e))?;
     if let Err(e) = app.store.insert_file(&row).await {
-        let _ = app.blobs.remove(&row.blob);
+        let _ = app.blobs.remove(&row.blob).await;
         return Err(e.into());
     }
     Ok(Json(FileObject::from(&row)))
@@ -302,7 +301,7 @@ pub async fn content(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let file = owned(&app, &owner, &id).await?;
-    serve_file(&app.blobs.path(&file.blob), &headers).await
+    app.blobs.serve(&file.blob, &headers).await
 }
 
 #[utoipa::path(delete, path = "/v1/files/{id}", tag = "files",

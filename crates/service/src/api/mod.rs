@@ -4,7 +4,7 @@
 mod batches;
 mod files;
 mod ops;
-mod range;
+pub(crate) mod range;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -60,6 +60,23 @@ pub async fn serve_prefix(
     len: u64,
     headers: &HeaderMap,
 ) -> std::io::Result<Response> {
+    respond(len, headers, |start, count| async move {
+        file.seek(SeekFrom::Start(start)).await?;
+        Ok(Body::from_stream(ReaderStream::with_capacity(
+            file.take(count),
+            256 * 1024,
+        )))
+    })
+    .await
+}
+
+/// The answer for content of `len` bytes: 200 with all of it, 206 with the asked range, or 416;
+/// `body(start, count)` makes the bytes.
+pub async fn respond<F, Fut>(len: u64, headers: &HeaderMap, body: F) -> std::io::Result<Response>
+where
+    F: FnOnce(u64, u64) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<Body>>,
+{
     let range = headers.get(RANGE).and_then(|h| h.to_str().ok());
     let builder = Response::builder()
         .header(CONTENT_TYPE, "application/octet-stream")
@@ -81,11 +98,14 @@ pub async fn serve_prefix(
                 .map_err(std::io::Error::other);
         }
     };
-    file.seek(SeekFrom::Start(start)).await?;
-    let stream = ReaderStream::with_capacity(file.take(count), 256 * 1024);
+    let body = if count == 0 {
+        Body::empty()
+    } else {
+        body(start, count).await?
+    };
     builder
         .header(CONTENT_LENGTH, count)
-        .body(Body::from_stream(stream))
+        .body(body)
         .map_err(std::io::Error::other)
 }
 

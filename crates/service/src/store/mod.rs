@@ -375,7 +375,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO batches (id, owner, endpoint, input_file_id, input_blob, \
              completion_window, status, created_at, expires_at, metadata, \
-             output_expires_seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+             output_expires_seconds, model) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -388,6 +389,7 @@ impl Store {
         .bind(b.expires_at)
         .bind(&b.metadata)
         .bind(b.output_expires_seconds)
+        .bind(&b.model)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -456,17 +458,34 @@ impl Store {
 
     // ----- leases -----
 
-    /// Unfinished batches nobody holds a live lease on, oldest first: `(id, fence)`.
-    pub async fn claimable(&self, now_ms: i64, limit: i64) -> Result<Vec<(String, i64)>> {
-        let rows = sqlx::query(
+    /// Unfinished batches nobody holds a live lease on, oldest first: `(id, fence)`; with
+    /// `models`, only batches of those models.
+    pub async fn claimable(
+        &self,
+        now_ms: i64,
+        limit: i64,
+        models: Option<&[String]>,
+    ) -> Result<Vec<(String, i64)>> {
+        let filter = match models {
+            None => String::new(),
+            Some([]) => return Ok(Vec::new()),
+            Some(models) => {
+                let params: Vec<String> =
+                    (0..models.len()).map(|i| format!("${}", i + 3)).collect();
+                format!(" AND model IN ({})", params.join(", "))
+            }
+        };
+        let mut query = sqlx::query(sql(format!(
             "SELECT id, fence FROM batches WHERE status IN \
-             ('validating', 'in_progress', 'finalizing', 'cancelling') AND lease_until < $1 \
-             ORDER BY id LIMIT $2",
-        )
+             ('validating', 'in_progress', 'finalizing', 'cancelling') AND lease_until < $1\
+             {filter} ORDER BY id LIMIT $2"
+        )))
         .bind(now_ms)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+        .bind(limit);
+        for model in models.unwrap_or_default() {
+            query = query.bind(model);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| Ok((r.try_get("id")?, r.try_get("fence")?)))
             .collect()

@@ -106,7 +106,10 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
         .expect("batch");
     let lease = Duration::from_secs(60);
     let claimable = || async {
-        let found = store.claimable(now_ms(), 10).await.expect("claimable");
+        let found = store
+            .claimable(now_ms(), 10, None)
+            .await
+            .expect("claimable");
         found
             .into_iter()
             .filter(|(id, _)| id == "batch_x")
@@ -195,6 +198,41 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
     assert!(claimable().await.is_empty());
 }
 
+pub async fn pools_claim_only_their_models(store: &Store) {
+    let mut b = batch("batch_m", "file-in");
+    b.model = Some("llama".into());
+    store.insert_batch(&b).await.expect("batch");
+    let ids = |found: Vec<(String, i64)>| found.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let llama = ["llama".to_owned(), "qwen".to_owned()];
+    let found = store
+        .claimable(now_ms(), 100, Some(&llama))
+        .await
+        .expect("claimable");
+    assert_eq!(ids(found), ["batch_m"]);
+    let other = ["mistral".to_owned()];
+    assert!(
+        store
+            .claimable(now_ms(), 100, Some(&other))
+            .await
+            .expect("claimable")
+            .is_empty()
+    );
+    assert!(
+        store
+            .claimable(now_ms(), 100, Some(&[]))
+            .await
+            .expect("claimable")
+            .is_empty()
+    );
+    assert!(
+        ids(store
+            .claimable(now_ms(), 100, None)
+            .await
+            .expect("claimable"))
+        .contains(&"batch_m".to_owned())
+    );
+}
+
 pub async fn crashes_fail_a_batch_after_the_limit(store: &Store) {
     store
         .insert_batch(&batch("batch_c", "file-in"))
@@ -268,6 +306,7 @@ async fn sqlite_passes_the_store_suite() {
     claims_are_exclusive_and_fenced(&store).await;
     crashes_fail_a_batch_after_the_limit(&store).await;
     cancel_moves_only_running_batches(&store).await;
+    pools_claim_only_their_models(&store).await;
 }
 
 /// The PostgreSQL the machine runs (`BATCH_RUNNER_TEST_POSTGRES`, default the local `test`
@@ -299,6 +338,7 @@ async fn postgres_passes_the_store_suite() {
     claims_are_exclusive_and_fenced(&store).await;
     crashes_fail_a_batch_after_the_limit(&store).await;
     cancel_moves_only_running_batches(&store).await;
+    pools_claim_only_their_models(&store).await;
     sqlx::query(sql(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&store.pool)
         .await
