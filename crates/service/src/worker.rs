@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use batch_job::deadline::Deadline;
 use batch_job::finalize::Order;
@@ -529,6 +529,11 @@ fn write_outcome(path: &Path, outcome: &Outcome) -> Result<(), WorkerError> {
     write().map_err(io(format!("cannot write {}", path.display())))
 }
 
+/// Results between two progress writes of a busy batch.
+const RESULTS_PER_WRITE: u64 = 100;
+/// Report periods after which changed counters are written however few results they add.
+const QUIET_WRITES: u32 = 5;
+
 /// Renews the lease three times per lease period; a lost lease stops the job at once.
 async fn heartbeat(
     store: Store,
@@ -567,21 +572,29 @@ async fn report_loop(
     let started = SystemTime::now();
     let start_done = stats.done();
     let mut tick = tokio::time::interval(every);
-    let mut last = None;
+    let mut written: Option<(Counts, Progress, u64, Instant)> = None;
     loop {
         tick.tick().await;
         let (counts, progress) = snapshot(&stats, started, start_done);
-        // Nothing new: no write (a quiet batch costs the database one read per period).
-        let status = if last.as_ref() == Some(&(counts.clone(), progress.clone())) {
-            store
-                .batch_by_id(&batch)
-                .await
-                .map(|b| Ok(b.map(|b| b.status).unwrap_or_default()))
-        } else {
-            let text = serde_json::to_string(&progress).unwrap_or_default();
-            store.report(&batch, fence, &counts, &text).await
+        let done = stats.done();
+        // Progress is batched: a write once RESULTS_PER_WRITE more results are in, or once the
+        // counters have waited QUIET_WRITES periods; otherwise only the status is read (to see
+        // a cancel), so the database load does not grow with the request rate.
+        let due = match &written {
+            None => true,
+            Some((c, p, at_done, at)) => {
+                (c, p) != (&counts, &progress)
+                    && (done >= at_done + RESULTS_PER_WRITE || at.elapsed() >= every * QUIET_WRITES)
+            }
         };
-        last = Some((counts, progress));
+        let status = if due {
+            let text = serde_json::to_string(&progress).unwrap_or_default();
+            let status = store.report(&batch, fence, &counts, &text).await;
+            written = Some((counts, progress, done, Instant::now()));
+            status
+        } else {
+            store.status(&batch).await.map(|s| s.ok_or(LeaseLost))
+        };
         match status {
             Ok(Ok(status)) if status == "cancelling" => {
                 if stop.phase() == batch_job::stop::Phase::Running {

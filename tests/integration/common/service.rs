@@ -24,11 +24,17 @@ pub struct Service {
 impl Service {
     /// Starts the service on `data_dir` with keys for owners A and B and `extra` flags.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Service {
+        Service::start_with(data_dir, extra, &[])
+    }
+
+    /// [`Service::start`] with extra environment variables.
+    pub fn start_with(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Service {
         let mut child = cmd()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("BATCH_RUNNER_API_KEYS", format!("{KEY_A} a,{KEY_B} b"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -251,4 +257,92 @@ pub fn worker_pids(batch: &str) -> Vec<u32> {
         .split_whitespace()
         .filter_map(|p| p.parse().ok())
         .collect()
+}
+
+/// A `batch-runner worker-pool` in a process group of its own (so a test can freeze the whole
+/// "host": the pool and its workers), killed with its group when dropped.
+pub struct Pool {
+    pub child: Child,
+}
+
+impl Pool {
+    pub fn start(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Pool {
+        use std::os::unix::process::CommandExt;
+        let mut child = cmd()
+            .args(["worker-pool", "--data-dir"])
+            .arg(data_dir)
+            .args(extra)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .process_group(0)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn worker-pool");
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first)
+            .expect("the ready line");
+        assert_eq!(first.trim(), "worker pool ready");
+        Pool { child }
+    }
+
+    /// Sends `signal` (e.g. "STOP", "CONT", "KILL") to the pool's whole process group.
+    pub fn signal_group(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([
+                &format!("-{signal}"),
+                "--",
+                &format!("-{}", self.child.id()),
+            ])
+            .status()
+            .expect("kill");
+        assert!(
+            status.success(),
+            "kill -{signal} the group of {}",
+            self.child.id()
+        );
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // The group may be gone already (a test killed the pool and its workers exited).
+        for signal in ["-CONT", "-KILL"] {
+            let _ = std::process::Command::new("kill")
+                .args([signal, "--", &format!("-{}", self.child.id())])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// A PostgreSQL schema of its own on the machine's server (`BATCH_RUNNER_TEST_POSTGRES`,
+/// default the local `test` database); returns the URL that uses it.
+pub fn postgres_schema() -> String {
+    let base = std::env::var("BATCH_RUNNER_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!(
+        "it_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    );
+    let out = std::process::Command::new("psql")
+        .args([
+            &base,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            &format!("CREATE SCHEMA {schema}"),
+        ])
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "cannot create a schema in {base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    format!("{base}?options=-c%20search_path%3D{schema}")
 }

@@ -630,11 +630,17 @@ impl Store {
         if done.rows_affected() != 1 {
             return Ok(Err(LeaseLost));
         }
-        let status: Option<String> = sqlx::query_scalar("SELECT status FROM batches WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(status.ok_or(LeaseLost))
+        Ok(self.status(id).await?.ok_or(LeaseLost))
+    }
+
+    /// A batch's status alone (a worker's cheap look for a cancel).
+    pub async fn status(&self, id: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT status FROM batches WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     /// Sets `finalizing` (from `in_progress` only).

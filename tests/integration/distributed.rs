@@ -1,0 +1,189 @@
+//! Beyond one machine: `serve` replicas and `worker-pool`s sharing PostgreSQL (the machine's) and
+//! object storage (moto), with pools killed and frozen mid-run.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::s3::Moto;
+use crate::common::service::{Pool, Service, postgres_schema, worker_pids};
+use crate::common::{Sim, jsonl, numbered_lines, wait_for};
+
+const LONG: Duration = Duration::from_secs(180);
+
+fn unique_ids(data: &[u8]) -> HashSet<String> {
+    let mut ids = HashSet::new();
+    for line in String::from_utf8_lossy(data).lines() {
+        let v: Value = serde_json::from_str(line).expect("result line is JSON");
+        let id = v["custom_id"].as_str().expect("custom_id").to_owned();
+        assert!(ids.insert(id.clone()), "duplicate result for {id}");
+    }
+    ids
+}
+
+/// Flags every process of the deployment shares: one database, one object store, short leases.
+fn shared(db: &str) -> Vec<String> {
+    [
+        "--database",
+        db,
+        "--storage-url",
+        "s3://jobs/svc",
+        "--lease",
+        "3s",
+        "--checkpoint-interval",
+        "300ms",
+        "--report-interval",
+        "200ms",
+        "--grace",
+        "2s",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect()
+}
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn completed_requests(service: &Service, ids: &[String]) -> i64 {
+    ids.iter()
+        .map(|id| {
+            service.batch(id)["request_counts"]["completed"]
+                .as_i64()
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
+    let moto = Moto::start();
+    let env = moto.env().to_vec();
+    let db = postgres_schema();
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "100",
+        "--ms-per-token",
+        "0",
+        "--max-running",
+        "1000",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut api = shared(&db);
+    api.extend(["--max-concurrent-batches".into(), "0".into()]);
+    let replicas = [
+        Service::start_with(&dir.path().join("r1"), &refs(&api), &env),
+        Service::start_with(&dir.path().join("r2"), &refs(&api), &env),
+    ];
+    let mut pool = shared(&db);
+    pool.extend(
+        [
+            "--engine-url",
+            &sim.url,
+            "--max-concurrency",
+            "4",
+            "--max-concurrent-batches",
+            "10",
+        ]
+        .map(str::to_owned),
+    );
+    let mut a = Pool::start(&dir.path().join("a"), &refs(&pool), &env);
+    let b = Pool::start(&dir.path().join("b"), &refs(&pool), &env);
+
+    // 20 batches of 400 requests; each file uploaded through one replica and its batch created
+    // through the other.
+    let batches: Vec<String> = (0..20)
+        .map(|i| {
+            let file =
+                replicas[i % 2].upload("in.jsonl", &jsonl(&numbered_lines(&format!("b{i}-"), 400)));
+            replicas[(i + 1) % 2].create_batch(&file, "24h")
+        })
+        .collect();
+
+    // Freeze pool B (the pool and its workers: a host that stops answering) past its lease.
+    wait_for(LONG, || {
+        (completed_requests(&replicas[0], &batches) >= 1000).then_some(())
+    });
+    b.signal_group("STOP");
+    std::thread::sleep(Duration::from_secs(6));
+    b.signal_group("CONT");
+    // Then kill pool A outright.
+    wait_for(LONG, || {
+        (completed_requests(&replicas[1], &batches) >= 4000).then_some(())
+    });
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+
+    for (i, id) in batches.iter().enumerate() {
+        let done = replicas[i % 2].wait_status(id, &["completed", "failed", "expired"], LONG);
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["request_counts"]["completed"], 400, "{done}");
+        let output =
+            replicas[(i + 1) % 2].content(done["output_file_id"].as_str().expect("output"));
+        assert_eq!(unique_ids(&output).len(), 400, "batch {i}");
+    }
+}
+
+#[test]
+fn a_frozen_worker_cannot_overwrite_the_new_owner() {
+    let moto = Moto::start();
+    let env = moto.env().to_vec();
+    let db = postgres_schema();
+    let sim = Sim::start(&["--ttft-ms", "50", "--ms-per-token", "0"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut api = shared(&db);
+    api.extend(["--max-concurrent-batches".into(), "0".into()]);
+    let service = Service::start_with(&dir.path().join("api"), &refs(&api), &env);
+    let mut pool = shared(&db);
+    pool.extend(["--engine-url", &sim.url, "--max-concurrency", "2"].map(str::to_owned));
+    let frozen = Pool::start(&dir.path().join("frozen"), &refs(&pool), &env);
+    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("f", 300)));
+    let batch = service.create_batch(&file, "24h");
+    wait_for(LONG, || {
+        (completed_requests(&service, std::slice::from_ref(&batch)) >= 50).then_some(())
+    });
+    frozen.signal_group("STOP");
+
+    // Another pool takes the batch over once the lease runs out and finishes it.
+    let _other = Pool::start(&dir.path().join("other"), &refs(&pool), &env);
+    let done = service.wait_status(&batch, &["completed", "failed"], LONG);
+    assert_eq!(done["status"], "completed", "{done}");
+    let output_id = done["output_file_id"].as_str().expect("output").to_owned();
+    let output = service.content(&output_id);
+    assert_eq!(unique_ids(&output).len(), 300);
+    // Resumed from the frozen worker's last checkpoint in object storage: re-sent requests are
+    // bounded by one checkpoint interval plus those in flight.
+    let sent = sim.metric("sglang:num_requests_total");
+    assert!(
+        sent < 300.0 + 60.0,
+        "the engine saw {sent} requests for 300 lines"
+    );
+
+    // The frozen worker wakes up, finds its lease gone, and changes nothing.
+    frozen.signal_group("CONT");
+    wait_for(LONG, || worker_pids(&batch).is_empty().then_some(()));
+    let after = service.batch(&batch);
+    for field in [
+        "status",
+        "output_file_id",
+        "error_file_id",
+        "completed_at",
+        "request_counts",
+    ] {
+        assert_eq!(
+            after[field], done[field],
+            "{field} changed after the frozen worker woke"
+        );
+    }
+    assert_eq!(service.content(&output_id), output);
+    let log = std::fs::read_to_string(
+        dir.path()
+            .join("frozen/work")
+            .join(&batch)
+            .join("worker.log"),
+    )
+    .expect("the frozen worker's log");
+    assert!(log.contains("lease was taken over"), "{log}");
+}
