@@ -296,6 +296,18 @@ pub struct RunArgs {
     #[arg(help_heading = "Requests", long = "header", value_name = "HEADER")]
     pub headers: Vec<String>,
 
+    /// Set the body field `priority` of every request to N, for engines that schedule by it
+    /// (SGLang --enable-priority-scheduling: larger wins; vLLM --scheduling-policy priority:
+    /// smaller wins). A line's own `priority` is kept.
+    #[arg(
+        help_heading = "Requests",
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        env = "BATCH_RUNNER_PRIORITY"
+    )]
+    pub priority: Option<i64>,
+
     /// Most requests in flight at once, across all engines.
     #[arg(help_heading = "Requests", long, value_name = "N", default_value_t = 64, env = "BATCH_RUNNER_MAX_CONCURRENCY",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -467,6 +479,26 @@ pub struct SimArgs {
     #[arg(long, default_value_t = 5.0)]
     pub ms_per_token: f64,
 
+    /// Extra time per output token for each request running at once, in milliseconds
+    /// (continuous batching: decode steps slow down as the batch grows).
+    #[arg(long, default_value_t = 0.0)]
+    pub ms_per_token_per_running: f64,
+
+    /// Prefill time per prompt token not served from the prefix cache, in milliseconds.
+    #[arg(long, default_value_t = 0.0)]
+    pub prefill_ms_per_token: f64,
+
+    /// Prefix cache capacity in tokens (0: off). A chat request's prefix is every message but
+    /// the last; cached tokens skip prefill and are reported as
+    /// usage.prompt_tokens_details.cached_tokens.
+    #[arg(long, default_value_t = 0)]
+    pub prefix_cache_tokens: u64,
+
+    /// Admit waiting requests by the body's `priority` (larger first; none is least), as SGLang
+    /// with --enable-priority-scheduling.
+    #[arg(long)]
+    pub enable_priority_scheduling: bool,
+
     /// Output tokens when a request sets no max_tokens.
     #[arg(long, default_value_t = 16)]
     pub default_max_tokens: u64,
@@ -613,6 +645,15 @@ pub struct ExecArgs {
     /// Extra header for every engine request, as 'Name: value' (repeatable).
     #[arg(help_heading = "Engines", long = "header", value_name = "HEADER")]
     pub headers: Vec<String>,
+
+    /// Set the body field `priority` of every engine request to N (see `run --help`).
+    #[arg(
+        help_heading = "Engines",
+        long,
+        value_name = "N",
+        allow_negative_numbers = true
+    )]
+    pub priority: Option<i64>,
 
     /// Requests in flight at once per batch.
     #[arg(help_heading = "Engines", long, value_name = "N", default_value_t = 64,

@@ -153,6 +153,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
                 base_delay: args.retry_backoff,
                 max_delay: args.retry_max_backoff,
             },
+            priority: args.priority,
         },
         input: places.input,
         output: places.output,

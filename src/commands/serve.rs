@@ -163,6 +163,7 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             checkpoint_every: args.checkpoint_interval,
             extra_endpoints: args.allow_url.clone(),
             storage_url: args.storage_url.clone(),
+            priority: args.priority,
             s3_endpoint: args.s3.s3_endpoint.clone(),
             s3_region: args.s3.s3_region.clone(),
             s3_virtual_hosted_style: args.s3.s3_virtual_hosted_style,

@@ -4,6 +4,7 @@
 mod common;
 mod distributed;
 mod durable;
+mod flow;
 mod launch;
 mod objects;
 mod remote;

@@ -45,6 +45,8 @@ pub struct WorkerSettings {
     /// `s3://bucket/prefix` holding files (`files/`) and the job states of running batches
     /// (`work/`), shared by every replica and worker host; `None`: the local data directory.
     pub storage_url: Option<String>,
+    /// The body field `priority` of every engine request (none when `None`).
+    pub priority: Option<i64>,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
     pub s3_virtual_hosted_style: bool,
@@ -71,6 +73,7 @@ impl WorkerSettings {
                 base_delay: self.retry_backoff,
                 max_delay: self.retry_max_backoff,
             },
+            priority: self.priority,
         }
     }
 
@@ -165,7 +168,7 @@ mod tests {
             "lease": {"secs": 1, "nanos": 0}, "report_every": {"secs": 1, "nanos": 0},
             "checkpoint_every_results": 10, "checkpoint_every": {"secs": 1, "nanos": 0},
             "extra_endpoints": [], "storage_url": null, "s3_endpoint": null, "s3_region": null,
-            "s3_virtual_hosted_style": false
+            "s3_virtual_hosted_style": false, "priority": null
         }))
         .expect("accepted");
         s.model_engines.insert(model, urls);

@@ -14,6 +14,16 @@ pub struct SimConfig {
     pub ttft: Duration,
     /// Time per output token after the first.
     pub per_token: Duration,
+    /// Extra time per output token for each request running at once: continuous batching makes
+    /// every decode step slower as the batch grows.
+    pub per_token_per_running: Duration,
+    /// Time per prompt token not served from the prefix cache (prefill).
+    pub prefill_per_token: Duration,
+    /// Capacity of the prefix cache in tokens; 0 turns it off.
+    pub prefix_cache_tokens: u64,
+    /// Admit waiting requests by their body's `priority` (larger first), as SGLang with
+    /// `--enable-priority-scheduling`; otherwise first come first served.
+    pub priority_scheduling: bool,
     /// Output length when a request sets no `max_tokens`.
     pub default_max_tokens: u64,
     /// Fraction of requests answered with `fail_status`.
@@ -43,6 +53,10 @@ impl Default for SimConfig {
             max_queued: 4096,
             ttft: Duration::from_millis(20),
             per_token: Duration::from_millis(5),
+            per_token_per_running: Duration::ZERO,
+            prefill_per_token: Duration::ZERO,
+            prefix_cache_tokens: 0,
+            priority_scheduling: false,
             default_max_tokens: 16,
             fail_rate: 0.0,
             fail_status: 503,

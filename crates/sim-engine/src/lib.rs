@@ -12,38 +12,49 @@
 //!
 //! Layout: [`config`] holds the knobs; [`respond`] builds the bodies; this module runs the server.
 
+mod admission;
 pub mod config;
 mod faults;
+mod prefix_cache;
 pub mod respond;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use admission::Admission;
 use bytes::Bytes;
+pub use config::SimConfig;
+use faults::{Fault, Faults};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use prefix_cache::PrefixCache;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
-
-pub use config::SimConfig;
-use faults::{Fault, Faults};
 
 /// Shared state of one running engine.
 struct Engine {
     config: SimConfig,
-    slots: Semaphore,
-    running: AtomicU64,
-    queued: AtomicU64,
+    admission: Admission,
+    prefix_cache: PrefixCache,
     requests: AtomicU64,
     prompt_tokens: AtomicU64,
+    cached_tokens: AtomicU64,
     generation_tokens: AtomicU64,
     faults: Faults,
     /// Signalled when `exit_after` requests have been answered.
     crash: tokio::sync::Notify,
+}
+
+/// Decode steps between two looks at the batch size.
+const DECODE_CHUNK: u64 = 4;
+
+async fn sleep_for(d: std::time::Duration) {
+    if !d.is_zero() {
+        tokio::time::sleep(d).await;
+    }
 }
 
 /// Why [`serve`] returned.
@@ -75,13 +86,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Ended> {
     let engine = Arc::new(Engine {
-        slots: Semaphore::new(config.max_running.max(1)),
+        admission: Admission::new(config.max_running, config.priority_scheduling),
+        prefix_cache: PrefixCache::new(config.prefix_cache_tokens),
         faults: Faults::new(config.seed),
         config,
-        running: AtomicU64::new(0),
-        queued: AtomicU64::new(0),
         requests: AtomicU64::new(0),
         prompt_tokens: AtomicU64::new(0),
+        cached_tokens: AtomicU64::new(0),
         generation_tokens: AtomicU64::new(0),
         crash: tokio::sync::Notify::new(),
     });
@@ -200,33 +211,38 @@ impl Engine {
             None => {}
         }
 
-        let limit = self.config.max_running as u64 + self.config.max_queued as u64;
-        let waiting = self.queued.fetch_add(1, Ordering::SeqCst);
-        if waiting + self.running.load(Ordering::SeqCst) >= limit {
-            self.queued.fetch_sub(1, Ordering::SeqCst);
+        let (running, waiting) = self.admission.counts();
+        if running >= self.config.max_running && waiting >= self.config.max_queued {
             return Ok(respond::error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The request queue is full.",
             ));
         }
-        let permit = self.slots.acquire().await;
-        self.queued.fetch_sub(1, Ordering::SeqCst);
-        self.running.fetch_add(1, Ordering::SeqCst);
+        let priority = request.get("priority").and_then(serde_json::Value::as_i64);
+        let slot = self.admission.enter(priority).await;
 
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
         if self.config.exit_after == Some(n + 1) {
             // notify_one keeps the permit if the accept loop is not waiting right now.
             self.crash.notify_one();
         }
-        let answer = respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
-        let service_time = self.config.service_time(answer.output_tokens);
-        if !service_time.is_zero() {
-            tokio::time::sleep(service_time).await;
+        let mut answer =
+            respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
+        let cached = self
+            .prefix_cache
+            .lookup(answer.prefix_key, answer.prefix_tokens);
+        if self.config.prefix_cache_tokens > 0 {
+            respond::set_cached_tokens(&mut answer.body, cached);
         }
-        self.running.fetch_sub(1, Ordering::SeqCst);
-        drop(permit);
+        self.serve_time(
+            answer.prompt_tokens.saturating_sub(cached),
+            answer.output_tokens,
+        )
+        .await;
+        drop(slot);
         self.prompt_tokens
             .fetch_add(answer.prompt_tokens, Ordering::Relaxed);
+        self.cached_tokens.fetch_add(cached, Ordering::Relaxed);
         self.generation_tokens
             .fetch_add(answer.output_tokens, Ordering::Relaxed);
         Ok(respond::json(
@@ -236,10 +252,34 @@ impl Engine {
         ))
     }
 
-    /// Prometheus text with the gauges SGLang exports under the same names.
+    /// Holds the request's place for as long as the engine would take: time to first token,
+    /// prefill of the uncached prompt, then one decode step per further token, each step slower
+    /// the more requests run at once (re-read every few tokens, as the batch changes).
+    async fn serve_time(&self, uncached_prompt: u64, output_tokens: u64) {
+        let c = &self.config;
+        let prefill = c
+            .prefill_per_token
+            .saturating_mul(u32::try_from(uncached_prompt).unwrap_or(u32::MAX));
+        let first = c.service_time(output_tokens.min(1)) + prefill;
+        if c.per_token_per_running.is_zero() {
+            let rest = c.service_time(output_tokens) - c.service_time(output_tokens.min(1));
+            sleep_for(first + rest).await;
+            return;
+        }
+        sleep_for(first).await;
+        let mut left = output_tokens.saturating_sub(1);
+        while left > 0 {
+            let chunk = left.min(DECODE_CHUNK);
+            let running = self.admission.counts().0 as u32;
+            let step = c.per_token + c.per_token_per_running.saturating_mul(running);
+            sleep_for(step.saturating_mul(chunk as u32)).await;
+            left -= chunk;
+        }
+    }
+
+    /// Prometheus text with the gauges SGLang (and vLLM) export under the same names.
     fn metrics(&self) -> String {
-        let running = self.running.load(Ordering::SeqCst);
-        let queued = self.queued.load(Ordering::SeqCst);
+        let (running, queued) = self.admission.counts();
         let model = &self.config.model;
         format!(
             "# HELP sglang:num_running_reqs The number of running requests.\n\
@@ -256,10 +296,20 @@ impl Engine {
              sglang:prompt_tokens_total{{model_name=\"{model}\"}} {}\n\
              # HELP sglang:generation_tokens_total Number of generation tokens processed.\n\
              # TYPE sglang:generation_tokens_total counter\n\
-             sglang:generation_tokens_total{{model_name=\"{model}\"}} {}\n",
+             sglang:generation_tokens_total{{model_name=\"{model}\"}} {}\n\
+             # HELP sglang:cached_tokens_total Prompt tokens served from the prefix cache.\n\
+             # TYPE sglang:cached_tokens_total counter\n\
+             sglang:cached_tokens_total{{model_name=\"{model}\"}} {}\n\
+             # HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+             # TYPE vllm:num_requests_running gauge\n\
+             vllm:num_requests_running{{model_name=\"{model}\"}} {running}\n\
+             # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+             # TYPE vllm:num_requests_waiting gauge\n\
+             vllm:num_requests_waiting{{model_name=\"{model}\"}} {queued}\n",
             self.requests.load(Ordering::Relaxed),
             self.prompt_tokens.load(Ordering::Relaxed),
             self.generation_tokens.load(Ordering::Relaxed),
+            self.cached_tokens.load(Ordering::Relaxed),
         )
     }
 }

@@ -40,6 +40,9 @@ pub struct Answer {
     pub body: Value,
     pub prompt_tokens: u64,
     pub output_tokens: u64,
+    /// The shared prefix of a chat request (key and tokens; 0 and 0 without one).
+    pub prefix_key: u64,
+    pub prefix_tokens: u64,
 }
 
 /// A hash of the exact request bytes. It is part of every response id, so a test can prove the
@@ -73,10 +76,12 @@ pub fn answer(
     let finish_reason = if limit.is_some() { "length" } else { "stop" };
     let id_suffix = format!("{digest:016x}{n:08x}");
 
+    let mut prefix = (0, 0);
     let (id, body, prompt_tokens, output_tokens) = match endpoint {
         Endpoint::Chat => {
             let prompt = last_text(request.get("messages"));
-            let prompt_tokens = words(&prompt);
+            prefix = chat_prefix(&model, request.get("messages"));
+            let prompt_tokens = words(&prompt) + prefix.1;
             let id = format!("chatcmpl-{id_suffix}");
             let body = json!({
                 "id": id,
@@ -164,6 +169,36 @@ pub fn answer(
         body,
         prompt_tokens,
         output_tokens,
+        prefix_key: prefix.0,
+        prefix_tokens: prefix.1,
+    }
+}
+
+/// The shared part of a chat request (every message but the last): its cache key and tokens.
+fn chat_prefix(model: &str, messages: Option<&Value>) -> (u64, u64) {
+    let Some(Value::Array(items)) = messages else {
+        return (0, 0);
+    };
+    let Some((_, leading)) = items.split_last() else {
+        return (0, 0);
+    };
+    if leading.is_empty() {
+        return (0, 0);
+    }
+    let tokens = leading.iter().map(|m| words(&text_of(m))).sum();
+    let key = hash_of(&format!("{model}\u{0}{}", Value::Array(leading.to_vec())));
+    (key, tokens)
+}
+
+/// Sets `usage.prompt_tokens_details.cached_tokens` (chat and completions usage shapes).
+pub fn set_cached_tokens(body: &mut Value, cached: u64) {
+    if let Some(usage) = body.get_mut("usage").and_then(Value::as_object_mut)
+        && usage.contains_key("prompt_tokens")
+    {
+        usage.insert(
+            "prompt_tokens_details".into(),
+            json!({"cached_tokens": cached}),
+        );
     }
 }
 
@@ -265,7 +300,11 @@ mod tests {
         );
         assert_eq!(a.body["choices"][0]["finish_reason"], "length");
         assert_eq!(a.body["usage"]["completion_tokens"], 7);
-        assert_eq!(a.body["usage"]["prompt_tokens"], 2);
+        // "be brief" (the shared prefix) and "hello there".
+        assert_eq!(a.body["usage"]["prompt_tokens"], 4);
+        assert_eq!(a.prefix_tokens, 2);
+        let again = answer(Endpoint::Chat, &req, &SimConfig::default(), 1, 2);
+        assert_eq!(again.prefix_key, a.prefix_key);
         assert_eq!(a.body["model"], "m");
     }
 

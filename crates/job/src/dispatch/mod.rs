@@ -6,6 +6,7 @@
 
 mod http1;
 pub mod pool;
+pub mod priority;
 pub mod retry;
 pub mod transport;
 
@@ -32,6 +33,8 @@ pub struct EngineOptions {
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub retry: RetryPolicy,
+    /// Set as the body field `priority` of every request (see [`priority`]).
+    pub priority: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,7 @@ pub struct Engines {
     pool: Pool,
     request_timeout: Duration,
     retry: RetryPolicy,
+    priority: Option<i64>,
 }
 
 /// One endpoint's URL on each engine (see [`Engines::target`]).
@@ -118,6 +122,7 @@ impl Engines {
             transports,
             request_timeout: options.request_timeout,
             retry: options.retry,
+            priority: options.priority,
         })
     }
 
@@ -197,6 +202,10 @@ impl Engines {
         stop: &StopSignal,
         mut on_retry: impl FnMut(),
     ) -> Sent {
+        let body = match self.priority {
+            Some(p) => priority::with_priority(&body, p),
+            None => body,
+        };
         let mut attempt = 0;
         loop {
             let lease = self.pool.lease().await;
@@ -364,6 +373,7 @@ mod tests {
             request_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
             retry: RetryPolicy::default(),
+            priority: None,
         };
         let h = default_headers(&options).expect("ok");
         assert_eq!(h.get_all("x-a").iter().count(), 2);
