@@ -122,6 +122,42 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConcurrencyArg {
+    /// At most --max-concurrency requests in flight across all engines.
+    Fixed,
+    /// A limit per engine between --min-concurrency and --max-concurrency that grows while the
+    /// engine is healthy and shrinks on 429/503, timeouts, rising latency or a growing queue in
+    /// the engine's /metrics.
+    Adaptive,
+}
+
+/// How many requests may be in flight, shared by `run` and the service.
+#[derive(Debug, Args)]
+pub struct ConcurrencyArgs {
+    /// How the number of requests in flight is chosen.
+    #[arg(long, value_enum, default_value_t = ConcurrencyArg::Fixed, env = "BATCH_RUNNER_CONCURRENCY")]
+    pub concurrency: ConcurrencyArg,
+
+    /// With --concurrency adaptive: the limit each engine starts at and never goes below.
+    #[arg(long, value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub min_concurrency: u32,
+
+    /// Most requests in flight at once: across all engines (fixed), or per engine (adaptive).
+    #[arg(long, value_name = "N", default_value_t = 64, env = "BATCH_RUNNER_MAX_CONCURRENCY",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_concurrency: u32,
+}
+
+impl ConcurrencyArgs {
+    /// The adaptive bounds `(min, max)`, or `None` for a fixed limit.
+    pub fn adaptive(&self) -> Option<(usize, usize)> {
+        (self.concurrency == ConcurrencyArg::Adaptive)
+            .then_some((self.min_concurrency as usize, self.max_concurrency as usize))
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OrderArg {
     /// Results in input-line order (sorted at the end, with bounded memory).
@@ -308,10 +344,8 @@ pub struct RunArgs {
     )]
     pub priority: Option<i64>,
 
-    /// Most requests in flight at once, across all engines.
-    #[arg(help_heading = "Requests", long, value_name = "N", default_value_t = 64, env = "BATCH_RUNNER_MAX_CONCURRENCY",
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub max_concurrency: u32,
+    #[command(flatten, next_help_heading = "Requests")]
+    pub concurrency: ConcurrencyArgs,
 
     /// Longest time one attempt may take, answer included.
     #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration,
@@ -655,10 +689,9 @@ pub struct ExecArgs {
     )]
     pub priority: Option<i64>,
 
-    /// Requests in flight at once per batch.
-    #[arg(help_heading = "Engines", long, value_name = "N", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..=100_000))]
-    pub max_concurrency: u32,
+    /// Requests in flight per batch (see `run --help`).
+    #[command(flatten, next_help_heading = "Engines")]
+    pub concurrency: ConcurrencyArgs,
 
     /// Longest time one engine request may take.
     #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]

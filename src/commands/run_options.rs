@@ -154,6 +154,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
                 max_delay: args.retry_max_backoff,
             },
             priority: args.priority,
+            adaptive: args.concurrency.adaptive(),
         },
         input: places.input,
         output: places.output,
@@ -161,7 +162,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         state_dir: places.state_dir,
         state_remote: places.state_remote,
         remote: places.remote,
-        max_concurrency: args.max_concurrency as usize,
+        max_concurrency: args.concurrency.max_concurrency as usize,
         skip_invalid: args.skip_invalid,
         metrics_listen: args.metrics_listen,
         progress: match args.progress {

@@ -101,3 +101,72 @@ fn batch_work_at_a_higher_priority_would_starve_online_requests() {
         "only {before} batch requests ran before the online one ({online})"
     );
 }
+
+/// Runs 3000 lines against an engine that runs 8 at a time, sampling its waiting queue every
+/// 20 ms; returns the wall time and the queue samples of the second half of the run.
+fn queue_while_running(concurrency: &[&str]) -> (Duration, Vec<f64>) {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "20",
+        "--ms-per-token",
+        "0",
+        "--max-running",
+        "8",
+    ]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("q", 3000));
+    let started = std::time::Instant::now();
+    let mut run = cmd()
+        .arg("run")
+        .arg(&input)
+        .args([
+            "--output",
+            &job.path("out.jsonl").display().to_string(),
+            "--progress",
+            "off",
+        ])
+        .args(["--engine-url", &sim.url])
+        .args(concurrency)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run");
+    let mut samples = Vec::new();
+    while run.try_wait().expect("wait").is_none() {
+        if let Ok(text) = http_get(&format!("{}/metrics", sim.url))
+            && let Some(q) = prometheus_value(&text, "sglang:num_queue_reqs")
+        {
+            samples.push(q);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let wall = started.elapsed();
+    assert_eq!(results_by_id(&job.path("out.jsonl")).len(), 3000);
+    let half = samples.split_off(samples.len() / 2);
+    (wall, half)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(0.0)
+}
+
+#[test]
+fn adaptive_concurrency_keeps_the_engine_queue_short_at_the_same_throughput() {
+    let (fixed_wall, fixed) = queue_while_running(&["--max-concurrency", "256"]);
+    let (adaptive_wall, adaptive) =
+        queue_while_running(&["--concurrency", "adaptive", "--max-concurrency", "256"]);
+    let (fixed_q, adaptive_q) = (median(fixed), median(adaptive));
+    assert!(
+        fixed_q >= 150.0,
+        "a fixed 256 floods an engine that runs 8: queue {fixed_q}"
+    );
+    assert!(
+        adaptive_q <= 16.0,
+        "adaptive must keep the queue short: {adaptive_q}"
+    );
+    // Generous: the engine is the bottleneck either way.
+    assert!(
+        adaptive_wall.as_secs_f64() <= fixed_wall.as_secs_f64() * 1.5,
+        "adaptive {adaptive_wall:?} against fixed {fixed_wall:?}"
+    );
+}

@@ -31,6 +31,11 @@ pub struct Stats {
     outcomes: [AtomicU64; Outcome::ALL.len()],
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
+    /// The adaptive concurrency limit summed over the engines (0 with a fixed limit).
+    pub concurrency_limit: AtomicU64,
+    /// With adaptive limits: requests at the engines now (the rest of `in_flight` waits for
+    /// room under the limits).
+    pub at_engines: AtomicU64,
     pub input_tokens: AtomicU64,
     pub output_tokens: AtomicU64,
     pub total_tokens: AtomicU64,
@@ -158,6 +163,13 @@ impl Stats {
             "Requests sent and not yet answered.",
             "gauge",
             Self::load(&self.in_flight),
+        );
+        gauge(
+            &mut out,
+            "batch_runner_concurrency_limit",
+            "The adaptive concurrency limit, summed over the engines (0: a fixed limit).",
+            "gauge",
+            Self::load(&self.concurrency_limit),
         );
         gauge(
             &mut out,

@@ -80,11 +80,14 @@ pub fn describe(stats: &Stats, elapsed: Duration) -> String {
     } else {
         100.0
     };
+    let in_flight = match Stats::load(&stats.concurrency_limit) {
+        0 => Stats::load(&stats.in_flight).to_string(),
+        limit => format!("{} (limit {limit})", Stats::load(&stats.at_engines)),
+    };
     format!(
-        "{done}/{planned} ({percent:.1}%) ok {} failed {} | {rate:.1} req/s {tokens:.0} output tok/s | in flight {} | ETA {eta}",
+        "{done}/{planned} ({percent:.1}%) ok {} failed {} | {rate:.1} req/s {tokens:.0} output tok/s | in flight {in_flight} | ETA {eta}",
         stats.count(Outcome::Succeeded),
         stats.failed(),
-        Stats::load(&stats.in_flight),
     )
 }
 

@@ -26,8 +26,10 @@ pub struct WorkerSettings {
     pub default_engines: Vec<String>,
     pub model_engines: BTreeMap<String, Vec<String>>,
     pub headers: Vec<String>,
-    /// Requests in flight at once, per batch.
+    /// Requests in flight at once, per batch (per engine with `adaptive`).
     pub max_concurrency: usize,
+    /// Adaptive per-engine limits `(min, max)`; `None`: a fixed limit.
+    pub adaptive: Option<(usize, usize)>,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_retries: u32,
@@ -74,6 +76,7 @@ impl WorkerSettings {
                 max_delay: self.retry_max_backoff,
             },
             priority: self.priority,
+            adaptive: self.adaptive,
         }
     }
 
@@ -161,7 +164,7 @@ mod tests {
         let (model, urls) = parse_model_engine("m1=http://a:1,http://b:2").expect("accepted");
         let mut s: WorkerSettings = serde_json::from_value(serde_json::json!({
             "database": "sqlite://x", "default_engines": [], "model_engines": {},
-            "headers": [], "max_concurrency": 4,
+            "headers": [], "max_concurrency": 4, "adaptive": null,
             "request_timeout": {"secs": 1, "nanos": 0}, "connect_timeout": {"secs": 1, "nanos": 0},
             "max_retries": 1, "retry_backoff": {"secs": 1, "nanos": 0},
             "retry_max_backoff": {"secs": 1, "nanos": 0}, "grace": {"secs": 1, "nanos": 0},

@@ -4,7 +4,9 @@
 //! ([`pool`]) and the retry rules ([`retry`]). Bodies are sent exactly as they were read from the
 //! input.
 
+pub mod adaptive;
 mod http1;
+mod load;
 pub mod pool;
 pub mod priority;
 pub mod retry;
@@ -17,6 +19,7 @@ use hyper::Method;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
 use crate::stop::StopSignal;
+use adaptive::Signal;
 use pool::Pool;
 pub use retry::RetryPolicy;
 use retry::{retry_after, status_is_retryable};
@@ -35,6 +38,9 @@ pub struct EngineOptions {
     pub retry: RetryPolicy,
     /// Set as the body field `priority` of every request (see [`priority`]).
     pub priority: Option<i64>,
+    /// Adaptive per-engine limits `(min, max)` (see [`adaptive`]); `None`: the dispatcher's
+    /// fixed limit across all engines.
+    pub adaptive: Option<(usize, usize)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +123,10 @@ impl Engines {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
-            pool: Pool::new(bases.len()),
+            pool: match options.adaptive {
+                Some((min, max)) => Pool::adaptive(bases.len(), min, max),
+                None => Pool::new(bases.len()),
+            },
             bases,
             transports,
             request_timeout: options.request_timeout,
@@ -208,8 +217,20 @@ impl Engines {
         };
         let mut attempt = 0;
         loop {
-            let lease = self.pool.lease().await;
+            // Waiting for room on an engine (an adaptive limit, open breakers) ends with a stop:
+            // nothing new is sent once the job is stopping.
+            let lease = tokio::select! {
+                biased;
+                () = stop.stopping() => {
+                    return Sent {
+                        delivery: Delivery::Stopped,
+                        attempts: attempt,
+                    };
+                }
+                lease = self.pool.lease() => lease,
+            };
             let engine = lease.engine;
+            let sent_at = tokio::time::Instant::now();
             let result = self.transports[engine]
                 .send(
                     Method::POST,
@@ -236,6 +257,17 @@ impl Engines {
                 Err(e) => (Delivery::unavailable(&e), None),
             };
             drop(lease);
+            let signal = match &delivery {
+                Delivery::Answered {
+                    status: 429 | 503, ..
+                }
+                | Delivery::Unavailable { .. } => Some(Signal::Overloaded),
+                Delivery::Answered { .. } => Some(Signal::Answered(sent_at.elapsed())),
+                Delivery::Stopped => None,
+            };
+            if let Some(signal) = signal {
+                self.pool.observe(engine, signal);
+            }
             let retryable = match &delivery {
                 Delivery::Answered { status, .. } => {
                     if *status >= 500 {
@@ -374,6 +406,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             priority: None,
+            adaptive: None,
         };
         let h = default_headers(&options).expect("ok");
         assert_eq!(h.get_all("x-a").iter().count(), 2);

@@ -17,6 +17,8 @@ use std::time::Duration;
 // tokio's clock, so tests can pause and advance time.
 use tokio::time::Instant;
 
+use super::adaptive::{Controller, Signal};
+
 /// Consecutive failures that open an engine's breaker.
 pub const FAILURES_TO_OPEN: u32 = 5;
 const FIRST_COOL_DOWN: Duration = Duration::from_secs(2);
@@ -45,11 +47,26 @@ impl Default for Breaker {
 #[derive(Debug)]
 pub struct Pool {
     in_flight: Vec<AtomicUsize>,
+    /// Per-engine concurrency controllers (`--concurrency adaptive`); empty for a fixed limit,
+    /// which the dispatcher enforces across all engines.
+    controllers: Vec<Mutex<Controller>>,
+    /// Wakes requests waiting for an engine below its limit.
+    freed: tokio::sync::Notify,
     breakers: Mutex<Vec<Breaker>>,
     /// Rotates the starting point so ties do not always go to the first engine.
     turn: AtomicUsize,
     /// Wakes requests waiting for a suspended engine to come back.
     resumed: tokio::sync::Notify,
+}
+
+/// Why no engine can take a request now.
+enum Blocked {
+    /// Every usable engine is at its adaptive limit.
+    Full,
+    /// Every usable engine's breaker is open until the first of these.
+    Until(Instant),
+    /// Every engine is suspended.
+    Suspended,
 }
 
 /// Holds an engine's in-flight slot; released on drop.
@@ -61,12 +78,28 @@ pub struct Lease<'a> {
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         self.pool.in_flight[self.engine].fetch_sub(1, Ordering::Relaxed);
+        if !self.pool.controllers.is_empty() {
+            self.pool.freed.notify_waiters();
+        }
     }
 }
 
 impl Pool {
     pub fn new(engines: usize) -> Self {
+        Self::with_controllers(engines, None)
+    }
+
+    /// A pool whose engines each get an adaptive limit between `min` and `max`.
+    pub fn adaptive(engines: usize, min: usize, max: usize) -> Self {
+        Self::with_controllers(engines, Some(Controller::new(min, max)))
+    }
+
+    fn with_controllers(engines: usize, controller: Option<Controller>) -> Self {
         Self {
+            controllers: controller
+                .map(|c| (0..engines).map(|_| Mutex::new(c.clone())).collect())
+                .unwrap_or_default(),
+            freed: tokio::sync::Notify::new(),
             in_flight: (0..engines).map(|_| AtomicUsize::new(0)).collect(),
             breakers: Mutex::new((0..engines).map(|_| Breaker::default()).collect()),
             turn: AtomicUsize::new(0),
@@ -78,35 +111,66 @@ impl Pool {
         self.in_flight[engine].load(Ordering::Relaxed)
     }
 
-    /// Takes a slot on the best available engine, waiting while every breaker is open.
+    /// Takes a slot on the best available engine, waiting while every breaker is open or
+    /// every engine is at its adaptive limit.
     pub async fn lease(&self) -> Lease<'_> {
         loop {
-            // Registered before choosing, so a resume between the two is not missed.
+            // Registered before choosing, so a resume or a release between the two is not missed.
             let resumed = self.resumed.notified();
+            let freed = self.freed.notified();
             match self.choose(Instant::now()) {
                 Ok(engine) => {
                     self.in_flight[engine].fetch_add(1, Ordering::Relaxed);
                     return Lease { pool: self, engine };
                 }
-                Err(Some(reopens_at)) => {
+                Err(Blocked::Full) => {
+                    tokio::select! {
+                        () = freed => {}
+                        () = resumed => {}
+                    }
+                }
+                Err(Blocked::Until(reopens_at)) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(reopens_at) => {}
                         () = resumed => {}
                     }
                 }
-                Err(None) => resumed.await,
+                Err(Blocked::Suspended) => resumed.await,
             }
         }
     }
 
-    /// The available engine with the fewest in flight; otherwise when the first breaker closes
-    /// (`None`: every engine is suspended).
-    fn choose(&self, now: Instant) -> Result<usize, Option<Instant>> {
+    /// An adaptive engine's current limit (`None` with a fixed limit).
+    pub fn limit(&self, engine: usize) -> Option<usize> {
+        self.controllers
+            .get(engine)
+            .map(|c| c.lock().unwrap_or_else(|e| e.into_inner()).limit())
+    }
+
+    /// Feeds an adaptive engine's controller; a raised limit lets waiting requests in.
+    pub fn observe(&self, engine: usize, signal: Signal) {
+        let Some(controller) = self.controllers.get(engine) else {
+            return;
+        };
+        let (before, after) = {
+            let mut c = controller.lock().unwrap_or_else(|e| e.into_inner());
+            let before = c.limit();
+            c.observe(signal, Instant::now());
+            (before, c.limit())
+        };
+        if after > before {
+            self.freed.notify_waiters();
+        }
+    }
+
+    /// The available engine with the fewest in flight, below its limit; otherwise why none is.
+    fn choose(&self, now: Instant) -> Result<usize, Blocked> {
         let breakers = self.lock();
         let n = breakers.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n.max(1);
         let mut best: Option<(usize, usize)> = None;
         let mut first_reopen: Option<Instant> = None;
+        let mut full = false;
         for k in 0..n {
             let i = (start + k) % n;
             if breakers[i].suspended {
@@ -118,6 +182,10 @@ impl Pool {
                 }
                 _ => {
                     let load = self.in_flight(i);
+                    if self.limit(i).is_some_and(|limit| load >= limit) {
+                        full = true;
+                        continue;
+                    }
                     if best.is_none_or(|(_, b)| load < b) {
                         best = Some((i, load));
                     }
@@ -126,7 +194,9 @@ impl Pool {
         }
         match (best, first_reopen) {
             (Some((i, _)), _) => Ok(i),
-            (None, at) => Err(at),
+            (None, _) if full => Err(Blocked::Full),
+            (None, Some(at)) => Err(Blocked::Until(at)),
+            (None, None) => Err(Blocked::Suspended),
         }
     }
 
@@ -216,6 +286,25 @@ mod tests {
             leases.push(pool.lease().await);
         }
         leases.iter().map(|l| l.engine).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_adaptive_limit_holds_requests_until_there_is_room() {
+        let pool = std::sync::Arc::new(Pool::adaptive(1, 2, 2));
+        let a = pool.lease().await;
+        let _b = pool.lease().await;
+        let third = {
+            let pool = pool.clone();
+            tokio::spawn(async move { pool.lease().await.engine })
+        };
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert!(
+            !third.is_finished(),
+            "a third request must wait at a limit of 2"
+        );
+        drop(a);
+        assert_eq!(third.await.expect("join"), 0);
+        assert_eq!(pool.limit(0), Some(2));
     }
 
     #[tokio::test(start_paused = true)]

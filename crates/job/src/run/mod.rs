@@ -353,7 +353,16 @@ pub async fn run_observed(
         let restarts = options.launch.as_ref().map_or(0, |l| l.max_restarts);
         Supervisor::start(engine, shared.clone(), restarts)
     });
-    let ended = dispatch(shared, batches, options.max_concurrency).await;
+    // Adaptive limits are per engine; the dispatcher then only bounds the total.
+    let max_in_flight = match options.engines.adaptive {
+        Some((_, max)) => max.saturating_mul(
+            options.engines.urls.len().max(1) + usize::from(options.launch.is_some()),
+        ),
+        None => options.max_concurrency,
+    };
+    let load = tokio::spawn(watch_load(shared.clone()));
+    let ended = dispatch(shared, batches, max_in_flight).await;
+    load.abort();
     let engine_gave_up = match supervisor {
         Some(s) => s.finish().await,
         None => None,
@@ -528,6 +537,28 @@ async fn deliver_results(
         }
     }
     Ok(finalize_time)
+}
+
+/// With adaptive limits: reads the engines' queues, and shows the current limit in the progress
+/// output and metrics.
+async fn watch_load(shared: Arc<Shared>) {
+    if shared.engines.concurrency_limit().is_none() {
+        return;
+    }
+    let show = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let limit = shared.engines.concurrency_limit().unwrap_or(0) as u64;
+            let stats = &shared.stats;
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            stats.concurrency_limit.store(limit, relaxed);
+            stats
+                .at_engines
+                .store(shared.engines.at_engines() as u64, relaxed);
+        }
+    };
+    tokio::join!(shared.engines.watch_queues(shared.stop.clone()), show);
 }
 
 /// Fires the deadline, and ends the grace once the job is stopping.

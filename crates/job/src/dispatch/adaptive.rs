@@ -1,0 +1,209 @@
+//! `--concurrency adaptive`: how many requests one engine may have in flight, found as TCP finds
+//! its window.
+//!
+//! The limit starts at the minimum and, while the engine is healthy, grows: by one per success
+//! at first (slow start, doubling every round trip), then by one per round trip (additive
+//! increase) after the first sign of overload. It shrinks multiplicatively (x0.7) on overload:
+//! a 429 or 503, a timeout or dropped connection, latency that rises well above its smoothed
+//! baseline, or the engine's own waiting queue growing past a small target (read from its
+//! `/metrics`). At most one decrease per round trip, so a burst of failures from one overload
+//! counts once. The aim is an engine kept just saturated: a short queue, not a long one.
+
+use std::time::Duration;
+
+// tokio's clock, so tests can pause and advance time.
+use tokio::time::Instant;
+
+/// The factor a limit is multiplied by on overload.
+const DECREASE: f64 = 0.7;
+/// Latency this many times its long-run average is an overload sign.
+const LATENCY_TOLERANCE: f64 = 1.5;
+/// Smoothing of the short (recent) and long (baseline) latency averages.
+const SHORT_WEIGHT: f64 = 0.2;
+const LONG_WEIGHT: f64 = 0.02;
+/// Answers needed before latency is compared with its baseline.
+const LATENCY_WARM_UP: u64 = 20;
+
+/// What an attempt on the engine told the controller.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// An answer that is not an overload status, after this long.
+    Answered(Duration),
+    /// 429, 503, a timeout, a reset: the engine is overloaded or going down.
+    Overloaded,
+    /// The engine's waiting queue as its `/metrics` reports it.
+    Queue(f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct Controller {
+    min: f64,
+    max: f64,
+    limit: f64,
+    slow_start: bool,
+    short: Option<f64>,
+    long: Option<f64>,
+    answers: u64,
+    /// No second decrease before this (one round trip after the last).
+    calm_until: Option<Instant>,
+    /// The queue the engine may keep before it counts as overloaded.
+    queue_target: f64,
+}
+
+impl Controller {
+    pub fn new(min: usize, max: usize) -> Self {
+        let min = min.max(1) as f64;
+        let max = (max as f64).max(min);
+        Self {
+            min,
+            max,
+            limit: min,
+            slow_start: true,
+            short: None,
+            long: None,
+            answers: 0,
+            calm_until: None,
+            queue_target: 0.0,
+        }
+    }
+
+    /// The current limit, in whole requests.
+    pub fn limit(&self) -> usize {
+        self.limit.floor() as usize
+    }
+
+    pub fn observe(&mut self, signal: Signal, now: Instant) {
+        match signal {
+            Signal::Answered(latency) => {
+                let secs = latency.as_secs_f64();
+                self.answers += 1;
+                let short = ewma(self.short, secs, SHORT_WEIGHT);
+                let long = ewma(self.long, secs, LONG_WEIGHT);
+                self.short = Some(short);
+                self.long = Some(long);
+                if self.answers > LATENCY_WARM_UP && short > long * LATENCY_TOLERANCE {
+                    self.decrease(now, 0.0);
+                } else {
+                    self.increase();
+                }
+            }
+            Signal::Overloaded => self.decrease(now, 0.0),
+            Signal::Queue(waiting) => {
+                // A little queue keeps the engine's batches full; more only adds latency. The
+                // excess says how far the limit is off, so it comes off whole (at least x0.7).
+                self.queue_target = (self.limit * 0.1).max(2.0);
+                if waiting > self.queue_target {
+                    self.decrease(now, waiting - self.queue_target);
+                }
+            }
+        }
+    }
+
+    fn increase(&mut self) {
+        let step = if self.slow_start {
+            1.0
+        } else {
+            1.0 / self.limit
+        };
+        self.limit = (self.limit + step).min(self.max);
+    }
+
+    /// Shrinks the limit by the factor, or by `excess` requests when that is more.
+    fn decrease(&mut self, now: Instant, excess: f64) {
+        if self.calm_until.is_some_and(|t| now < t) {
+            return;
+        }
+        self.slow_start = false;
+        self.limit = (self.limit * DECREASE)
+            .min(self.limit - excess)
+            .max(self.min);
+        let round_trip = self.short.unwrap_or(0.1).clamp(0.01, 10.0);
+        self.calm_until = Some(now + Duration::from_secs_f64(round_trip));
+    }
+}
+
+fn ewma(previous: Option<f64>, value: f64, weight: f64) -> f64 {
+    previous.map_or(value, |p| p + weight * (value - p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RTT: Duration = Duration::from_millis(100);
+
+    #[test]
+    fn grows_fast_while_healthy_and_never_past_the_maximum() {
+        let mut c = Controller::new(4, 64);
+        let now = Instant::now();
+        assert_eq!(c.limit(), 4);
+        for _ in 0..10 {
+            c.observe(Signal::Answered(RTT), now);
+        }
+        assert_eq!(c.limit(), 14, "slow start: one more per success");
+        for _ in 0..1000 {
+            c.observe(Signal::Answered(RTT), now);
+        }
+        assert_eq!(c.limit(), 64);
+    }
+
+    #[test]
+    fn overload_shrinks_once_per_round_trip_then_growth_is_additive() {
+        let mut c = Controller::new(1, 1000);
+        let t0 = Instant::now();
+        for _ in 0..99 {
+            c.observe(Signal::Answered(RTT), t0);
+        }
+        assert_eq!(c.limit(), 100);
+        c.observe(Signal::Overloaded, t0);
+        assert_eq!(c.limit(), 70);
+        // The rest of the same burst counts once.
+        for _ in 0..10 {
+            c.observe(Signal::Overloaded, t0 + RTT / 2);
+        }
+        assert_eq!(c.limit(), 70);
+        c.observe(Signal::Overloaded, t0 + RTT * 2);
+        assert_eq!(c.limit(), 49);
+        // Additive: about one more per limit's worth of answers.
+        for _ in 0..55 {
+            c.observe(Signal::Answered(RTT), t0 + RTT * 3);
+        }
+        assert_eq!(c.limit(), 50);
+    }
+
+    #[test]
+    fn rising_latency_and_a_growing_queue_are_overload_signs() {
+        let mut c = Controller::new(1, 1000);
+        let t0 = Instant::now();
+        for _ in 0..50 {
+            c.observe(Signal::Answered(RTT), t0);
+        }
+        let before = c.limit();
+        for _ in 0..5 {
+            c.observe(Signal::Answered(RTT * 4), t0);
+        }
+        assert!(
+            c.limit() < before,
+            "latency 4x the baseline must shrink the limit"
+        );
+        let mut q = Controller::new(1, 1000);
+        for _ in 0..49 {
+            q.observe(Signal::Answered(RTT), t0);
+        }
+        q.observe(Signal::Queue(1.0), t0);
+        assert_eq!(q.limit(), 50, "a short queue is the target");
+        q.observe(Signal::Queue(8.0), t0);
+        assert_eq!(q.limit(), 35, "a small excess: the factor");
+        let mut flood = Controller::new(1, 1000);
+        for _ in 0..199 {
+            flood.observe(Signal::Answered(RTT), t0);
+        }
+        flood.observe(Signal::Queue(170.0), t0);
+        assert_eq!(
+            flood.limit(),
+            50,
+            "a queue of 170 over a target of 20 takes 150 off"
+        );
+        assert_eq!(Controller::new(8, 8).limit(), 8);
+    }
+}
