@@ -148,6 +148,24 @@ pub struct ConcurrencyArgs {
     #[arg(long, value_name = "N", default_value_t = 64, env = "BATCH_RUNNER_MAX_CONCURRENCY",
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_concurrency: u32,
+
+    /// Most requests started per second, per engine.
+    #[arg(long, value_name = "R", value_parser = positive_rate)]
+    pub max_requests_per_second: Option<f64>,
+
+    /// Most tokens per minute, per engine: estimated from each request (a quarter of its
+    /// bytes, plus its max_tokens) and corrected from the answer's usage.
+    #[arg(long, value_name = "T", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_tokens_per_minute: Option<u64>,
+}
+
+fn positive_rate(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!(
+            "{text:?} is not a positive number of requests per second"
+        )),
+    }
 }
 
 impl ConcurrencyArgs {

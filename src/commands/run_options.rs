@@ -155,6 +155,8 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
             },
             priority: args.priority,
             adaptive: args.concurrency.adaptive(),
+            max_requests_per_second: args.concurrency.max_requests_per_second,
+            max_tokens_per_minute: args.concurrency.max_tokens_per_minute,
         },
         input: places.input,
         output: places.output,

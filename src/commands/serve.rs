@@ -152,6 +152,8 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             headers: args.headers.clone(),
             max_concurrency: args.concurrency.max_concurrency as usize,
             adaptive: args.concurrency.adaptive(),
+            max_requests_per_second: args.concurrency.max_requests_per_second,
+            max_tokens_per_minute: args.concurrency.max_tokens_per_minute,
             request_timeout: args.request_timeout,
             connect_timeout: args.connect_timeout,
             max_retries: args.max_retries,

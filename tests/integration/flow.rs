@@ -170,3 +170,46 @@ fn adaptive_concurrency_keeps_the_engine_queue_short_at_the_same_throughput() {
         "adaptive {adaptive_wall:?} against fixed {fixed_wall:?}"
     );
 }
+
+/// Wall time of a run of `lines` against an instant engine with `extra` flags.
+fn timed_run(lines: &[Value], extra: &[&str]) -> Duration {
+    let sim = Sim::instant(&[]);
+    let job = Job::new();
+    let input = job.input(lines);
+    let started = std::time::Instant::now();
+    let out = cmd()
+        .arg("run")
+        .arg(&input)
+        .args([
+            "--output",
+            &job.path("out.jsonl").display().to_string(),
+            "--progress",
+            "off",
+        ])
+        .args(["--engine-url", &sim.url])
+        .args(extra)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    assert_eq!(results_by_id(&job.path("out.jsonl")).len(), lines.len());
+    started.elapsed()
+}
+
+#[test]
+fn rate_limits_pace_requests_and_tokens() {
+    // 60 requests at 20 per second: 20 at once (a full bucket), 40 more over 2 s.
+    let paced = timed_run(
+        &numbered_lines("r", 60),
+        &["--max-requests-per-second", "20"],
+    );
+    assert!(paced >= Duration::from_millis(1500), "{paced:?}");
+    // 12 requests of about 103 tokens each (usage) against 1200 tokens per minute: the last
+    // ones wait for about 40 tokens at 20 per second.
+    let lines: Vec<Value> = (0..12)
+        .map(|i| crate::common::chat_line(&format!("t{i}"), serde_json::json!({"max_tokens": 100})))
+        .collect();
+    let paced = timed_run(&lines, &["--max-tokens-per-minute", "1200"]);
+    assert!(paced >= Duration::from_millis(1000), "{paced:?}");
+    let free = timed_run(&lines, &[]);
+    assert!(free < paced, "{free:?} without a limit, {paced:?} with");
+}

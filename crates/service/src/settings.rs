@@ -30,6 +30,9 @@ pub struct WorkerSettings {
     pub max_concurrency: usize,
     /// Adaptive per-engine limits `(min, max)`; `None`: a fixed limit.
     pub adaptive: Option<(usize, usize)>,
+    /// Rate limits per engine.
+    pub max_requests_per_second: Option<f64>,
+    pub max_tokens_per_minute: Option<u64>,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
     pub max_retries: u32,
@@ -77,6 +80,8 @@ impl WorkerSettings {
             },
             priority: self.priority,
             adaptive: self.adaptive,
+            max_requests_per_second: self.max_requests_per_second,
+            max_tokens_per_minute: self.max_tokens_per_minute,
         }
     }
 
@@ -165,6 +170,7 @@ mod tests {
         let mut s: WorkerSettings = serde_json::from_value(serde_json::json!({
             "database": "sqlite://x", "default_engines": [], "model_engines": {},
             "headers": [], "max_concurrency": 4, "adaptive": null,
+            "max_requests_per_second": null, "max_tokens_per_minute": null,
             "request_timeout": {"secs": 1, "nanos": 0}, "connect_timeout": {"secs": 1, "nanos": 0},
             "max_retries": 1, "retry_backoff": {"secs": 1, "nanos": 0},
             "retry_max_backoff": {"secs": 1, "nanos": 0}, "grace": {"secs": 1, "nanos": 0},

@@ -9,6 +9,7 @@ mod http1;
 mod load;
 pub mod pool;
 pub mod priority;
+pub mod rate;
 pub mod retry;
 pub mod transport;
 
@@ -21,6 +22,7 @@ use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 use crate::stop::StopSignal;
 use adaptive::Signal;
 use pool::Pool;
+use rate::Bucket;
 pub use retry::RetryPolicy;
 use retry::{retry_after, status_is_retryable};
 use transport::{Transport, TransportError, Url};
@@ -41,6 +43,9 @@ pub struct EngineOptions {
     /// Adaptive per-engine limits `(min, max)` (see [`adaptive`]); `None`: the dispatcher's
     /// fixed limit across all engines.
     pub adaptive: Option<(usize, usize)>,
+    /// Rate limits per engine (see [`rate`]).
+    pub max_requests_per_second: Option<f64>,
+    pub max_tokens_per_minute: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +93,9 @@ pub struct Engines {
     request_timeout: Duration,
     retry: RetryPolicy,
     priority: Option<i64>,
+    /// Per engine, when limited.
+    request_rate: Vec<Bucket>,
+    token_rate: Vec<Bucket>,
 }
 
 /// One endpoint's URL on each engine (see [`Engines::target`]).
@@ -122,6 +130,7 @@ impl Engines {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let engines = bases.len();
         Ok(Self {
             pool: match options.adaptive {
                 Some((min, max)) => Pool::adaptive(bases.len(), min, max),
@@ -132,6 +141,14 @@ impl Engines {
             request_timeout: options.request_timeout,
             retry: options.retry,
             priority: options.priority,
+            request_rate: options
+                .max_requests_per_second
+                .map(|r| buckets(engines, r, Duration::from_secs(1)))
+                .unwrap_or_default(),
+            token_rate: options
+                .max_tokens_per_minute
+                .map(|t| buckets(engines, t as f64, Duration::from_secs(60)))
+                .unwrap_or_default(),
         })
     }
 
@@ -215,6 +232,7 @@ impl Engines {
             Some(p) => priority::with_priority(&body, p),
             None => body,
         };
+        let tokens = (!self.token_rate.is_empty()).then(|| rate::estimate_tokens(&body) as f64);
         let mut attempt = 0;
         loop {
             // Waiting for room on an engine (an adaptive limit, open breakers) ends with a stop:
@@ -230,6 +248,16 @@ impl Engines {
                 lease = self.pool.lease() => lease,
             };
             let engine = lease.engine;
+            tokio::select! {
+                biased;
+                () = stop.stopping() => {
+                    return Sent {
+                        delivery: Delivery::Stopped,
+                        attempts: attempt,
+                    };
+                }
+                () = self.pace(engine, tokens) => {}
+            }
             let sent_at = tokio::time::Instant::now();
             let result = self.transports[engine]
                 .send(
@@ -257,6 +285,14 @@ impl Engines {
                 Err(e) => (Delivery::unavailable(&e), None),
             };
             drop(lease);
+            if let (Some(estimate), Some(bucket)) = (tokens, self.token_rate.get(engine)) {
+                // Settled from the answer's usage; an answer without one cost the estimate.
+                if let Delivery::Answered { body, .. } = &delivery
+                    && let Some(actual) = rate::total_tokens(body)
+                {
+                    bucket.settle(estimate - actual as f64);
+                }
+            }
             let signal = match &delivery {
                 Delivery::Answered {
                     status: 429 | 503, ..
@@ -303,6 +339,22 @@ impl Engines {
             on_retry();
         }
     }
+}
+
+impl Engines {
+    /// Waits for `engine`'s rate limits to allow one request of `tokens` estimated tokens.
+    async fn pace(&self, engine: usize, tokens: Option<f64>) {
+        if let Some(bucket) = self.request_rate.get(engine) {
+            bucket.take(1.0).await;
+        }
+        if let (Some(bucket), Some(tokens)) = (self.token_rate.get(engine), tokens) {
+            bucket.take(tokens).await;
+        }
+    }
+}
+
+fn buckets(engines: usize, rate: f64, period: Duration) -> Vec<Bucket> {
+    (0..engines).map(|_| Bucket::new(rate, period)).collect()
 }
 
 impl Delivery {
@@ -407,6 +459,8 @@ mod tests {
             retry: RetryPolicy::default(),
             priority: None,
             adaptive: None,
+            max_requests_per_second: None,
+            max_tokens_per_minute: None,
         };
         let h = default_headers(&options).expect("ok");
         assert_eq!(h.get_all("x-a").iter().count(), 2);
