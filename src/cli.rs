@@ -177,6 +177,15 @@ impl ConcurrencyArgs {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DispatchOrderArg {
+    /// Requests are sent in input order.
+    Input,
+    /// Within each window of lines, requests sharing a prompt prefix (model and every message
+    /// but the last) are sent one after another, so the engine's prefix cache is reused.
+    Prefix,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum OrderArg {
     /// Results in input-line order (sorted at the end, with bounded memory).
     Input,
@@ -364,6 +373,15 @@ pub struct RunArgs {
 
     #[command(flatten, next_help_heading = "Requests")]
     pub concurrency: ConcurrencyArgs,
+
+    /// The order requests are sent in (the output order is --order's).
+    #[arg(help_heading = "Requests", long, value_enum, default_value_t = DispatchOrderArg::Input)]
+    pub order_dispatch: DispatchOrderArg,
+
+    /// Lines grouped at a time by --order-dispatch prefix (they are held in memory).
+    #[arg(help_heading = "Requests", long, value_name = "N", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub dispatch_window: u32,
 
     /// Longest time one attempt may take, answer included.
     #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration,

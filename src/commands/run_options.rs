@@ -16,7 +16,7 @@ use batch_job::sink::CheckpointPolicy;
 use batch_job::validate::ValidateOptions;
 use batch_storage::{HttpOptions, Location, S3Options};
 
-use crate::cli::{EngineArg, OrderArg, ProgressArg, RunArgs};
+use crate::cli::{DispatchOrderArg, EngineArg, OrderArg, ProgressArg, RunArgs};
 
 /// Size at which the engine's log is rotated.
 const ENGINE_LOG_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -163,6 +163,10 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         errors: places.errors,
         state_dir: places.state_dir,
         state_remote: places.state_remote,
+        group_window: match args.order_dispatch {
+            DispatchOrderArg::Input => None,
+            DispatchOrderArg::Prefix => Some(args.dispatch_window as usize),
+        },
         remote: places.remote,
         max_concurrency: args.concurrency.max_concurrency as usize,
         skip_invalid: args.skip_invalid,

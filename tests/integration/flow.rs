@@ -213,3 +213,64 @@ fn rate_limits_pace_requests_and_tokens() {
     let free = timed_run(&lines, &[]);
     assert!(free < paced, "{free:?} without a limit, {paced:?} with");
 }
+
+/// 800 chat lines whose system prompt is one of 16 (20 words each), interleaved pseudo-randomly.
+fn shared_prompt_lines() -> Vec<Value> {
+    let mut seed: u64 = 7;
+    (0..800)
+        .map(|i| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let prompt = (seed >> 33) % 16;
+            let system = format!(
+                "You are assistant number {prompt}. {}",
+                "Answer briefly. ".repeat(7)
+            );
+            serde_json::json!({"custom_id": format!("s{i}"), "method": "POST",
+                "url": "/v1/chat/completions", "body": {"model": "sim-model", "max_tokens": 1,
+                "messages": [{"role": "system", "content": system},
+                             {"role": "user", "content": format!("question {i}")}]}})
+        })
+        .collect()
+}
+
+/// The engine's prefix-cache hit rate (cached prompt tokens over prompt tokens) for a run.
+fn cache_hit_rate(extra: &[&str]) -> f64 {
+    // Room for the prefixes of two system prompts only.
+    let sim = Sim::instant(&["--prefix-cache-tokens", "50"]);
+    let job = Job::new();
+    let input = job.input(&shared_prompt_lines());
+    let out = cmd()
+        .arg("run")
+        .arg(&input)
+        .args([
+            "--output",
+            &job.path("out.jsonl").display().to_string(),
+            "--progress",
+            "off",
+        ])
+        .args(["--engine-url", &sim.url, "--max-concurrency", "1"])
+        .args(extra)
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let results = results_by_id(&job.path("out.jsonl"));
+    assert_eq!(results.len(), 800);
+    let cached: u64 = results
+        .values()
+        .map(|r| {
+            r["response"]["body"]["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(cached as f64, sim.metric("sglang:cached_tokens_total"));
+    cached as f64 / sim.metric("sglang:prompt_tokens_total")
+}
+
+#[test]
+fn prefix_grouped_dispatch_reuses_the_engine_prefix_cache() {
+    let input_order = cache_hit_rate(&[]);
+    let grouped = cache_hit_rate(&["--order-dispatch", "prefix"]);
+    assert!(input_order < 0.2, "input order hit rate {input_order}");
+    assert!(grouped > 0.7, "grouped hit rate {grouped}");
+}

@@ -223,6 +223,7 @@ impl Worker {
                 ..Remote::default()
             },
             state_remote,
+            group_window: None,
         };
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());

@@ -37,6 +37,8 @@ pub struct Feed<'a> {
     pub invalid: &'a BitSet,
     /// Lines that already have a result (a resumed job).
     pub done: &'a BitSet,
+    /// `--order-dispatch prefix`: lines grouped by prompt prefix within windows of this many.
+    pub group_window: Option<usize>,
 }
 
 impl Feed<'_> {
@@ -44,23 +46,41 @@ impl Feed<'_> {
     /// goes away.
     pub fn run(mut self, batches: &mpsc::Sender<Vec<Item>>) -> std::io::Result<()> {
         let mut reader = LineReader::new(File::open(self.path)?, self.max_line_bytes);
-        let mut batch = Vec::with_capacity(BATCH);
+        let window = self.group_window.unwrap_or(BATCH).max(1);
+        let mut pending = Vec::with_capacity(window.min(1 << 16));
         while let Some(line) = reader.next_line()? {
             if line.content.is_blank() || self.done.contains(line.number) {
                 continue;
             }
-            batch.push(self.item(line.number, &line.content));
-            if batch.len() == BATCH {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
-                if batches.blocking_send(full).is_err() {
+            pending.push(self.item(line.number, &line.content));
+            if pending.len() == window {
+                let full = std::mem::replace(&mut pending, Vec::with_capacity(window.min(1 << 16)));
+                if !self.hand_over(full, batches) {
                     return Ok(()); // the dispatcher stopped
                 }
             }
         }
-        if !batch.is_empty() {
-            let _ = batches.blocking_send(batch);
+        if !pending.is_empty() {
+            self.hand_over(pending, batches);
         }
         Ok(())
+    }
+
+    /// Sends a window of items (grouped, with `--order-dispatch prefix`) in batches; false when
+    /// the dispatcher has gone.
+    fn hand_over(&self, items: Vec<Item>, batches: &mpsc::Sender<Vec<Item>>) -> bool {
+        let items = match self.group_window {
+            Some(_) => super::grouping::group(items),
+            None => items,
+        };
+        let mut items = items.into_iter().peekable();
+        while items.peek().is_some() {
+            let batch: Vec<Item> = items.by_ref().take(BATCH).collect();
+            if batches.blocking_send(batch).is_err() {
+                return false;
+            }
+        }
+        true
     }
 
     fn item(&mut self, line: u64, content: &Content<'_>) -> Item {

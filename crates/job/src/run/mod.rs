@@ -18,6 +18,7 @@
 mod dispatcher;
 mod execute;
 mod feed;
+mod grouping;
 mod supervise;
 
 use std::net::SocketAddr;
@@ -84,6 +85,9 @@ pub struct RunOptions {
     /// The state's home in object storage (`s3://bucket/prefix`); `state_dir` is then its local
     /// cache.
     pub state_remote: Option<reqwest::Url>,
+    /// Send lines sharing a prompt prefix together, within windows of this many lines
+    /// (`--order-dispatch prefix`); `None`: input order.
+    pub group_window: Option<usize>,
 }
 
 /// `OUTPUT.state`, next to the output so finalize can rename instead of copying.
@@ -337,6 +341,7 @@ pub async fn run_observed(
         let path = options.input.clone();
         let rules = LineRules::settled(options.validate.rules.clone(), validation.settled);
         let max_line_bytes = options.validate.max_line_bytes;
+        let group_window = options.group_window;
         let (invalid, done) = (validation.invalid, opened.done);
         std::thread::spawn(move || {
             let feed = Feed {
@@ -345,6 +350,7 @@ pub async fn run_observed(
                 rules,
                 invalid: &invalid,
                 done: &done,
+                group_window,
             };
             feed.run(&batch_tx)
         })
