@@ -569,6 +569,10 @@ pub struct SimArgs {
     #[arg(long)]
     pub enable_priority_scheduling: bool,
 
+    /// Priority of a request that sends none (otherwise it is the least important).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub default_priority_value: Option<i64>,
+
     /// Output tokens when a request sets no max_tokens.
     #[arg(long, default_value_t = 16)]
     pub default_max_tokens: u64,

@@ -65,6 +65,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         prefill_per_token: millis("--prefill-ms-per-token", args.prefill_ms_per_token)?,
         prefix_cache_tokens: args.prefix_cache_tokens,
         priority_scheduling: args.enable_priority_scheduling,
+        default_priority: args.default_priority_value,
         default_max_tokens: args.default_max_tokens,
         fail_rate: args.fail_rate,
         fail_status: args.fail_status,

@@ -24,6 +24,9 @@ pub struct SimConfig {
     /// Admit waiting requests by their body's `priority` (larger first), as SGLang with
     /// `--enable-priority-scheduling`; otherwise first come first served.
     pub priority_scheduling: bool,
+    /// The priority of a request that sends none (SGLang `--default-priority-value`); without
+    /// it such requests are the least important.
+    pub default_priority: Option<i64>,
     /// Output length when a request sets no `max_tokens`.
     pub default_max_tokens: u64,
     /// Fraction of requests answered with `fail_status`.
@@ -57,6 +60,7 @@ impl Default for SimConfig {
             prefill_per_token: Duration::ZERO,
             prefix_cache_tokens: 0,
             priority_scheduling: false,
+            default_priority: None,
             default_max_tokens: 16,
             fail_rate: 0.0,
             fail_status: 503,

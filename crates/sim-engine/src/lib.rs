@@ -218,7 +218,10 @@ impl Engine {
                 "The request queue is full.",
             ));
         }
-        let priority = request.get("priority").and_then(serde_json::Value::as_i64);
+        let priority = request
+            .get("priority")
+            .and_then(serde_json::Value::as_i64)
+            .or(self.config.default_priority);
         let slot = self.admission.enter(priority).await;
 
         let n = self.requests.fetch_add(1, Ordering::Relaxed);

@@ -3,19 +3,21 @@
 //!
 //! The limit starts at the minimum and, while the engine is healthy, grows: by one per success
 //! at first (slow start, doubling every round trip), then by one per round trip (additive
-//! increase) after the first sign of overload. It shrinks multiplicatively (x0.7) on overload:
-//! a 429 or 503, a timeout or dropped connection, latency that rises well above its smoothed
-//! baseline, or the engine's own waiting queue growing past a small target (read from its
-//! `/metrics`). At most one decrease per round trip, so a burst of failures from one overload
-//! counts once. The aim is an engine kept just saturated: a short queue, not a long one.
+//! increase) after the first sign of overload. It shrinks on overload: by x0.7 for a 429 or 503,
+//! a timeout or dropped connection; by x0.9 for latency rising well above its smoothed
+//! baseline; and by exactly the excess when the engine's own waiting queue (read from its
+//! `/metrics`) grows past a small target. At most one decrease per round trip, so a burst of
+//! failures from one overload counts once. The aim is an engine kept just saturated: a short queue, not a long one.
 
 use std::time::Duration;
 
 // tokio's clock, so tests can pause and advance time.
 use tokio::time::Instant;
 
-/// The factor a limit is multiplied by on overload.
+/// The factor a limit is multiplied by on overload (429/503, timeouts).
 const DECREASE: f64 = 0.7;
+/// The gentler factor for rising latency, a softer sign.
+const LATENCY_DECREASE: f64 = 0.9;
 /// Latency this many times its long-run average is an overload sign.
 const LATENCY_TOLERANCE: f64 = 1.5;
 /// Smoothing of the short (recent) and long (baseline) latency averages.
@@ -82,15 +84,16 @@ impl Controller {
                 self.short = Some(short);
                 self.long = Some(long);
                 if self.answers > LATENCY_WARM_UP && short > long * LATENCY_TOLERANCE {
-                    self.decrease(now, 0.0);
+                    self.decrease(now, self.limit * (1.0 - LATENCY_DECREASE));
                 } else {
                     self.increase();
                 }
             }
-            Signal::Overloaded => self.decrease(now, 0.0),
+            Signal::Overloaded => self.decrease(now, self.limit * (1.0 - DECREASE)),
             Signal::Queue(waiting) => {
                 // A little queue keeps the engine's batches full; more only adds latency. The
-                // excess says how far the limit is off, so it comes off whole (at least x0.7).
+                // excess says exactly how far the limit is off, so just that comes off: no
+                // sawtooth below the engine's capacity.
                 self.queue_target = (self.limit * 0.1).max(2.0);
                 if waiting > self.queue_target {
                     self.decrease(now, waiting - self.queue_target);
@@ -108,15 +111,13 @@ impl Controller {
         self.limit = (self.limit + step).min(self.max);
     }
 
-    /// Shrinks the limit by the factor, or by `excess` requests when that is more.
-    fn decrease(&mut self, now: Instant, excess: f64) {
+    /// Takes `by` requests off the limit (once per round trip).
+    fn decrease(&mut self, now: Instant, by: f64) {
         if self.calm_until.is_some_and(|t| now < t) {
             return;
         }
         self.slow_start = false;
-        self.limit = (self.limit * DECREASE)
-            .min(self.limit - excess)
-            .max(self.min);
+        self.limit = (self.limit - by).max(self.min);
         let round_trip = self.short.unwrap_or(0.1).clamp(0.01, 10.0);
         self.calm_until = Some(now + Duration::from_secs_f64(round_trip));
     }
@@ -193,7 +194,7 @@ mod tests {
         q.observe(Signal::Queue(1.0), t0);
         assert_eq!(q.limit(), 50, "a short queue is the target");
         q.observe(Signal::Queue(8.0), t0);
-        assert_eq!(q.limit(), 35, "a small excess: the factor");
+        assert_eq!(q.limit(), 47, "a queue of 8 over a target of 5 takes 3 off");
         let mut flood = Controller::new(1, 1000);
         for _ in 0..199 {
             flood.observe(Signal::Answered(RTT), t0);
