@@ -61,7 +61,8 @@ fn completed_requests(service: &Service, ids: &[String]) -> i64 {
 fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
     let moto = Moto::start();
     let env = moto.env().to_vec();
-    let db = postgres_schema();
+    let schema = postgres_schema();
+    let db = &schema.url;
     let sim = Sim::start(&[
         "--ttft-ms",
         "100",
@@ -71,13 +72,13 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
         "1000",
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut api = shared(&db);
+    let mut api = shared(db);
     api.extend(["--max-concurrent-batches".into(), "0".into()]);
     let replicas = [
         Service::start_with(&dir.path().join("r1"), &refs(&api), &env),
         Service::start_with(&dir.path().join("r2"), &refs(&api), &env),
     ];
-    let mut pool = shared(&db);
+    let mut pool = shared(db);
     pool.extend(
         [
             "--engine-url",
@@ -130,13 +131,14 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
 fn a_frozen_worker_cannot_overwrite_the_new_owner() {
     let moto = Moto::start();
     let env = moto.env().to_vec();
-    let db = postgres_schema();
+    let schema = postgres_schema();
+    let db = &schema.url;
     let sim = Sim::start(&["--ttft-ms", "50", "--ms-per-token", "0"]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut api = shared(&db);
+    let mut api = shared(db);
     api.extend(["--max-concurrent-batches".into(), "0".into()]);
     let service = Service::start_with(&dir.path().join("api"), &refs(&api), &env);
-    let mut pool = shared(&db);
+    let mut pool = shared(db);
     pool.extend(["--engine-url", &sim.url, "--max-concurrency", "2"].map(str::to_owned));
     let frozen = Pool::start(&dir.path().join("frozen"), &refs(&pool), &env);
     let file = service.upload("in.jsonl", &jsonl(&numbered_lines("f", 300)));

@@ -318,8 +318,29 @@ impl Drop for Pool {
 }
 
 /// A PostgreSQL schema of its own on the machine's server (`BATCH_RUNNER_TEST_POSTGRES`,
-/// default the local `test` database); returns the URL that uses it.
-pub fn postgres_schema() -> String {
+/// default the local `test` database), dropped with everything in it when this goes.
+pub struct PgSchema {
+    base: String,
+    name: String,
+    /// The database URL that works in this schema.
+    pub url: String,
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("psql")
+            .args([
+                &self.base,
+                "-q",
+                "-c",
+                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+            ])
+            .env("PGOPTIONS", "-c client_min_messages=warning")
+            .output();
+    }
+}
+
+pub fn postgres_schema() -> PgSchema {
     let base = std::env::var("BATCH_RUNNER_TEST_POSTGRES")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!(
@@ -344,5 +365,9 @@ pub fn postgres_schema() -> String {
         "cannot create a schema in {base}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    format!("{base}?options=-c%20search_path%3D{schema}")
+    PgSchema {
+        url: format!("{base}?options=-c%20search_path%3D{schema}"),
+        base,
+        name: schema,
+    }
 }
