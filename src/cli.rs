@@ -176,6 +176,82 @@ impl ConcurrencyArgs {
     }
 }
 
+/// How requests are sent to the engines, shared by `run` and the service (`serve`,
+/// `worker-pool`); the engines themselves and their API key are given apart.
+#[derive(Debug, Args)]
+pub struct EngineClientArgs {
+    /// Extra header for every engine request, as 'Name: value' (repeatable).
+    #[arg(long = "header", value_name = "HEADER")]
+    pub headers: Vec<String>,
+
+    /// Set the body field `priority` of every request to N, for engines that schedule by it
+    /// (SGLang --enable-priority-scheduling: larger wins; vLLM --scheduling-policy priority:
+    /// smaller wins). A line's own `priority` is kept.
+    #[arg(
+        long,
+        value_name = "N",
+        allow_negative_numbers = true,
+        env = "BATCH_RUNNER_PRIORITY"
+    )]
+    pub priority: Option<i64>,
+
+    #[command(flatten)]
+    pub concurrency: ConcurrencyArgs,
+
+    /// Longest time one attempt may take, answer included.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration,
+          env = "BATCH_RUNNER_REQUEST_TIMEOUT")]
+    pub request_timeout: Duration,
+
+    /// Longest time to open a connection to an engine.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+
+    /// Retries after a connect error, reset, timeout, 408, 429 or 5xx (other 4xx are final).
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 5,
+        env = "BATCH_RUNNER_MAX_RETRIES"
+    )]
+    pub max_retries: u32,
+
+    /// Wait before the first retry; doubles each retry, with jitter.
+    #[arg(long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest wait between retries (a longer Retry-After from the engine is honoured, up to 5m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub retry_max_backoff: Duration,
+}
+
+impl EngineClientArgs {
+    /// The settings for these engines, with this API key.
+    pub fn options(
+        &self,
+        urls: Vec<String>,
+        api_key: Option<String>,
+    ) -> batch_job::dispatch::EngineOptions {
+        let c = &self.concurrency;
+        batch_job::dispatch::EngineOptions {
+            urls,
+            api_key,
+            headers: self.headers.clone(),
+            request_timeout: self.request_timeout,
+            connect_timeout: self.connect_timeout,
+            retry: batch_job::dispatch::RetryPolicy {
+                max_retries: self.max_retries,
+                base_delay: self.retry_backoff,
+                max_delay: self.retry_max_backoff,
+            },
+            priority: self.priority,
+            adaptive: c.adaptive(),
+            max_requests_per_second: c.max_requests_per_second,
+            max_tokens_per_minute: c.max_tokens_per_minute,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum DispatchOrderArg {
     /// Requests are sent in input order.
@@ -355,24 +431,8 @@ pub struct RunArgs {
     )]
     pub api_key: Option<String>,
 
-    /// Extra header for every engine request, as 'Name: value' (repeatable).
-    #[arg(help_heading = "Requests", long = "header", value_name = "HEADER")]
-    pub headers: Vec<String>,
-
-    /// Set the body field `priority` of every request to N, for engines that schedule by it
-    /// (SGLang --enable-priority-scheduling: larger wins; vLLM --scheduling-policy priority:
-    /// smaller wins). A line's own `priority` is kept.
-    #[arg(
-        help_heading = "Requests",
-        long,
-        value_name = "N",
-        allow_negative_numbers = true,
-        env = "BATCH_RUNNER_PRIORITY"
-    )]
-    pub priority: Option<i64>,
-
     #[command(flatten, next_help_heading = "Requests")]
-    pub concurrency: ConcurrencyArgs,
+    pub client: EngineClientArgs,
 
     /// The order requests are sent in (the output order is --order's).
     #[arg(help_heading = "Requests", long, value_enum, default_value_t = DispatchOrderArg::Input)]
@@ -382,33 +442,6 @@ pub struct RunArgs {
     #[arg(help_heading = "Requests", long, value_name = "N", default_value_t = 4096,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub dispatch_window: u32,
-
-    /// Longest time one attempt may take, answer included.
-    #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration,
-          env = "BATCH_RUNNER_REQUEST_TIMEOUT")]
-    pub request_timeout: Duration,
-
-    /// Longest time to open a connection to an engine.
-    #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// Retries after a connect error, reset, timeout, 408, 429 or 5xx (other 4xx are final).
-    #[arg(
-        help_heading = "Requests",
-        long,
-        value_name = "N",
-        default_value_t = 5,
-        env = "BATCH_RUNNER_MAX_RETRIES"
-    )]
-    pub max_retries: u32,
-
-    /// Wait before the first retry; doubles each retry, with jitter.
-    #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
-    pub retry_backoff: Duration,
-
-    /// Longest wait between retries (a longer Retry-After from the engine is honoured, up to 5m).
-    #[arg(help_heading = "Requests", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub retry_max_backoff: Duration,
 
     /// Run the valid lines and write each invalid one to the error file (code invalid_request)
     /// instead of refusing the whole file.
@@ -716,42 +749,8 @@ pub struct ExecArgs {
     )]
     pub engine_api_key: Option<String>,
 
-    /// Extra header for every engine request, as 'Name: value' (repeatable).
-    #[arg(help_heading = "Engines", long = "header", value_name = "HEADER")]
-    pub headers: Vec<String>,
-
-    /// Set the body field `priority` of every engine request to N (see `run --help`).
-    #[arg(
-        help_heading = "Engines",
-        long,
-        value_name = "N",
-        allow_negative_numbers = true
-    )]
-    pub priority: Option<i64>,
-
-    /// Requests in flight per batch (see `run --help`).
     #[command(flatten, next_help_heading = "Engines")]
-    pub concurrency: ConcurrencyArgs,
-
-    /// Longest time one engine request may take.
-    #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
-    pub request_timeout: Duration,
-
-    /// Longest time to open a connection to an engine.
-    #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
-    pub connect_timeout: Duration,
-
-    /// Retries of a request after a connect error, timeout, 408, 429 or 5xx.
-    #[arg(help_heading = "Engines", long, value_name = "N", default_value_t = 5)]
-    pub max_retries: u32,
-
-    /// Wait before the first retry; doubles each retry, with jitter.
-    #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "500ms", value_parser = parse_duration)]
-    pub retry_backoff: Duration,
-
-    /// Longest wait between retries.
-    #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
-    pub retry_max_backoff: Duration,
+    pub client: EngineClientArgs,
 
     /// Batches run at once by this process, each in its own worker process (serve: 0 serves
     /// the API only and leaves the batches to worker pools).

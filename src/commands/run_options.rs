@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use batch_job::deadline::Deadline;
-use batch_job::dispatch::{EngineOptions, RetryPolicy};
 use batch_job::finalize::Order;
 use batch_job::launch::LaunchSpec;
 use batch_job::launch::preset::Preset;
@@ -142,22 +141,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
     };
     Ok(RunOptions {
         validate: ValidateOptions::from(&args.rules),
-        engines: EngineOptions {
-            urls: args.engine_urls,
-            api_key: args.api_key,
-            headers: args.headers,
-            request_timeout: args.request_timeout,
-            connect_timeout: args.connect_timeout,
-            retry: RetryPolicy {
-                max_retries: args.max_retries,
-                base_delay: args.retry_backoff,
-                max_delay: args.retry_max_backoff,
-            },
-            priority: args.priority,
-            adaptive: args.concurrency.adaptive(),
-            max_requests_per_second: args.concurrency.max_requests_per_second,
-            max_tokens_per_minute: args.concurrency.max_tokens_per_minute,
-        },
+        engines: args.client.options(args.engine_urls, args.api_key),
         input: places.input,
         output: places.output,
         errors: places.errors,
@@ -168,7 +152,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
             DispatchOrderArg::Prefix => Some(args.dispatch_window as usize),
         },
         remote: places.remote,
-        max_concurrency: args.concurrency.max_concurrency as usize,
+        max_concurrency: args.client.concurrency.max_concurrency as usize,
         skip_invalid: args.skip_invalid,
         metrics_listen: args.metrics_listen,
         progress: match args.progress {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use batch_job::dispatch::{EngineOptions, RetryPolicy};
+use batch_job::dispatch::EngineOptions;
 use batch_job::sink::CheckpointPolicy;
 use batch_storage::object::ObjectDir;
 use batch_storage::{S3Options, StorageError};
@@ -25,19 +25,11 @@ pub struct WorkerSettings {
     /// Engines for a model with no entry in `model_engines`.
     pub default_engines: Vec<String>,
     pub model_engines: BTreeMap<String, Vec<String>>,
-    pub headers: Vec<String>,
-    /// Requests in flight at once, per batch (per engine with `adaptive`).
+    /// How requests are sent (the engines' URLs are filled in per batch; the API key comes
+    /// from the environment).
+    pub engine: EngineOptions,
+    /// Requests in flight at once, per batch (per engine with adaptive limits).
     pub max_concurrency: usize,
-    /// Adaptive per-engine limits `(min, max)`; `None`: a fixed limit.
-    pub adaptive: Option<(usize, usize)>,
-    /// Rate limits per engine.
-    pub max_requests_per_second: Option<f64>,
-    pub max_tokens_per_minute: Option<u64>,
-    pub request_timeout: Duration,
-    pub connect_timeout: Duration,
-    pub max_retries: u32,
-    pub retry_backoff: Duration,
-    pub retry_max_backoff: Duration,
     /// How long requests in flight may finish after a cancel or expiry.
     pub grace: Duration,
     /// A worker's lease; it renews it three times per period.
@@ -50,11 +42,7 @@ pub struct WorkerSettings {
     /// `s3://bucket/prefix` holding files (`files/`) and the job states of running batches
     /// (`work/`), shared by every replica and worker host; `None`: the local data directory.
     pub storage_url: Option<String>,
-    /// The body field `priority` of every engine request (none when `None`).
-    pub priority: Option<i64>,
-    pub s3_endpoint: Option<String>,
-    pub s3_region: Option<String>,
-    pub s3_virtual_hosted_style: bool,
+    pub s3: S3Options,
 }
 
 impl WorkerSettings {
@@ -70,18 +58,7 @@ impl WorkerSettings {
         EngineOptions {
             urls: urls.to_vec(),
             api_key: std::env::var(ENGINE_KEY_ENV).ok().filter(|k| !k.is_empty()),
-            headers: self.headers.clone(),
-            request_timeout: self.request_timeout,
-            connect_timeout: self.connect_timeout,
-            retry: RetryPolicy {
-                max_retries: self.max_retries,
-                base_delay: self.retry_backoff,
-                max_delay: self.retry_max_backoff,
-            },
-            priority: self.priority,
-            adaptive: self.adaptive,
-            max_requests_per_second: self.max_requests_per_second,
-            max_tokens_per_minute: self.max_tokens_per_minute,
+            ..self.engine.clone()
         }
     }
 
@@ -89,14 +66,6 @@ impl WorkerSettings {
         CheckpointPolicy {
             every_results: self.checkpoint_every_results,
             every: self.checkpoint_every,
-        }
-    }
-
-    pub fn s3(&self) -> S3Options {
-        S3Options {
-            endpoint: self.s3_endpoint.clone(),
-            region: self.s3_region.clone(),
-            virtual_hosted_style: self.s3_virtual_hosted_style,
         }
     }
 
@@ -114,7 +83,7 @@ impl WorkerSettings {
                 .map_err(|e| format!("cannot create {}/files: {e}", data_dir.display())),
             Some(url) => {
                 let url = url.map_err(|e| e.to_string())?;
-                ObjectDir::open(&url, &self.s3())
+                ObjectDir::open(&url, &self.s3)
                     .map(Blobs::Object)
                     .map_err(|e| e.to_string())
             }
@@ -167,19 +136,39 @@ mod tests {
     #[test]
     fn models_map_to_engines_with_a_default() {
         let (model, urls) = parse_model_engine("m1=http://a:1,http://b:2").expect("accepted");
-        let mut s: WorkerSettings = serde_json::from_value(serde_json::json!({
-            "database": "sqlite://x", "default_engines": [], "model_engines": {},
-            "headers": [], "max_concurrency": 4, "adaptive": null,
-            "max_requests_per_second": null, "max_tokens_per_minute": null,
-            "request_timeout": {"secs": 1, "nanos": 0}, "connect_timeout": {"secs": 1, "nanos": 0},
-            "max_retries": 1, "retry_backoff": {"secs": 1, "nanos": 0},
-            "retry_max_backoff": {"secs": 1, "nanos": 0}, "grace": {"secs": 1, "nanos": 0},
-            "lease": {"secs": 1, "nanos": 0}, "report_every": {"secs": 1, "nanos": 0},
-            "checkpoint_every_results": 10, "checkpoint_every": {"secs": 1, "nanos": 0},
-            "extra_endpoints": [], "storage_url": null, "s3_endpoint": null, "s3_region": null,
-            "s3_virtual_hosted_style": false, "priority": null
-        }))
-        .expect("accepted");
+        let engine = EngineOptions {
+            urls: Vec::new(),
+            api_key: Some("secret".into()),
+            headers: vec!["X-A: 1".into()],
+            request_timeout: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(1),
+            retry: batch_job::dispatch::RetryPolicy::default(),
+            priority: Some(-10),
+            adaptive: Some((4, 64)),
+            max_requests_per_second: None,
+            max_tokens_per_minute: Some(1000),
+        };
+        let written = WorkerSettings {
+            database: "sqlite://x".into(),
+            default_engines: Vec::new(),
+            model_engines: BTreeMap::new(),
+            engine,
+            max_concurrency: 4,
+            grace: Duration::from_secs(1),
+            lease: Duration::from_secs(1),
+            report_every: Duration::from_secs(1),
+            checkpoint_every_results: 10,
+            checkpoint_every: Duration::from_secs(1),
+            extra_endpoints: Vec::new(),
+            storage_url: None,
+            s3: S3Options::default(),
+        };
+        // The file round-trips, without the engines' API key.
+        let text = serde_json::to_string(&written).expect("serializable");
+        assert!(!text.contains("secret"), "{text}");
+        let mut s: WorkerSettings = serde_json::from_str(&text).expect("accepted");
+        assert_eq!(s.engine.priority, Some(-10));
+        assert_eq!(s.engine.adaptive, Some((4, 64)));
         s.model_engines.insert(model, urls);
         assert_eq!(s.engines_for("m1").expect("accepted").len(), 2);
         assert!(s.engines_for("m2").is_none());

@@ -134,7 +134,7 @@ impl Worker {
                 // The batch is recorded: its job state is no longer needed.
                 if let Some(url) = self.settings.object_url(&format!("work/{}", self.batch)) {
                     let removed = match url {
-                        Ok(url) => match ObjectDir::open(&url, &self.settings.s3()) {
+                        Ok(url) => match ObjectDir::open(&url, &self.settings.s3) {
                             Ok(dir) => dir.remove_all().await,
                             Err(e) => Err(e),
                         },
@@ -219,7 +219,7 @@ impl Worker {
             retry_failed: None,
             launch: None,
             remote: Remote {
-                s3: self.settings.s3(),
+                s3: self.settings.s3.clone(),
                 ..Remote::default()
             },
             state_remote,
@@ -273,7 +273,7 @@ impl Worker {
         };
         for fence in (1..self.fence).rev() {
             let Some(url) = url_of(fence)? else { break };
-            let dir = ObjectDir::open(&url, &self.settings.s3())?;
+            let dir = ObjectDir::open(&url, &self.settings.s3)?;
             if dir.get("manifest.json").await?.is_some() {
                 tracing::info!(
                     "batch {}: resuming from the state of claim {fence}",

@@ -24,7 +24,7 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 const UPLOAD_CONCURRENCY: usize = 2;
 
 /// Settings beyond the environment.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct S3Options {
     /// The store's endpoint (for S3-compatible stores); `http://` endpoints are allowed.
     pub endpoint: Option<String>,

@@ -29,9 +29,12 @@ use transport::{Transport, TransportError, Url};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Debug, Clone)]
+/// Serializable (the service hands them to its workers in a file) except the API key, which
+/// travels in the environment.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct EngineOptions {
     pub urls: Vec<String>,
+    #[serde(skip)]
     pub api_key: Option<String>,
     /// Extra headers sent with every request, as `Name: value`.
     pub headers: Vec<String>,

@@ -14,7 +14,7 @@ use reqwest::header::HeaderMap;
 /// The longest `Retry-After` honoured; a longer one is clamped to this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct RetryPolicy {
     /// Retries after the first attempt.
     pub max_retries: u32,
