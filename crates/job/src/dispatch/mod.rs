@@ -238,8 +238,13 @@ impl Engines {
         let tokens = (!self.token_rate.is_empty()).then(|| rate::estimate_tokens(&body) as f64);
         let mut attempt = 0;
         loop {
-            // Waiting for room on an engine (an adaptive limit, open breakers) ends with a stop:
-            // nothing new is sent once the job is stopping.
+            // Waiting for room on an engine (an adaptive limit, a rate limit, open breakers) ends
+            // with a stop: nothing new is sent once the job is stopping.
+            let room = async {
+                let lease = self.pool.lease().await;
+                self.pace(lease.engine, tokens).await;
+                lease
+            };
             let lease = tokio::select! {
                 biased;
                 () = stop.stopping() => {
@@ -248,19 +253,9 @@ impl Engines {
                         attempts: attempt,
                     };
                 }
-                lease = self.pool.lease() => lease,
+                lease = room => lease,
             };
             let engine = lease.engine;
-            tokio::select! {
-                biased;
-                () = stop.stopping() => {
-                    return Sent {
-                        delivery: Delivery::Stopped,
-                        attempts: attempt,
-                    };
-                }
-                () = self.pace(engine, tokens) => {}
-            }
             let sent_at = tokio::time::Instant::now();
             let result = self.transports[engine]
                 .send(
