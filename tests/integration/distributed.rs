@@ -1,26 +1,13 @@
 //! Beyond one machine: `serve` replicas and `worker-pool`s sharing PostgreSQL (the machine's) and
 //! object storage (moto), with pools killed and frozen mid-run.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
-use serde_json::Value;
-
 use crate::common::s3::Moto;
-use crate::common::service::{Pool, Service, postgres_schema, worker_pids};
+use crate::common::service::{Pool, Service, postgres_schema, unique_ids, worker_pids};
 use crate::common::{Sim, jsonl, numbered_lines, wait_for};
 
 const LONG: Duration = Duration::from_secs(180);
-
-fn unique_ids(data: &[u8]) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    for line in String::from_utf8_lossy(data).lines() {
-        let v: Value = serde_json::from_str(line).expect("result line is JSON");
-        let id = v["custom_id"].as_str().expect("custom_id").to_owned();
-        assert!(ids.insert(id.clone()), "duplicate result for {id}");
-    }
-    ids
-}
 
 /// Flags every process of the deployment shares: one database, one object store, short leases.
 fn shared(db: &str) -> Vec<String> {

@@ -6,8 +6,28 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::{
-    Job, Sim, cmd, http_get, numbered_lines, prometheus_value, results_by_id, wait_for,
+    Job, Sim, cmd, http_get, numbered_lines, prometheus_value, results_by_id, run_args, wait_for,
 };
+
+/// `batch-runner run INPUT` against `sim` with `fixed` flags (add more with `.args`); its
+/// stderr (the summary) is not shown.
+fn run_command(
+    job: &Job,
+    input: &std::path::Path,
+    sim: &Sim,
+    fixed: &[&str],
+) -> std::process::Command {
+    let mut command = cmd();
+    command
+        .args(run_args(
+            job,
+            input.to_str().expect("utf-8 path"),
+            &[&sim.url],
+            fixed,
+        ))
+        .stderr(std::process::Stdio::null());
+    command
+}
 
 /// The engine's admission number of an answer (sim-engine puts it in the last 8 hex digits of
 /// the response id): the order the engine let requests run in.
@@ -51,18 +71,8 @@ fn batch_with_online_request(extra: &[&str]) -> (u64, Vec<u64>) {
     ]);
     let job = Job::new();
     let input = job.input(&numbered_lines("p", 20));
-    let mut run = cmd()
-        .arg("run")
-        .arg(&input)
-        .args([
-            "--output",
-            &job.path("out.jsonl").display().to_string(),
-            "--progress",
-            "off",
-        ])
-        .args(["--engine-url", &sim.url, "--max-concurrency", "20"])
+    let mut run = run_command(&job, &input, &sim, &["--max-concurrency", "20"])
         .args(extra)
-        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run");
     // Wait until the batch fills the engine's queue, then arrive as online traffic.
@@ -116,18 +126,8 @@ fn queue_while_running(concurrency: &[&str]) -> (Duration, Vec<f64>) {
     let job = Job::new();
     let input = job.input(&numbered_lines("q", 3000));
     let started = std::time::Instant::now();
-    let mut run = cmd()
-        .arg("run")
-        .arg(&input)
-        .args([
-            "--output",
-            &job.path("out.jsonl").display().to_string(),
-            "--progress",
-            "off",
-        ])
-        .args(["--engine-url", &sim.url])
+    let mut run = run_command(&job, &input, &sim, &[])
         .args(concurrency)
-        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("run");
     let mut samples = Vec::new();
@@ -177,16 +177,7 @@ fn timed_run(lines: &[Value], extra: &[&str]) -> Duration {
     let job = Job::new();
     let input = job.input(lines);
     let started = std::time::Instant::now();
-    let out = cmd()
-        .arg("run")
-        .arg(&input)
-        .args([
-            "--output",
-            &job.path("out.jsonl").display().to_string(),
-            "--progress",
-            "off",
-        ])
-        .args(["--engine-url", &sim.url])
+    let out = run_command(&job, &input, &sim, &[])
         .args(extra)
         .output()
         .expect("run");
@@ -239,16 +230,7 @@ fn cache_hit_rate(extra: &[&str]) -> f64 {
     let sim = Sim::instant(&["--prefix-cache-tokens", "50"]);
     let job = Job::new();
     let input = job.input(&shared_prompt_lines());
-    let out = cmd()
-        .arg("run")
-        .arg(&input)
-        .args([
-            "--output",
-            &job.path("out.jsonl").display().to_string(),
-            "--progress",
-            "off",
-        ])
-        .args(["--engine-url", &sim.url, "--max-concurrency", "1"])
+    let out = run_command(&job, &input, &sim, &["--max-concurrency", "1"])
         .args(extra)
         .output()
         .expect("run");

@@ -8,35 +8,11 @@ use serde_json::{Value, json};
 
 use crate::common::{
     Job, Sim, chat_line, cmd, http_get, lines_of, numbered_lines, prometheus_value, results_by_id,
-    run_cmd, stderr, wait_for,
+    run_args, run_cmd, stderr, wait_for,
 };
 
 /// Fast retries so fault tests finish quickly.
 const FAST_RETRIES: [&str; 4] = ["--retry-backoff", "10ms", "--retry-max-backoff", "50ms"];
-
-fn run_args<'a>(
-    job: &'a Job,
-    input: &'a str,
-    engines: &[&'a str],
-    extra: &[&'a str],
-) -> Vec<String> {
-    let mut args = vec![
-        "run".to_owned(),
-        input.to_owned(),
-        "--output".to_owned(),
-        job.path("out.jsonl").display().to_string(),
-        "--summary-json".to_owned(),
-        job.path("summary.json").display().to_string(),
-        "--progress".to_owned(),
-        "off".to_owned(),
-    ];
-    for e in engines {
-        args.push("--engine-url".to_owned());
-        args.push((*e).to_owned());
-    }
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
-    args
-}
 
 fn run_job(
     job: &Job,

@@ -1,27 +1,17 @@
 //! `batch-runner serve`: the OpenAI Files + Batches API, driven by the official Python SDK and by
 //! raw HTTP; workers killed, the service restarted, hostile requests.
 
-use std::collections::HashSet;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::common::service::{KEY_A, Service, multipart, request, request_raw, worker_pids};
+use crate::common::service::{
+    KEY_A, Service, multipart, request, request_raw, unique_ids, worker_pids,
+};
 use crate::common::{Sim, chat_line, jsonl, numbered_lines, run_cmd, stderr, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
-
-/// The custom_ids of JSONL result bytes; panics on a duplicate.
-fn unique_ids(data: &[u8]) -> HashSet<String> {
-    let mut ids = HashSet::new();
-    for line in String::from_utf8_lossy(data).lines() {
-        let v: Value = serde_json::from_str(line).expect("result line is JSON");
-        let id = v["custom_id"].as_str().expect("custom_id").to_owned();
-        assert!(ids.insert(id.clone()), "duplicate result for {id}");
-    }
-    ids
-}
 
 fn python() -> String {
     std::env::var("BATCH_RUNNER_TEST_PYTHON").unwrap_or_else(|_| {
@@ -290,12 +280,9 @@ fn without_keys_only_loopback_is_served() {
 fn a_killed_worker_is_restarted_and_the_batch_completes_exactly_once() {
     // About 4 s of work: 2000 requests, 8 at a time, 15 ms each.
     let sim = Sim::start(&["--ttft-ms", "15", "--ms-per-token", "0"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = Service::start(
-        dir.path(),
+    let (_dir, service) = Service::with_engine(
+        &sim,
         &[
-            "--engine-url",
-            &sim.url,
             "--max-concurrency",
             "8",
             "--checkpoint-interval",
@@ -412,12 +399,9 @@ fn workers_start_through_the_command_template() {
 #[test]
 fn a_worker_that_keeps_dying_fails_the_batch_with_the_reason() {
     let sim = Sim::instant(&[]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = Service::start(
-        dir.path(),
+    let (_dir, service) = Service::with_engine(
+        &sim,
         &[
-            "--engine-url",
-            &sim.url,
             "--worker-command",
             "echo 'GPU node on fire' >&2; exit 3",
             "--max-worker-restarts",
@@ -440,12 +424,9 @@ fn a_worker_that_keeps_dying_fails_the_batch_with_the_reason() {
 #[test]
 fn metrics_openapi_and_results_so_far() {
     let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = Service::start(
-        dir.path(),
+    let (_dir, service) = Service::with_engine(
+        &sim,
         &[
-            "--engine-url",
-            &sim.url,
             "--max-concurrency",
             "2",
             "--checkpoint-interval",
@@ -527,11 +508,7 @@ async fn a_rust_openai_client_round_trips_a_batch() {
     use async_openai::types::files::{CreateFileRequestArgs, FileInput, FilePurpose};
 
     let sim = Sim::instant(&[]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let service = Service::start(
-        dir.path(),
-        &["--engine-url", &sim.url, "--report-interval", "100ms"],
-    );
+    let (_dir, service) = Service::with_engine(&sim, &["--report-interval", "100ms"]);
     let client = Client::with_config(
         OpenAIConfig::new()
             .with_api_base(service.base_url())

@@ -227,3 +227,29 @@ pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// The arguments of a `run` of `input` against `engines`: output, summary and errors in `job`,
+/// no progress output, then `extra`.
+pub fn run_args<'a>(
+    job: &'a Job,
+    input: &'a str,
+    engines: &[&'a str],
+    extra: &[&'a str],
+) -> Vec<String> {
+    let mut args = vec![
+        "run".to_owned(),
+        input.to_owned(),
+        "--output".to_owned(),
+        job.path("out.jsonl").display().to_string(),
+        "--summary-json".to_owned(),
+        job.path("summary.json").display().to_string(),
+        "--progress".to_owned(),
+        "off".to_owned(),
+    ];
+    for e in engines {
+        args.push("--engine-url".to_owned());
+        args.push((*e).to_owned());
+    }
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args
+}

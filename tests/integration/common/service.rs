@@ -55,6 +55,15 @@ impl Service {
         format!("http://{}/v1", self.addr)
     }
 
+    /// A service on a fresh data directory whose default engine is `sim`, with `extra` flags.
+    pub fn with_engine(sim: &super::Sim, extra: &[&str]) -> (tempfile::TempDir, Service) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut flags = vec!["--engine-url", sim.url.as_str()];
+        flags.extend_from_slice(extra);
+        let service = Service::start(dir.path(), &flags);
+        (dir, service)
+    }
+
     /// A request as owner A.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
         let body = body.map(|b| b.to_string().into_bytes());
@@ -370,4 +379,15 @@ pub fn postgres_schema() -> PgSchema {
         base,
         name: schema,
     }
+}
+
+/// The custom_ids of JSONL result bytes; panics on a duplicate.
+pub fn unique_ids(data: &[u8]) -> std::collections::HashSet<String> {
+    let mut ids = std::collections::HashSet::new();
+    for line in String::from_utf8_lossy(data).lines() {
+        let v: Value = serde_json::from_str(line).expect("result line is JSON");
+        let id = v["custom_id"].as_str().expect("custom_id").to_owned();
+        assert!(ids.insert(id.clone()), "duplicate result for {id}");
+    }
+    ids
 }
