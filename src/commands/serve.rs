@@ -115,15 +115,20 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
 
 /// The database, storage, engines and workers of a `serve` or a `worker-pool`.
 fn execution(args: &ExecArgs) -> Result<Execution, String> {
+    let mut model_engines = BTreeMap::new();
+    for entry in &args.model_engines {
+        let (model, urls) = parse_model_engine(entry).map_err(|e| format!("--model-engine {e}"))?;
+        if model_engines.insert(model.clone(), urls).is_some() {
+            return Err(format!(
+                "--model-engine names {model:?} twice; give all its engines in one entry: \
+                 {model}=URL,URL"
+            ));
+        }
+    }
     std::fs::create_dir_all(&args.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
     let data_dir = std::fs::canonicalize(&args.data_dir)
         .map_err(|e| format!("cannot resolve {}: {e}", args.data_dir.display()))?;
-    let mut model_engines = BTreeMap::new();
-    for entry in &args.model_engines {
-        let (model, urls) = parse_model_engine(entry).map_err(|e| format!("--model-engine {e}"))?;
-        model_engines.insert(model, urls);
-    }
     if args.engine_urls.is_empty() && model_engines.is_empty() && args.max_concurrent_batches > 0 {
         tracing::warn!(
             "no --engine-url or --model-engine given: every batch this process runs will fail \

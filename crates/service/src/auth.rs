@@ -36,7 +36,15 @@ impl Keys {
                     i + 1
                 ));
             };
-            self.owners.insert(key.to_owned(), owner.to_owned());
+            if let Some(other) = self.owners.insert(key.to_owned(), owner.to_owned())
+                && other != owner
+            {
+                return Err(format!(
+                    "{source}, entry {}: this key already belongs to {other:?}; a key has one \
+                     owner, give {owner:?} a key of its own",
+                    i + 1
+                ));
+            }
         }
         Ok(())
     }
@@ -108,6 +116,13 @@ mod tests {
             .add_entries("lonely", "keys.txt", false)
             .expect_err("refused");
         assert!(err.contains("keys.txt, entry 1"), "{err}");
+        let err = keys
+            .add_entries("sk-x x\nsk-a someone-else", "env", true)
+            .expect_err("refused");
+        assert!(
+            err.contains("env, entry 2") && err.contains("team-a"),
+            "{err}"
+        );
     }
 
     #[test]

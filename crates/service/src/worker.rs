@@ -512,7 +512,15 @@ fn outcome_of(status: &str, summary: &RunSummary, stats: Option<&Stats>) -> Outc
 
 fn read_outcome(path: &Path) -> Result<Option<Outcome>, WorkerError> {
     match std::fs::read(path) {
-        Ok(bytes) => Ok(serde_json::from_slice(&bytes).ok()),
+        // A damaged record (it is written whole, so only a disk fault makes one) is dropped:
+        // the kept job state then finalizes the batch again.
+        Ok(bytes) => match serde_json::from_slice(&bytes) {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(e) => {
+                tracing::warn!("{} is damaged ({e}); finalizing again", path.display());
+                Ok(None)
+            }
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io(format!("cannot read {}", path.display()))(e)),
     }
