@@ -279,6 +279,16 @@ impl Worker {
                     "batch {}: resuming from the state of claim {fence}",
                     self.batch
                 );
+                // A local cache left by an earlier claim of this host belongs to another line
+                // of history than the newest state (checkpoint counters of the two are not
+                // comparable): rebuild from the newest state instead of choosing by counter.
+                let manifest = local.join(batch_job::state::MANIFEST);
+                match std::fs::remove_file(&manifest) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(io(format!("cannot remove {}", manifest.display()))(e));
+                    }
+                    _ => {}
+                }
                 batch_job::mirror::Mirror::restore(dir, local).await?;
                 break;
             }
