@@ -41,3 +41,11 @@ pub mod status;
 pub mod stop;
 pub mod summary;
 pub mod validate;
+
+/// Twelve hex digits that differ between processes and between calls: names that must never
+/// collide with an earlier run's (result ids, object names of the mirrored state).
+pub(crate) fn random_tag() -> String {
+    use std::hash::BuildHasher;
+    let n = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
+    format!("{:012x}", n & 0xffff_ffff_ffff)
+}

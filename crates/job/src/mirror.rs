@@ -2,11 +2,18 @@
 //! one machine can be resumed on another.
 //!
 //! The state is worked on in a local cache directory as usual. After each checkpoint, the spool
-//! bytes added since the previous one are uploaded as a numbered segment (`segments/NNNNNNNN.output`,
-//! `.errors`, `.index`), then the manifest (with the number of segments) replaces the remote one.
-//! The remote manifest only ever names segments that are fully uploaded. A machine whose cache
-//! is missing or older than the remote state rebuilds the spool by concatenating the segments,
-//! then resumes like any other.
+//! bytes added since the previous one are uploaded as a numbered segment (three objects: the
+//! output, errors and index bytes), then the manifest (with the number of segments) replaces the
+//! remote one. The remote manifest only ever names segments that are fully uploaded. A machine
+//! whose cache is missing or older than the remote state rebuilds the spool by concatenating the
+//! segments, checks that they add up to what the manifest records, then resumes like any other.
+//!
+//! No object name is ever written twice with different bytes. An upload that failed, or whose
+//! future was dropped, may still land later: the store can finish a request its client gave up
+//! on. Were the retry to reuse the name, that late write could replace the retry's longer segment
+//! with a shorter one that the manifest does not describe. So segment names carry a tag
+//! (`segments/NNNNNNNN-TAG.part`), and a writer takes a fresh tag when it starts and after any
+//! upload that did not finish; the manifest records from which segment on each tag applies.
 
 use std::path::Path;
 
@@ -24,22 +31,45 @@ const REMOTE_MANIFEST: &str = "manifest.json";
 struct RemoteManifest {
     manifest: Manifest,
     segments: u64,
+    /// The tags of the segment names, each from its `first` segment on. Segments before the first
+    /// entry (states written before tags existed) have untagged names.
+    #[serde(default)]
+    tags: Vec<TagRun>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct TagRun {
+    first: u64,
+    tag: String,
+}
+
+impl RemoteManifest {
+    fn segment(&self, n: u64, part: &str) -> String {
+        segment_name(&self.tags, n, part)
+    }
+}
+
+fn segment_name(tags: &[TagRun], n: u64, part: &str) -> String {
+    match tags.iter().rev().find(|t| t.first <= n) {
+        Some(t) => format!("segments/{n:08}-{}.{part}", t.tag),
+        None => format!("segments/{n:08}.{part}"),
+    }
 }
 
 /// What has been uploaded so far.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct Uploaded {
     positions: Positions,
     segments: u64,
+    tags: Vec<TagRun>,
+    /// The tag the next segment may use; `None` until this writer has finished an upload under a
+    /// tag of its own (see the module's doc).
+    tag: Option<String>,
 }
 
 pub struct Mirror {
     dir: ObjectDir,
     uploaded: Mutex<Uploaded>,
-}
-
-fn segment(n: u64, part: &str) -> String {
-    format!("segments/{n:08}.{part}")
 }
 
 impl Mirror {
@@ -50,7 +80,7 @@ impl Mirror {
                 Some(
                     serde_json::from_slice(&bytes).map_err(|e| StorageError::Object {
                         what: "cannot read the state manifest in",
-                        url: REMOTE_MANIFEST.into(),
+                        url: dir.url().to_owned(),
                         reason: e.to_string(),
                     })?,
                 )
@@ -77,18 +107,7 @@ impl Mirror {
                 remote.segments
             );
             tokio::fs::create_dir_all(local).await.map_err(io)?;
-            let files = SpoolFiles::in_dir(local);
-            for path in [&files.output, &files.errors, &files.index] {
-                match tokio::fs::remove_file(path).await {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
-                    _ => {}
-                }
-            }
-            for n in 0..remote.segments {
-                dir.append_to(&segment(n, "output"), &files.output).await?;
-                dir.append_to(&segment(n, "errors"), &files.errors).await?;
-                dir.append_to(&segment(n, "index"), &files.index).await?;
-            }
+            rebuild(&dir, &remote, local).await?;
             remote.manifest.store(local).map_err(io)?;
         }
         Ok(Self {
@@ -96,6 +115,8 @@ impl Mirror {
             uploaded: Mutex::new(Uploaded {
                 positions: remote.manifest.positions,
                 segments: remote.segments,
+                tags: remote.tags,
+                tag: None,
             }),
         })
     }
@@ -107,8 +128,22 @@ impl Mirror {
         if from == to && uploaded.segments > 0 {
             return Ok(());
         }
-        let files = SpoolFiles::in_dir(local);
         let n = uploaded.segments;
+        // Taken, not borrowed: should this upload fail or be dropped half-way, the next one
+        // must not reuse its names.
+        let tag = match uploaded.tag.take() {
+            Some(tag) => tag,
+            None => {
+                let tag = crate::random_tag();
+                uploaded.tags.retain(|t| t.first < n);
+                uploaded.tags.push(TagRun {
+                    first: n,
+                    tag: tag.clone(),
+                });
+                tag
+            }
+        };
+        let files = SpoolFiles::in_dir(local);
         let parts = [
             ("output", &files.output, from.output, to.output),
             ("errors", &files.errors, from.errors, to.errors),
@@ -116,23 +151,28 @@ impl Mirror {
         ];
         for (part, file, start, end) in parts {
             self.dir
-                .put_range(&segment(n, part), file, start, end.saturating_sub(start))
+                .put_range(
+                    &segment_name(&uploaded.tags, n, part),
+                    file,
+                    start,
+                    end.saturating_sub(start),
+                )
                 .await?;
         }
         let remote = RemoteManifest {
             manifest: manifest.clone(),
             segments: n + 1,
+            tags: uploaded.tags.clone(),
         };
         let bytes = serde_json::to_vec_pretty(&remote).map_err(|e| StorageError::Object {
             what: "cannot encode the state manifest for",
-            url: REMOTE_MANIFEST.into(),
+            url: self.dir.url().to_owned(),
             reason: e.to_string(),
         })?;
         self.dir.put(REMOTE_MANIFEST, bytes).await?;
-        *uploaded = Uploaded {
-            positions: to,
-            segments: n + 1,
-        };
+        uploaded.positions = to;
+        uploaded.segments = n + 1;
+        uploaded.tag = Some(tag);
         Ok(())
     }
 
@@ -141,3 +181,48 @@ impl Mirror {
         self.dir.remove_all().await
     }
 }
+
+/// Replaces the local spool files with the concatenated segments, and refuses a result that is
+/// not exactly as long as the manifest records: resuming from it would lose or repeat results.
+async fn rebuild(
+    dir: &ObjectDir,
+    remote: &RemoteManifest,
+    local: &Path,
+) -> Result<(), StorageError> {
+    let files = SpoolFiles::in_dir(local);
+    let parts = [
+        ("output", &files.output, remote.manifest.positions.output),
+        ("errors", &files.errors, remote.manifest.positions.errors),
+        ("index", &files.index, remote.manifest.positions.index),
+    ];
+    for (part, path, expected) in parts {
+        match tokio::fs::remove_file(path).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StorageError::Io {
+                    path: path.display().to_string(),
+                    source: e,
+                });
+            }
+            _ => {}
+        }
+        let mut total = 0;
+        for n in 0..remote.segments {
+            total += dir.append_to(&remote.segment(n, part), path).await?;
+        }
+        if total != expected {
+            return Err(StorageError::Object {
+                what: "the job's state is damaged in",
+                url: dir.url().to_owned(),
+                reason: format!(
+                    "its {} {part} segments hold {total} bytes but its manifest records \
+                     {expected}; the job cannot resume from it",
+                    remote.segments
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

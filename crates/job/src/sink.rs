@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use batch_format::output::Usage;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, oneshot};
 
 use crate::mirror::Mirror;
 use crate::outcome::Outcome;
@@ -165,9 +165,11 @@ impl Sink {
         Ok(positions)
     }
 
-    /// Checkpoints on the policy's schedule until the task is aborted. Failures are logged and
-    /// retried at the next trigger; the final checkpoint reports them.
-    pub async fn run_checkpoints(self: Arc<Self>) {
+    /// Checkpoints on the policy's schedule until `finish` fires or its sender is dropped. It
+    /// is told, not aborted: a checkpoint being copied to object storage is finished rather than
+    /// cut off half-way. Failures are logged and retried at the next trigger; the final
+    /// checkpoint reports them.
+    pub async fn run_checkpoints(self: Arc<Self>, mut finish: oneshot::Receiver<()>) {
         let interval = if self.policy.every.is_zero() {
             Duration::from_secs(3600 * 24 * 365)
         } else {
@@ -177,6 +179,7 @@ impl Sink {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 () = self.wake.notified() => {}
+                _ = &mut finish => return,
             }
             if self.policy.every.is_zero() && self.policy.every_results == 0 {
                 continue;

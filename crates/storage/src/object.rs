@@ -169,6 +169,21 @@ impl ObjectDir {
         })
     }
 
+    /// An object directory over any store (the tests use an in-memory one). `url` is what
+    /// messages call it.
+    pub fn with_store(store: Arc<dyn ObjectStore>, prefix: &str, url: &str) -> Self {
+        Self {
+            store,
+            prefix: ObjectPath::from(prefix),
+            url: url.to_owned(),
+        }
+    }
+
+    /// Where the directory is, for messages.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
     fn key(&self, name: &str) -> ObjectPath {
         self.prefix.clone().join(name)
     }
@@ -224,15 +239,26 @@ impl ObjectDir {
         let mut writer = BufWriter::with_capacity(self.store.clone(), self.key(name), PART_BYTES)
             .with_max_concurrency(UPLOAD_CONCURRENCY);
         let mut buf = vec![0u8; 1024 * 1024];
+        let mut copied = 0u64;
         loop {
             let n = src.read(&mut buf).await.map_err(io)?;
             if n == 0 {
                 break;
             }
+            copied += n as u64;
             if let Err(e) = writer.write_all(&buf[..n]).await {
                 let _ = writer.abort().await;
                 return Err(self.fail("cannot write to", e));
             }
+        }
+        // A file shorter than asked for must not become a shorter object under a name whose
+        // reader expects `len` bytes.
+        if copied != len {
+            let _ = writer.abort().await;
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{copied} bytes from offset {offset} where {len} were to be uploaded"),
+            )));
         }
         writer
             .shutdown()
@@ -378,5 +404,35 @@ impl ObjectWriter {
     /// Gives the upload up; nothing appears.
     pub async fn abort(mut self) {
         let _ = self.inner.abort().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use object_store::memory::InMemory;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_range_the_file_does_not_hold_is_refused_and_nothing_is_stored() {
+        let dir = ObjectDir::with_store(Arc::new(InMemory::new()), "p", "memory://p");
+        let file = tempfile::NamedTempFile::new().expect("temp");
+        std::fs::write(file.path(), b"0123456789").expect("write");
+
+        dir.put_range("whole", file.path(), 2, 8)
+            .await
+            .expect("put");
+        assert_eq!(
+            dir.get("whole").await.expect("get"),
+            Some(b"23456789".to_vec())
+        );
+
+        let err = dir
+            .put_range("short", file.path(), 2, 20)
+            .await
+            .expect_err("a short range was stored")
+            .to_string();
+        assert!(err.contains("8 bytes from offset 2 where 20"), "{err}");
+        assert_eq!(dir.size("short").await.expect("size"), None);
     }
 }

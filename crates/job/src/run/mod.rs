@@ -255,7 +255,7 @@ pub async fn run_observed(
     let job = NewJob {
         input: &input_name,
         fingerprint: &validation.fingerprint,
-        run_tag: run_tag(),
+        run_tag: crate::random_tag(),
     };
     let mut opened = state::open(&options.state_dir, job)?;
     let seeded = match &options.retry_failed {
@@ -319,7 +319,8 @@ pub async fn run_observed(
             .await
             .map_err(RunError::io("checkpoint"))?;
     }
-    let checkpoints = tokio::spawn(sink.clone().run_checkpoints());
+    let (finish_checkpoints, finish) = tokio::sync::oneshot::channel();
+    let checkpoints = tokio::spawn(sink.clone().run_checkpoints(finish));
     let stop_metrics = match options.metrics_listen {
         Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
         None => None,
@@ -374,7 +375,8 @@ pub async fn run_observed(
         None => None,
     };
     timers.abort();
-    checkpoints.abort();
+    let _ = finish_checkpoints.send(());
+    let _ = checkpoints.await;
     progress.finish();
     if let Some(stop) = stop_metrics {
         let _ = stop.send(());
@@ -650,12 +652,6 @@ async fn start_metrics(
 }
 
 /// A random tag that makes this run's result ids unique across runs.
-fn run_tag() -> String {
-    use std::hash::BuildHasher;
-    let n = std::collections::hash_map::RandomState::new().hash_one(Instant::now());
-    format!("{:012x}", n & 0xffff_ffff_ffff)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
