@@ -763,10 +763,11 @@ pub struct ExecArgs {
     )]
     pub max_concurrent_batches: usize,
 
-    /// The command that starts a worker, run with 'sh -c'. Placeholders: {exe} (this
-    /// program), {data_dir}, {batch}, {fence}. E.g. to run workers in containers:
-    /// 'docker run -i --rm --network host -v {data_dir}:{data_dir} batch-runner worker
-    /// --data-dir {data_dir} --batch {batch} --fence {fence} --lifeline-stdin'.
+    /// The command that starts a worker, run with 'sh -c' (start it with 'exec' so that the
+    /// service holds the worker, not a shell). Placeholders: {exe} (this program), {data_dir},
+    /// {batch}, {fence}. E.g. to run workers in containers: 'exec docker run -i --rm
+    /// --network host -v {data_dir}:{data_dir} batch-runner worker --data-dir {data_dir}
+    /// --batch {batch} --fence {fence} --lifeline-stdin'.
     #[arg(help_heading = "Workers", long, value_name = "TEMPLATE",
           default_value = batch_service::scheduler::DEFAULT_TEMPLATE)]
     pub worker_command: String,

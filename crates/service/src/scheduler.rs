@@ -23,9 +23,10 @@ use tokio::sync::{Notify, watch};
 use crate::store::{Store, now_ms};
 use crate::worker::work_dir;
 
-/// The default worker command.
+/// The default worker command. `exec` makes the worker the process this one started (not a
+/// child of a shell), so that stopping or killing it reaches the worker itself.
 pub const DEFAULT_TEMPLATE: &str =
-    "{exe} worker --data-dir {data_dir} --batch {batch} --fence {fence} --lifeline-stdin";
+    "exec {exe} worker --data-dir {data_dir} --batch {batch} --fence {fence} --lifeline-stdin";
 /// The exit code of a worker that gave its batch up without failing.
 pub const GAVE_UP: i32 = 75;
 /// Lines of a crashed worker's log quoted in the batch's error.
@@ -276,7 +277,7 @@ mod tests {
         };
         assert_eq!(
             command_line(&config, "batch_1", 7),
-            "'/opt/my tools/batch-runner' worker --data-dir '/data/it'\\''s here' --batch \
+            "exec '/opt/my tools/batch-runner' worker --data-dir '/data/it'\\''s here' --batch \
              'batch_1' --fence 7 --lifeline-stdin"
         );
     }
