@@ -1,6 +1,7 @@
 //! Beyond one machine: `serve` replicas and `worker-pool`s sharing PostgreSQL (the machine's) and
 //! object storage (moto), with pools killed and frozen mid-run.
 
+use std::path::Path;
 use std::time::Duration;
 
 use crate::common::s3::Moto;
@@ -44,10 +45,24 @@ fn completed_requests(service: &Service, ids: &[String]) -> i64 {
         .sum()
 }
 
+/// Whether a worker under `work` resumed a batch another claim had started (its log says so).
+fn took_over(work: &Path) -> bool {
+    let Ok(dirs) = std::fs::read_dir(work) else {
+        return false;
+    };
+    dirs.flatten().any(|d| {
+        std::fs::read_to_string(d.path().join("worker.log"))
+            .is_ok_and(|log| log.contains("resuming from the state of claim"))
+    })
+}
+
 #[test]
 fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
     let moto = Moto::start();
     let env = moto.env().to_vec();
+    // Info logs for the pools' workers: the test watches them for a take-over.
+    let mut pool_env = env.clone();
+    pool_env.push(("BATCH_RUNNER_LOG", "info".to_owned()));
     let schema = postgres_schema();
     let db = &schema.url;
     let sim = Sim::start(&[
@@ -77,8 +92,8 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
         ]
         .map(str::to_owned),
     );
-    let mut a = Pool::start(&dir.path().join("a"), &refs(&pool), &env);
-    let b = Pool::start(&dir.path().join("b"), &refs(&pool), &env);
+    let mut a = Pool::start(&dir.path().join("a"), &refs(&pool), &pool_env);
+    let b = Pool::start(&dir.path().join("b"), &refs(&pool), &pool_env);
 
     // 20 batches of 400 requests; each file uploaded through one replica and its batch created
     // through the other.
@@ -90,16 +105,20 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
         })
         .collect();
 
-    // Freeze pool B (the pool and its workers: a host that stops answering) past its lease.
+    // Freeze pool B (the pool and its workers: a host that stops answering) past its lease,
+    // until pool A, done with its own batches, has taken some of B's over from their
+    // checkpoints in object storage; then let B's workers wake up to find their leases gone.
     wait_for(LONG, || {
         (completed_requests(&replicas[0], &batches) >= 1000).then_some(())
     });
     b.signal_group("STOP");
-    std::thread::sleep(Duration::from_secs(6));
+    let a_work = dir.path().join("a").join("work");
+    wait_for(LONG, || took_over(&a_work).then_some(()));
     b.signal_group("CONT");
-    // Then kill pool A outright.
+    // Then kill pool A outright (its workers see it gone, checkpoint and give the batches up),
+    // while it runs what it took from B: B takes them back.
     wait_for(LONG, || {
-        (completed_requests(&replicas[1], &batches) >= 4000).then_some(())
+        (completed_requests(&replicas[1], &batches) >= 6000).then_some(())
     });
     let _ = a.child.kill();
     let _ = a.child.wait();
@@ -175,4 +194,51 @@ fn a_frozen_worker_cannot_overwrite_the_new_owner() {
     )
     .expect("the frozen worker's log");
     assert!(log.contains("lease was taken over"), "{log}");
+}
+
+#[test]
+fn a_damaged_checkpoint_costs_re_sent_requests_not_the_batch() {
+    let moto = Moto::start();
+    let env = moto.env().to_vec();
+    let schema = postgres_schema();
+    let db = &schema.url;
+    let sim = Sim::start(&["--ttft-ms", "50", "--ms-per-token", "0"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut api = shared(db);
+    api.extend(["--max-concurrent-batches".into(), "0".into()]);
+    let service = Service::start_with(&dir.path().join("api"), &refs(&api), &env);
+    let mut pool = shared(db);
+    pool.extend(["--engine-url", &sim.url, "--max-concurrency", "2"].map(str::to_owned));
+    let frozen = Pool::start(&dir.path().join("frozen"), &refs(&pool), &env);
+    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("d", 300)));
+    let batch = service.create_batch(&file, "24h");
+    wait_for(LONG, || {
+        (completed_requests(&service, std::slice::from_ref(&batch)) >= 100).then_some(())
+    });
+    frozen.signal_group("STOP");
+
+    // Cut the frozen claim's largest output segment in half, as a lost or truncated object
+    // would: its state no longer adds up.
+    let (segment, size) = moto
+        .objects(&format!("svc/work/{batch}/fence-1"))
+        .into_iter()
+        .filter(|(path, _)| path.as_ref().ends_with(".output"))
+        .max_by_key(|(_, size)| *size)
+        .expect("an output segment");
+    let bytes = moto.get_at(&segment).expect("segment");
+    moto.replace(&segment, bytes[..(size / 2) as usize].to_vec());
+
+    // The next claim finds the damage, starts the batch over instead of failing it, and
+    // finishes it with one result per line.
+    let _other = Pool::start(&dir.path().join("other"), &refs(&pool), &env);
+    let done = service.wait_status(&batch, &["completed", "failed"], LONG);
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["x_batch_runner"]["worker_restarts"], 0, "{done}");
+    let output = service.content(done["output_file_id"].as_str().expect("output"));
+    assert_eq!(unique_ids(&output).len(), 300);
+    let sent = sim.metric("sglang:num_requests_total");
+    assert!(
+        sent >= 300.0 + 100.0,
+        "the engine saw {sent} requests: the damaged state was resumed from"
+    );
 }

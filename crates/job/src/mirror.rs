@@ -78,10 +78,9 @@ impl Mirror {
         let remote: Option<RemoteManifest> = match dir.get(REMOTE_MANIFEST).await? {
             Some(bytes) => {
                 Some(
-                    serde_json::from_slice(&bytes).map_err(|e| StorageError::Object {
-                        what: "cannot read the state manifest in",
+                    serde_json::from_slice(&bytes).map_err(|e| StorageError::Damaged {
                         url: dir.url().to_owned(),
-                        reason: e.to_string(),
+                        reason: format!("its {REMOTE_MANIFEST} cannot be read: {e}"),
                     })?,
                 )
             }
@@ -210,8 +209,7 @@ async fn rebuild(
             total += dir.append_to(&remote.segment(n, part), path).await?;
         }
         if total != expected {
-            return Err(StorageError::Object {
-                what: "the job's state is damaged in",
+            return Err(StorageError::Damaged {
                 url: dir.url().to_owned(),
                 reason: format!(
                     "its {} {part} segments hold {total} bytes but its manifest records \

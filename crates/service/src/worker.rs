@@ -26,6 +26,7 @@ use batch_job::summary::{JobStatus, RunSummary};
 use batch_job::validate::{ValidateOptions, validate_file};
 use serde::{Deserialize, Serialize};
 
+use batch_storage::StorageError;
 use batch_storage::object::ObjectDir;
 
 use crate::blobs::Blobs;
@@ -66,6 +67,14 @@ pub enum WorkerError {
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> WorkerError {
     let context = context.into();
     move |source| WorkerError::Io { context, source }
+}
+
+/// A removal that found nothing to remove succeeded.
+fn absent_is_fine(removed: std::io::Result<()>) -> std::io::Result<()> {
+    match removed {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
 }
 
 pub fn work_dir(work_root: &Path, batch: &str) -> PathBuf {
@@ -274,23 +283,33 @@ impl Worker {
         for fence in (1..self.fence).rev() {
             let Some(url) = url_of(fence)? else { break };
             let dir = ObjectDir::open(&url, &self.settings.s3)?;
-            if dir.get("manifest.json").await?.is_some() {
-                tracing::info!(
-                    "batch {}: resuming from the state of claim {fence}",
-                    self.batch
-                );
-                // A local cache left by an earlier claim of this host belongs to another line
-                // of history than the newest state (checkpoint counters of the two are not
-                // comparable): rebuild from the newest state instead of choosing by counter.
-                let manifest = local.join(batch_job::state::MANIFEST);
-                match std::fs::remove_file(&manifest) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        return Err(io(format!("cannot remove {}", manifest.display()))(e));
-                    }
-                    _ => {}
+            if dir.get("manifest.json").await?.is_none() {
+                continue;
+            }
+            tracing::info!(
+                "batch {}: resuming from the state of claim {fence}",
+                self.batch
+            );
+            // A local cache left by an earlier claim of this host belongs to another line of
+            // history than the newest state (checkpoint counters of the two are not
+            // comparable): rebuild from the newest state instead of choosing by counter.
+            let manifest = local.join(batch_job::state::MANIFEST);
+            absent_is_fine(std::fs::remove_file(&manifest))
+                .map_err(io(format!("cannot remove {}", manifest.display())))?;
+            match batch_job::mirror::Mirror::restore(dir, local).await {
+                Ok(_) => break,
+                // Retrying would find the same damage: an older state (or none, and the batch
+                // starts over) costs re-sent requests, not the batch.
+                Err(e @ StorageError::Damaged { .. }) => {
+                    tracing::warn!(
+                        "batch {}: {e}; falling back to an earlier claim's state, or the start",
+                        self.batch
+                    );
+                    // What the failed restore left is no state at all.
+                    absent_is_fine(std::fs::remove_dir_all(local))
+                        .map_err(io(format!("cannot remove {}", local.display())))?;
                 }
-                batch_job::mirror::Mirror::restore(dir, local).await?;
-                break;
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(Some(mine))

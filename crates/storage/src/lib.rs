@@ -48,6 +48,10 @@ pub enum StorageError {
         url: String,
         reason: String,
     },
+    /// A job's state in object storage that cannot be resumed from as it is: asking again
+    /// gives the same answer (unlike a failed transfer).
+    #[error("the job's state in {url} is damaged: {reason}")]
+    Damaged { url: String, reason: String },
     #[error("{path}: {source}")]
     Io {
         path: String,

@@ -4,9 +4,9 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Stdio};
 
-use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
 
 pub const BUCKET: &str = "jobs";
 
@@ -71,14 +71,36 @@ impl Moto {
     }
 
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("rt");
-        rt.block_on(async {
-            let got = self.client().get(&ObjectPath::from(key)).await.ok()?;
+        self.get_at(&ObjectPath::from(key))
+    }
+
+    /// [`Moto::get`] of a path as listed by [`Moto::objects`] (already encoded).
+    pub fn get_at(&self, path: &ObjectPath) -> Option<Vec<u8>> {
+        block_on(async {
+            let got = self.client().get(path).await.ok()?;
             got.bytes().await.ok().map(|b| b.to_vec())
         })
+    }
+
+    /// The objects right under `prefix` (not in deeper "directories"), with their sizes.
+    pub fn objects(&self, prefix: &str) -> Vec<(ObjectPath, u64)> {
+        block_on(async {
+            let listed = self
+                .client()
+                .list_with_delimiter(Some(&ObjectPath::from(prefix)))
+                .await
+                .expect("list");
+            listed
+                .objects
+                .into_iter()
+                .map(|o| (o.location, o.size))
+                .collect()
+        })
+    }
+
+    /// Replaces the object at `path` (as listed by [`Moto::objects`]).
+    pub fn replace(&self, path: &ObjectPath, body: Vec<u8>) {
+        block_on(self.client().put(path, body.into())).expect("replace");
     }
 
     /// An unsigned request (moto does not check signatures): (status, body).
@@ -113,4 +135,12 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("rt")
+        .block_on(future)
 }
