@@ -1,12 +1,15 @@
 //! Beyond one machine: `serve` replicas and `worker-pool`s sharing PostgreSQL (the machine's) and
-//! object storage (moto), with pools killed and frozen mid-run.
+//! object storage (moto), with pools killed and frozen mid-run, damaged checkpoints, and pools
+//! that serve one model each.
 
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::json;
+
 use crate::common::s3::Moto;
 use crate::common::service::{Pool, Service, postgres_schema, unique_ids, worker_pids};
-use crate::common::{Sim, jsonl, numbered_lines, wait_for};
+use crate::common::{Sim, chat_line, jsonl, numbered_lines, wait_for};
 
 const LONG: Duration = Duration::from_secs(180);
 
@@ -241,4 +244,47 @@ fn a_damaged_checkpoint_costs_re_sent_requests_not_the_batch() {
         sent >= 300.0 + 100.0,
         "the engine saw {sent} requests: the damaged state was resumed from"
     );
+}
+
+#[test]
+fn each_pool_runs_only_the_models_its_engines_serve() {
+    let moto = Moto::start();
+    let env = moto.env().to_vec();
+    let schema = postgres_schema();
+    let db = &schema.url;
+    let fast = ["--ttft-ms", "5", "--ms-per-token", "0"];
+    let (alpha, beta) = (Sim::start(&fast), Sim::start(&fast));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut api = shared(db);
+    api.extend(["--max-concurrent-batches".into(), "0".into()]);
+    let service = Service::start_with(&dir.path().join("api"), &refs(&api), &env);
+    // Two GPU hosts, one model each, and no default engine: each pool claims only its model.
+    let pools: Vec<Pool> = [("alpha", &alpha), ("beta", &beta)]
+        .iter()
+        .map(|(model, sim)| {
+            let mut pool = shared(db);
+            pool.extend(["--model-engine".into(), format!("{model}={}", sim.url)]);
+            Pool::start(&dir.path().join(model), &refs(&pool), &env)
+        })
+        .collect();
+
+    let batch_of = |model: &str, i: usize, lines: usize| {
+        let lines: Vec<_> = (0..lines)
+            .map(|n| chat_line(&format!("{model}{i}-{n}"), json!({ "model": model })))
+            .collect();
+        let file = service.upload("in.jsonl", &jsonl(&lines));
+        service.create_batch(&file, "24h")
+    };
+    let batches: Vec<String> = (0..3)
+        .map(|i| batch_of("alpha", i, 40))
+        .chain((0..2).map(|i| batch_of("beta", i, 25)))
+        .collect();
+    for id in &batches {
+        let done = service.wait_status(id, &["completed", "failed", "expired"], LONG);
+        assert_eq!(done["status"], "completed", "{done}");
+    }
+    // Every request went to its model's engine, and only there.
+    assert_eq!(alpha.metric("sglang:num_requests_total"), 120.0);
+    assert_eq!(beta.metric("sglang:num_requests_total"), 50.0);
+    drop(pools);
 }
