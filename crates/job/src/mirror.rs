@@ -76,14 +76,9 @@ impl Mirror {
     /// Connects to the remote state and brings the local cache up to date with it.
     pub async fn restore(dir: ObjectDir, local: &Path) -> Result<Self, StorageError> {
         let remote: Option<RemoteManifest> = match dir.get(REMOTE_MANIFEST).await? {
-            Some(bytes) => {
-                Some(
-                    serde_json::from_slice(&bytes).map_err(|e| StorageError::Damaged {
-                        url: dir.url().to_owned(),
-                        reason: format!("its {REMOTE_MANIFEST} cannot be read: {e}"),
-                    })?,
-                )
-            }
+            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                damaged(&dir, format!("its {REMOTE_MANIFEST} cannot be read: {e}"))
+            })?),
             None => None,
         };
         let io = |source| StorageError::Io {
@@ -206,20 +201,34 @@ async fn rebuild(
         }
         let mut total = 0;
         for n in 0..remote.segments {
-            total += dir.append_to(&remote.segment(n, part), path).await?;
+            let name = remote.segment(n, part);
+            total += match dir.append_to(&name, path).await {
+                Ok(size) => size,
+                // A segment that is not there will not appear by asking again.
+                Err(e) => match dir.size(&name).await {
+                    Ok(None) => return Err(damaged(dir, format!("its segment {name} is missing"))),
+                    _ => return Err(e),
+                },
+            };
         }
         if total != expected {
-            return Err(StorageError::Damaged {
-                url: dir.url().to_owned(),
-                reason: format!(
-                    "its {} {part} segments hold {total} bytes but its manifest records \
-                     {expected}; the job cannot resume from it",
+            return Err(damaged(
+                dir,
+                format!(
+                    "its {} {part} segments hold {total} bytes but its manifest records {expected}",
                     remote.segments
                 ),
-            });
+            ));
         }
     }
     Ok(())
+}
+
+fn damaged(dir: &ObjectDir, what: String) -> StorageError {
+    StorageError::Damaged {
+        url: dir.url().to_owned(),
+        reason: format!("{what}; the job cannot resume from it"),
+    }
 }
 
 #[cfg(test)]

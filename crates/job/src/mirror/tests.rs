@@ -235,6 +235,35 @@ async fn a_restore_refuses_segments_that_do_not_add_up_to_the_manifest() {
 }
 
 #[tokio::test]
+async fn a_missing_segment_is_reported_as_damage() {
+    let (work, elsewhere) = (
+        tempfile::tempdir().expect("tmp"),
+        tempfile::tempdir().expect("tmp"),
+    );
+    let store = Arc::new(InMemory::new());
+    let dir = object_dir(store.clone());
+    let mirror = Mirror::restore(dir.clone(), work.path())
+        .await
+        .expect("restore");
+    let mut manifest = new_state(work.path());
+    let first = grow(work.path(), &mut manifest, b'a', 100, 10);
+    mirror.push(work.path(), &first).await.expect("push");
+    let index = remote_manifest(&dir).await.segment(0, "index");
+    dir.remove(&index).await.expect("remove");
+
+    match Mirror::restore(object_dir(store.clone()), elsewhere.path()).await {
+        Err(StorageError::Damaged { reason, .. }) => {
+            assert!(
+                reason.contains(&index) && reason.contains("missing"),
+                "{reason}"
+            );
+        }
+        Err(e) => panic!("not reported as damage: {e}"),
+        Ok(_) => panic!("a state without a segment was accepted"),
+    }
+}
+
+#[tokio::test]
 async fn a_state_written_before_segment_tags_still_restores() {
     let (work, elsewhere) = (
         tempfile::tempdir().expect("tmp"),
