@@ -8,34 +8,90 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::common::s3::Moto;
-use crate::common::service::{Pool, Service, postgres_schema, unique_ids, worker_pids};
+use crate::common::service::{PgSchema, Pool, Service, postgres_schema, unique_ids, worker_pids};
 use crate::common::{Sim, chat_line, jsonl, numbered_lines, wait_for};
 
 const LONG: Duration = Duration::from_secs(180);
 
-/// Flags every process of the deployment shares: one database, one object store, short leases.
-fn shared(db: &str) -> Vec<String> {
-    [
-        "--database",
-        db,
-        "--storage-url",
-        "s3://jobs/svc",
-        "--lease",
-        "3s",
-        "--checkpoint-interval",
-        "300ms",
-        "--report-interval",
-        "200ms",
-        "--grace",
-        "2s",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect()
+/// What every process of a test deployment shares: the machine's PostgreSQL (a schema of its
+/// own), an object store (moto), and a folder for the processes' data directories.
+struct Cluster {
+    moto: Moto,
+    schema: PgSchema,
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        Cluster {
+            moto: Moto::start(),
+            schema: postgres_schema(),
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
+    /// The flags every process shares (one database, one object store, short leases), then
+    /// `extra`.
+    fn flags(&self, extra: &[&str]) -> Vec<String> {
+        let shared = [
+            "--database",
+            &self.schema.url,
+            "--storage-url",
+            "s3://jobs/svc",
+            "--lease",
+            "3s",
+            "--checkpoint-interval",
+            "300ms",
+            "--report-interval",
+            "200ms",
+            "--grace",
+            "2s",
+        ];
+        shared
+            .iter()
+            .chain(extra)
+            .map(|s| (*s).to_owned())
+            .collect()
+    }
+
+    fn data_dir(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A `serve` that answers the API and runs no batches itself.
+    fn api(&self, name: &str) -> Service {
+        let flags = self.flags(&["--max-concurrent-batches", "0"]);
+        Service::start_with(&self.data_dir(name), &refs(&flags), &self.moto.env())
+    }
+
+    /// A `worker-pool` with `extra` flags, and `env` added to its environment.
+    fn pool(&self, name: &str, extra: &[&str], env: &[(&str, String)]) -> Pool {
+        let mut full = self.moto.env().to_vec();
+        full.extend_from_slice(env);
+        Pool::start(&self.data_dir(name), &refs(&self.flags(extra)), &full)
+    }
 }
 
 fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
+}
+
+/// Pool flags for one engine, two requests in flight per batch.
+fn one_engine(sim: &Sim) -> [&str; 4] {
+    ["--engine-url", &sim.url, "--max-concurrency", "2"]
+}
+
+/// A 300-line batch started on a pool named `frozen`, which is then frozen (SIGSTOP: a host
+/// that stops answering) once `done` lines have results. Returns the pool and the batch.
+fn frozen_mid_batch(cluster: &Cluster, service: &Service, sim: &Sim, done: i64) -> (Pool, String) {
+    let frozen = cluster.pool("frozen", &one_engine(sim), &[]);
+    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("f", 300)));
+    let batch = service.create_batch(&file, "24h");
+    wait_for(LONG, || {
+        (completed_requests(service, std::slice::from_ref(&batch)) >= done).then_some(())
+    });
+    frozen.signal_group("STOP");
+    (frozen, batch)
 }
 
 fn completed_requests(service: &Service, ids: &[String]) -> i64 {
@@ -61,13 +117,7 @@ fn took_over(work: &Path) -> bool {
 
 #[test]
 fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
-    let moto = Moto::start();
-    let env = moto.env().to_vec();
-    // Info logs for the pools' workers: the test watches them for a take-over.
-    let mut pool_env = env.clone();
-    pool_env.push(("BATCH_RUNNER_LOG", "info".to_owned()));
-    let schema = postgres_schema();
-    let db = &schema.url;
+    let cluster = Cluster::start();
     let sim = Sim::start(&[
         "--ttft-ms",
         "100",
@@ -76,27 +126,19 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
         "--max-running",
         "1000",
     ]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut api = shared(db);
-    api.extend(["--max-concurrent-batches".into(), "0".into()]);
-    let replicas = [
-        Service::start_with(&dir.path().join("r1"), &refs(&api), &env),
-        Service::start_with(&dir.path().join("r2"), &refs(&api), &env),
+    let replicas = [cluster.api("r1"), cluster.api("r2")];
+    let pool = [
+        "--engine-url",
+        &sim.url,
+        "--max-concurrency",
+        "4",
+        "--max-concurrent-batches",
+        "10",
     ];
-    let mut pool = shared(db);
-    pool.extend(
-        [
-            "--engine-url",
-            &sim.url,
-            "--max-concurrency",
-            "4",
-            "--max-concurrent-batches",
-            "10",
-        ]
-        .map(str::to_owned),
-    );
-    let mut a = Pool::start(&dir.path().join("a"), &refs(&pool), &pool_env);
-    let b = Pool::start(&dir.path().join("b"), &refs(&pool), &pool_env);
+    // Info logs for the pools' workers: the test watches them for a take-over.
+    let info = [("BATCH_RUNNER_LOG", "info".to_owned())];
+    let mut a = cluster.pool("a", &pool, &info);
+    let b = cluster.pool("b", &pool, &info);
 
     // 20 batches of 400 requests; each file uploaded through one replica and its batch created
     // through the other.
@@ -115,7 +157,7 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
         (completed_requests(&replicas[0], &batches) >= 1000).then_some(())
     });
     b.signal_group("STOP");
-    let a_work = dir.path().join("a").join("work");
+    let a_work = cluster.data_dir("a").join("work");
     wait_for(LONG, || took_over(&a_work).then_some(()));
     b.signal_group("CONT");
     // Then kill pool A outright (its workers see it gone, checkpoint and give the batches up),
@@ -138,27 +180,13 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
 
 #[test]
 fn a_frozen_worker_cannot_overwrite_the_new_owner() {
-    let moto = Moto::start();
-    let env = moto.env().to_vec();
-    let schema = postgres_schema();
-    let db = &schema.url;
+    let cluster = Cluster::start();
     let sim = Sim::start(&["--ttft-ms", "50", "--ms-per-token", "0"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut api = shared(db);
-    api.extend(["--max-concurrent-batches".into(), "0".into()]);
-    let service = Service::start_with(&dir.path().join("api"), &refs(&api), &env);
-    let mut pool = shared(db);
-    pool.extend(["--engine-url", &sim.url, "--max-concurrency", "2"].map(str::to_owned));
-    let frozen = Pool::start(&dir.path().join("frozen"), &refs(&pool), &env);
-    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("f", 300)));
-    let batch = service.create_batch(&file, "24h");
-    wait_for(LONG, || {
-        (completed_requests(&service, std::slice::from_ref(&batch)) >= 50).then_some(())
-    });
-    frozen.signal_group("STOP");
+    let service = cluster.api("api");
+    let (frozen, batch) = frozen_mid_batch(&cluster, &service, &sim, 50);
 
     // Another pool takes the batch over once the lease runs out and finishes it.
-    let _other = Pool::start(&dir.path().join("other"), &refs(&pool), &env);
+    let _other = cluster.pool("other", &one_engine(&sim), &[]);
     let done = service.wait_status(&batch, &["completed", "failed"], LONG);
     assert_eq!(done["status"], "completed", "{done}");
     let output_id = done["output_file_id"].as_str().expect("output").to_owned();
@@ -190,8 +218,9 @@ fn a_frozen_worker_cannot_overwrite_the_new_owner() {
     }
     assert_eq!(service.content(&output_id), output);
     let log = std::fs::read_to_string(
-        dir.path()
-            .join("frozen/work")
+        cluster
+            .data_dir("frozen")
+            .join("work")
             .join(&batch)
             .join("worker.log"),
     )
@@ -201,39 +230,28 @@ fn a_frozen_worker_cannot_overwrite_the_new_owner() {
 
 #[test]
 fn a_damaged_checkpoint_costs_re_sent_requests_not_the_batch() {
-    let moto = Moto::start();
-    let env = moto.env().to_vec();
-    let schema = postgres_schema();
-    let db = &schema.url;
+    let cluster = Cluster::start();
     let sim = Sim::start(&["--ttft-ms", "50", "--ms-per-token", "0"]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut api = shared(db);
-    api.extend(["--max-concurrent-batches".into(), "0".into()]);
-    let service = Service::start_with(&dir.path().join("api"), &refs(&api), &env);
-    let mut pool = shared(db);
-    pool.extend(["--engine-url", &sim.url, "--max-concurrency", "2"].map(str::to_owned));
-    let frozen = Pool::start(&dir.path().join("frozen"), &refs(&pool), &env);
-    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("d", 300)));
-    let batch = service.create_batch(&file, "24h");
-    wait_for(LONG, || {
-        (completed_requests(&service, std::slice::from_ref(&batch)) >= 100).then_some(())
-    });
-    frozen.signal_group("STOP");
+    let service = cluster.api("api");
+    let (_frozen, batch) = frozen_mid_batch(&cluster, &service, &sim, 100);
 
     // Cut the frozen claim's largest output segment in half, as a lost or truncated object
     // would: its state no longer adds up.
-    let (segment, size) = moto
+    let (segment, size) = cluster
+        .moto
         .objects(&format!("svc/work/{batch}/fence-1"))
         .into_iter()
         .filter(|(path, _)| path.as_ref().ends_with(".output"))
         .max_by_key(|(_, size)| *size)
         .expect("an output segment");
-    let bytes = moto.get_at(&segment).expect("segment");
-    moto.replace(&segment, bytes[..(size / 2) as usize].to_vec());
+    let bytes = cluster.moto.get_at(&segment).expect("segment");
+    cluster
+        .moto
+        .replace(&segment, bytes[..(size / 2) as usize].to_vec());
 
     // The next claim finds the damage, starts the batch over instead of failing it, and
     // finishes it with one result per line.
-    let _other = Pool::start(&dir.path().join("other"), &refs(&pool), &env);
+    let _other = cluster.pool("other", &one_engine(&sim), &[]);
     let done = service.wait_status(&batch, &["completed", "failed"], LONG);
     assert_eq!(done["status"], "completed", "{done}");
     assert_eq!(done["x_batch_runner"]["worker_restarts"], 0, "{done}");
@@ -248,23 +266,16 @@ fn a_damaged_checkpoint_costs_re_sent_requests_not_the_batch() {
 
 #[test]
 fn each_pool_runs_only_the_models_its_engines_serve() {
-    let moto = Moto::start();
-    let env = moto.env().to_vec();
-    let schema = postgres_schema();
-    let db = &schema.url;
+    let cluster = Cluster::start();
     let fast = ["--ttft-ms", "5", "--ms-per-token", "0"];
     let (alpha, beta) = (Sim::start(&fast), Sim::start(&fast));
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut api = shared(db);
-    api.extend(["--max-concurrent-batches".into(), "0".into()]);
-    let service = Service::start_with(&dir.path().join("api"), &refs(&api), &env);
+    let service = cluster.api("api");
     // Two GPU hosts, one model each, and no default engine: each pool claims only its model.
     let pools: Vec<Pool> = [("alpha", &alpha), ("beta", &beta)]
         .iter()
         .map(|(model, sim)| {
-            let mut pool = shared(db);
-            pool.extend(["--model-engine".into(), format!("{model}={}", sim.url)]);
-            Pool::start(&dir.path().join(model), &refs(&pool), &env)
+            let engine = format!("{model}={}", sim.url);
+            cluster.pool(model, &["--model-engine", &engine], &[])
         })
         .collect();
 
