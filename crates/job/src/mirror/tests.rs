@@ -159,19 +159,25 @@ async fn remote_manifest(dir: &ObjectDir) -> RemoteManifest {
     serde_json::from_slice(&bytes).expect("manifest")
 }
 
-#[tokio::test]
-async fn a_late_write_from_an_abandoned_upload_cannot_damage_the_state() {
-    let (work, elsewhere) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
-    let store = Arc::new(LateStore::default());
-    let mirror = Mirror::restore(object_dir(store.clone()), work.path())
+/// A job in a fresh folder with one checkpoint (100 output bytes, 10 error bytes) pushed to
+/// `store`. Returns the folder, the mirror and the job's manifest (to grow it further).
+async fn one_checkpoint_pushed(
+    store: Arc<dyn ObjectStore>,
+) -> (tempfile::TempDir, Mirror, Manifest) {
+    let work = tempfile::tempdir().expect("tmp");
+    let mirror = Mirror::restore(object_dir(store), work.path())
         .await
         .expect("restore");
     let mut manifest = new_state(work.path());
     let first = grow(work.path(), &mut manifest, b'a', 100, 10);
     mirror.push(work.path(), &first).await.expect("push");
+    (work, mirror, manifest)
+}
+
+#[tokio::test]
+async fn a_late_write_from_an_abandoned_upload_cannot_damage_the_state() {
+    let store = Arc::new(LateStore::default());
+    let (work, mirror, mut manifest) = one_checkpoint_pushed(store.clone()).await;
 
     // The next upload stalls on its first object and is given up on (a checkpoint task stopped
     // mid-upload, a timeout); the store still holds that write.
@@ -193,6 +199,7 @@ async fn a_late_write_from_an_abandoned_upload_cannot_damage_the_state() {
     landed.await.expect("the late write landed");
 
     // Another machine resumes from object storage: it gets exactly what the manifest says.
+    let elsewhere = tempfile::tempdir().expect("tmp");
     let restored = Mirror::restore(object_dir(store.clone()), elsewhere.path())
         .await
         .expect("restore elsewhere");
@@ -208,23 +215,14 @@ async fn a_late_write_from_an_abandoned_upload_cannot_damage_the_state() {
 
 #[tokio::test]
 async fn a_restore_refuses_segments_that_do_not_add_up_to_the_manifest() {
-    let (work, elsewhere) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
     let store = Arc::new(InMemory::new());
-    let mirror = Mirror::restore(object_dir(store.clone()), work.path())
-        .await
-        .expect("restore");
-    let mut manifest = new_state(work.path());
-    let first = grow(work.path(), &mut manifest, b'a', 100, 10);
-    mirror.push(work.path(), &first).await.expect("push");
-
+    let _pushed = one_checkpoint_pushed(store.clone()).await;
     let dir = object_dir(store.clone());
     let output = remote_manifest(&dir).await.segment(0, "output");
     dir.put(&output, vec![b'a'; 60]).await.expect("shorten");
 
-    let err = match Mirror::restore(object_dir(store.clone()), elsewhere.path()).await {
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    let err = match Mirror::restore(dir, elsewhere.path()).await {
         Ok(_) => panic!("a short segment was accepted"),
         Err(e) => e.to_string(),
     };
@@ -236,22 +234,14 @@ async fn a_restore_refuses_segments_that_do_not_add_up_to_the_manifest() {
 
 #[tokio::test]
 async fn a_missing_segment_is_reported_as_damage() {
-    let (work, elsewhere) = (
-        tempfile::tempdir().expect("tmp"),
-        tempfile::tempdir().expect("tmp"),
-    );
     let store = Arc::new(InMemory::new());
+    let _pushed = one_checkpoint_pushed(store.clone()).await;
     let dir = object_dir(store.clone());
-    let mirror = Mirror::restore(dir.clone(), work.path())
-        .await
-        .expect("restore");
-    let mut manifest = new_state(work.path());
-    let first = grow(work.path(), &mut manifest, b'a', 100, 10);
-    mirror.push(work.path(), &first).await.expect("push");
     let index = remote_manifest(&dir).await.segment(0, "index");
     dir.remove(&index).await.expect("remove");
 
-    match Mirror::restore(object_dir(store.clone()), elsewhere.path()).await {
+    let elsewhere = tempfile::tempdir().expect("tmp");
+    match Mirror::restore(dir, elsewhere.path()).await {
         Err(StorageError::Damaged { reason, .. }) => {
             assert!(
                 reason.contains(&index) && reason.contains("missing"),
