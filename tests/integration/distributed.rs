@@ -87,9 +87,7 @@ fn frozen_mid_batch(cluster: &Cluster, service: &Service, sim: &Sim, done: i64) 
     let frozen = cluster.pool("frozen", &one_engine(sim), &[]);
     let file = service.upload("in.jsonl", &jsonl(&numbered_lines("f", 300)));
     let batch = service.create_batch(&file, "24h");
-    wait_for(LONG, || {
-        (completed_requests(service, std::slice::from_ref(&batch)) >= done).then_some(())
-    });
+    service.wait_completed(&batch, done, LONG);
     frozen.signal_group("STOP");
     (frozen, batch)
 }

@@ -294,9 +294,7 @@ fn a_killed_worker_is_restarted_and_the_batch_completes_exactly_once() {
     let file = service.upload("in.jsonl", &jsonl(&numbered_lines("k", 2000)));
     let batch = service.create_batch(&file, "24h");
     // Kill the worker once a quarter of the lines are done.
-    wait_for(LONG, || {
-        (service.batch(&batch)["request_counts"]["completed"].as_i64() >= Some(500)).then_some(())
-    });
+    service.wait_completed(&batch, 500, LONG);
     let pids = worker_pids(&batch);
     // One process: the default command execs the worker instead of running it under a shell,
     // so what the service kills is the worker itself.
@@ -341,10 +339,7 @@ fn restarting_the_service_mid_batch_resumes_every_batch() {
             service.create_batch(&file, "24h")
         })
         .collect();
-    wait_for(LONG, || {
-        (service.batch(&batches[0])["request_counts"]["completed"].as_i64() >= Some(100))
-            .then_some(())
-    });
+    service.wait_completed(&batches[0], 100, LONG);
     // kill -9: the workers see their lifeline close, checkpoint and exit.
     let _ = service.child.kill();
     let _ = service.child.wait();
@@ -440,10 +435,7 @@ fn metrics_openapi_and_results_so_far() {
     let file = service.upload("in.jsonl", &jsonl(&numbered_lines("m", 300)));
     let batch = service.create_batch(&file, "24h");
     // While it runs: progress detail and the results so far.
-    let running = wait_for(LONG, || {
-        let b = service.batch(&batch);
-        (b["request_counts"]["completed"].as_i64() >= Some(40)).then_some(b)
-    });
+    let running = service.wait_completed(&batch, 40, LONG);
     assert_eq!(running["status"], "in_progress");
     assert_eq!(running["request_counts"]["total"], 300);
     assert!(

@@ -119,6 +119,14 @@ impl Service {
         r.json()
     }
 
+    /// Polls until the batch has results for at least `lines` lines; returns it then.
+    pub fn wait_completed(&self, id: &str, lines: i64, limit: Duration) -> Value {
+        wait_for(limit, || {
+            let b = self.batch(id);
+            (b["request_counts"]["completed"].as_i64() >= Some(lines)).then_some(b)
+        })
+    }
+
     /// Polls until the batch has one of `statuses`.
     pub fn wait_status(&self, id: &str, statuses: &[&str], limit: Duration) -> Value {
         wait_for(limit, || {
