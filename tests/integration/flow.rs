@@ -1,10 +1,10 @@
 //! Protecting online traffic: `--priority` against sim-engine's priority scheduling.
 
-use std::io::{Read, Write};
 use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::common::service::post_chat;
 use crate::common::{
     Job, Sim, cmd, http_get, numbered_lines, prometheus_value, results_by_id, run_args, wait_for,
 };
@@ -40,19 +40,7 @@ fn online_request(sim: &Sim, priority: i64) -> u64 {
     let body = format!(
         r#"{{"model":"sim-model","priority":{priority},"messages":[{{"role":"user","content":"online"}}]}}"#
     );
-    let host = sim.url.trim_start_matches("http://");
-    let mut s = std::net::TcpStream::connect(host).expect("connect");
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut answer = String::new();
-    s.read_to_string(&mut answer).expect("answer");
-    let json = answer.split_once("\r\n\r\n").expect("body").1;
-    let v: Value = serde_json::from_str(json).expect("JSON answer");
+    let v = post_chat(&sim.url, &body).json();
     admitted_as(v["id"].as_str().expect("id"))
 }
 

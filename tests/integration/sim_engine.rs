@@ -1,29 +1,7 @@
 //! The simulated engine on its own: readiness line, capacity model and its queue limit.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-
+use crate::common::service::post_chat;
 use crate::common::{Sim, http_get, prometheus_value};
-
-/// POSTs a chat request over a raw socket and returns the status code.
-fn post_chat(url: &str, body: &str) -> u16 {
-    let host = url.strip_prefix("http://").expect("url");
-    let mut s = TcpStream::connect(host).expect("connect");
-    write!(
-        s,
-        "POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("write");
-    let mut response = String::new();
-    s.read_to_string(&mut response).expect("read");
-    response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("bad response {response:?}"))
-}
 
 #[test]
 fn serves_models_health_and_sglang_gauges() {
@@ -60,11 +38,14 @@ fn a_full_queue_answers_503() {
         "1500",
     ]);
     let url = sim.url.clone();
-    let slow = std::thread::spawn(move || post_chat(&url, r#"{"model":"m","messages":[]}"#));
+    let slow = std::thread::spawn(move || post_chat(&url, r#"{"model":"m","messages":[]}"#).status);
     crate::common::wait_for(std::time::Duration::from_secs(5), || {
         (sim.metric("sglang:num_running_reqs") == 1.0).then_some(())
     });
-    assert_eq!(post_chat(&sim.url, r#"{"model":"m","messages":[]}"#), 503);
+    assert_eq!(
+        post_chat(&sim.url, r#"{"model":"m","messages":[]}"#).status,
+        503
+    );
     assert_eq!(slow.join().expect("join"), 200);
-    assert_eq!(post_chat(&sim.url, "not json"), 400);
+    assert_eq!(post_chat(&sim.url, "not json").status, 400);
 }

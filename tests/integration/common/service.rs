@@ -193,6 +193,13 @@ pub fn request(addr: &str, method: &str, path: &str, headers: &[String], body: &
     })
 }
 
+/// POSTs a chat completion `body` (sent as it is, valid JSON or not) to an engine at `url`.
+pub fn post_chat(url: &str, body: &str) -> Response {
+    let addr = url.strip_prefix("http://").expect("an http:// URL");
+    let json = ["Content-Type: application/json".to_owned()];
+    request(addr, "POST", "/v1/chat/completions", &json, body.as_bytes())
+}
+
 /// Sends `raw` bytes as they are and reads the answer.
 pub fn request_raw(addr: &str, raw: &[u8]) -> Response {
     let mut stream = TcpStream::connect(addr).expect("connect to the service");
