@@ -13,6 +13,7 @@
 # tests), psql and a PostgreSQL at BATCH_RUNNER_TEST_POSTGRES (default the local `test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 BATCHES=${BATCHES:-20}
 LINES=${LINES:-5000}
@@ -27,23 +28,8 @@ if ! "$venv/bin/python" -c 'import moto.server' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'moto[server]==5.2.5'
 fi
-cargo build --release --locked >/dev/null 2>&1 || cargo build --release --locked
-bin=$PWD/target/release/batch-runner
-key=sk-bench
+build_release
 
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-wait_line() { # FILE PATTERN: waits for a line, prints its sed capture
-  for _ in $(seq 1 300); do
-    local got
-    got=$(sed -n "$2" "$1" | head -n 1)
-    [ -n "$got" ] && { echo "$got"; return 0; }
-    sleep 0.05
-  done
-  echo "timed out waiting in $1" >&2
-  exit 3
-}
-api() { curl -sf -H "Authorization: Bearer $key" "$@"; }
 
 # moto stops when its stdin closes: hold a FIFO open with a process the trap kills.
 mkfifo "$work/moto.in"
@@ -55,9 +41,8 @@ s3=$(wait_line "$work/moto.log" 's/^listening on //p')
 curl -sf -X PUT "$s3/jobs" >/dev/null
 export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_ENDPOINT_URL=$s3
 
-"$bin" sim-engine --port 0 --ttft-ms 0 --ms-per-token 0 --max-running 4096 > "$work/sim.log" 2>&1 &
-pids+=($!)
-sim=$(wait_line "$work/sim.log" 's/^listening on //p')
+start "$work/sim.log" "$bin" sim-engine --port 0 --ttft-ms 0 --ms-per-token 0 --max-running 4096
+sim=$url
 python3 bench/gen_input.py "$LINES" > "$work/in.jsonl"
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); $(date -u +%F); $BATCHES batches x $LINES requests"
 

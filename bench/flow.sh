@@ -5,11 +5,12 @@
 #   WINDOW=15 bench/flow.sh       # shorter windows, noisier
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 venv=target/bench-venv
 if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'matplotlib==3.10.7'
 fi
-cargo build --release --locked >/dev/null 2>&1 || cargo build --release --locked
+build_release
 mkdir -p target/bench-flow
-"$venv/bin/python" bench/flow.py "$PWD/target/release/batch-runner" "$PWD/target/bench-flow" docs/img/flow.png
+"$venv/bin/python" bench/flow.py "$bin" "$PWD/target/bench-flow" docs/img/flow.png

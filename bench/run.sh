@@ -18,6 +18,7 @@
 # and GNU time (/usr/bin/time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 ROUNDS=${ROUNDS:-3}
 CONCURRENCY=${CONCURRENCY:-64}
@@ -25,32 +26,16 @@ WRK_SECONDS=${WRK_SECONDS:-5}
 work=target/bench
 mkdir -p "$work"
 
-if ! command -v wrk >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
-  else
-    echo "wrk is missing: apt-get install wrk" >&2
-    exit 2
-  fi
-fi
+need_wrk
 [ -x /usr/bin/time ] || { echo "GNU time is missing: apt-get install time" >&2; exit 2; }
 
-cargo build --release --locked >/dev/null 2>&1 || cargo build --release --locked
-bin=target/release/batch-runner
+build_release
 
 for n in 100000 1000000; do
   [ -s "$work/in-$n.jsonl" ] || python3 bench/gen_input.py "$n" > "$work/in-$n.jsonl"
 done
 
-"$bin" sim-engine --port 0 --ttft-ms 0 --ms-per-token 0 > "$work/sim.log" 2>&1 &
-sim=$!
-trap 'kill $sim 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do
-  url=$(sed -n 's/^listening on //p' "$work/sim.log" | head -n 1)
-  [ -n "$url" ] && break
-  sleep 0.1
-done
-[ -n "${url:-}" ] || { echo "sim-engine did not start" >&2; exit 3; }
+start "$work/sim.log" "$bin" sim-engine --port 0 --ttft-ms 0 --ms-per-token 0
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 

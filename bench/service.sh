@@ -11,44 +11,18 @@
 # Needs curl, python3 and wrk (Debian package; installed here when missing and running as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. bench/lib.sh
 
 UPLOAD_MB=${UPLOAD_MB:-1024}
 work=target/bench-service
 rm -rf "$work/data"
 mkdir -p "$work"
 
-if ! command -v wrk >/dev/null; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get install -y wrk >/dev/null 2>&1 || { apt-get update >/dev/null && apt-get install -y wrk >/dev/null; }
-  else
-    echo "wrk is missing: apt-get install wrk" >&2
-    exit 2
-  fi
-fi
-cargo build --release --locked >/dev/null 2>&1 || cargo build --release --locked
-bin=$PWD/target/release/batch-runner
-key=sk-bench
+need_wrk
+build_release
 
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
-# Starts a process writing "listening on URL" first; sets $url.
-start() {
-  local log=$1
-  shift
-  "$@" > "$log" 2>"$log.err" &
-  pids+=($!)
-  url=
-  for _ in $(seq 1 200); do
-    url=$(sed -n 's/^listening on //p' "$log" | head -n 1)
-    [ -n "$url" ] && return 0
-    sleep 0.05
-  done
-  echo "$* did not start: $(cat "$log.err")" >&2
-  exit 3
-}
 peak_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-api() { curl -sf -H "Authorization: Bearer $key" "$@"; }
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)$1)"; }
 
 # A realistic engine: 100 ms to the first token, 5 ms per token, 16 tokens (about 0.18 s).
