@@ -190,15 +190,12 @@ async fn rebuild(
         ("index", &files.index, remote.manifest.positions.index),
     ];
     for (part, path, expected) in parts {
-        match tokio::fs::remove_file(path).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(StorageError::Io {
-                    path: path.display().to_string(),
-                    source: e,
-                });
+        batch_storage::absent_is_fine(tokio::fs::remove_file(path).await).map_err(|source| {
+            StorageError::Io {
+                path: path.display().to_string(),
+                source,
             }
-            _ => {}
-        }
+        })?;
         let mut total = 0;
         for n in 0..remote.segments {
             let name = remote.segment(n, part);

@@ -129,10 +129,7 @@ fn store_pending(state_dir: &Path, pending: &[PendingUpload]) -> Result<(), Uplo
     let path = uploads_path(state_dir);
     let fail = |e| UploadError::State(path.display().to_string(), e);
     if pending.is_empty() {
-        return match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(fail(e)),
-            _ => Ok(()),
-        };
+        return batch_storage::absent_is_fine(std::fs::remove_file(&path)).map_err(fail);
     }
     let text = serde_json::to_vec_pretty(pending).map_err(|e| fail(std::io::Error::other(e)))?;
     let tmp = path.with_extension("json.tmp");

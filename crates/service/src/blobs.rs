@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use axum::body::Body;
 use axum::http::HeaderMap;
 use axum::response::Response;
-use batch_storage::StorageError;
 use batch_storage::object::{ObjectDir, ObjectWriter};
+use batch_storage::{StorageError, absent_is_fine};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
 use crate::api::range::{respond, serve_file};
@@ -174,10 +174,9 @@ impl Blobs {
 
     pub async fn remove(&self, name: &str) -> Result<(), BlobError> {
         match self {
-            Blobs::Local(dir) => match std::fs::remove_file(dir.join(name)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_at(&dir.join(name))(e)),
-                _ => Ok(()),
-            },
+            Blobs::Local(dir) => {
+                absent_is_fine(std::fs::remove_file(dir.join(name))).map_err(io_at(&dir.join(name)))
+            }
             Blobs::Object(dir) => Ok(dir.remove(name).await?),
         }
     }

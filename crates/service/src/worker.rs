@@ -26,8 +26,8 @@ use batch_job::summary::{JobStatus, RunSummary};
 use batch_job::validate::{ValidateOptions, validate_file};
 use serde::{Deserialize, Serialize};
 
-use batch_storage::StorageError;
 use batch_storage::object::ObjectDir;
+use batch_storage::{StorageError, absent_is_fine};
 
 use crate::blobs::Blobs;
 use crate::ids;
@@ -67,14 +67,6 @@ pub enum WorkerError {
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> WorkerError {
     let context = context.into();
     move |source| WorkerError::Io { context, source }
-}
-
-/// A removal that found nothing to remove succeeded.
-fn absent_is_fine(removed: std::io::Result<()>) -> std::io::Result<()> {
-    match removed {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
 }
 
 pub fn work_dir(work_root: &Path, batch: &str) -> PathBuf {
