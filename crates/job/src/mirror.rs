@@ -138,19 +138,12 @@ impl Mirror {
             }
         };
         let files = SpoolFiles::in_dir(local);
-        let parts = [
-            ("output", &files.output, from.output, to.output),
-            ("errors", &files.errors, from.errors, to.errors),
-            ("index", &files.index, from.index, to.index),
-        ];
-        for (part, file, start, end) in parts {
+        for ((part, file, start), (_, _, end)) in
+            parts(&files, from).into_iter().zip(parts(&files, to))
+        {
+            let name = segment_name(&uploaded.tags, n, part);
             self.dir
-                .put_range(
-                    &segment_name(&uploaded.tags, n, part),
-                    file,
-                    start,
-                    end.saturating_sub(start),
-                )
+                .put_range(&name, file, start, end.saturating_sub(start))
                 .await?;
         }
         let remote = RemoteManifest {
@@ -184,12 +177,7 @@ async fn rebuild(
     local: &Path,
 ) -> Result<(), StorageError> {
     let files = SpoolFiles::in_dir(local);
-    let parts = [
-        ("output", &files.output, remote.manifest.positions.output),
-        ("errors", &files.errors, remote.manifest.positions.errors),
-        ("index", &files.index, remote.manifest.positions.index),
-    ];
-    for (part, path, expected) in parts {
+    for (part, path, expected) in parts(&files, remote.manifest.positions) {
         batch_storage::absent_is_fine(tokio::fs::remove_file(path).await).map_err(|source| {
             StorageError::Io {
                 path: path.display().to_string(),
@@ -219,6 +207,15 @@ async fn rebuild(
         }
     }
     Ok(())
+}
+
+/// Each spool file with its part's name in segment names and its length at `at`.
+fn parts(files: &SpoolFiles, at: Positions) -> [(&'static str, &Path, u64); 3] {
+    [
+        ("output", &files.output, at.output),
+        ("errors", &files.errors, at.errors),
+        ("index", &files.index, at.index),
+    ]
 }
 
 fn damaged(dir: &ObjectDir, what: String) -> StorageError {
