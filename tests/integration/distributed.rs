@@ -85,8 +85,7 @@ fn one_engine(sim: &Sim) -> [&str; 4] {
 /// that stops answering) once `done` lines have results. Returns the pool and the batch.
 fn frozen_mid_batch(cluster: &Cluster, service: &Service, sim: &Sim, done: i64) -> (Pool, String) {
     let frozen = cluster.pool("frozen", &one_engine(sim), &[]);
-    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("f", 300)));
-    let batch = service.create_batch(&file, "24h");
+    let batch = service.submit("f", 300);
     service.wait_completed(&batch, done, LONG);
     frozen.signal_group("STOP");
     (frozen, batch)
@@ -133,8 +132,11 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
         "--max-concurrent-batches",
         "10",
     ];
-    // Info logs for the pools' workers: the test watches them for a take-over.
-    let info = [("BATCH_RUNNER_LOG", "info".to_owned())];
+    // The workers' info lines (in their worker.log): the test watches them for a take-over.
+    let info = [(
+        "BATCH_RUNNER_LOG",
+        "warn,batch_service::worker=info".to_owned(),
+    )];
     let mut a = cluster.pool("a", &pool, &info);
     let b = cluster.pool("b", &pool, &info);
 

@@ -291,8 +291,7 @@ fn a_killed_worker_is_restarted_and_the_batch_completes_exactly_once() {
             "100ms",
         ],
     );
-    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("k", 2000)));
-    let batch = service.create_batch(&file, "24h");
+    let batch = service.submit("k", 2000);
     // Kill the worker once a quarter of the lines are done.
     service.wait_completed(&batch, 500, LONG);
     let pids = worker_pids(&batch);
@@ -334,10 +333,7 @@ fn restarting_the_service_mid_batch_resumes_every_batch() {
     ];
     let mut service = Service::start(dir.path(), &flags);
     let batches: Vec<String> = (0..3)
-        .map(|b| {
-            let file = service.upload("in.jsonl", &jsonl(&numbered_lines(&format!("b{b}-"), 600)));
-            service.create_batch(&file, "24h")
-        })
+        .map(|b| service.submit(&format!("b{b}-"), 600))
         .collect();
     service.wait_completed(&batches[0], 100, LONG);
     // kill -9: the workers see their lifeline close, checkpoint and exit.
@@ -385,8 +381,7 @@ fn workers_start_through_the_command_template() {
         &dir.path().join("data"),
         &["--engine-url", &sim.url, "--worker-command", &template],
     );
-    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("t", 10)));
-    let batch = service.create_batch(&file, "24h");
+    let batch = service.submit("t", 10);
     let done = service.wait_status(&batch, &["completed", "failed"], LONG);
     assert_eq!(done["status"], "completed", "{done}");
     let wrapped = std::fs::read_to_string(&marker).expect("the wrapper ran");
@@ -432,8 +427,7 @@ fn metrics_openapi_and_results_so_far() {
             "100ms",
         ],
     );
-    let file = service.upload("in.jsonl", &jsonl(&numbered_lines("m", 300)));
-    let batch = service.create_batch(&file, "24h");
+    let batch = service.submit("m", 300);
     // While it runs: progress detail and the results so far.
     let running = service.wait_completed(&batch, 40, LONG);
     assert_eq!(running["status"], "in_progress");

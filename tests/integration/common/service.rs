@@ -113,6 +113,14 @@ impl Service {
         r.json()["id"].as_str().expect("batch id").to_owned()
     }
 
+    /// Uploads `n` numbered chat lines (custom_ids `{prefix}0`…) and creates a batch over them
+    /// with a 24h window; returns its id.
+    pub fn submit(&self, prefix: &str, n: usize) -> String {
+        let lines = super::numbered_lines(prefix, n);
+        let file = self.upload("in.jsonl", &super::jsonl(&lines));
+        self.create_batch(&file, "24h")
+    }
+
     pub fn batch(&self, id: &str) -> Value {
         let r = self.call("GET", &format!("/v1/batches/{id}"), None);
         assert_eq!(r.status, 200, "retrieve {id}: {}", r.text());
