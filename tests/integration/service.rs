@@ -122,17 +122,10 @@ fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
     );
 
     // A path-like filename is reduced to its last part and nothing lands outside the data dir.
-    let (ct, body) = multipart(&[
+    let r = service.post_file(&[
         ("purpose", None, b"batch"),
         ("file", Some("../../etc/passwd"), b"{\"custom_id\":\"x\"}\n"),
     ]);
-    let r = request(
-        &service.addr,
-        "POST",
-        "/v1/files",
-        &[auth.clone(), format!("Content-Type: {ct}")],
-        &body,
-    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["filename"], "passwd");
     assert!(!dir.path().join("etc").exists() && !data.join("etc").exists());
@@ -144,43 +137,22 @@ fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
         (&b""[..], 400),
         (&[b'{'; 5000][..], 413),
     ] {
-        let (ct, body) = multipart(&[
+        let r = service.post_file(&[
             ("purpose", None, b"batch"),
             ("file", Some("x.jsonl"), content),
         ]);
-        let r = request(
-            &service.addr,
-            "POST",
-            "/v1/files",
-            &[auth.clone(), format!("Content-Type: {ct}")],
-            &body,
-        );
         assert_eq!(r.status, code, "{}", r.text());
         assert_eq!(r.error()["param"], "file");
     }
-    let (ct, body) = multipart(&[
+    let r = service.post_file(&[
         ("purpose", None, b"nonsense"),
         ("file", Some("x.jsonl"), b"{}\n"),
     ]);
-    let r = request(
-        &service.addr,
-        "POST",
-        "/v1/files",
-        &[auth.clone(), format!("Content-Type: {ct}")],
-        &body,
-    );
     assert_eq!(
         (r.status, r.error()["param"].clone()),
         (400, json!("purpose"))
     );
-    let (ct, body) = multipart(&[("purpose", None, b"batch")]);
-    let r = request(
-        &service.addr,
-        "POST",
-        "/v1/files",
-        &[auth.clone(), format!("Content-Type: {ct}")],
-        &body,
-    );
+    let r = service.post_file(&[("purpose", None, b"batch")]);
     assert_eq!((r.status, r.error()["param"].clone()), (400, json!("file")));
     // Nothing half-written stays behind.
     let incoming = std::fs::read_dir(data.join("files/.incoming"))

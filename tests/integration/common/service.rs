@@ -82,20 +82,20 @@ impl Service {
 
     /// Uploads `content` as a `purpose=batch` file of owner A; returns its id.
     pub fn upload(&self, name: &str, content: &[u8]) -> String {
-        let (content_type, body) =
-            multipart(&[("purpose", None, b"batch"), ("file", Some(name), content)]);
-        let r = request(
-            &self.addr,
-            "POST",
-            "/v1/files",
-            &[
-                format!("Authorization: Bearer {KEY_A}"),
-                format!("Content-Type: {content_type}"),
-            ],
-            &body,
-        );
+        let r = self.post_file(&[("purpose", None, b"batch"), ("file", Some(name), content)]);
         assert_eq!(r.status, 200, "upload: {}", r.text());
         r.json()["id"].as_str().expect("file id").to_owned()
+    }
+
+    /// POST /v1/files as owner A with these multipart `parts` (name, filename, content), however
+    /// wrong they are; the answer as it comes.
+    pub fn post_file(&self, parts: &[(&str, Option<&str>, &[u8])]) -> Response {
+        let (content_type, body) = multipart(parts);
+        let headers = [
+            format!("Authorization: Bearer {KEY_A}"),
+            format!("Content-Type: {content_type}"),
+        ];
+        request(&self.addr, "POST", "/v1/files", &headers, &body)
     }
 
     /// Creates a batch over `file_id` for the chat endpoint; returns its id.
