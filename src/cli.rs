@@ -288,7 +288,7 @@ pub struct RulesArgs {
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// The batch file (.jsonl).
+    /// The batch file (.jsonl); `-` reads standard input.
     pub input: PathBuf,
 
     /// Print the report as JSON on stdout.
@@ -310,7 +310,10 @@ pub enum ProgressArg {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The batch file (.jsonl): a path, an http(s) URL (a presigned URL works) or s3://bucket/key.
+    /// The batch file (.jsonl): a path, `-` for standard input (a pipe or FIFO is copied into
+    /// the state directory while it is validated), an http(s) URL (a presigned URL works) or
+    /// s3://bucket/key. It must not change while the job runs: a change stops the job (state
+    /// kept).
     pub input: String,
 
     /// Where successful results go (one JSON line per request that got a 2xx answer): a path, an
@@ -464,7 +467,9 @@ pub struct RunArgs {
     #[arg(help_heading = "Job state and resume", long, value_name = "DIR")]
     pub state_cache: Option<PathBuf>,
 
-    /// Discard the state of an earlier, unfinished run of this job and start over.
+    /// Discard the state of an earlier, unfinished run of this job and start over; also runs a
+    /// job again whose OUTPUT already holds a result for every line (without it, such a rerun
+    /// sends nothing and exits 0).
     #[arg(help_heading = "Job state and resume", long)]
     pub restart: bool,
 

@@ -54,13 +54,17 @@ pub fn run(args: RunArgs) -> Exit {
         };
     }
     let result = runtime().map_err(|e| e.to_string()).map(|rt| {
-        rt.block_on(async {
+        let result = rt.block_on(async {
             let stop = StopSignal::new();
             let watcher = tokio::spawn(watch_signals(stop.clone(), on_signal, grace));
             let result = batch_job::run::run(options, stop).await;
             watcher.abort();
             result
-        })
+        });
+        // A validation stopped by a signal may still be blocked on a read that never returns
+        // (a FIFO with no writer): do not wait for it.
+        rt.shutdown_timeout(std::time::Duration::from_secs(1));
+        result
     });
     match result {
         Err(e) => {
@@ -90,7 +94,7 @@ pub fn run(args: RunArgs) -> Exit {
                 JobStatus::Cancelled => Exit::Cancelled,
                 JobStatus::Interrupted => Exit::Interrupted,
                 JobStatus::Completed if summary.failed > 0 => Exit::SomeFailed,
-                JobStatus::Completed => Exit::Success,
+                JobStatus::Completed | JobStatus::AlreadyComplete => Exit::Success,
             }
         }
     }

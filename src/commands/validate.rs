@@ -1,6 +1,6 @@
 //! `batch-runner validate INPUT`
 
-use batch_job::validate::{ValidateOptions, validate_file};
+use batch_job::validate::{ValidateError, ValidateOptions, validate_file};
 
 use super::Exit;
 use crate::cli::ValidateArgs;
@@ -11,7 +11,15 @@ pub fn run(args: ValidateArgs) -> Exit {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("{e}");
-            return Exit::Invalid;
+            if args.json {
+                // Scripts reading stdout get a report whatever happened.
+                let report = serde_json::json!({ "valid": false, "error": e.to_string() });
+                println!("{report:#}");
+            }
+            return match e {
+                ValidateError::Read { .. } => Exit::Invalid,
+                _ => Exit::Runtime,
+            };
         }
     };
     let report = &validation.report;

@@ -5,6 +5,7 @@ mod common;
 mod distributed;
 mod durable;
 mod flow;
+mod input;
 mod launch;
 mod objects;
 mod remote;

@@ -1,6 +1,7 @@
 //! The batch job pipeline, shared by `batch-runner run` and (later) the service's workers.
 //!
 //! Layout, in data-flow order:
+//! - [`input`]: stdin and pipes copied, and the second pass checked against the first;
 //! - [`reader`]: numbered lines with bounded memory;
 //! - [`validate`] (with [`dedupe`] and [`bitset`]): the pass over the whole input before any
 //!   request is sent;
@@ -12,6 +13,7 @@
 //! - [`finalize`]: the spool becomes the final output and error files, atomically, in input order
 //!   (with [`extsort`]) or completion order; [`retry_failed`] seeds a job with an earlier run's
 //!   successes;
+//! - [`finished`]: a finished job is recognised and not run again by accident;
 //! - [`launch`]: starting, guarding and restarting an engine for the job;
 //! - [`remote`]: inputs and results at http(s) URLs, and uploads that failed;
 //! - [`progress`], [`metrics`], [`summary`], [`status`]: what the operator sees while and after
@@ -25,6 +27,8 @@ pub mod dispatch;
 pub mod duration;
 pub mod extsort;
 pub mod finalize;
+pub mod finished;
+pub mod input;
 pub mod launch;
 pub mod metrics;
 pub mod mirror;

@@ -49,6 +49,8 @@ pub struct LineReader<R> {
     line_no: u64,
     max_line_bytes: usize,
     eof: bool,
+    /// An over-long line is an error rather than skipped (see [`Self::refuse_endless_lines`]).
+    refuse_long: bool,
 }
 
 impl<R: Read> LineReader<R> {
@@ -62,7 +64,15 @@ impl<R: Read> LineReader<R> {
             line_no: 0,
             max_line_bytes,
             eof: false,
+            refuse_long: false,
         }
+    }
+
+    /// For a stream: an over-long line fails the read instead of being skipped, since a stream
+    /// may never end (`/dev/zero`, a `yes` pipe) and skipping would read it forever.
+    pub fn refuse_endless_lines(mut self) -> Self {
+        self.refuse_long = true;
+        self
     }
 
     /// The underlying reader (bytes still buffered here are lost).
@@ -101,6 +111,18 @@ impl<R: Read> LineReader<R> {
             }
             // A CRLF line may carry one byte beyond the maximum before its LF.
             if scanned > self.max_line_bytes.saturating_add(1) {
+                if self.refuse_long {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "line {} has more than {} bytes without a line break (the \
+                             --max-line-bytes limit); a stream's over-long line cannot be \
+                             skipped. Is this a JSONL file?",
+                            self.line_no + 1,
+                            self.max_line_bytes
+                        ),
+                    ));
+                }
                 return self.skip_long_line(bom).map(Some);
             }
             self.read_more()?;

@@ -20,6 +20,9 @@ pub enum JobStatus {
     Cancelled,
     /// Stopped by a signal; the state directory is kept and the same command resumes.
     Interrupted,
+    /// The final files already held a result for every line (an earlier run of the same
+    /// command): nothing was sent and nothing rewritten.
+    AlreadyComplete,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +113,21 @@ impl RunSummary {
         }
     }
 
+    /// The summary of a job whose final files were already complete: their counts, nothing sent.
+    pub fn already_complete(paths: Paths<'_>, lines: u64, succeeded: u64, failed: u64) -> Self {
+        let mut summary = Self::new(
+            paths,
+            JobStatus::AlreadyComplete,
+            lines,
+            &Stats::default(),
+            Duration::ZERO,
+        );
+        summary.results = succeeded + failed;
+        summary.succeeded = succeeded;
+        summary.failed = failed;
+        summary
+    }
+
     pub fn render(&self) -> String {
         let mut reasons: Vec<String> = self
             .failed_by_reason
@@ -131,6 +149,7 @@ impl RunSummary {
             stopped.push_str(&format!(", {} cancelled", self.cancelled));
         }
         let headline = match self.status {
+            JobStatus::AlreadyComplete => "already complete, nothing sent",
             JobStatus::Completed => "finished",
             JobStatus::Expired => "EXPIRED (the completion window ended)",
             JobStatus::Cancelled => "CANCELLED",

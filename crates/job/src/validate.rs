@@ -6,16 +6,18 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::hash::{DefaultHasher, Hasher};
-use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use batch_format::rules::Settled;
+use batch_format::input::custom_id_of;
 use batch_format::{LineRules, Problem, RulesConfig};
 use serde::Serialize;
 
 use crate::bitset::BitSet;
 use crate::dedupe::DuplicateFinder;
+use crate::finished::IdDigest;
+use crate::input::{self, Blocks, Recording};
 use crate::reader::{Content, LineReader};
 
 /// Default for `--max-line-bytes`: room for requests with inline images.
@@ -97,19 +99,34 @@ pub struct Validation {
     /// Size and content hash of the bytes validated, so a resumed job can tell whether the
     /// input changed.
     pub fingerprint: String,
+    /// The hash of each block, so the dispatch pass can check it reads the same bytes.
+    pub blocks: Blocks,
+    /// The `custom_id`s of the non-blank lines (none for a line without one), to recognise
+    /// final files that already hold this input's results.
+    pub ids: IdDigest,
+    /// Where the validated bytes can be read again: the input itself, or the copy of a stream.
+    pub source: PathBuf,
+    /// A copy of a stream in the temporary directory lives as long as the validation.
+    _temporary: Option<tempfile::TempPath>,
 }
 
-/// Hashes everything read through it.
-struct Hashing<R> {
-    inner: R,
-    hasher: DefaultHasher,
+/// Where the input is, and where a stream is copied while it is validated.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    pub path: &'a Path,
+    /// The copy of a stream (standard input, a pipe, a FIFO); `None`: a temporary file.
+    pub copy_to: Option<&'a Path>,
+    /// Set to stop the validation early ([`ValidateError::Stopped`]).
+    pub cancel: Option<&'a AtomicBool>,
 }
 
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.write(&buf[..n]);
-        Ok(n)
+impl<'a> Source<'a> {
+    pub fn file(path: &'a Path) -> Self {
+        Self {
+            path,
+            copy_to: None,
+            cancel: None,
+        }
     }
 }
 
@@ -121,6 +138,29 @@ pub enum ValidateError {
         #[source]
         source: std::io::Error,
     },
+    /// A spill or copy in the temporary directory failed (not the input's fault).
+    #[error(
+        "cannot write a temporary file in {dir} ({source}); set TMPDIR to a writable \
+         directory with free space"
+    )]
+    Temporary {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Copy(std::io::Error),
+    #[error("stopped while validating")]
+    Stopped,
+}
+
+impl ValidateError {
+    fn temporary(source: std::io::Error) -> Self {
+        Self::Temporary {
+            dir: std::env::temp_dir().display().to_string(),
+            source,
+        }
+    }
 }
 
 /// Collects errors, keeping only the first `max_listed` by line number.
@@ -148,18 +188,47 @@ impl ErrorList {
 }
 
 pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validation, ValidateError> {
+    validate(Source::file(path), options)
+}
+
+/// Validates the input at `source`; a stream is copied so the run can read it again.
+pub fn validate(source: Source<'_>, options: &ValidateOptions) -> Result<Validation, ValidateError> {
+    let path = source.path;
     let read_error = |source| ValidateError::Read {
         path: path.display().to_string(),
         source,
     };
-    let file = File::open(path).map_err(read_error)?;
-    let mut reader = LineReader::new(
-        Hashing {
-            inner: file,
-            hasher: DefaultHasher::new(),
-        },
-        options.max_line_bytes,
-    );
+    let opened = input::open(path).map_err(read_error)?;
+    let mut temporary = None;
+    let copy = match (opened.stream, source.copy_to) {
+        (false, _) => None,
+        (true, Some(to)) => {
+            let created = match to.parent() {
+                Some(dir) => std::fs::create_dir_all(dir).and_then(|()| File::create(to)),
+                None => File::create(to),
+            };
+            let file = created.map_err(|e| {
+                ValidateError::Copy(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot create the copy of the input at {}: {e}", to.display()),
+                ))
+            })?;
+            Some((file, to.to_owned()))
+        }
+        (true, None) => {
+            let (file, at) = tempfile::NamedTempFile::new()
+                .map_err(ValidateError::temporary)?
+                .into_parts();
+            let copy = (file, at.to_path_buf());
+            temporary = Some(at);
+            Some(copy)
+        }
+    };
+    let read_from = copy.as_ref().map_or_else(|| input::resolve(path).to_owned(), |(_, p)| p.clone());
+    let mut reader = LineReader::new(Recording::new(opened.file, copy), options.max_line_bytes);
+    if opened.stream {
+        reader = reader.refuse_endless_lines();
+    }
     let mut rules = LineRules::new(options.rules.clone());
     let mut dupes = DuplicateFinder::new();
     let mut invalid = BitSet::default();
@@ -170,8 +239,19 @@ pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validatio
         by_code: BTreeMap::new(),
     };
     let mut report = Report::default();
+    let mut ids = IdDigest::default();
 
+    let read_error = |e: std::io::Error| {
+        if input::CopyFailed::is(&e) {
+            ValidateError::Copy(e)
+        } else {
+            read_error(e)
+        }
+    };
     while let Some(line) = reader.next_line().map_err(read_error)? {
+        if source.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            return Err(ValidateError::Stopped);
+        }
         report.lines = line.number;
         report.warnings.byte_order_mark |= line.bom;
         if line.crlf {
@@ -183,18 +263,25 @@ pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validatio
             continue;
         }
         let problems = match line.content {
-            Content::TooLong => vec![Problem::LineTooLong {
-                max_bytes: options.max_line_bytes,
-            }],
+            Content::TooLong => {
+                ids.add(None);
+                vec![Problem::LineTooLong {
+                    max_bytes: options.max_line_bytes,
+                }]
+            }
             Content::Text(text) => match rules.check(line.number, text) {
                 Ok(request) => {
+                    ids.add(Some(&request.custom_id));
                     dupes
                         .push(&request.custom_id, line.number, line.offset)
-                        .map_err(read_error)?;
+                        .map_err(ValidateError::temporary)?;
                     report.requests += 1;
                     continue;
                 }
-                Err(problems) => problems,
+                Err(problems) => {
+                    ids.add(custom_id_of(text).as_deref());
+                    problems
+                }
             },
         };
         invalid.insert(line.number);
@@ -204,15 +291,11 @@ pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validatio
         }
     }
     report.bytes = reader.bytes_read();
-    let fingerprint = format!(
-        "{}-{:016x}",
-        report.bytes,
-        reader.into_inner().hasher.finish()
-    );
+    let (blocks, fingerprint) = reader.into_inner().finish().map_err(ValidateError::Copy)?;
 
-    let source = File::open(path).map_err(read_error)?;
+    let again = File::open(&read_from).map_err(read_error)?;
     dupes
-        .finish(source, options.max_line_bytes, |d| {
+        .finish(again, options.max_line_bytes, |d| {
             invalid.insert(d.line);
             report.requests -= 1;
             report.invalid_lines += 1;
@@ -242,6 +325,10 @@ pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validatio
         invalid,
         settled,
         fingerprint,
+        blocks,
+        ids,
+        source: read_from,
+        _temporary: temporary,
     })
 }
 

@@ -249,7 +249,7 @@ impl Worker {
             Err(e) => return Err(e.into()),
         };
         let status = match summary.status {
-            JobStatus::Completed => "completed",
+            JobStatus::Completed | JobStatus::AlreadyComplete => "completed",
             JobStatus::Expired => "expired",
             JobStatus::Cancelled => "cancelled",
             JobStatus::Interrupted => return Ok(WorkerEnd::GaveUp),

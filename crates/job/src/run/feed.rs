@@ -10,6 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::bitset::BitSet;
+use crate::input::{Blocks, Verified};
 use crate::reader::{Content, LineReader};
 
 /// Lines handed over at a time, so the reader and the dispatcher rarely wake each other.
@@ -31,6 +32,8 @@ pub enum Item {
 
 pub struct Feed<'a> {
     pub path: &'a Path,
+    /// What the validation pass read: the feed refuses other bytes.
+    pub blocks: &'a Blocks,
     pub max_line_bytes: usize,
     pub rules: LineRules,
     /// Lines the validation pass rejected.
@@ -45,7 +48,8 @@ impl Feed<'_> {
     /// Sends every line that needs a result, in batches, until the input ends or the receiver
     /// goes away.
     pub fn run(mut self, batches: &mpsc::Sender<Vec<Item>>) -> std::io::Result<()> {
-        let mut reader = LineReader::new(File::open(self.path)?, self.max_line_bytes);
+        let input = Verified::new(File::open(self.path)?, self.blocks);
+        let mut reader = LineReader::new(input, self.max_line_bytes);
         let window = self.group_window.unwrap_or(BATCH).max(1);
         let mut pending = Vec::with_capacity(window.min(1 << 16));
         while let Some(line) = reader.next_line()? {

@@ -24,6 +24,7 @@ mod supervise;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use batch_format::LineRules;
@@ -40,6 +41,9 @@ use supervise::Supervisor;
 
 use crate::deadline::Deadline;
 use crate::dispatch::{EngineError, EngineOptions, Engines, ProbeResult};
+use crate::finished::{Completion, IdDigest, remove_state};
+use crate::input::Changed;
+use crate::outcome::Outcome;
 use crate::finalize::{Destination, FinalizeError, Order, finalize};
 use crate::launch::{LaunchError, LaunchSpec, Launched};
 use crate::metrics::{self, Stats};
@@ -51,7 +55,10 @@ use crate::sink::{CheckpointPolicy, Sink};
 use crate::state::{self, NewJob, StateError};
 use crate::stop::{StopReason, StopSignal};
 use crate::summary::{JobStatus, Paths, RunSummary};
-use crate::validate::{Report, ValidateError, ValidateOptions, validate_file};
+use crate::validate::{Report, Source, ValidateError, ValidateOptions, Validation, validate};
+
+/// The copy of an input that can be read only once (stdin, a pipe), in the state directory.
+pub const STREAM_COPY: &str = "input.jsonl";
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -129,13 +136,38 @@ pub enum RunError {
     /// The launched engine kept dying; the job is checkpointed and can be resumed.
     #[error("{0}")]
     EngineGaveUp(String),
+    /// The input's bytes differ from those validated; the results so far are kept.
+    #[error(
+        "{input} changed while the job was running: {what}. Nothing more was sent; the results \
+         so far are kept in {state_dir}. Restore the original input and run the same command \
+         again to resume, or add --restart to start over with the new input"
+    )]
+    InputChanged {
+        input: String,
+        what: String,
+        state_dir: String,
+    },
+    /// The input ended but some validated lines got no result: never finalized.
+    #[error(
+        "only {results} of {planned} lines have a result although the input ended; the job is \
+         not finalized. The results are kept in {state_dir}: run the same command again to \
+         send the rest"
+    )]
+    Incomplete {
+        results: u64,
+        planned: u64,
+        state_dir: String,
+    },
 }
 
 impl RunError {
     /// True when the input or the command line is at fault (rather than the environment).
     pub fn is_usage(&self) -> bool {
         match self {
-            RunError::Invalid(..) | RunError::Validate(_) | RunError::Paths(_) => true,
+            RunError::Validate(e) => matches!(e, ValidateError::Read { .. }),
+            RunError::Invalid(..)
+            | RunError::Paths(_)
+            | RunError::InputChanged { .. } => true,
             RunError::State(e) => !matches!(e, StateError::Io { .. }),
             RunError::Engine(e) => !matches!(e, EngineError::NoneReachable(_)),
             RunError::Io { .. }
@@ -144,7 +176,8 @@ impl RunError {
             | RunError::Storage(_)
             | RunError::Upload(_)
             | RunError::StoppedBeforeStart
-            | RunError::EngineGaveUp(_) => false,
+            | RunError::EngineGaveUp(_)
+            | RunError::Incomplete { .. } => false,
         }
     }
 
@@ -152,7 +185,7 @@ impl RunError {
     pub fn is_resumable(&self) -> bool {
         matches!(
             self,
-            RunError::EngineGaveUp(_) | RunError::StoppedBeforeStart
+            RunError::EngineGaveUp(_) | RunError::StoppedBeforeStart | RunError::Incomplete { .. }
         )
     }
 
@@ -221,15 +254,8 @@ pub async fn run_observed(
             .map_err(|e| abandon(e.into()))?;
         tracing::info!("downloaded {} ({size} bytes)", from.describe());
     }
-    let validation = {
-        let (path, vopts) = (options.input.clone(), options.validate.clone());
-        tokio::task::spawn_blocking(move || validate_file(&path, &vopts))
-            .await
-            .map_err(|e| RunError::io("validation")(std::io::Error::other(e)))
-            .and_then(|v| v.map_err(RunError::from))
-            .map_err(abandon)?
-    };
-    let report = validation.report;
+    let mut validation = validate_input(&options, &stop).await.map_err(abandon)?;
+    let report = std::mem::take(&mut validation.report);
     let input_name = options
         .remote
         .input
@@ -252,6 +278,37 @@ pub async fn run_observed(
             0
         };
 
+    let shown = |local: &PathBuf, remote: &Option<Location>| {
+        remote
+            .as_ref()
+            .map_or_else(|| local.display().to_string(), Location::describe)
+    };
+    let (output_name, errors_name) = (
+        shown(&options.output, &options.remote.output),
+        shown(&options.errors, &options.remote.errors),
+    );
+    let state_name = options.state_dir.display().to_string();
+    let paths = || Paths {
+        input: &input_name,
+        output: &output_name,
+        errors: &errors_name,
+        state_dir: &state_name,
+    };
+    if let Some((succeeded, failed)) = already_finished(&options, &validation).map_err(abandon)? {
+        tracing::info!(
+            "{output_name} and {errors_name} already hold a result for every line of \
+             {input_name} ({succeeded} succeeded, {failed} failed): nothing to do. Add --restart \
+             to run every line again (replacing them), or --retry-failed {output_name} to rerun \
+             only the failures"
+        );
+        return Ok(RunSummary::already_complete(
+            paths(),
+            report.lines,
+            succeeded,
+            failed,
+        ));
+    }
+
     let job = NewJob {
         input: &input_name,
         fingerprint: &validation.fingerprint,
@@ -260,7 +317,7 @@ pub async fn run_observed(
     let mut opened = state::open(&options.state_dir, job)?;
     let seeded = match &options.retry_failed {
         Some(previous) if !opened.resumed => {
-            let (back, result) = seed_from(previous, &options, opened, planned, &input_name)
+            let (back, result) = seed_from(previous, &options, &validation.source, opened, planned, &input_name)
                 .await
                 .map_err(abandon)?;
             opened = back;
@@ -339,14 +396,15 @@ pub async fn run_observed(
     });
     let (batch_tx, batches) = mpsc::channel(8);
     let reader = {
-        let path = options.input.clone();
+        let path = validation.source.clone();
         let rules = LineRules::settled(options.validate.rules.clone(), validation.settled);
         let max_line_bytes = options.validate.max_line_bytes;
         let group_window = options.group_window;
-        let (invalid, done) = (validation.invalid, opened.done);
+        let (invalid, done, blocks) = (validation.invalid, opened.done, validation.blocks);
         std::thread::spawn(move || {
             let feed = Feed {
                 path: &path,
+                blocks: &blocks,
                 max_line_bytes,
                 rules,
                 invalid: &invalid,
@@ -388,15 +446,26 @@ pub async fn run_observed(
         "cannot write the spool in {}",
         options.state_dir.display()
     )))?;
-    read.map_err(RunError::io(format!(
-        "cannot read {}",
-        options.input.display()
-    )))?;
+    read.map_err(|e| match Changed::in_error(&e) {
+        Some(what) => RunError::InputChanged {
+            input: input_name.clone(),
+            what: what.to_owned(),
+            state_dir: options.state_dir.display().to_string(),
+        },
+        None => RunError::io(format!("cannot read {}", options.input.display()))(e),
+    })?;
 
     if let Some(message) = engine_gave_up {
         return Err(RunError::EngineGaveUp(message));
     }
     let status = match ended {
+        Ended::Complete if stats.done() != planned => {
+            return Err(RunError::Incomplete {
+                results: stats.done(),
+                planned,
+                state_dir: options.state_dir.display().to_string(),
+            });
+        }
         Ended::Complete => JobStatus::Completed,
         Ended::Stopped(StopReason::Expired) => JobStatus::Expired,
         Ended::Stopped(StopReason::Cancelled) => JobStatus::Cancelled,
@@ -411,22 +480,95 @@ pub async fn run_observed(
     let finalize_time = if status == JobStatus::Interrupted {
         Duration::ZERO
     } else {
-        deliver_results(&options, positions, mirror.as_deref()).await?
+        let done = Completion {
+            input_fingerprint: validation.fingerprint.clone(),
+            succeeded: stats.count(Outcome::Succeeded),
+            failed: stats.failed(),
+        };
+        deliver_results(&options, positions, mirror.as_deref(), &done).await?
     };
-    let shown = |local: &PathBuf, remote: &Option<Location>| {
-        remote
-            .as_ref()
-            .map_or_else(|| local.display().to_string(), Location::describe)
-    };
-    let paths = Paths {
-        input: &input_name,
-        output: &shown(&options.output, &options.remote.output),
-        errors: &shown(&options.errors, &options.remote.errors),
-        state_dir: &options.state_dir.display().to_string(),
-    };
-    let mut summary = RunSummary::new(paths, status, report.lines, &stats, started.elapsed());
+    let mut summary = RunSummary::new(paths(), status, report.lines, &stats, started.elapsed());
     summary.finalize_seconds = finalize_time.as_secs_f64();
     Ok(summary)
+}
+
+/// The validation pass, on a blocking thread; a stream is copied into the state directory. A
+/// stop ends it at once: the thread is told to stop, but may be blocked on a read that never
+/// returns (a FIFO with no writer), so it is not waited for.
+async fn validate_input(options: &RunOptions, stop: &StopSignal) -> Result<Validation, RunError> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let copy_to = options.state_dir.join(STREAM_COPY);
+    let (path, vopts, flag) = (options.input.clone(), options.validate.clone(), cancel.clone());
+    let validating = tokio::task::spawn_blocking(move || {
+        let source = Source {
+            path: &path,
+            copy_to: Some(&copy_to),
+            cancel: Some(&flag),
+        };
+        validate(source, &vopts)
+    });
+    tokio::select! {
+        done = validating => done
+            .map_err(|e| RunError::io("validation")(std::io::Error::other(e)))
+            .and_then(|v| v.map_err(RunError::from)),
+        () = stop.stopping() => {
+            cancel.store(true, Ordering::Relaxed);
+            Err(RunError::StoppedBeforeStart)
+        }
+    }
+}
+
+/// A job this command already finished: `Some((succeeded, failed))` when there is nothing to
+/// do. Either the state directory holds the completion marker for this input (a run killed while
+/// removing its state), or there is no state and the final files already hold one result per
+/// line of the input. A finished job of another input (or one to rerun with --retry-failed)
+/// has its leftovers removed and runs as a new job.
+fn already_finished(
+    options: &RunOptions,
+    validation: &Validation,
+) -> Result<Option<(u64, u64)>, RunError> {
+    let dir = &options.state_dir;
+    let remove = |keep: Option<&Path>| {
+        remove_state(dir, keep).map_err(RunError::io(format!(
+            "cannot remove the finished job's state in {}",
+            dir.display()
+        )))
+    };
+    if let Some(done) = Completion::load(dir) {
+        if done.input_fingerprint == validation.fingerprint && options.retry_failed.is_none() {
+            if !options.keep_state {
+                remove(None)?;
+            }
+            return Ok(Some((done.succeeded, done.failed)));
+        }
+        // The copy of this run's input (a stream, a download) lives in the same directory.
+        remove(Some(&validation.source).filter(|s| s.starts_with(dir)).map(PathBuf::as_path))?;
+        return Ok(None);
+    }
+    let resumable = dir.join(state::MANIFEST).exists();
+    if options.restart
+        || resumable
+        || options.retry_failed.is_some()
+        || options.remote.output.is_some()
+        || !options.output.exists()
+    {
+        return Ok(None);
+    }
+    let mut found = IdDigest::default();
+    let mut count = |path: &Path| {
+        found
+            .add_results(path)
+            .map_err(RunError::io(format!("cannot read {}", path.display())))
+    };
+    let succeeded = count(&options.output)?;
+    let failed = count(&options.errors)?;
+    if found != validation.ids {
+        return Ok(None);
+    }
+    if dir.exists() {
+        remove(None)?;
+    }
+    Ok(Some((succeeded, failed)))
 }
 
 /// Refuses outputs that would overwrite the input or each other.
@@ -465,11 +607,12 @@ fn same_file_key(path: &Path) -> PathBuf {
 async fn seed_from(
     previous: &Previous,
     options: &RunOptions,
+    input: &Path,
     mut opened: state::Opened,
     planned: u64,
     input_name: &str,
 ) -> Result<(state::Opened, Result<(), RunError>), RunError> {
-    let (previous, input) = (previous.clone(), options.input.clone());
+    let (previous, input) = (previous.clone(), input.to_owned());
     let max_line_bytes = options.validate.max_line_bytes;
     let joined = tokio::task::spawn_blocking(move || {
         let o = &mut opened;
@@ -512,6 +655,7 @@ async fn deliver_results(
     options: &RunOptions,
     positions: crate::spool::Positions,
     mirror: Option<&Mirror>,
+    done: &Completion,
 ) -> Result<Duration, RunError> {
     let to = Destination {
         output: &options.output,
@@ -532,8 +676,13 @@ async fn deliver_results(
         let remote = &options.remote;
         deliver(&options.state_dir, uploads, &remote.output_http, &remote.s3).await?;
     }
+    // From here on a rerun knows the job is done, whatever happens to the state.
+    done.store(&options.state_dir).map_err(RunError::io(format!(
+        "cannot record the completion in {}",
+        options.state_dir.display()
+    )))?;
     if !options.keep_state {
-        std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
+        remove_state(&options.state_dir, None).map_err(RunError::io(format!(
             "cannot remove the state directory {}",
             options.state_dir.display()
         )))?;

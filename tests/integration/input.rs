@@ -1,0 +1,227 @@
+//! The input as a careless user gives it: piped, a FIFO, changed during the run, or the same
+//! finished command run again. None of these may lose or duplicate a result.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+
+const REQUESTS: &str = "sglang:num_requests_total";
+
+fn assert_one_result_per_line(out: &Path, n: usize) {
+    let results = results_by_id(out);
+    assert_eq!(results.len(), n, "one result per line");
+    for i in 0..n {
+        assert!(results.contains_key(&format!("r{i}")), "r{i} has no result");
+    }
+}
+
+#[test]
+fn piped_input_runs_every_line() {
+    let sim = Sim::instant(&[]);
+    let job = Job::new();
+    let data = jsonl(&numbered_lines("r", 300));
+    let args = run_args(&job, "-", &[&sim.url], &[]);
+    let mut child = cmd()
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&data).expect("pipe the input");
+    drop(stdin);
+    let o = child.wait_with_output().expect("wait");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_one_result_per_line(&job.path("out.jsonl"), 300);
+    assert!(!job.path("out.jsonl.state").exists(), "the copy is removed");
+}
+
+#[test]
+fn a_fifo_input_runs_every_line_and_validate_reads_stdin() {
+    let sim = Sim::instant(&[]);
+    let job = Job::new();
+    let fifo = job.path("in.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let data = jsonl(&numbered_lines("r", 200));
+    let writer = {
+        let (fifo, data) = (fifo.clone(), data.clone());
+        std::thread::spawn(move || std::fs::write(fifo, data).expect("write the FIFO"))
+    };
+    let fifo_arg = fifo.display().to_string();
+    let o = cmd()
+        .args(run_args(&job, &fifo_arg, &[&sim.url], &[]))
+        .output()
+        .expect("run");
+    writer.join().expect("writer");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_one_result_per_line(&job.path("out.jsonl"), 200);
+
+    let mut child = cmd()
+        .args(["validate", "--json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn validate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&data)
+        .expect("pipe");
+    let o = child.wait_with_output().expect("validate");
+    assert!(o.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert_eq!(report["requests"], 200);
+}
+
+/// Starts a slow run of `n` lines and waits until some results are in, so the feed is mid-file.
+fn start_slow_run(job: &Job, sim: &Sim, n: usize) -> std::process::Child {
+    let input = job.input(&numbered_lines("r", n));
+    let args = run_args(
+        job,
+        input.to_str().expect("utf-8 path"),
+        &[&sim.url],
+        &["--max-concurrency", "16", "--checkpoint-interval", "50ms"],
+    );
+    let child = cmd()
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(Duration::from_secs(20), || {
+        (sim.metric(REQUESTS) >= 40.0).then_some(())
+    });
+    child
+}
+
+#[test]
+fn an_input_truncated_or_appended_to_mid_run_stops_the_job_with_its_state_kept() {
+    for change in ["truncate", "append"] {
+        let sim = Sim::start(&["--ttft-ms", "5", "--ms-per-token", "0"]);
+        let job = Job::new();
+        // Two blocks of the input's hashes (1 MiB each): a change is caught when the reader
+        // reaches the block it is in, or the end.
+        let n = 12_000;
+        let child = start_slow_run(&job, &sim, n);
+        let input = job.path("input.jsonl");
+        let original = std::fs::read(&input).expect("read");
+        match change {
+            "truncate" => {
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&input)
+                    .expect("open");
+                file.set_len(original.len() as u64 * 3 / 5).expect("truncate");
+            }
+            _ => {
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&input)
+                    .expect("open");
+                file.write_all(&jsonl(&numbered_lines("extra", 10)))
+                    .expect("append");
+            }
+        }
+        let o = child.wait_with_output().expect("wait");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{change}: {err}");
+        assert!(err.contains("changed while the job was running"), "{err}");
+        assert!(!job.path("out.jsonl").exists(), "{change}: never finalized");
+        assert!(job.path("out.jsonl.state").exists(), "{change}: state kept");
+
+        // The original input back: the same command finishes with every line exactly once.
+        std::fs::write(&input, &original).expect("restore");
+        let again = cmd()
+            .args(run_args(
+                &job,
+                input.to_str().expect("utf-8"),
+                &[&sim.url],
+                &["--max-concurrency", "256"],
+            ))
+            .output()
+            .expect("resume");
+        assert!(again.status.success(), "{}", stderr(&again));
+        assert_one_result_per_line(&job.path("out.jsonl"), n);
+    }
+}
+
+#[test]
+fn the_same_finished_command_again_sends_nothing_and_keeps_the_results() {
+    let sim = Sim::instant(&[]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("r", 50));
+    let args = run_args(&job, input.to_str().expect("utf-8"), &[&sim.url], &[]);
+    let o = cmd().args(&args).output().expect("run");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let sent = sim.metric(REQUESTS);
+    let before = std::fs::read(job.path("out.jsonl")).expect("output");
+
+    let o = cmd()
+        .args(&args)
+        .env("BATCH_RUNNER_LOG", "info")
+        .output()
+        .expect("rerun");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing to do"), "{}", stderr(&o));
+    assert_eq!(sim.metric(REQUESTS), sent, "nothing was sent again");
+    assert_eq!(std::fs::read(job.path("out.jsonl")).expect("output"), before);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(job.path("summary.json")).expect("summary"))
+            .expect("JSON");
+    assert_eq!(summary["status"], "already_complete");
+    assert_eq!(summary["succeeded"], 50);
+
+    // --restart runs it all again.
+    let o = cmd()
+        .args(&args)
+        .arg("--restart")
+        .output()
+        .expect("restart");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(sim.metric(REQUESTS), sent + 50.0);
+
+    // A different input with the same output runs.
+    let other = job.write("other.jsonl", &jsonl(&numbered_lines("x", 7)));
+    let o = cmd()
+        .args(run_args(
+            &job,
+            other.to_str().expect("utf-8"),
+            &[&sim.url],
+            &[],
+        ))
+        .output()
+        .expect("other input");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(lines_of(&job.path("out.jsonl")), 7);
+}
+
+/// kill -9 at each file removal of the state cleanup after the final files are written: the
+/// rerun finishes the cleanup and sends nothing.
+#[test]
+fn a_kill_while_the_finished_state_is_removed_does_not_resend() {
+    let sim = Sim::instant(&[]);
+    for n in 1..=6 {
+        let job = Job::new();
+        let input = job.input(&numbered_lines("r", 40));
+        let args = run_args(&job, input.to_str().expect("utf-8"), &[&sim.url], &[]);
+        let inject = format!("inject=unlink,unlinkat,rmdir:signal=SIGKILL:when={n}");
+        let o = Command::new("strace")
+            .args(["-f", "-o", "/dev/null", "-e", "trace=unlink,unlinkat,rmdir"])
+            .args(["-e", &inject, BIN])
+            .args(&args)
+            .env("BATCH_RUNNER_LOG", "warn")
+            .output()
+            .expect("strace must be installed (scripts/test checks)");
+        assert!(job.path("out.jsonl").exists(), "when={n}: {}", stderr(&o));
+        let sent = sim.metric(REQUESTS);
+        let again = cmd().args(&args).output().expect("rerun");
+        assert!(again.status.success(), "when={n}: {}", stderr(&again));
+        assert_eq!(sim.metric(REQUESTS), sent, "when={n}: nothing resent");
+        assert!(!job.path("out.jsonl.state").exists(), "when={n}");
+        assert_one_result_per_line(&job.path("out.jsonl"), 40);
+    }
+}
