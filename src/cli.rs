@@ -399,6 +399,11 @@ pub struct RunArgs {
     )]
     pub launch_host: String,
 
+    /// Stop (resumable, exit 75) when no engine has answered for this long, instead of
+    /// probing dead engines for hours; 0 waits as long as the completion window allows.
+    #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub engine_down_timeout: Duration,
+
     /// How long the launched engine may take to become ready (model loading takes minutes).
     #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "30m", value_parser = parse_duration)]
     pub launch_timeout: Duration,

@@ -369,16 +369,24 @@ fn cancel_on_signal_finalizes_unsent_lines_as_cancelled() {
 
 #[test]
 fn a_changed_input_is_not_resumed_unless_restarting() {
-    let sim = Sim::instant(&[]);
+    let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0"]);
     let job = Job::new();
-    let input = batch(&job, 20);
+    let input = batch(&job, 500);
     let output = job.path("out.jsonl");
     let state = job.path("out.jsonl.state");
-    // A finished job with its state kept behaves like an interrupted one for this purpose.
-    let out = run_cmd(&input, &output, &sim.url, &["--keep-state"])
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let mut child = run_cmd(
+        &input,
+        &output,
+        &sim.url,
+        &["--checkpoint-interval", "10ms"],
+    )
+    .spawn()
+    .expect("run");
+    wait_for(Duration::from_secs(10), || {
+        (sim.metric("sglang:num_requests_total") >= 40.0).then_some(())
+    });
+    child.kill().expect("kill -9");
+    child.wait().expect("wait");
     assert!(state.join("manifest.json").exists());
 
     let mut text = std::fs::read_to_string(&input).expect("input");
@@ -401,8 +409,35 @@ fn a_changed_input_is_not_resumed_unless_restarting() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(
         lines_of(&output) + lines_of(&batch_runner_errors(&output)),
-        21
+        501
     );
+}
+
+/// A finished job whose state was kept is done: another input with the same output runs as a
+/// new job, and the finished state is not mistaken for one to resume.
+#[test]
+fn a_finished_kept_state_does_not_block_another_input() {
+    let sim = Sim::instant(&[]);
+    let job = Job::new();
+    let input = batch(&job, 20);
+    let output = job.path("out.jsonl");
+    let out = run_cmd(&input, &output, &sim.url, &["--keep-state"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let again = run_cmd(&input, &output, &sim.url, &["--keep-state"])
+        .output()
+        .expect("run");
+    assert_eq!(again.status.code(), Some(0), "already complete");
+    let other = job.write(
+        "other.jsonl",
+        &crate::common::jsonl(&numbered_lines("o", 5)),
+    );
+    let out = run_cmd(&other, &output, &sim.url, &[])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(lines_of(&output), 5);
 }
 
 #[test]
@@ -573,4 +608,48 @@ fn retry_failed_with_a_file_that_is_not_a_result_file_says_so() {
         5,
         "with nothing to reuse, every line runs"
     );
+}
+
+/// Checkpoints that keep failing (here the manifest's temporary file cannot be written, as on a
+/// full disk) stop the job resumably instead of running on with nothing recorded.
+#[test]
+fn checkpoints_that_keep_failing_stop_the_job_resumably() {
+    let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0"]);
+    let job = Job::new();
+    let n = 3000;
+    let input = batch(&job, n);
+    let output = job.path("out.jsonl");
+    let args = ["--max-concurrency", "4", "--checkpoint-interval", "100ms"];
+    let child = run_cmd(&input, &output, &sim.url, &args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let state = job.path("out.jsonl.state");
+    wait_for(Duration::from_secs(10), || {
+        (sim.metric("sglang:num_requests_total") >= 20.0).then_some(())
+    });
+    let blocker = state.join("manifest.json.tmp");
+    std::fs::create_dir(&blocker).expect("block the manifest");
+    let started = Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 checkpoints in a row failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "stopped promptly"
+    );
+    assert!(sim.metric("sglang:num_requests_total") < n as f64 / 2.0);
+
+    std::fs::remove_dir(&blocker).expect("unblock");
+    let out = run_cmd(&input, &output, &sim.url, &["--max-concurrency", "64"])
+        .output()
+        .expect("resume");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let ok = results_by_id(&output);
+    let failed = results_by_id(&batch_runner_errors(&output));
+    assert_eq!(ok.len() + failed.len(), n);
 }

@@ -115,7 +115,8 @@ fn an_input_truncated_or_appended_to_mid_run_stops_the_job_with_its_state_kept()
                     .write(true)
                     .open(&input)
                     .expect("open");
-                file.set_len(original.len() as u64 * 3 / 5).expect("truncate");
+                file.set_len(original.len() as u64 * 3 / 5)
+                    .expect("truncate");
             }
             _ => {
                 let mut file = std::fs::OpenOptions::new()
@@ -168,7 +169,10 @@ fn the_same_finished_command_again_sends_nothing_and_keeps_the_results() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("nothing to do"), "{}", stderr(&o));
     assert_eq!(sim.metric(REQUESTS), sent, "nothing was sent again");
-    assert_eq!(std::fs::read(job.path("out.jsonl")).expect("output"), before);
+    assert_eq!(
+        std::fs::read(job.path("out.jsonl")).expect("output"),
+        before
+    );
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(job.path("summary.json")).expect("summary"))
             .expect("JSON");

@@ -8,6 +8,7 @@ mod flow;
 mod input;
 mod launch;
 mod objects;
+mod outage;
 mod remote;
 mod run;
 mod service;

@@ -299,16 +299,28 @@ fn api_key_and_headers_reach_the_engine() {
     let out = run_job(&job, &input, &[&sim.url], &good);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 
+    // --restart: the finished job is run again rather than recognised as done.
     for bad in [
-        &["--api-key", "wrong", "--header", "X-Team: batch"][..],
-        &["--api-key", "secret"],
+        &[
+            "--restart",
+            "--api-key",
+            "wrong",
+            "--header",
+            "X-Team: batch",
+        ][..],
+        &["--restart", "--api-key", "secret"],
     ] {
         let out = run_job(&job, &input, &[&sim.url], bad);
         assert_eq!(out.status.code(), Some(1), "{bad:?}");
         let failed = results_by_id(&job.path("out.errors.jsonl"));
         assert_eq!(failed["a"]["response"]["status_code"], 401, "{bad:?}");
     }
-    let out = run_job(&job, &input, &[&sim.url], &["--api-key", "wrong"]);
+    let out = run_job(
+        &job,
+        &input,
+        &[&sim.url],
+        &["--restart", "--api-key", "wrong"],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("unauthorised"), "{}", stderr(&out));
     let failed = results_by_id(&job.path("out.errors.jsonl"));

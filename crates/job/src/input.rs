@@ -306,7 +306,9 @@ mod tests {
         let blocks = record(&data);
         let mut reader = Verified::new(&edited[..], &blocks);
         let mut first = vec![0; BLOCK];
-        reader.read_exact(&mut first).expect("first block is intact");
+        reader
+            .read_exact(&mut first)
+            .expect("first block is intact");
         assert!(reader.read(&mut [0; 4]).is_err());
     }
 }

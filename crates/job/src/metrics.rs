@@ -36,6 +36,8 @@ pub struct Stats {
     /// With adaptive limits: requests at the engines now (the rest of `in_flight` waits for
     /// room under the limits).
     pub at_engines: AtomicU64,
+    /// Engines skipped now because they keep failing (their circuit breaker is open).
+    pub engines_down: AtomicU64,
     pub input_tokens: AtomicU64,
     pub output_tokens: AtomicU64,
     pub total_tokens: AtomicU64,
@@ -163,6 +165,13 @@ impl Stats {
             "Requests sent and not yet answered.",
             "gauge",
             Self::load(&self.in_flight),
+        );
+        gauge(
+            &mut out,
+            "batch_runner_engines_down",
+            "Engines skipped because they keep failing (circuit breaker open).",
+            "gauge",
+            Self::load(&self.engines_down),
         );
         gauge(
             &mut out,

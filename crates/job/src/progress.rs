@@ -84,8 +84,13 @@ pub fn describe(stats: &Stats, elapsed: Duration) -> String {
         0 => Stats::load(&stats.in_flight).to_string(),
         limit => format!("{} (limit {limit})", Stats::load(&stats.at_engines)),
     };
+    let down = match Stats::load(&stats.engines_down) {
+        0 => String::new(),
+        1 => " | 1 engine down".to_owned(),
+        n => format!(" | {n} engines down"),
+    };
     format!(
-        "{done}/{planned} ({percent:.1}%) ok {} failed {} | {rate:.1} req/s {tokens:.0} output tok/s | in flight {in_flight} | ETA {eta}",
+        "{done}/{planned} ({percent:.1}%) ok {} failed {} | {rate:.1} req/s {tokens:.0} output tok/s | in flight {in_flight}{down} | ETA {eta}",
         stats.count(Outcome::Succeeded),
         stats.failed(),
     )

@@ -18,6 +18,7 @@ use crate::mirror::Mirror;
 use crate::outcome::Outcome;
 use crate::spool::{Positions, Spool, SyncHandles};
 use crate::state::{Manifest, Totals};
+use crate::stop::{StopReason, StopSignal};
 
 /// How often to checkpoint; zero turns a trigger off.
 #[derive(Debug, Clone, Copy)]
@@ -167,9 +168,15 @@ impl Sink {
 
     /// Checkpoints on the policy's schedule until `finish` fires or its sender is dropped. It
     /// is told, not aborted: a checkpoint being copied to object storage is finished rather than
-    /// cut off half-way. Failures are logged and retried at the next trigger; the final
-    /// checkpoint reports them.
-    pub async fn run_checkpoints(self: Arc<Self>, mut finish: oneshot::Receiver<()>) {
+    /// cut off half-way. A failure is logged and retried at the next trigger; after
+    /// [`FAILURES_TOLERATED`] in a row (a full disk, no inodes left) the job is stopped, since
+    /// everything sent from then on would be sent again on resume, and the reason returned.
+    pub async fn run_checkpoints(
+        self: Arc<Self>,
+        mut finish: oneshot::Receiver<()>,
+        stop: StopSignal,
+    ) -> Option<String> {
+        let mut failures = 0;
         let interval = if self.policy.every.is_zero() {
             Duration::from_secs(3600 * 24 * 365)
         } else {
@@ -179,13 +186,29 @@ impl Sink {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 () = self.wake.notified() => {}
-                _ = &mut finish => return,
+                _ = &mut finish => return None,
             }
             if self.policy.every.is_zero() && self.policy.every_results == 0 {
                 continue;
             }
-            if let Err(e) = self.checkpoint_now().await {
-                tracing::warn!("checkpoint failed (will retry): {e}");
+            match self.checkpoint_now().await {
+                Ok(_) => failures = 0,
+                Err(e) if failures + 1 < FAILURES_TOLERATED => {
+                    failures += 1;
+                    tracing::warn!("checkpoint failed (will retry): {e}");
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "{FAILURES_TOLERATED} checkpoints in a row failed ({e}); stopped so that \
+                         no more work is done that could not be resumed. The results up to the \
+                         last good checkpoint are kept in {}: free space there and run the same \
+                         command again to resume",
+                        self.dir.display()
+                    );
+                    stop.request(StopReason::Interrupted);
+                    stop.abort(StopReason::Interrupted);
+                    return Some(reason);
+                }
             }
         }
     }
@@ -197,6 +220,9 @@ impl Sink {
             .clone()
     }
 }
+
+/// Checkpoint failures in a row that stop the job.
+pub const FAILURES_TOLERATED: u32 = 3;
 
 #[cfg(test)]
 mod tests {

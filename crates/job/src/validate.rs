@@ -9,8 +9,8 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use batch_format::rules::Settled;
 use batch_format::input::custom_id_of;
+use batch_format::rules::Settled;
 use batch_format::{LineRules, Problem, RulesConfig};
 use serde::Serialize;
 
@@ -192,7 +192,10 @@ pub fn validate_file(path: &Path, options: &ValidateOptions) -> Result<Validatio
 }
 
 /// Validates the input at `source`; a stream is copied so the run can read it again.
-pub fn validate(source: Source<'_>, options: &ValidateOptions) -> Result<Validation, ValidateError> {
+pub fn validate(
+    source: Source<'_>,
+    options: &ValidateOptions,
+) -> Result<Validation, ValidateError> {
     let path = source.path;
     let read_error = |source| ValidateError::Read {
         path: path.display().to_string(),
@@ -210,7 +213,10 @@ pub fn validate(source: Source<'_>, options: &ValidateOptions) -> Result<Validat
             let file = created.map_err(|e| {
                 ValidateError::Copy(std::io::Error::new(
                     e.kind(),
-                    format!("cannot create the copy of the input at {}: {e}", to.display()),
+                    format!(
+                        "cannot create the copy of the input at {}: {e}",
+                        to.display()
+                    ),
                 ))
             })?;
             Some((file, to.to_owned()))
@@ -224,7 +230,9 @@ pub fn validate(source: Source<'_>, options: &ValidateOptions) -> Result<Validat
             Some(copy)
         }
     };
-    let read_from = copy.as_ref().map_or_else(|| input::resolve(path).to_owned(), |(_, p)| p.clone());
+    let read_from = copy
+        .as_ref()
+        .map_or_else(|| input::resolve(path).to_owned(), |(_, p)| p.clone());
     let mut reader = LineReader::new(Recording::new(opened.file, copy), options.max_line_bytes);
     if opened.stream {
         reader = reader.refuse_endless_lines();

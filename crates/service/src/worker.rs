@@ -225,6 +225,8 @@ impl Worker {
             },
             state_remote,
             group_window: None,
+            // A batch waits for its engines until its completion window ends.
+            engine_down_timeout: None,
         };
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());

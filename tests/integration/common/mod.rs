@@ -36,8 +36,13 @@ pub struct Sim {
 
 impl Sim {
     pub fn start(extra: &[&str]) -> Sim {
+        Sim::start_at(0, extra)
+    }
+
+    /// A sim-engine on `port` (0: any free one), e.g. to bring an engine back where it was.
+    pub fn start_at(port: u16, extra: &[&str]) -> Sim {
         let mut child = cmd()
-            .args(["sim-engine", "--port", "0"])
+            .args(["sim-engine", "--port", &port.to_string()])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -61,6 +66,14 @@ impl Sim {
         let mut args = vec!["--ttft-ms", "0", "--ms-per-token", "0"];
         args.extend_from_slice(extra);
         Sim::start(&args)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the URL ends in a port")
     }
 
     /// Reads a Prometheus value from the engine's /metrics.

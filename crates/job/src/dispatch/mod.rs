@@ -245,7 +245,7 @@ impl Engines {
                 self.pace(lease.engine, tokens).await;
                 lease
             };
-            let lease = tokio::select! {
+            let mut lease = tokio::select! {
                 biased;
                 () = stop.stopping() => {
                     return Sent {
@@ -282,7 +282,6 @@ impl Engines {
                 }
                 Err(e) => (Delivery::unavailable(&e), None),
             };
-            drop(lease);
             if let (Some(estimate), Some(bucket)) = (tokens, self.token_rate.get(engine)) {
                 // Settled from the answer's usage; an answer without one cost the estimate.
                 if let Delivery::Answered { body, .. } = &delivery
@@ -303,20 +302,23 @@ impl Engines {
                 self.pool.observe(engine, signal);
             }
             let retryable = match &delivery {
+                Delivery::Answered { status, .. } if *status >= 500 => {
+                    self.failed(&mut lease, &format!("HTTP {status}"));
+                    status_is_retryable(*status)
+                }
                 Delivery::Answered { status, .. } => {
-                    if *status >= 500 {
-                        self.pool.record_failure(engine);
-                    } else {
-                        self.pool.record_success(engine);
+                    if lease.succeeded() {
+                        tracing::warn!("{} answers again; sending to it", self.bases[engine]);
                     }
                     status_is_retryable(*status)
                 }
-                Delivery::Unavailable { .. } => {
-                    self.pool.record_failure(engine);
+                Delivery::Unavailable { last_error } => {
+                    self.failed(&mut lease, last_error);
                     true
                 }
                 Delivery::Stopped => false,
             };
+            drop(lease);
             attempt += 1;
             if !retryable || attempt > self.retry.max_retries {
                 return Sent {
@@ -340,6 +342,33 @@ impl Engines {
 }
 
 impl Engines {
+    /// Records a failed request on its engine, and says so when the engine is now skipped.
+    fn failed(&self, lease: &mut pool::Lease<'_>, why: &str) {
+        let url = &self.bases[lease.engine];
+        match lease.failed() {
+            Some(pool::Opened::Now { next_probe }) => tracing::warn!(
+                "{url} is failing ({why}, {} in a row): skipping it; next probe in {}",
+                pool::FAILURES_TO_OPEN,
+                crate::progress::format_duration(next_probe)
+            ),
+            Some(pool::Opened::ProbeFailed { next_probe }) => tracing::warn!(
+                "{url} is still failing ({why}): skipping it; next probe in {}",
+                crate::progress::format_duration(next_probe)
+            ),
+            None => {}
+        }
+    }
+
+    /// Engines whose breaker is open now.
+    pub fn down(&self) -> usize {
+        self.pool.down()
+    }
+
+    /// How long every engine has been failing, when all are.
+    pub fn all_down_for(&self) -> Option<Duration> {
+        self.pool.all_down_for()
+    }
+
     /// Waits for `engine`'s rate limits to allow one request of `tokens` estimated tokens.
     async fn pace(&self, engine: usize, tokens: Option<f64>) {
         if let Some(bucket) = self.request_rate.get(engine) {

@@ -1,10 +1,14 @@
 //! The engines a job sends to: least-in-flight choice and a circuit breaker per engine.
 //!
 //! Each request goes to the available engine with the fewest requests in flight. An engine that
-//! fails several times in a row (transport errors or 5xx) is skipped for a cool-down that doubles
-//! while it keeps failing; after the cool-down one request probes it, and any answer that is not
-//! a server error closes the breaker again. When every engine is cooling down, requests wait for
-//! the first one to come back instead of hammering engines that are known to be down.
+//! fails several times in a row (transport errors or 5xx) is skipped for a cool-down. When it
+//! ends, a single request probes the engine (half-open) while the others wait: an answer that is
+//! not a server error closes the breaker, a failure opens it again for twice as long (up to a
+//! cap). An outage counts once however many requests were in flight when it began: failures of
+//! requests that were sent before the breaker opened are not counted again, so 64 requests
+//! failing together open it for the first cool-down, not the longest. When every engine is
+//! cooling down, requests wait for the first one to come back instead of hammering engines that
+//! are known to be down.
 //!
 //! An engine the runner launched itself is *suspended* while it restarts after a crash: no
 //! request goes to it, and requests that have nowhere else to go wait until it is back, so a
@@ -24,23 +28,58 @@ pub const FAILURES_TO_OPEN: u32 = 5;
 const FIRST_COOL_DOWN: Duration = Duration::from_secs(2);
 const MAX_COOL_DOWN: Duration = Duration::from_secs(60);
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Closed {
+        failures: u32,
+    },
+    /// Skipped until then; the first lease after it is the probe.
+    Open {
+        until: Instant,
+    },
+    /// The probe is out; everyone else waits for its outcome.
+    Probing,
+}
+
 #[derive(Debug)]
 struct Breaker {
-    failures: u32,
-    open_until: Option<Instant>,
+    state: State,
+    /// The next open period.
     cool_down: Duration,
     suspended: bool,
+    /// When the breaker opened, until a success closes it.
+    down_since: Option<Instant>,
 }
 
 impl Default for Breaker {
     fn default() -> Self {
         Self {
-            failures: 0,
-            open_until: None,
+            state: State::Closed { failures: 0 },
             cool_down: FIRST_COOL_DOWN,
             suspended: false,
+            down_since: None,
         }
     }
+}
+
+impl Breaker {
+    fn open(&mut self, now: Instant) -> Duration {
+        let for_how_long = self.cool_down;
+        self.state = State::Open {
+            until: now + for_how_long,
+        };
+        self.down_since.get_or_insert(now);
+        for_how_long
+    }
+}
+
+/// A breaker that opened, or stayed open after its probe failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Closed until now: this failure opened it.
+    Now { next_probe: Duration },
+    /// The probe failed.
+    ProbeFailed { next_probe: Duration },
 }
 
 /// Chooses engines; knows nothing about HTTP.
@@ -55,8 +94,8 @@ pub struct Pool {
     breakers: Mutex<Vec<Breaker>>,
     /// Rotates the starting point so ties do not always go to the first engine.
     turn: AtomicUsize,
-    /// Wakes requests waiting for a suspended engine to come back.
-    resumed: tokio::sync::Notify,
+    /// Wakes requests waiting on a breaker: a suspended engine came back, or a probe ended.
+    changed: tokio::sync::Notify,
 }
 
 /// Why no engine can take a request now.
@@ -65,19 +104,40 @@ enum Blocked {
     Full,
     /// Every usable engine's breaker is open until the first of these.
     Until(Instant),
-    /// Every engine is suspended.
-    Suspended,
+    /// Every engine is suspended or being probed.
+    Waiting,
 }
 
-/// Holds an engine's in-flight slot; released on drop.
+/// Holds an engine's in-flight slot; released on drop. Its outcome goes to the breaker through
+/// [`Lease::failed`] and [`Lease::succeeded`].
 pub struct Lease<'a> {
     pool: &'a Pool,
     pub engine: usize,
+    /// This request probes an engine whose cool-down ended.
+    probe: bool,
+}
+
+impl Lease<'_> {
+    /// Records a failure (a transport error or a 5xx); says when the breaker opened.
+    pub fn failed(&mut self) -> Option<Opened> {
+        let probe = std::mem::take(&mut self.probe);
+        self.pool.record_failure(self.engine, probe)
+    }
+
+    /// Records an answer; true when it closed an open breaker.
+    pub fn succeeded(&mut self) -> bool {
+        self.probe = false;
+        self.pool.record_success(self.engine)
+    }
 }
 
 impl Drop for Lease<'_> {
     fn drop(&mut self) {
         self.pool.in_flight[self.engine].fetch_sub(1, Ordering::Relaxed);
+        if self.probe {
+            // A probe that ended with no outcome (the job stopped): probe again at once.
+            self.pool.abandon_probe(self.engine);
+        }
         if !self.pool.controllers.is_empty() {
             self.pool.freed.notify_waiters();
         }
@@ -103,7 +163,7 @@ impl Pool {
             in_flight: (0..engines).map(|_| AtomicUsize::new(0)).collect(),
             breakers: Mutex::new((0..engines).map(|_| Breaker::default()).collect()),
             turn: AtomicUsize::new(0),
-            resumed: tokio::sync::Notify::new(),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
@@ -115,27 +175,31 @@ impl Pool {
     /// every engine is at its adaptive limit.
     pub async fn lease(&self) -> Lease<'_> {
         loop {
-            // Registered before choosing, so a resume or a release between the two is not missed.
-            let resumed = self.resumed.notified();
+            // Registered before choosing, so a change or a release between the two is not missed.
+            let changed = self.changed.notified();
             let freed = self.freed.notified();
             match self.choose(Instant::now()) {
-                Ok(engine) => {
+                Ok((engine, probe)) => {
                     self.in_flight[engine].fetch_add(1, Ordering::Relaxed);
-                    return Lease { pool: self, engine };
+                    return Lease {
+                        pool: self,
+                        engine,
+                        probe,
+                    };
                 }
                 Err(Blocked::Full) => {
                     tokio::select! {
                         () = freed => {}
-                        () = resumed => {}
+                        () = changed => {}
                     }
                 }
                 Err(Blocked::Until(reopens_at)) => {
                     tokio::select! {
                         () = tokio::time::sleep_until(reopens_at) => {}
-                        () = resumed => {}
+                        () = changed => {}
                     }
                 }
-                Err(Blocked::Suspended) => resumed.await,
+                Err(Blocked::Waiting) => changed.await,
             }
         }
     }
@@ -163,9 +227,10 @@ impl Pool {
         }
     }
 
-    /// The available engine with the fewest in flight, below its limit; otherwise why none is.
-    fn choose(&self, now: Instant) -> Result<usize, Blocked> {
-        let breakers = self.lock();
+    /// The available engine with the fewest in flight, below its limit, and whether the lease
+    /// is its probe; otherwise why none is available.
+    fn choose(&self, now: Instant) -> Result<(usize, bool), Blocked> {
+        let mut breakers = self.lock();
         let n = breakers.len();
         let start = self.turn.fetch_add(1, Ordering::Relaxed) % n.max(1);
         let mut best: Option<(usize, usize)> = None;
@@ -173,14 +238,13 @@ impl Pool {
         let mut full = false;
         for k in 0..n {
             let i = (start + k) % n;
-            if breakers[i].suspended {
-                continue;
-            }
-            match breakers[i].open_until {
-                Some(until) if until > now => {
+            match breakers[i].state {
+                _ if breakers[i].suspended => {}
+                State::Probing => {}
+                State::Open { until } if until > now => {
                     first_reopen = Some(first_reopen.map_or(until, |f| f.min(until)));
                 }
-                _ => {
+                State::Open { .. } | State::Closed { .. } => {
                     let load = self.in_flight(i);
                     if self.limit(i).is_some_and(|limit| load >= limit) {
                         full = true;
@@ -193,10 +257,16 @@ impl Pool {
             }
         }
         match (best, first_reopen) {
-            (Some((i, _)), _) => Ok(i),
+            (Some((i, _)), _) => {
+                let probe = matches!(breakers[i].state, State::Open { .. });
+                if probe {
+                    breakers[i].state = State::Probing;
+                }
+                Ok((i, probe))
+            }
             (None, _) if full => Err(Blocked::Full),
             (None, Some(at)) => Err(Blocked::Until(at)),
-            (None, None) => Err(Blocked::Suspended),
+            (None, None) => Err(Blocked::Waiting),
         }
     }
 
@@ -208,37 +278,93 @@ impl Pool {
     /// Takes `engine` back into use with a clean breaker.
     pub fn resume(&self, engine: usize) {
         self.lock()[engine] = Breaker::default();
-        self.resumed.notify_waiters();
+        self.changed.notify_waiters();
     }
 
-    pub fn record_success(&self, engine: usize) {
-        let mut breakers = self.lock();
-        let suspended = breakers[engine].suspended;
-        breakers[engine] = Breaker {
-            suspended,
-            ..Breaker::default()
-        };
-    }
-
-    /// Records a failure; returns true when this failure opened the breaker.
-    pub fn record_failure(&self, engine: usize) -> bool {
+    /// True when this closed an open breaker.
+    fn record_success(&self, engine: usize) -> bool {
         let mut breakers = self.lock();
         let b = &mut breakers[engine];
-        b.failures += 1;
-        if b.failures < FAILURES_TO_OPEN {
-            return false;
+        let was_open = b.down_since.is_some();
+        b.state = State::Closed { failures: 0 };
+        b.cool_down = FIRST_COOL_DOWN;
+        b.down_since = None;
+        drop(breakers);
+        if was_open {
+            self.changed.notify_waiters();
         }
-        b.open_until = Some(Instant::now() + b.cool_down);
-        b.cool_down = (b.cool_down * 2).min(MAX_COOL_DOWN);
-        true
+        was_open
+    }
+
+    fn record_failure(&self, engine: usize, probe: bool) -> Option<Opened> {
+        let mut breakers = self.lock();
+        let b = &mut breakers[engine];
+        let now = Instant::now();
+        let opened = match b.state {
+            State::Closed { failures } if failures + 1 < FAILURES_TO_OPEN => {
+                b.state = State::Closed {
+                    failures: failures + 1,
+                };
+                None
+            }
+            State::Closed { .. } => Some(Opened::Now {
+                next_probe: b.open(now),
+            }),
+            State::Probing if probe => {
+                b.cool_down = (b.cool_down * 2).min(MAX_COOL_DOWN);
+                Some(Opened::ProbeFailed {
+                    next_probe: b.open(now),
+                })
+            }
+            // Requests sent before the breaker opened, failing with the same outage.
+            State::Open { .. } | State::Probing => None,
+        };
+        drop(breakers);
+        if matches!(opened, Some(Opened::ProbeFailed { .. })) {
+            self.changed.notify_waiters();
+        }
+        opened
+    }
+
+    fn abandon_probe(&self, engine: usize) {
+        let mut breakers = self.lock();
+        if breakers[engine].state == State::Probing {
+            breakers[engine].state = State::Open {
+                until: Instant::now(),
+            };
+            drop(breakers);
+            self.changed.notify_waiters();
+        }
     }
 
     /// Opens an engine's breaker straight away (it failed its probe before the run).
     pub fn mark_down(&self, engine: usize) {
-        let mut breakers = self.lock();
-        let b = &mut breakers[engine];
-        b.failures = FAILURES_TO_OPEN;
-        b.open_until = Some(Instant::now() + b.cool_down);
+        self.lock()[engine].open(Instant::now());
+    }
+
+    /// Engines (not suspended) whose breaker is open.
+    pub fn down(&self) -> usize {
+        self.lock()
+            .iter()
+            .filter(|b| !b.suspended && b.down_since.is_some())
+            .count()
+    }
+
+    /// How long every engine (not suspended) has been down, when all are; `None` while one
+    /// answers, or all are suspended (a launched engine restarting has its own limits).
+    pub fn all_down_for(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let breakers = self.lock();
+        let mut active = breakers.iter().filter(|b| !b.suspended).peekable();
+        active.peek()?;
+        active
+            .map(|b| {
+                b.down_since
+                    .map(|since| now.saturating_duration_since(since))
+            })
+            .collect::<Option<Vec<_>>>()?
+            .into_iter()
+            .min()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Breaker>> {
@@ -270,7 +396,8 @@ mod tests {
     async fn a_failing_engine_is_skipped_until_it_cools_down() {
         let pool = Pool::new(2);
         for k in 0..FAILURES_TO_OPEN {
-            assert_eq!(pool.record_failure(1), k + 1 == FAILURES_TO_OPEN);
+            let opened = pool.record_failure(1, false);
+            assert_eq!(opened.is_some(), k + 1 == FAILURES_TO_OPEN);
         }
         for _ in 0..10 {
             assert_eq!(pool.lease().await.engine, 0);
@@ -332,5 +459,64 @@ mod tests {
         let lease = pool.lease().await;
         assert_eq!(lease.engine, 0);
         assert!(started.elapsed() >= FIRST_COOL_DOWN - Duration::from_millis(50));
+    }
+
+    /// One outage with many requests in flight: their failures count once, the cool-down does
+    /// not grow, and the first probe after it closes the breaker.
+    #[tokio::test(start_paused = true)]
+    async fn failures_of_one_outage_count_once_and_a_probe_closes_the_breaker() {
+        let pool = Pool::new(1);
+        let mut leases = Vec::new();
+        for _ in 0..64 {
+            leases.push(pool.lease().await);
+        }
+        let opened: Vec<Opened> = leases.iter_mut().filter_map(Lease::failed).collect();
+        assert_eq!(
+            opened,
+            vec![Opened::Now {
+                next_probe: FIRST_COOL_DOWN
+            }]
+        );
+        drop(leases);
+        let started = Instant::now();
+        let mut probe = pool.lease().await;
+        assert_eq!(
+            started.elapsed(),
+            FIRST_COOL_DOWN,
+            "the first cool-down only"
+        );
+        assert!(probe.probe);
+        // While the probe is out, nobody else gets the engine.
+        let other = tokio::time::timeout(Duration::from_secs(30), pool.lease()).await;
+        assert!(other.is_err());
+        assert_eq!(
+            pool.all_down_for(),
+            Some(FIRST_COOL_DOWN + Duration::from_secs(30))
+        );
+        assert!(probe.succeeded());
+        drop(probe);
+        assert_eq!(pool.all_down_for(), None);
+        let _ = pool.lease().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_doubles_the_cool_down_and_lets_the_next_probe_through() {
+        let pool = Pool::new(1);
+        pool.mark_down(0);
+        let mut probe = pool.lease().await;
+        assert_eq!(
+            probe.failed(),
+            Some(Opened::ProbeFailed {
+                next_probe: FIRST_COOL_DOWN * 2
+            })
+        );
+        drop(probe);
+        let started = Instant::now();
+        let probe = pool.lease().await;
+        assert_eq!(started.elapsed(), FIRST_COOL_DOWN * 2);
+        // A probe dropped without an outcome (the job stopped) lets the next one through.
+        drop(probe);
+        let again = tokio::time::timeout(Duration::from_millis(1), pool.lease()).await;
+        assert!(again.is_ok_and(|l| l.probe));
     }
 }

@@ -41,13 +41,13 @@ use supervise::Supervisor;
 
 use crate::deadline::Deadline;
 use crate::dispatch::{EngineError, EngineOptions, Engines, ProbeResult};
+use crate::finalize::{Destination, FinalizeError, Order, finalize};
 use crate::finished::{Completion, IdDigest, remove_state};
 use crate::input::Changed;
-use crate::outcome::Outcome;
-use crate::finalize::{Destination, FinalizeError, Order, finalize};
 use crate::launch::{LaunchError, LaunchSpec, Launched};
 use crate::metrics::{self, Stats};
 use crate::mirror::Mirror;
+use crate::outcome::Outcome;
 use crate::progress::{Progress, ProgressMode};
 use crate::remote::{Remote, UploadError, deliver};
 use crate::retry_failed::{Previous, seed};
@@ -95,6 +95,9 @@ pub struct RunOptions {
     /// Send lines sharing a prompt prefix together, within windows of this many lines
     /// (`--order-dispatch prefix`); `None`: input order.
     pub group_window: Option<usize>,
+    /// Stop (resumable) when no engine has answered for this long; `None`: wait as long as the
+    /// completion window allows.
+    pub engine_down_timeout: Option<Duration>,
 }
 
 /// `OUTPUT.state`, next to the output so finalize can rename instead of copying.
@@ -136,6 +139,9 @@ pub enum RunError {
     /// The launched engine kept dying; the job is checkpointed and can be resumed.
     #[error("{0}")]
     EngineGaveUp(String),
+    /// Checkpoints kept failing; the job stopped with what the last good one recorded.
+    #[error("{0}")]
+    CheckpointsFailed(String),
     /// The input's bytes differ from those validated; the results so far are kept.
     #[error(
         "{input} changed while the job was running: {what}. Nothing more was sent; the results \
@@ -165,9 +171,7 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         match self {
             RunError::Validate(e) => matches!(e, ValidateError::Read { .. }),
-            RunError::Invalid(..)
-            | RunError::Paths(_)
-            | RunError::InputChanged { .. } => true,
+            RunError::Invalid(..) | RunError::Paths(_) | RunError::InputChanged { .. } => true,
             RunError::State(e) => !matches!(e, StateError::Io { .. }),
             RunError::Engine(e) => !matches!(e, EngineError::NoneReachable(_)),
             RunError::Io { .. }
@@ -177,6 +181,7 @@ impl RunError {
             | RunError::Upload(_)
             | RunError::StoppedBeforeStart
             | RunError::EngineGaveUp(_)
+            | RunError::CheckpointsFailed(_)
             | RunError::Incomplete { .. } => false,
         }
     }
@@ -185,7 +190,10 @@ impl RunError {
     pub fn is_resumable(&self) -> bool {
         matches!(
             self,
-            RunError::EngineGaveUp(_) | RunError::StoppedBeforeStart | RunError::Incomplete { .. }
+            RunError::EngineGaveUp(_)
+                | RunError::StoppedBeforeStart
+                | RunError::Incomplete { .. }
+                | RunError::CheckpointsFailed(_)
         )
     }
 
@@ -317,9 +325,16 @@ pub async fn run_observed(
     let mut opened = state::open(&options.state_dir, job)?;
     let seeded = match &options.retry_failed {
         Some(previous) if !opened.resumed => {
-            let (back, result) = seed_from(previous, &options, &validation.source, opened, planned, &input_name)
-                .await
-                .map_err(abandon)?;
+            let (back, result) = seed_from(
+                previous,
+                &options,
+                &validation.source,
+                opened,
+                planned,
+                &input_name,
+            )
+            .await
+            .map_err(abandon)?;
             opened = back;
             // A failed seed must not leave a fresh state behind: the next run would resume it
             // and run every line instead of only the failed ones.
@@ -377,7 +392,7 @@ pub async fn run_observed(
             .map_err(RunError::io("checkpoint"))?;
     }
     let (finish_checkpoints, finish) = tokio::sync::oneshot::channel();
-    let checkpoints = tokio::spawn(sink.clone().run_checkpoints(finish));
+    let checkpoints = tokio::spawn(sink.clone().run_checkpoints(finish, stop.clone()));
     let stop_metrics = match options.metrics_listen {
         Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
         None => None,
@@ -426,15 +441,18 @@ pub async fn run_observed(
         None => options.max_concurrency,
     };
     let load = tokio::spawn(watch_load(shared.clone()));
+    let watch_down = tokio::spawn(watch_engines(shared.clone(), options.engine_down_timeout));
     let ended = dispatch(shared, batches, max_in_flight).await;
     load.abort();
+    watch_down.abort();
+    let engines_down = watch_down.await.ok().flatten();
     let engine_gave_up = match supervisor {
         Some(s) => s.finish().await,
         None => None,
     };
     timers.abort();
     let _ = finish_checkpoints.send(());
-    let _ = checkpoints.await;
+    let checkpoints_gave_up = checkpoints.await.ok().flatten();
     progress.finish();
     if let Some(stop) = stop_metrics {
         let _ = stop.send(());
@@ -442,6 +460,11 @@ pub async fn run_observed(
     let read = reader
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread panicked")));
+    if let Some(reason) = checkpoints_gave_up {
+        // One last try: space may have been freed meanwhile.
+        let _ = sink.checkpoint_now().await;
+        return Err(RunError::CheckpointsFailed(reason));
+    }
     let positions = sink.checkpoint_now().await.map_err(RunError::io(format!(
         "cannot write the spool in {}",
         options.state_dir.display()
@@ -455,7 +478,7 @@ pub async fn run_observed(
         None => RunError::io(format!("cannot read {}", options.input.display()))(e),
     })?;
 
-    if let Some(message) = engine_gave_up {
+    if let Some(message) = engine_gave_up.or(engines_down) {
         return Err(RunError::EngineGaveUp(message));
     }
     let status = match ended {
@@ -498,7 +521,11 @@ pub async fn run_observed(
 async fn validate_input(options: &RunOptions, stop: &StopSignal) -> Result<Validation, RunError> {
     let cancel = Arc::new(AtomicBool::new(false));
     let copy_to = options.state_dir.join(STREAM_COPY);
-    let (path, vopts, flag) = (options.input.clone(), options.validate.clone(), cancel.clone());
+    let (path, vopts, flag) = (
+        options.input.clone(),
+        options.validate.clone(),
+        cancel.clone(),
+    );
     let validating = tokio::task::spawn_blocking(move || {
         let source = Source {
             path: &path,
@@ -542,7 +569,11 @@ fn already_finished(
             return Ok(Some((done.succeeded, done.failed)));
         }
         // The copy of this run's input (a stream, a download) lives in the same directory.
-        remove(Some(&validation.source).filter(|s| s.starts_with(dir)).map(PathBuf::as_path))?;
+        remove(
+            Some(&validation.source)
+                .filter(|s| s.starts_with(dir))
+                .map(PathBuf::as_path),
+        )?;
         return Ok(None);
     }
     let resumable = dir.join(state::MANIFEST).exists();
@@ -677,10 +708,11 @@ async fn deliver_results(
         deliver(&options.state_dir, uploads, &remote.output_http, &remote.s3).await?;
     }
     // From here on a rerun knows the job is done, whatever happens to the state.
-    done.store(&options.state_dir).map_err(RunError::io(format!(
-        "cannot record the completion in {}",
-        options.state_dir.display()
-    )))?;
+    done.store(&options.state_dir)
+        .map_err(RunError::io(format!(
+            "cannot record the completion in {}",
+            options.state_dir.display()
+        )))?;
     if !options.keep_state {
         remove_state(&options.state_dir, None).map_err(RunError::io(format!(
             "cannot remove the state directory {}",
@@ -716,6 +748,32 @@ async fn watch_load(shared: Arc<Shared>) {
         }
     };
     tokio::join!(shared.engines.watch_queues(shared.stop.clone()), show);
+}
+
+/// Shows how many engines are skipped (progress, metrics); when every engine has failed for
+/// `timeout`, stops the job (resumable) and returns why, rather than crawling on at one probe
+/// per cool-down for hours.
+async fn watch_engines(shared: Arc<Shared>, timeout: Option<Duration>) -> Option<String> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let down = shared.engines.down() as u64;
+        shared
+            .stats
+            .engines_down
+            .store(down, std::sync::atomic::Ordering::Relaxed);
+        let Some(limit) = timeout else { continue };
+        if shared.engines.all_down_for().is_some_and(|d| d >= limit) {
+            let reason = format!(
+                "no engine has answered for {} (--engine-down-timeout): stopped. The results so \
+                 far are kept; run the same command again to resume once an engine is up",
+                crate::progress::format_duration(limit)
+            );
+            shared.stop.request(StopReason::Interrupted);
+            shared.stop.abort(StopReason::Interrupted);
+            return Some(reason);
+        }
+    }
 }
 
 /// Fires the deadline, and ends the grace once the job is stopping.

@@ -1,0 +1,92 @@
+//! Engines that go away during a run: the job neither stalls long after they come back nor
+//! crawls on for hours when they never do.
+
+use std::io::{BufRead, BufReader};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+const REQUESTS: &str = "sglang:num_requests_total";
+
+/// An engine down for one second with 64 requests in flight: one outage, one cool-down, and
+/// the first request after it is back succeeds within three seconds.
+#[test]
+fn an_engine_back_after_a_short_crash_gets_work_within_seconds() {
+    let sim = Sim::start(&["--ttft-ms", "200", "--ms-per-token", "0"]);
+    let port = sim.port();
+    let job = Job::new();
+    let input = job.input(&numbered_lines("r", 2000));
+    let args = run_args(
+        &job,
+        input.to_str().expect("utf-8"),
+        &[&sim.url],
+        &["--max-concurrency", "64", "--max-retries", "100"],
+    );
+    let mut child = cmd()
+        .args(&args)
+        .env("BATCH_RUNNER_LOG", "warn")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(Duration::from_secs(20), || {
+        (sim.metric(REQUESTS) >= 64.0).then_some(())
+    });
+    drop(sim); // the engine dies with 64 requests in flight
+    std::thread::sleep(Duration::from_secs(1));
+    let back = Sim::start_at(port, &["--ttft-ms", "10", "--ms-per-token", "0"]);
+    let back_at = Instant::now();
+    let first = wait_for(Duration::from_secs(30), || {
+        (back.metric(REQUESTS) >= 1.0).then(|| back_at.elapsed())
+    });
+    assert!(
+        first <= Duration::from_secs(3),
+        "first request {first:?} after the engine was back"
+    );
+    let mut warnings = String::new();
+    let stderr = child.stderr.take().expect("stderr");
+    let status = child.wait().expect("wait");
+    for line in BufReader::new(stderr).lines() {
+        warnings.push_str(&line.expect("stderr line"));
+        warnings.push('\n');
+    }
+    assert!(status.success(), "{warnings}");
+    assert!(
+        warnings.contains("is failing") && warnings.contains("next probe in 2.0s"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("answers again"), "{warnings}");
+    assert_eq!(results_by_id(&job.path("out.jsonl")).len(), 2000);
+}
+
+#[test]
+fn no_engine_for_the_down_timeout_stops_the_job_resumably() {
+    let sim = Sim::start(&["--ttft-ms", "100", "--ms-per-token", "0"]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("r", 500));
+    let args = run_args(
+        &job,
+        input.to_str().expect("utf-8"),
+        &[&sim.url],
+        &["--max-concurrency", "8", "--engine-down-timeout", "3s"],
+    );
+    let child = cmd()
+        .args(&args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    wait_for(Duration::from_secs(20), || {
+        (sim.metric(REQUESTS) >= 8.0).then_some(())
+    });
+    drop(sim);
+    let killed_at = Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no engine has answered for 3.0s"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(killed_at.elapsed() < Duration::from_secs(15));
+    assert!(job.path("out.jsonl.state").exists());
+}
