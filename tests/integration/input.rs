@@ -229,3 +229,44 @@ fn a_kill_while_the_finished_state_is_removed_does_not_resend() {
         assert_one_result_per_line(&job.path("out.jsonl"), 40);
     }
 }
+
+/// A signal during validation stops the run at once, even one blocked on a FIFO that nobody
+/// writes; an endless stream without line breaks fails instead of being read forever.
+#[test]
+fn a_signal_during_validation_stops_promptly_and_endless_input_fails() {
+    let job = Job::new();
+    let fifo = job.path("never-written.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let fifo_arg = fifo.display().to_string();
+    let args = run_args(&job, &fifo_arg, &["http://127.0.0.1:9"], &[]);
+    let child = cmd()
+        .args(&args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(Duration::from_millis(500));
+    signal(&child, "TERM");
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "stopped promptly"
+    );
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(!job.path("out.jsonl.state").exists(), "nothing left behind");
+
+    let args = run_args(
+        &job,
+        "/dev/zero",
+        &["http://127.0.0.1:9"],
+        &["--max-line-bytes", "1000000"],
+    );
+    let out = cmd().args(&args).output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("without a line break"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -425,3 +425,47 @@ fn usage_errors_exit_with_code_2() {
         stderr(&out)
     );
 }
+
+/// Destinations that cannot be written are found before the first request, with the exact
+/// path named, and leave no state behind.
+#[test]
+fn unwritable_destinations_fail_before_any_request() {
+    let sim = Sim::instant(&[]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("r", 5));
+    let input = input.to_str().expect("path");
+    std::fs::create_dir(job.path("dir.jsonl")).expect("a directory where OUTPUT goes");
+    job.write("plain-file", b"not a directory");
+    let output = job.path("out.jsonl").display().to_string();
+    let blocked = job.path("plain-file/errors.jsonl").display().to_string();
+    let dir_output = job.path("dir.jsonl").display().to_string();
+    let state_file = job.write("state-file", b"x").display().to_string();
+    for (extra, code, says) in [
+        (
+            vec!["-o", &dir_output],
+            2,
+            format!("OUTPUT {dir_output} is a directory"),
+        ),
+        (
+            vec!["-o", &output, "--errors", &blocked],
+            3,
+            format!("cannot write the error file (--errors) {blocked}"),
+        ),
+        (
+            vec!["-o", &output, "--state-dir", &state_file],
+            2,
+            format!("the state directory {state_file} is a file"),
+        ),
+    ] {
+        let out = cmd()
+            .args(["run", input, "--engine-url", &sim.url, "--progress", "off"])
+            .args(&extra)
+            .output()
+            .expect("run");
+        assert_eq!(out.status.code(), Some(code), "{}", stderr(&out));
+        assert!(stderr(&out).contains(&says), "{}", stderr(&out));
+    }
+    assert_eq!(sim.metric("sglang:num_requests_total"), 0.0);
+    assert!(!job.path("out.jsonl.state").exists());
+    assert!(!job.path("dir.jsonl.state").exists());
+}

@@ -188,3 +188,42 @@ fn a_missing_file_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("cannot read /nonexistent/batch.jsonl"));
 }
+
+#[test]
+fn unreadable_and_endless_inputs_get_a_report_that_names_the_cause() {
+    let job = Job::new();
+    let missing = job.path("missing.jsonl").display().to_string();
+    let out = run_cmd(&["validate", "--json", &missing]);
+    assert_eq!(out.status.code(), Some(2));
+    let report: Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    assert_eq!(report["valid"], false);
+    assert!(report["error"].as_str().expect("error").contains(&missing));
+
+    // An endless stream with no line break fails once it passes --max-line-bytes.
+    let out = run_cmd(&["validate", "/dev/zero", "--max-line-bytes", "100000"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("without a line break"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A temporary directory that does not exist is named as such, not as the input.
+    // (A piped input is copied to a temporary file so it can be read again.)
+    let mut child = crate::common::cmd()
+        .args(["validate", "-"])
+        .env("TMPDIR", "/nonexistent-tmp")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("validate");
+    let line = format!("{}\n", good("a"));
+    let _ = std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), line.as_bytes());
+    let out = child.wait_with_output().expect("validate");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("temporary file in /nonexistent-tmp"),
+        "{}",
+        stderr(&out)
+    );
+}

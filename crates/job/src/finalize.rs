@@ -30,11 +30,29 @@ pub enum Order {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot write {path}: {source}")]
+#[error("cannot {action} {path}: {source}")]
 pub struct FinalizeError {
+    /// "write" (a final file) or "read" (the spool).
+    pub action: &'static str,
     pub path: PathBuf,
     #[source]
     pub source: io::Error,
+}
+
+fn writing(path: &Path) -> impl Fn(io::Error) -> FinalizeError + '_ {
+    move |source| FinalizeError {
+        action: "write",
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn reading(path: &Path) -> impl Fn(io::Error) -> FinalizeError + '_ {
+    move |source| FinalizeError {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    }
 }
 
 pub struct Destination<'a> {
@@ -51,46 +69,42 @@ pub fn finalize(
 ) -> Result<(), FinalizeError> {
     let out_tmp = temporary_name(to.output);
     let err_tmp = temporary_name(to.errors);
-    match order {
-        Order::Completion => {
-            link_or_copy(&spool.output, &out_tmp, at.output, to.output)?;
-            link_or_copy(&spool.errors, &err_tmp, at.errors, to.errors)?;
-        }
-        Order::Input => {
-            sorted_copy(spool, at, &out_tmp, &err_tmp).map_err(|source| FinalizeError {
-                path: to.output.to_owned(),
-                source,
-            })?;
-        }
+    let written = match order {
+        Order::Completion => link_or_copy(&spool.output, &out_tmp, at.output, to.output)
+            .and_then(|()| link_or_copy(&spool.errors, &err_tmp, at.errors, to.errors)),
+        Order::Input => sorted_copy(spool, at, to),
+    };
+    let placed = written
+        .and_then(|()| place(&out_tmp, to.output))
+        .and_then(|()| place(&err_tmp, to.errors));
+    if placed.is_err() {
+        // A full disk or a bad path must not leave half-written files behind.
+        let _ = fs::remove_file(&out_tmp);
+        let _ = fs::remove_file(&err_tmp);
     }
-    place(&out_tmp, to.output)?;
-    place(&err_tmp, to.errors)
+    placed
 }
 
 /// Renames a complete, synced temporary file into place and syncs the directory.
 fn place(tmp: &Path, to: &Path) -> Result<(), FinalizeError> {
-    let fail = |source| FinalizeError {
-        path: to.to_owned(),
-        source,
-    };
-    fs::rename(tmp, to).map_err(fail)?;
-    sync_parent(to).map_err(fail)
+    fs::rename(tmp, to).map_err(writing(to))?;
+    // Renaming a hard link over another link to the same file (a resumed finalize in completion
+    // order) succeeds without removing the temporary name.
+    let _ = fs::remove_file(tmp);
+    sync_parent(to).map_err(writing(to))
 }
 
 fn link_or_copy(from: &Path, tmp: &Path, len: u64, to: &Path) -> Result<(), FinalizeError> {
-    let fail = |source| FinalizeError {
-        path: to.to_owned(),
-        source,
-    };
+    let fail = writing(to);
     let _ = fs::remove_file(tmp);
     // A link shares the spool's bytes, which the last checkpoint synced; only a spool longer
     // than its checkpoint (nothing appends after the final one) would need trimming.
     let linked =
         fs::metadata(from).is_ok_and(|m| m.len() == len) && fs::hard_link(from, tmp).is_ok();
     if !linked {
-        let mut src = File::open(from).map_err(fail)?.take(len);
-        let mut dst = File::create(tmp).map_err(fail)?;
-        io::copy(&mut src, &mut dst).map_err(fail)?;
+        let mut src = File::open(from).map_err(reading(from))?.take(len);
+        let mut dst = File::create(tmp).map_err(&fail)?;
+        io::copy(&mut src, &mut dst).map_err(&fail)?;
         dst.sync_all().map_err(fail)?;
     }
     Ok(())
@@ -100,21 +114,22 @@ fn link_or_copy(from: &Path, tmp: &Path, len: u64, to: &Path) -> Result<(), Fina
 fn sorted_copy(
     spool: &SpoolFiles,
     at: Positions,
-    out_tmp: &Path,
-    err_tmp: &Path,
-) -> io::Result<()> {
+    to: &Destination<'_>,
+) -> Result<(), FinalizeError> {
+    let index = reading(&spool.index);
     let mut sorter = Sorter::<IndexRecord>::new(SORT_CHUNK);
     let mut pushed = Ok(());
     read_index(&spool.index, at.index, |r| {
         if pushed.is_ok() {
             pushed = sorter.push(r);
         }
-    })?;
-    pushed?;
-    let mut sorted = sorter.finish()?;
-    let mut output = Target::create(out_tmp, &spool.output)?;
-    let mut errors = Target::create(err_tmp, &spool.errors)?;
-    while let Some(r) = sorted.next_record()? {
+    })
+    .map_err(&index)?;
+    pushed.map_err(&index)?;
+    let mut sorted = sorter.finish().map_err(&index)?;
+    let mut output = Target::create(to.output, &spool.output)?;
+    let mut errors = Target::create(to.errors, &spool.errors)?;
+    while let Some(r) = sorted.next_record().map_err(&index)? {
         let target = if r.outcome.is_success() {
             &mut output
         } else {
@@ -126,33 +141,42 @@ fn sorted_copy(
     errors.finish()
 }
 
-/// One final file being written from one spool file, through a read window over the spool.
-struct Target {
+/// One final file being written (as its temporary name) from one spool file, through a read
+/// window over the spool.
+struct Target<'a> {
     out: BufWriter<File>,
+    /// The final file's name, for messages.
+    path: &'a Path,
     source: File,
+    source_path: &'a Path,
     window: Vec<u8>,
     /// Spool offset of `window[0]`.
     window_start: u64,
 }
 
-impl Target {
-    fn create(path: &Path, source: &Path) -> io::Result<Self> {
+impl<'a> Target<'a> {
+    fn create(path: &'a Path, source: &'a Path) -> Result<Self, FinalizeError> {
+        let file = File::create(temporary_name(path)).map_err(writing(path))?;
         Ok(Self {
-            out: BufWriter::with_capacity(COPY_WINDOW, File::create(path)?),
-            source: File::open(source)?,
+            out: BufWriter::with_capacity(COPY_WINDOW, file),
+            path,
+            source: File::open(source).map_err(reading(source))?,
+            source_path: source,
             window: Vec::with_capacity(COPY_WINDOW),
             window_start: 0,
         })
     }
 
-    fn copy(&mut self, offset: u64, len: usize) -> io::Result<()> {
+    fn copy(&mut self, offset: u64, len: usize) -> Result<(), FinalizeError> {
         let end = offset + len as u64;
         let window_end = self.window_start + self.window.len() as u64;
         if offset < self.window_start || end > window_end {
-            self.fill(offset, len)?;
+            self.fill(offset, len).map_err(reading(self.source_path))?;
         }
         let start = (offset - self.window_start) as usize;
-        self.out.write_all(&self.window[start..start + len])
+        self.out
+            .write_all(&self.window[start..start + len])
+            .map_err(writing(self.path))
     }
 
     /// Reads the spool from `offset`: a full window, or the whole record if it is larger.
@@ -173,9 +197,10 @@ impl Target {
         Ok(())
     }
 
-    fn finish(self) -> io::Result<()> {
-        let file = self.out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()
+    fn finish(self) -> Result<(), FinalizeError> {
+        let fail = writing(self.path);
+        let file = self.out.into_inner().map_err(|e| fail(e.into_error()))?;
+        file.sync_all().map_err(fail)
     }
 }
 

@@ -238,15 +238,6 @@ pub async fn run_observed(
         None => None,
     };
     let existed = options.state_dir.exists();
-    // Fail now, not after hours of work, if the results cannot be placed.
-    for path in [&options.output, &options.errors] {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(RunError::io(format!(
-                "cannot create the directory for {}",
-                path.display()
-            )))?;
-        }
-    }
     // Until the state is opened, a failure leaves no state directory this run created behind.
     let abandon = |e: RunError| {
         if !existed {
@@ -254,6 +245,7 @@ pub async fn run_observed(
         }
         e
     };
+    check_destinations(&options).map_err(abandon)?;
     if let Some(from) = &options.remote.input {
         let remote = &options.remote;
         let size = from
@@ -600,6 +592,58 @@ fn already_finished(
         remove(None)?;
     }
     Ok(Some((succeeded, failed)))
+}
+
+/// Fails now, not after hours of work, when a result file or the state cannot be written:
+/// a directory where a file goes, a directory that cannot be created or written to.
+fn check_destinations(options: &RunOptions) -> Result<(), RunError> {
+    let finals = [
+        ("OUTPUT", &options.output, &options.remote.output),
+        (
+            "the error file (--errors)",
+            &options.errors,
+            &options.remote.errors,
+        ),
+    ];
+    for (what, path, remote) in finals {
+        if remote.is_some() {
+            continue; // finalized inside the state directory, checked below
+        }
+        if path.is_dir() {
+            return Err(RunError::Paths(format!(
+                "{what} {} is a directory; give a file path",
+                path.display()
+            )));
+        }
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        writable_dir(dir).map_err(RunError::io(format!(
+            "cannot write {what} {}: its directory {} is not writable",
+            path.display(),
+            dir.display()
+        )))?;
+    }
+    if options.state_dir.exists() && !options.state_dir.is_dir() {
+        return Err(RunError::Paths(format!(
+            "the state directory {} is a file; remove it or give another --state-dir",
+            options.state_dir.display()
+        )));
+    }
+    writable_dir(&options.state_dir).map_err(RunError::io(format!(
+        "cannot write the state directory {}",
+        options.state_dir.display()
+    )))
+}
+
+/// Creates `dir` if needed and proves a file can be created in it.
+fn writable_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    tempfile::Builder::new()
+        .prefix(".batch-runner-check")
+        .tempfile_in(dir)
+        .map(drop)
 }
 
 /// Refuses outputs that would overwrite the input or each other.
