@@ -272,8 +272,9 @@ pub enum OrderArg {
 /// Options shared by `validate` and `run`: what counts as a valid line.
 #[derive(Debug, Args)]
 pub struct RulesArgs {
-    /// Accept this endpoint path too (repeatable), e.g. --allow-url /v1/classify.
-    #[arg(long = "allow-url", value_name = "PATH")]
+    /// Accept this endpoint path too (repeatable), e.g. --allow-url /v1/classify: a path only
+    /// (the engines come from --engine-url), absolute and normalised.
+    #[arg(long = "allow-url", value_name = "PATH", value_parser = batch_format::rules::endpoint_path)]
     pub allow_url: Vec<String>,
 
     /// Longest line accepted, in bytes; a longer line is an error for that line.
@@ -806,8 +807,9 @@ pub struct ExecArgs {
     #[arg(help_heading = "Workers", long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
 
-    /// Endpoint path a batch may target besides the built-in ones (repeatable).
-    #[arg(help_heading = "Limits", long, value_name = "PATH")]
+    /// Endpoint path a batch may target besides the built-in ones (repeatable), e.g.
+    /// /v1/classify.
+    #[arg(help_heading = "Limits", long, value_name = "PATH", value_parser = batch_format::rules::endpoint_path)]
     pub allow_url: Vec<String>,
 }
 

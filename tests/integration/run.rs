@@ -243,11 +243,13 @@ fn skip_invalid_runs_the_rest_and_reports_each_bad_line() {
     let sim = Sim::instant(&[]);
     let job = Job::new();
     let text = format!(
-        "{}\nnot json\n{}\n{}\n{}\n",
+        "{}\nnot json\n{}\n{}\n{}\n{}\n",
         chat_line("a", json!({})),
         chat_line("a", json!({})),
         json!({"custom_id": "g", "method": "GET", "url": "/v1/chat/completions", "body": {"model": "sim-model"}}),
         chat_line("b", json!({})),
+        // Cut off after its id: the id is still readable.
+        r#"{"custom_id": "cut", "method": "POST", "url": "/v1/chat/com"#,
     );
     let input = job.write("in.jsonl", text.as_bytes());
     let out = run_job(&job, &input, &[&sim.url], &["--skip-invalid"]);
@@ -259,7 +261,7 @@ fn skip_invalid_runs_the_rest_and_reports_each_bad_line() {
         .lines()
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
-    assert_eq!(errors.len(), 3);
+    assert_eq!(errors.len(), 4);
     let by_custom: Vec<(Value, String)> = errors
         .iter()
         .map(|e| {
@@ -274,20 +276,25 @@ fn skip_invalid_runs_the_rest_and_reports_each_bad_line() {
     assert!(
         by_custom
             .iter()
-            .any(|(c, m)| c.is_null() && m.contains("not parseable as valid JSON"))
+            .any(|(c, m)| c.is_null() && m.starts_with("line 2: this line is not parseable"))
     );
     assert!(
         by_custom
             .iter()
-            .any(|(c, m)| c == "a" && m.contains("duplicate"))
+            .any(|(c, m)| c == "a" && m.starts_with("line 3: the custom_id \"a\" is a duplicate"))
     );
     assert!(
         by_custom
             .iter()
-            .any(|(c, m)| c == "g" && m.contains("`method`"))
+            .any(|(c, m)| c == "g" && m.starts_with("line 4: `method`"))
+    );
+    assert!(
+        by_custom
+            .iter()
+            .any(|(c, m)| c == "cut" && m.starts_with("line 6: "))
     );
     assert_eq!(sim.metric("sglang:num_requests_total"), 2.0);
-    assert_eq!(summary(&job)["failed_by_reason"]["invalid_request"], 3);
+    assert_eq!(summary(&job)["failed_by_reason"]["invalid_request"], 4);
 }
 
 #[test]

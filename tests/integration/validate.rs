@@ -227,3 +227,89 @@ fn unreadable_and_endless_inputs_get_a_report_that_names_the_cause() {
         stderr(&out)
     );
 }
+
+/// Files that are not what they seem get a message that says what they are and what to do.
+#[test]
+fn encodings_endings_and_odd_values_are_named_for_what_they_are() {
+    let line = good("a");
+    let utf16: Vec<u8> = "\u{feff}"
+        .chars()
+        .chain(line.chars())
+        .flat_map(|c| (c as u16).to_le_bytes())
+        .collect();
+    let gzip = [0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, b'\n'];
+    for (content, says) in [
+        (gzip.to_vec(), "looks gzip-compressed"),
+        (utf16, "looks UTF-16 encoded"),
+    ] {
+        let (code, report) = validate(&content, &[]);
+        assert_eq!(code, 2);
+        let first = &report["errors"][0];
+        assert_eq!(first["code"], "invalid_file_encoding", "{report}");
+        assert!(
+            first["message"].as_str().expect("m").contains(says),
+            "{report}"
+        );
+    }
+
+    let job = Job::new();
+    let cr_only = format!("{line}\r{}\r", good("b"));
+    let path = job.write("mac.jsonl", cr_only.as_bytes());
+    let out = run_cmd(&["validate", path.to_str().expect("path")]);
+    let err = stderr(&out);
+    assert!(err.contains("CR-only"), "{err}");
+    assert!(!err.contains("CR LF"), "{err}");
+
+    let surrogate = r#"{"custom_id":"\ud800","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}"#;
+    let empty_url = r#"{"custom_id":"e","method":"POST","url":"","body":{"model":"m"}}"#;
+    let (_, report) = validate(format!("{surrogate}\n{empty_url}\n").as_bytes(), &[]);
+    let messages: Vec<&str> = report["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .filter_map(|e| e["message"].as_str())
+        .collect();
+    assert!(
+        messages[0].contains("cannot be decoded") && !messages[0].contains("must be a string"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[1].contains("`url` is empty") && !messages[1].contains("--allow-url"),
+        "{messages:?}"
+    );
+}
+
+#[test]
+fn allow_url_takes_only_a_normalised_path() {
+    let job = Job::new();
+    let path = job.write("in.jsonl", format!("{}\n", good("a")).as_bytes());
+    let path = path.to_str().expect("path");
+    for bad in [
+        "http://127.0.0.1:8000/v1/x",
+        "",
+        "/v1/../admin",
+        "v1/x",
+        "//x",
+    ] {
+        let out = run_cmd(&["validate", path, "--allow-url", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}");
+        assert!(stderr(&out).contains("--allow-url"), "{}", stderr(&out));
+    }
+    let out = run_cmd(&[
+        "run",
+        path,
+        "-o",
+        job.path("o.jsonl").to_str().expect("path"),
+        "--engine-url",
+        "http://127.0.0.1:9",
+        "--allow-url",
+        "http://127.0.0.1:9/v1/x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !job.path("o.jsonl.state").exists(),
+        "no state for a usage error"
+    );
+    let ok = run_cmd(&["validate", path, "--allow-url", "/v1/classify"]);
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+}

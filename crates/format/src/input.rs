@@ -112,13 +112,51 @@ pub fn parse_line(line: &[u8]) -> Result<Request<'_>, Vec<Problem>> {
     }
 }
 
-/// The `custom_id` of a line when it has a string one, however wrong the rest of the line is.
-/// Lets an invalid line's error record still say which request it was.
+/// The `custom_id` of a line when it has a string one, however wrong the rest of the line is
+/// (invalid UTF-8 elsewhere, a field of the wrong type, JSON cut off after the id). Lets an
+/// invalid line's error record still say which request it was.
 pub fn custom_id_of(line: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(line).ok()?;
-    let raw: RawLine<'_> = serde_json::from_str(text).ok()?;
-    let Str(id) = serde_json::from_str::<Str<'_>>(present(raw.custom_id)?.get()).ok()?;
-    Some(id.into_owned())
+    let text = String::from_utf8_lossy(line);
+    let mut found = None;
+    // Errors after the id was read (the rest of the line is broken) do not matter here.
+    let _ = serde::de::DeserializeSeed::deserialize(
+        FirstCustomId(&mut found),
+        &mut serde_json::Deserializer::from_str(&text),
+    );
+    found
+}
+
+/// Reads a JSON object's entries up to its `custom_id`, storing it when it is a string.
+struct FirstCustomId<'a>(&'a mut Option<String>);
+
+impl<'de> serde::de::DeserializeSeed<'de> for FirstCustomId<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for FirstCustomId<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            if key == "custom_id" {
+                if let Ok(Some(Str(id))) = map.next_value::<Option<Str<'de>>>() {
+                    *self.0 = Some(id.into_owned());
+                }
+                // Stop here: the first custom_id is the line's (duplicate keys are invalid).
+                return Err(serde::de::Error::custom("stop"));
+            }
+            map.next_value::<serde::de::IgnoredAny>()?;
+        }
+        Ok(())
+    }
 }
 
 /// Checks `body.model` and `body.stream`; returns the model when it is a string.
@@ -152,6 +190,14 @@ fn string_field<'a>(
     };
     match serde_json::from_str::<Str<'a>>(value.get()) {
         Ok(Str(s)) => Some(s),
+        // A JSON string whose escapes do not decode (a lone surrogate): not a type problem.
+        Err(e) if value.get().starts_with('"') => {
+            problems.push(Problem::UndecodableString {
+                field,
+                detail: e.to_string(),
+            });
+            None
+        }
         Err(_) => {
             problems.push(Problem::WrongType {
                 field,
@@ -180,6 +226,45 @@ mod tests {
             Ok(_) => vec![],
             Err(p) => p.iter().map(Problem::code).collect(),
         }
+    }
+
+    #[test]
+    fn the_custom_id_is_read_however_broken_the_rest_is() {
+        for (line, id) in [
+            (&br#"{"custom_id":"a","method":3}"#[..], Some("a")),
+            (
+                br#"{"url":"/v1/x","custom_id":"b","body":{"model":"m""#,
+                Some("b"),
+            ),
+            (b"{\"custom_id\":\"c\",\"body\":\"\xff\"}", Some("c")),
+            (br#"{"custom_id":5}"#, None),
+            (br#"{"custom_id":null}"#, None),
+            (br#"not json"#, None),
+            (br#"{"custom_id":"\ud800"}"#, None),
+        ] {
+            assert_eq!(
+                custom_id_of(line).as_deref(),
+                id,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_not_called_a_wrong_type() {
+        let line = r#"{"custom_id":"\ud800","method":"POST","url":"/v1/chat/completions","body":{"model":"m"}}"#;
+        let problems = parse_line(line.as_bytes()).expect_err("invalid");
+        assert!(
+            matches!(
+                &problems[..],
+                [Problem::UndecodableString {
+                    field: "custom_id",
+                    ..
+                }]
+            ),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -48,6 +48,13 @@ pub enum Problem {
     DuplicateCustomId { custom_id: String, first_line: u64 },
     /// The file has no request at all.
     EmptyFile,
+    /// A string field holds an escape that is not Unicode (a lone surrogate such as `\ud800`).
+    UndecodableString { field: &'static str, detail: String },
+    /// The file is not UTF-8 JSONL at all: compressed, or in another encoding.
+    NotJsonl {
+        looks: &'static str,
+        fix: &'static str,
+    },
 }
 
 impl Problem {
@@ -68,13 +75,17 @@ impl Problem {
             Problem::StreamNotSupported => "stream_not_supported",
             Problem::DuplicateCustomId { .. } => "duplicate_custom_id",
             Problem::EmptyFile => "empty_file",
+            Problem::UndecodableString { .. } => "invalid_field_type",
+            Problem::NotJsonl { .. } => "invalid_file_encoding",
         }
     }
 
     /// The field the problem is about, as OpenAI's `errors.data[].param`.
     pub fn param(&self) -> Option<&'static str> {
         match self {
-            Problem::MissingField { field } | Problem::WrongType { field, .. } => Some(field),
+            Problem::MissingField { field }
+            | Problem::WrongType { field, .. }
+            | Problem::UndecodableString { field, .. } => Some(field),
             Problem::EmptyCustomId | Problem::DuplicateCustomId { .. } => Some("custom_id"),
             Problem::InvalidMethod { .. } => Some("method"),
             Problem::UnsupportedUrl { .. } | Problem::UrlMismatch { .. } => Some("url"),
@@ -84,12 +95,14 @@ impl Problem {
             | Problem::LineTooLong { .. }
             | Problem::InvalidJson { .. }
             | Problem::NotAnObject
+            | Problem::NotJsonl { .. }
             | Problem::EmptyFile => None,
         }
     }
 
     /// Every code, for summaries that list counts by kind in a stable order.
-    pub const ALL_CODES: [&'static str; 14] = [
+    pub const ALL_CODES: [&'static str; 15] = [
+        "invalid_file_encoding",
         "invalid_utf8",
         "line_too_long",
         "invalid_json_line",
@@ -105,6 +118,26 @@ impl Problem {
         "duplicate_custom_id",
         "empty_file",
     ];
+}
+
+/// Recognises a file's first bytes as something other than UTF-8 text: compressed, or UTF-16
+/// / UTF-32 (with or without a byte-order mark), so the report can say what to do about it.
+pub fn sniff_encoding(first: &[u8]) -> Option<Problem> {
+    const DECOMPRESS: &str = "decompress it first";
+    const RECODE: &str = "convert it to UTF-8 first (e.g. iconv -t UTF-8)";
+    let (looks, fix) = match first {
+        [0x1f, 0x8b, ..] => ("gzip-compressed", "decompress it first (gunzip)"),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => ("zstd-compressed", DECOMPRESS),
+        [b'B', b'Z', b'h', ..] => ("bzip2-compressed", DECOMPRESS),
+        [0xfd, b'7', b'z', b'X', b'Z', ..] => ("xz-compressed", DECOMPRESS),
+        [b'P', b'K', 3, 4, ..] => ("like a zip archive", "extract the .jsonl file first"),
+        [0xff, 0xfe, 0, 0, ..] | [0, 0, 0xfe, 0xff, ..] => ("UTF-32 encoded", RECODE),
+        [0, 0, 0, c, ..] | [c, 0, 0, 0, ..] if *c != 0 => ("UTF-32 encoded", RECODE),
+        [0xff, 0xfe, ..] | [0xfe, 0xff, ..] => ("UTF-16 encoded", RECODE),
+        [0, c, ..] | [c, 0, ..] if *c != 0 => ("UTF-16 encoded", RECODE),
+        _ => return None,
+    };
+    Some(Problem::NotJsonl { looks, fix })
 }
 
 impl fmt::Display for Problem {
@@ -154,12 +187,23 @@ impl fmt::Display for Problem {
             Problem::InvalidMethod { found } => {
                 write!(f, "`method` is {found:?}; only \"POST\" is supported")
             }
-            Problem::UnsupportedUrl { found } => write!(
-                f,
-                "`url` {found:?} is not a supported endpoint; use one of {} (or allow it with \
-                 --allow-url {found})",
-                crate::SUPPORTED_URLS.join(", ")
-            ),
+            Problem::UnsupportedUrl { found } => {
+                let supported = crate::SUPPORTED_URLS.join(", ");
+                match crate::rules::endpoint_path(found) {
+                    _ if found.is_empty() => {
+                        write!(f, "`url` is empty; use one of {supported}")
+                    }
+                    Ok(_) => write!(
+                        f,
+                        "`url` {found:?} is not a supported endpoint; use one of {supported} (or \
+                         allow it with --allow-url {found})"
+                    ),
+                    Err(_) => write!(
+                        f,
+                        "`url` {found:?} is not an endpoint path; use one of {supported}"
+                    ),
+                }
+            }
             Problem::UrlMismatch {
                 found,
                 expected,
@@ -195,6 +239,15 @@ impl fmt::Display for Problem {
                 f,
                 "the file has no requests; a batch file needs at least one JSON line"
             ),
+            Problem::UndecodableString { field, detail } => write!(
+                f,
+                "field `{field}` is a string that cannot be decoded ({detail}): an escape such \
+                 as \\ud800 that is not a whole Unicode character; use valid UTF-8 or paired \
+                 surrogate escapes"
+            ),
+            Problem::NotJsonl { looks, fix } => {
+                write!(f, "the file looks {looks}, not UTF-8 JSON lines; {fix}")
+            }
         }
     }
 }
@@ -221,5 +274,23 @@ mod tests {
             found: "/v1/foo".into(),
         };
         assert!(p.to_string().contains("--allow-url /v1/foo"));
+        for found in ["", "http://x/v1/foo", "/v1/../x"] {
+            let p = Problem::UnsupportedUrl {
+                found: found.into(),
+            };
+            assert!(!p.to_string().contains("--allow-url"), "{p}");
+        }
+    }
+
+    #[test]
+    fn encodings_and_compression_are_recognised() {
+        let looks = |bytes: &[u8]| sniff_encoding(bytes).map(|p| p.to_string());
+        assert!(looks(b"\x1f\x8b\x08\x00").is_some_and(|m| m.contains("gzip")));
+        assert!(looks(b"\xff\xfe{\x00").is_some_and(|m| m.contains("UTF-16")));
+        assert!(looks(b"{\x00\"\x00").is_some_and(|m| m.contains("UTF-16")));
+        assert!(looks(b"\xff\xfe\x00\x00").is_some_and(|m| m.contains("UTF-32")));
+        assert!(looks(b"\x00\x00\x00{").is_some_and(|m| m.contains("UTF-32")));
+        assert!(looks(b"{\"custom_id\"").is_none());
+        assert!(looks(b"").is_none());
     }
 }

@@ -18,6 +18,41 @@ pub const SUPPORTED_URLS: [&str; 7] = [
     "/v1/score",
 ];
 
+/// Checks an endpoint path given to accept besides the built-in ones (`--allow-url`): a
+/// normalised absolute path such as `/v1/classify`. A URL, an empty path, `.` or `..`
+/// segments, empty segments, a query or a fragment are refused, since the path is appended to
+/// each engine's base URL and must not reach anywhere else.
+pub fn endpoint_path(text: &str) -> Result<String, String> {
+    let fix = "give a path such as /v1/classify";
+    if text.contains("://") {
+        return Err(format!(
+            "{text:?} is a URL; give only its path (e.g. /v1/classify): engines come from \
+             --engine-url"
+        ));
+    }
+    let Some(rest) = text.strip_prefix('/') else {
+        return Err(format!("{text:?} does not start with /; {fix}"));
+    };
+    if rest.is_empty() {
+        return Err(format!("{text:?} is the root; {fix}"));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control() || matches!(c, '?' | '#' | '\\' | '%'))
+    {
+        return Err(format!("{text:?} contains {c:?}; {fix}"));
+    }
+    if rest
+        .split('/')
+        .any(|segment| segment.is_empty() || segment == "." || segment == "..")
+    {
+        return Err(format!(
+            "{text:?} is not a normalised path (an empty, . or .. segment); {fix}"
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 /// What the rules accept beyond the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct RulesConfig {
@@ -140,5 +175,27 @@ mod tests {
             extra_urls: vec!["/v1/classify".into()],
         });
         assert!(rules.check(1, l.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn only_normalised_absolute_paths_are_accepted_as_endpoints() {
+        assert_eq!(endpoint_path("/v1/classify").as_deref(), Ok("/v1/classify"));
+        for bad in [
+            "",
+            "/",
+            "v1/classify",
+            "http://127.0.0.1:8000/v1/x",
+            "/v1/../admin",
+            "/v1/./x",
+            "//evil/x",
+            "/v1//x",
+            "/v1/x/",
+            "/v1/x?y=1",
+            "/v1/x#f",
+            "/v1/a b",
+            "/v1/%2e%2e",
+        ] {
+            assert!(endpoint_path(bad).is_err(), "{bad:?}");
+        }
     }
 }

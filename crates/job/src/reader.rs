@@ -137,7 +137,8 @@ impl<R: Read> LineReader<R> {
         self.start += consumed;
         self.offset += consumed as u64;
         let mut text = &self.buf[start..start + len];
-        let crlf = text.last() == Some(&b'\r');
+        // Only a CR right before an LF ends a line; one at the end of the file is content.
+        let crlf = consumed > len && text.last() == Some(&b'\r');
         if crlf {
             text = &text[..text.len() - 1];
         }

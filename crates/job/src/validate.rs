@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use batch_format::input::custom_id_of;
+use batch_format::problem::sniff_encoding;
 use batch_format::rules::Settled;
 use batch_format::{LineRules, Problem, RulesConfig};
 use serde::Serialize;
@@ -69,6 +70,8 @@ pub struct Warnings {
     /// Lines ending in CR LF (the CR is ignored), and the first of them.
     pub crlf_lines: u64,
     pub first_crlf_line: Option<u64>,
+    /// The first invalid line with a CR inside it: the file probably has CR-only line endings.
+    pub cr_only_line: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -286,8 +289,16 @@ pub fn validate(
                     report.requests += 1;
                     continue;
                 }
-                Err(problems) => {
+                Err(mut problems) => {
                     ids.add(custom_id_of(text).as_deref());
+                    if text.contains(&b'\r') {
+                        report.warnings.cr_only_line.get_or_insert(line.number);
+                    }
+                    if line.number == 1
+                        && let Some(hint) = sniff_encoding(text)
+                    {
+                        problems = vec![hint];
+                    }
                     problems
                 }
             },
@@ -369,6 +380,14 @@ impl Report {
                 out,
                 "{path}:{first}: warning: {} lines end in CR LF (the CR is ignored)",
                 self.warnings.crlf_lines
+            );
+        }
+        if let Some(line) = self.warnings.cr_only_line {
+            let _ = writeln!(
+                out,
+                "{path}:{line}: warning: the line holds a CR that does not end it: the file \
+                 seems to use CR-only (classic Mac) line endings; convert them to LF, e.g. \
+                 tr '\\r' '\\n' < in > out"
             );
         }
         let verdict = if self.valid { "valid" } else { "INVALID" };

@@ -90,14 +90,10 @@ impl Feed<'_> {
     fn item(&mut self, line: u64, content: &Content<'_>) -> Item {
         let text = match content {
             Content::TooLong => {
-                return Item::Invalid {
-                    line,
-                    custom_id: None,
-                    message: Problem::LineTooLong {
-                        max_bytes: self.max_line_bytes,
-                    }
-                    .to_string(),
+                let too_long = Problem::LineTooLong {
+                    max_bytes: self.max_line_bytes,
                 };
+                return Item::invalid(line, None, too_long);
             }
             Content::Text(text) => text,
         };
@@ -108,24 +104,31 @@ impl Feed<'_> {
                 body: Bytes::copy_from_slice(request.body.get().as_bytes()),
             },
             // Valid on its own but rejected by the validation pass: a duplicate custom_id.
-            Ok(request) => Item::Invalid {
+            Ok(request) => Item::invalid(
                 line,
-                message: format!(
+                Some(request.custom_id.as_ref()),
+                format_args!(
                     "the custom_id {:?} is a duplicate of an earlier line; custom_id must be \
                      unique for each request in a batch",
                     request.custom_id
                 ),
-                custom_id: Some(request.custom_id.into_owned()),
-            },
-            Err(problems) => Item::Invalid {
-                line,
-                custom_id: custom_id_of(text),
-                message: problems
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            },
+            ),
+            Err(problems) => {
+                let all: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                Item::invalid(line, custom_id_of(text).as_deref(), all.join("; "))
+            }
+        }
+    }
+}
+
+impl Item {
+    /// An invalid line's item; the message names the line, since the error file is read
+    /// without the input beside it.
+    fn invalid(line: u64, custom_id: Option<&str>, why: impl std::fmt::Display) -> Item {
+        Item::Invalid {
+            line,
+            custom_id: custom_id.map(str::to_owned),
+            message: format!("line {line}: {why}"),
         }
     }
 }

@@ -598,17 +598,11 @@ fn already_finished(
 /// a directory where a file goes, a directory that cannot be created or written to.
 fn check_destinations(options: &RunOptions) -> Result<(), RunError> {
     let finals = [
-        ("OUTPUT", &options.output, &options.remote.output),
-        (
-            "the error file (--errors)",
-            &options.errors,
-            &options.remote.errors,
-        ),
+        ("OUTPUT", &options.output),
+        ("the error file (--errors)", &options.errors),
     ];
-    for (what, path, remote) in finals {
-        if remote.is_some() {
-            continue; // finalized inside the state directory, checked below
-        }
+    // (Remote results are finalized inside the state directory, then uploaded.)
+    for (what, path) in finals {
         if path.is_dir() {
             return Err(RunError::Paths(format!(
                 "{what} {} is a directory; give a file path",
