@@ -498,11 +498,46 @@ fn retry_failed_reruns_only_the_failures_and_merges_the_output() {
     assert_eq!(first_ok.len() + first_failed.len(), n);
 
     let healthy = Sim::instant(&[]);
-    let retry = ["--retry-failed", errors.to_str().expect("path")];
+    let summary_path = job.path("summary.json");
+    let retry = [
+        "--retry-failed",
+        errors.to_str().expect("path"),
+        "--summary-json",
+        summary_path.to_str().expect("path"),
+    ];
     let out = run_cmd(&input, &output, &healthy.url, &retry)
         .output()
         .expect("rerun");
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Tokens: the merged job's, and this run's alone.
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(&summary_path).expect("summary")).expect("JSON");
+    let token_sum = |path: &Path| -> u64 {
+        results_by_id(path)
+            .values()
+            .map(|r| {
+                r["response"]["body"]["usage"]["completion_tokens"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum()
+    };
+    let all_tokens = token_sum(&output);
+    assert_eq!(summary["usage"]["output_tokens"], all_tokens);
+    let earlier: u64 = first_ok
+        .values()
+        .map(|r| {
+            r["response"]["body"]["usage"]["completion_tokens"]
+                .as_u64()
+                .unwrap_or(0)
+        })
+        .sum();
+    assert!(earlier > 0);
+    assert_eq!(
+        summary["usage_this_run"]["output_tokens"],
+        all_tokens - earlier
+    );
+    assert!(stderr(&out).contains("(this run: "), "{}", stderr(&out));
     assert_eq!(
         healthy.metric("sglang:num_requests_total"),
         first_failed.len() as f64,

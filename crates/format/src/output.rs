@@ -157,6 +157,28 @@ impl<'a> ResponseBody<'a> {
     }
 }
 
+/// The usage recorded in a result line of an output file (`response.body.usage`); none when
+/// the line has no such field.
+pub fn usage_of_result(line: &[u8]) -> Usage {
+    #[derive(Deserialize)]
+    struct ResultLine {
+        response: Option<Response>,
+    }
+    #[derive(Deserialize)]
+    struct Response {
+        body: Option<Body>,
+    }
+    #[derive(Deserialize)]
+    struct Body {
+        usage: Option<RawUsage>,
+    }
+    serde_json::from_slice::<ResultLine>(line)
+        .ok()
+        .and_then(|l| l.response?.body?.usage)
+        .map(Usage::from)
+        .unwrap_or_default()
+}
+
 impl From<RawUsage> for Usage {
     fn from(u: RawUsage) -> Self {
         let input_tokens = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);

@@ -28,6 +28,12 @@ pub struct Stats {
     pub carried_over: AtomicU64,
     /// Output tokens of the carried-over results.
     pub carried_output_tokens: AtomicU64,
+    /// Input and total tokens of the carried-over results.
+    pub carried_input_tokens: AtomicU64,
+    pub carried_total_tokens: AtomicU64,
+    /// Carried-over results that had been sent to an engine (not expired, cancelled or
+    /// invalid lines).
+    pub carried_sent: AtomicU64,
     outcomes: [AtomicU64; Outcome::ALL.len()],
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
@@ -59,6 +65,13 @@ impl Stats {
         stats
             .carried_output_tokens
             .store(totals.output_tokens, Ordering::Relaxed);
+        stats
+            .carried_input_tokens
+            .store(totals.input_tokens, Ordering::Relaxed);
+        stats
+            .carried_total_tokens
+            .store(totals.total_tokens, Ordering::Relaxed);
+        stats.carried_sent.store(stats.sent(), Ordering::Relaxed);
         stats.retries.store(totals.retries, Ordering::Relaxed);
         stats.add_usage(batch_format::output::Usage {
             input_tokens: totals.input_tokens,
@@ -93,6 +106,23 @@ impl Stats {
     /// Results produced by this run.
     pub fn done_now(&self) -> u64 {
         self.done().saturating_sub(Self::load(&self.carried_over))
+    }
+
+    /// Results of requests that reached (or were tried on) an engine.
+    pub fn sent(&self) -> u64 {
+        [
+            Outcome::Succeeded,
+            Outcome::EngineError,
+            Outcome::EngineUnavailable,
+        ]
+        .iter()
+        .map(|&o| self.count(o))
+        .sum()
+    }
+
+    /// Requests this run sent and got a result for (the rate of a summary).
+    pub fn sent_now(&self) -> u64 {
+        self.sent().saturating_sub(Self::load(&self.carried_sent))
     }
 
     pub fn failed(&self) -> u64 {

@@ -41,6 +41,8 @@ pub struct Seeded {
     pub listed_failed: u64,
     /// Earlier results whose custom_id is not in the input (ignored).
     pub unknown: u64,
+    /// The token usage of the successes carried over.
+    pub usage: batch_format::output::Usage,
 }
 
 fn hash128(custom_id: &str) -> u128 {
@@ -215,6 +217,7 @@ pub fn seed(
                     if !is_failed && !done.contains(entry.line) {
                         read_line_at(&mut earlier, ok.offset, ok.len, &mut record)?;
                         spool.append(entry.line, Outcome::Succeeded, &record)?;
+                        seeded.usage += batch_format::output::usage_of_result(&record);
                         done.insert(entry.line);
                         counts[Outcome::Succeeded.index()] += 1;
                         seeded.reused += 1;
@@ -271,7 +274,12 @@ mod tests {
             .collect();
         std::fs::write(p("in"), input).expect("write");
         // c1 and c3 succeeded, c2 failed, c4 expired, c5 has no result; x is not in the input.
-        std::fs::write(p("out"), "{\"custom_id\":\"c3\",\"r\":3}\n{\"custom_id\":\"x\"}\n{\"custom_id\":\"c1\",\"r\":1}\n").expect("write");
+        let c1 = r#"{"custom_id":"c1","response":{"body":{"usage":{"prompt_tokens":3,"completion_tokens":4}}}}"#;
+        std::fs::write(
+            p("out"),
+            format!("{{\"custom_id\":\"c3\",\"r\":3}}\n{{\"custom_id\":\"x\"}}\n{c1}\n"),
+        )
+        .expect("write");
         std::fs::write(p("err"), "{\"custom_id\":\"c2\"}\n{\"custom_id\":\"c4\"}\n")
             .expect("write");
         let mut spool = Spool::open(&p("state"), Positions::default()).expect("spool");
@@ -295,7 +303,12 @@ mod tests {
             Seeded {
                 reused: 2,
                 listed_failed: 2,
-                unknown: 1
+                unknown: 1,
+                usage: batch_format::output::Usage {
+                    input_tokens: 3,
+                    output_tokens: 4,
+                    total_tokens: 7
+                }
             }
         );
         assert!(done.contains(1) && done.contains(3));
@@ -310,6 +323,6 @@ mod tests {
         assert_eq!(lines, vec![1, 3]);
         let text =
             std::fs::read_to_string(p("state").join(crate::spool::OUTPUT_SPOOL)).expect("spool");
-        assert!(text.contains("\"r\":1}\n") && text.contains("\"r\":3}\n"));
+        assert!(text.contains("\"completion_tokens\":4}}}}\n") && text.contains("\"r\":3}\n"));
     }
 }

@@ -45,7 +45,11 @@ pub struct RunSummary {
     pub expired: u64,
     pub cancelled: u64,
     pub retries: u64,
+    /// Tokens of every result of the job, those of an earlier run (resumed, or carried over by
+    /// --retry-failed) included.
     pub usage: UsageTotals,
+    /// Tokens of the requests this run sent.
+    pub usage_this_run: UsageTotals,
     pub wall_seconds: f64,
     /// Time spent writing the final files (part of the wall time).
     pub finalize_seconds: f64,
@@ -106,9 +110,17 @@ impl RunSummary {
                 output_tokens,
                 total_tokens: Stats::load(&stats.total_tokens),
             },
+            usage_this_run: UsageTotals {
+                input_tokens: Stats::load(&stats.input_tokens)
+                    .saturating_sub(Stats::load(&stats.carried_input_tokens)),
+                output_tokens: stats.output_tokens_now(),
+                total_tokens: Stats::load(&stats.total_tokens)
+                    .saturating_sub(Stats::load(&stats.carried_total_tokens)),
+            },
             wall_seconds: wall.as_secs_f64(),
             finalize_seconds: 0.0,
-            requests_per_second: stats.done_now() as f64 / secs,
+            // Expired, cancelled and invalid lines were never sent: they are not throughput.
+            requests_per_second: stats.sent_now() as f64 / secs,
             output_tokens_per_second: stats.output_tokens_now() as f64 / secs,
         }
     }
@@ -155,9 +167,18 @@ impl RunSummary {
             JobStatus::Cancelled => "CANCELLED",
             JobStatus::Interrupted => "INTERRUPTED",
         };
+        let this_run = if self.usage_this_run.total_tokens == self.usage.total_tokens {
+            String::new()
+        } else {
+            let u = &self.usage_this_run;
+            format!(
+                " (this run: {} input, {} output, {} total)",
+                u.input_tokens, u.output_tokens, u.total_tokens
+            )
+        };
         let mut text = format!(
             "{headline}: {} results in {}: {} succeeded, {} failed{reasons}{stopped}, {} retries\n\
-             tokens: {} input, {} output, {} total | {:.1} req/s, {:.0} output tok/s\n",
+             tokens: {} input, {} output, {} total{this_run} | {:.1} req/s, {:.0} output tok/s\n",
             self.results,
             format_duration(Duration::from_secs_f64(self.wall_seconds)),
             self.succeeded,
@@ -208,6 +229,8 @@ mod tests {
         };
         let s = RunSummary::new(paths, JobStatus::Expired, 4, &stats, Duration::from_secs(2));
         assert_eq!((s.results, s.succeeded, s.failed, s.expired), (4, 2, 1, 1));
+        // The expired line was never sent: 3 requests in 2 s.
+        assert!((s.requests_per_second - 1.5).abs() < 1e-9);
         assert_eq!(s.failed_by_reason["engine_unavailable"], 1);
         assert!((s.output_tokens_per_second - 10.0).abs() < 1e-9);
         let text = s.render();

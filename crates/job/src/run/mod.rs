@@ -698,9 +698,15 @@ async fn seed_from(
     .await;
     let (opened, result) =
         joined.map_err(|e| RunError::io("--retry-failed")(std::io::Error::other(e)))?;
+    let mut opened = opened;
     let result = result
         .map_err(RunError::io("--retry-failed"))
         .map(|seeded| {
+            // The merged job's totals include what the carried-over successes used.
+            let totals = &mut opened.manifest.totals;
+            totals.input_tokens += seeded.usage.input_tokens;
+            totals.output_tokens += seeded.usage.output_tokens;
+            totals.total_tokens += seeded.usage.total_tokens;
             tracing::info!(
                 "--retry-failed: {} earlier successes kept; {} lines to run ({} listed as failed)",
                 seeded.reused,
