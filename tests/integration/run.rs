@@ -476,3 +476,21 @@ fn unwritable_destinations_fail_before_any_request() {
     assert!(!job.path("out.jsonl.state").exists());
     assert!(!job.path("dir.jsonl.state").exists());
 }
+
+/// A kept-alive connection found closed makes the client send the request again on a fresh
+/// one: that second send is counted as a retry, even with --max-retries 0.
+#[test]
+fn a_request_sent_again_on_a_fresh_connection_counts_as_a_retry() {
+    let sim = Sim::instant(&["--drop-rate", "0.2", "--seed", "3"]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("r", 200));
+    let args = ["--max-retries", "0", "--max-concurrency", "1"];
+    let out = run_job(&job, &input, &[&sim.url], &args);
+    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", stderr(&out));
+    let s = summary(&job);
+    let answered = sim.metric("sglang:num_requests_total");
+    let failed = s["failed"].as_f64().expect("failed");
+    // Every drop on a reused connection was sent again; with no retries allowed, only those.
+    assert!(s["retries"].as_u64().expect("retries") > 0, "{s}");
+    assert_eq!(answered + failed, 200.0, "{s}");
+}

@@ -70,13 +70,15 @@ impl Http1Pool {
     }
 
     /// One exchange. A reused connection that fails before answering is replaced by a fresh one
-    /// once, at once: that is a server closing an idle connection, not an engine failure.
+    /// once, at once: that is a server closing an idle connection, not an engine failure. The
+    /// request is then sent twice, so `on_resend` is told (it counts as a retry).
     pub async fn send(
         &self,
         method: Method,
         uri: &Uri,
         body: Bytes,
         timeout: Duration,
+        on_resend: &mut (dyn FnMut() + Send),
     ) -> Result<Answer, TransportError> {
         let deadline = Instant::now() + timeout;
         if let Some(conn) = self.checkout() {
@@ -84,7 +86,7 @@ impl Http1Pool {
                 .exchange(conn, &method, uri, body.clone(), deadline)
                 .await
             {
-                Err(TransportError::Io(_)) => {}
+                Err(TransportError::Io(_)) => on_resend(),
                 other => return other,
             }
         }

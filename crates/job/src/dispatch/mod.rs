@@ -229,7 +229,7 @@ impl Engines {
         target: &Target,
         body: Bytes,
         stop: &StopSignal,
-        mut on_retry: impl FnMut(),
+        mut on_retry: impl FnMut() + Send,
     ) -> Sent {
         let body = match self.priority {
             Some(p) => priority::with_priority(&body, p),
@@ -258,11 +258,12 @@ impl Engines {
             let engine = lease.engine;
             let sent_at = tokio::time::Instant::now();
             let result = self.transports[engine]
-                .send(
+                .send_counting(
                     Method::POST,
                     &target.urls[engine],
                     body.clone(),
                     self.request_timeout,
+                    &mut on_retry,
                 )
                 .await;
             let (delivery, wait_hint) = match result {

@@ -87,8 +87,25 @@ impl Transport {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Answer, TransportError> {
+        self.send_counting(method, url, body, timeout, &mut || {})
+            .await
+    }
+
+    /// [`Transport::send`], telling `on_resend` when the request went out a second time on a
+    /// fresh connection (a kept-alive one was found closed).
+    pub async fn send_counting(
+        &self,
+        method: Method,
+        url: &Url,
+        body: Bytes,
+        timeout: Duration,
+        on_resend: &mut (dyn FnMut() + Send),
+    ) -> Result<Answer, TransportError> {
         match self {
-            Transport::Plain(pool) => pool.send(method, &url.origin, body, timeout).await,
+            Transport::Plain(pool) => {
+                pool.send(method, &url.origin, body, timeout, on_resend)
+                    .await
+            }
             Transport::Tls(client) => {
                 let response = client
                     .request(method, url.absolute.clone())
