@@ -400,6 +400,11 @@ pub struct RunArgs {
     )]
     pub launch_host: String,
 
+    /// Run even when every engine lists its models (GET /v1/models) and none is the batch's
+    /// (for engines that accept other names for their model).
+    #[arg(help_heading = "Engines", long)]
+    pub no_model_check: bool,
+
     /// Stop (resumable, exit 75) when no engine has answered for this long, instead of
     /// probing dead engines for hours; 0 waits as long as the completion window allows.
     #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
@@ -652,6 +657,15 @@ pub struct SimArgs {
     /// Simulate a crash: exit (code 1) after answering this many requests.
     #[arg(long, value_name = "N")]
     pub exit_after: Option<u64>,
+
+    /// Answer GET /v1/models with this status (and an error body) instead of the model list,
+    /// as `transformers serve` does (500) when it cannot list its models.
+    #[arg(long, value_name = "STATUS", default_value_t = 200)]
+    pub models_status: u16,
+
+    /// Serve no /metrics (404), as engines without Prometheus metrics do.
+    #[arg(long)]
+    pub no_metrics: bool,
 
     /// Require this header on /v1/* requests, as 'Name: value' (repeatable; 401 otherwise).
     #[arg(long = "require-header", value_name = "HEADER")]

@@ -147,6 +147,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         errors: places.errors,
         state_dir: places.state_dir,
         state_remote: places.state_remote,
+        model_check: !args.no_model_check,
         engine_down_timeout: (!args.engine_down_timeout.is_zero())
             .then_some(args.engine_down_timeout),
         group_window: match args.order_dispatch {

@@ -75,6 +75,8 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         seed: args.seed,
         api_key: args.api_key.clone(),
         exit_after: args.exit_after,
+        models_status: args.models_status,
+        metrics: !args.no_metrics,
         required_headers: args
             .require_headers
             .iter()

@@ -60,7 +60,9 @@ fn run_in(job: &Job, input: &std::path::Path, out: &str) -> std::process::Comman
         .arg(input)
         .arg("-o")
         .arg(job.path(out))
-        .args(["--progress", "off"]);
+        .args(["--progress", "off"])
+        // The launched sim-engines list their marker as their model; the lines name another.
+        .arg("--no-model-check");
     c
 }
 
@@ -253,4 +255,33 @@ fn the_presets_build_the_documented_commands() {
         print(&["--launch", "my-server --port {port}", "--print-launch"]),
         "my-server --port {port}\n"
     );
+}
+
+/// An engine whose ready path answers 500 (as `transformers serve` does on /v1/models) but
+/// whose /health answers 200 is ready: the launch does not wait out its timeout.
+#[test]
+fn an_engine_whose_model_list_fails_is_ready_by_its_health_check() {
+    let job = Job::new();
+    let input = job.input(&numbered_lines("h", 20));
+    let m = marker("models500");
+    let started = std::time::Instant::now();
+    let out = run_in(&job, &input, "out.jsonl")
+        .env("BATCH_RUNNER_LOG", "info")
+        .args(["--launch-timeout", "60s", "--launch"])
+        .arg(sim_launch(
+            &m,
+            "--ttft-ms 0 --ms-per-token 0 --models-status 500",
+        ))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        stderr(&out).contains("answers 500 but /health answers 200"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("not ready"), "{}", stderr(&out));
+    assert_eq!(lines_of(&job.path("out.jsonl")), 20);
+    assert_gone(&m);
 }

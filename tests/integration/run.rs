@@ -494,3 +494,57 @@ fn a_request_sent_again_on_a_fresh_connection_counts_as_a_retry() {
     assert!(s["retries"].as_u64().expect("retries") > 0, "{s}");
     assert_eq!(answered + failed, 200.0, "{s}");
 }
+
+/// When every engine lists its models and none is the batch's, nothing is sent: every line
+/// would get the same 400 or 404.
+#[test]
+fn a_model_no_engine_serves_fails_before_sending() {
+    let sim = Sim::instant(&["--model", "other-model"]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("r", 5));
+    let out = run_job(&job, &input, &[&sim.url], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("\"sim-model\" is not served") && err.contains("other-model"),
+        "{err}"
+    );
+    assert_eq!(sim.metric("sglang:num_requests_total"), 0.0);
+    assert!(!job.path("out.jsonl.state").exists());
+
+    let out = run_job(&job, &input, &[&sim.url], &["--no-model-check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// Engines that answer 500 on /v1/models and 404 on /metrics (a real `transformers serve`):
+/// the run goes ahead, and the missing queue signal is said once, not polled for all run long.
+#[test]
+fn an_engine_without_a_model_list_or_metrics_still_runs() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "5",
+        "--ms-per-token",
+        "0",
+        "--models-status",
+        "500",
+        "--no-metrics",
+    ]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("r", 300));
+    let out = cmd()
+        .env("BATCH_RUNNER_LOG", "info")
+        .args(run_args(
+            &job,
+            input.to_str().expect("path"),
+            &[&sim.url],
+            &["--concurrency", "adaptive", "--max-concurrency", "8"],
+        ))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert_eq!(err.matches("/metrics").count(), 1, "{err}");
+    assert!(err.contains("shows no request queue (HTTP 404)"), "{err}");
+    assert!(!err.contains("not reachable"), "{err}");
+    assert_eq!(results_by_id(&job.path("out.jsonl")).len(), 300);
+}

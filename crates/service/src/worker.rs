@@ -227,6 +227,8 @@ impl Worker {
             group_window: None,
             // A batch waits for its engines until its completion window ends.
             engine_down_timeout: None,
+            // Pools already route batches by the models their engines list.
+            model_check: false,
         };
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());

@@ -46,6 +46,11 @@ pub struct SimConfig {
     pub required_headers: Vec<(String, String)>,
     /// Simulate a crash: stop serving (the process exits) after answering this many requests.
     pub exit_after: Option<u64>,
+    /// The status of `GET /v1/models`: 200 lists the model; anything else is an error answer
+    /// (a real `transformers serve` answers 500 there).
+    pub models_status: u16,
+    /// Serve `/metrics` (false: 404, as an engine without Prometheus metrics).
+    pub metrics: bool,
 }
 
 impl Default for SimConfig {
@@ -71,6 +76,8 @@ impl Default for SimConfig {
             api_key: None,
             required_headers: Vec::new(),
             exit_after: None,
+            models_status: 200,
+            metrics: true,
         }
     }
 }

@@ -139,12 +139,17 @@ impl Engine {
             (&Method::GET, "/health" | "/health_generate" | "/ready") => {
                 Ok(respond::text(StatusCode::OK, ""))
             }
-            (&Method::GET, "/v1/models") => Ok(respond::json(
-                StatusCode::OK,
-                &respond::models(&self.config.model),
-                None,
-            )),
-            (&Method::GET, "/metrics") => Ok(respond::text(StatusCode::OK, &self.metrics())),
+            (&Method::GET, "/v1/models") => match StatusCode::from_u16(self.config.models_status) {
+                Ok(StatusCode::OK) | Err(_) => Ok(respond::json(
+                    StatusCode::OK,
+                    &respond::models(&self.config.model),
+                    None,
+                )),
+                Ok(status) => Ok(respond::error(status, "cannot list the models")),
+            },
+            (&Method::GET, "/metrics") if self.config.metrics => {
+                Ok(respond::text(StatusCode::OK, &self.metrics()))
+            }
             (&Method::POST, p) if respond::Endpoint::from_path(p).is_some() => {
                 let body = match req.into_body().collect().await {
                     Ok(b) => b.to_bytes(),

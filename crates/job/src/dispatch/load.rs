@@ -27,25 +27,41 @@ impl Engines {
         let Ok(metrics) = self.target("/metrics") else {
             return;
         };
+        // Engines whose metrics have no queue (404, or no known gauge) are not asked again.
+        let mut readable = vec![true; self.transports.len()];
         let mut tick = tokio::time::interval(POLL_EVERY);
-        loop {
+        while readable.contains(&true) {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = stop.stopping() => return,
             }
             for (engine, (transport, url)) in self.transports.iter().zip(&metrics.urls).enumerate()
             {
+                if !readable[engine] {
+                    continue;
+                }
                 let Ok(answer) = transport
                     .send(Method::GET, url, Bytes::new(), POLL_TIMEOUT)
                     .await
                 else {
-                    continue;
+                    continue; // down for now: the breaker deals with that
                 };
-                if answer.status != 200 {
-                    continue;
-                }
-                if let Some(waiting) = queue_of(&String::from_utf8_lossy(&answer.body)) {
-                    self.pool.observe(engine, Signal::Queue(waiting));
+                let waiting = match answer.status {
+                    200 => queue_of(&String::from_utf8_lossy(&answer.body)),
+                    404 => None,
+                    _ => continue,
+                };
+                match waiting {
+                    Some(waiting) => self.pool.observe(engine, Signal::Queue(waiting)),
+                    None => {
+                        readable[engine] = false;
+                        tracing::info!(
+                            "{}/metrics shows no request queue (HTTP {}): the adaptive limit \
+                             of this engine follows its latency and overload answers only",
+                            self.bases[engine],
+                            answer.status
+                        );
+                    }
                 }
             }
         }

@@ -112,6 +112,22 @@ pub struct Target {
 pub struct ProbeResult {
     pub url: String,
     pub outcome: Result<u16, String>,
+    /// The model ids its `/v1/models` listed (`None`: no readable list).
+    pub models: Option<Vec<String>>,
+}
+
+/// The ids of an OpenAI-style model list, `{"data": [{"id": ...}, ...]}`.
+fn model_ids(body: &[u8]) -> Option<Vec<String>> {
+    #[derive(serde::Deserialize)]
+    struct List {
+        data: Vec<Model>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Model {
+        id: String,
+    }
+    let list: List = serde_json::from_slice(body).ok()?;
+    Some(list.data.into_iter().map(|m| m.id).collect())
 }
 
 impl Engines {
@@ -176,7 +192,6 @@ impl Engines {
             .map(|(t, url)| async move {
                 t.send(Method::GET, url, Bytes::new(), PROBE_TIMEOUT)
                     .await
-                    .map(|answer| answer.status)
                     .map_err(|e| e.to_string())
             });
         let outcomes = join_all(probes).await;
@@ -185,7 +200,12 @@ impl Engines {
             .zip(&self.bases)
             .map(|(outcome, url)| ProbeResult {
                 url: url.clone(),
-                outcome,
+                models: outcome
+                    .as_ref()
+                    .ok()
+                    .filter(|answer| answer.status == 200)
+                    .and_then(|answer| model_ids(&answer.body)),
+                outcome: outcome.map(|answer| answer.status),
             })
             .collect();
         for (i, r) in results.iter().enumerate() {
@@ -466,6 +486,13 @@ fn default_headers(options: &EngineOptions) -> Result<HeaderMap, EngineError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn model_lists_are_read() {
+        let list = br#"{"object":"list","data":[{"id":"a","object":"model"},{"id":"b"}]}"#;
+        assert_eq!(model_ids(list), Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(model_ids(br#"{"detail":"oops"}"#), None);
+    }
 
     #[test]
     fn base_urls_are_normalised() {

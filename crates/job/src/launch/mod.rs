@@ -62,12 +62,14 @@ pub enum LaunchError {
         tail: String,
     },
     #[error(
-        "the engine was not ready within {timeout:?} (polling {url}); raise --launch-timeout if \
-         it needs longer to load. Last lines of {log}:\n{tail}"
+        "the engine did not become ready within {timeout:?}: {last} (polling {url}); raise \
+         --launch-timeout if it needs longer to load. Last lines of {log}:\n{tail}"
     )]
     NotReady {
         timeout: Duration,
         url: String,
+        /// What the last poll got: no answer, or the status it answered.
+        last: String,
         log: String,
         tail: String,
     },
@@ -172,8 +174,10 @@ impl Launched {
         let probe_url = format!("{}{}", self.url, spec.ready_path);
         let transport = Transport::new(&self.url, HeaderMap::new(), Duration::from_secs(2))
             .map_err(|e| LaunchError::Spawn(std::io::Error::other(e)))?;
-        let url =
-            Url::parse(&probe_url).map_err(|e| LaunchError::Spawn(std::io::Error::other(e)))?;
+        let parse =
+            |u: &str| Url::parse(u).map_err(|e| LaunchError::Spawn(std::io::Error::other(e)));
+        let url = parse(&probe_url)?;
+        let health = parse(&format!("{}{HEALTH_PATH}", self.url))?;
         let deadline = tokio::time::Instant::now() + spec.ready_timeout;
         loop {
             if let Ok(Some(status)) = self.guard.try_wait() {
@@ -183,16 +187,28 @@ impl Launched {
                     tail: spec.log_tail(),
                 });
             }
-            let probe = transport.send(Method::GET, &url, Bytes::new(), Duration::from_secs(5));
-            if let Ok(answer) = probe.await
-                && answer.status == 200
-            {
-                return Ok(());
-            }
+            let last = match get(&transport, &url).await {
+                Ok(200) => return Ok(()),
+                // It answers, but its ready path fails (`transformers serve` answers 500 on
+                // /v1/models when it cannot list its models): its health check decides.
+                Ok(status) if status >= 500 && spec.ready_path != HEALTH_PATH => {
+                    if get(&transport, &health).await == Ok(200) {
+                        tracing::info!(
+                            "{probe_url} answers {status} but {HEALTH_PATH} answers 200: taking \
+                             the engine as ready"
+                        );
+                        return Ok(());
+                    }
+                    format!("it answered {status}")
+                }
+                Ok(status) => format!("it answered {status}"),
+                Err(e) => format!("no answer ({e})"),
+            };
             if tokio::time::Instant::now() >= deadline {
                 return Err(LaunchError::NotReady {
                     timeout: spec.ready_timeout,
                     url: probe_url,
+                    last,
                     log: spec.log.display().to_string(),
                     tail: spec.log_tail(),
                 });
@@ -234,6 +250,18 @@ impl Launched {
         }
         drop(self.lifeline.take());
     }
+}
+
+/// The health check that SGLang, vLLM and `transformers serve` all answer.
+const HEALTH_PATH: &str = "/health";
+
+/// The status of a GET, or why there was none.
+async fn get(transport: &Transport, url: &Url) -> Result<u16, String> {
+    transport
+        .send(Method::GET, url, Bytes::new(), Duration::from_secs(5))
+        .await
+        .map(|answer| answer.status)
+        .map_err(|e| e.to_string())
 }
 
 fn describe_exit(status: std::process::ExitStatus) -> String {

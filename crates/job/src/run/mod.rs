@@ -98,6 +98,8 @@ pub struct RunOptions {
     /// Stop (resumable) when no engine has answered for this long; `None`: wait as long as the
     /// completion window allows.
     pub engine_down_timeout: Option<Duration>,
+    /// Refuse to start when every engine lists its models and none is the batch's.
+    pub model_check: bool,
 }
 
 /// `OUTPUT.state`, next to the output so finalize can rename instead of copying.
@@ -139,6 +141,12 @@ pub enum RunError {
     /// The launched engine kept dying; the job is checkpointed and can be resumed.
     #[error("{0}")]
     EngineGaveUp(String),
+    /// No engine serves the batch's model.
+    #[error(
+        "the batch's model {model:?} is not served by any engine; they serve:\n{served}\nSet \
+         body.model to one of these (or add --no-model-check if the engine accepts other names)"
+    )]
+    ModelNotServed { model: String, served: String },
     /// Checkpoints kept failing; the job stopped with what the last good one recorded.
     #[error("{0}")]
     CheckpointsFailed(String),
@@ -171,7 +179,10 @@ impl RunError {
     pub fn is_usage(&self) -> bool {
         match self {
             RunError::Validate(e) => matches!(e, ValidateError::Read { .. }),
-            RunError::Invalid(..) | RunError::Paths(_) | RunError::InputChanged { .. } => true,
+            RunError::Invalid(..)
+            | RunError::Paths(_)
+            | RunError::InputChanged { .. }
+            | RunError::ModelNotServed { .. } => true,
             RunError::State(e) => !matches!(e, StateError::Io { .. }),
             RunError::Engine(e) => !matches!(e, EngineError::NoneReachable(_)),
             RunError::Io { .. }
@@ -343,7 +354,8 @@ pub async fn run_observed(
         );
     }
 
-    let starting = start_engines(&options, already < planned);
+    let model = validation.settled.as_ref().map(|s| s.model.as_str());
+    let starting = start_engines(&options, already < planned, model);
     let engines_started = tokio::select! {
         started = starting => started,
         // A model can take minutes to load: a stop meanwhile must not wait for it.
@@ -852,6 +864,7 @@ async fn stop_timers(stop: StopSignal, deadline: Option<SystemTime>, grace: Dura
 async fn start_engines(
     options: &RunOptions,
     work_left: bool,
+    model: Option<&str>,
 ) -> Result<(Engines, Option<Launched>), RunError> {
     let mut engine_options = options.engines.clone();
     let launched = match &options.launch {
@@ -864,9 +877,42 @@ async fn start_engines(
     };
     let engines = Engines::new(&engine_options)?;
     if work_left {
-        log_probes(&engines.probe().await?);
+        let probes = engines.probe().await?;
+        log_probes(&probes);
+        if options.model_check
+            && let Some(model) = model
+        {
+            check_model(&probes, model)?;
+        }
     }
     Ok((engines, launched))
+}
+
+/// Refuses a batch whose model no engine serves, when every engine listed its models: each line
+/// would only get a 400 or 404. An engine that could not list them may serve it under another
+/// name, so it lets the run go ahead.
+fn check_model(probes: &[ProbeResult], model: &str) -> Result<(), RunError> {
+    let lists: Option<Vec<(&str, &[String])>> = probes
+        .iter()
+        .map(|p| p.models.as_deref().map(|m| (p.url.as_str(), m)))
+        .collect();
+    let Some(lists) = lists else {
+        return Ok(());
+    };
+    if lists
+        .iter()
+        .any(|(_, models)| models.iter().any(|m| m == model))
+    {
+        return Ok(());
+    }
+    let served: Vec<String> = lists
+        .iter()
+        .map(|(url, models)| format!("  {url}: {}", models.join(", ")))
+        .collect();
+    Err(RunError::ModelNotServed {
+        model: model.to_owned(),
+        served: served.join("\n"),
+    })
 }
 
 fn log_probes(probes: &[ProbeResult]) {
