@@ -276,6 +276,7 @@ mod tests {
         let (base, accepted) = closing_server(2).await;
         let pool = Http1Pool::new(&base, HeaderMap::new(), Duration::from_secs(5)).expect("pool");
         let path: Uri = "/v1/x".parse().expect("path");
+        let mut resent = 0;
         for _ in 0..3 {
             let answer = pool
                 .send(
@@ -283,14 +284,17 @@ mod tests {
                     &path,
                     Bytes::from_static(b"{}"),
                     Duration::from_secs(5),
+                    &mut || resent += 1,
                 )
                 .await
                 .expect("answer");
             assert_eq!(answer.status, 200);
             assert_eq!(&answer.body[..], b"{}");
         }
-        // Two requests shared the first connection; the third found it closed and reconnected.
+        // Two requests shared the first connection; the third found it closed and reconnected
+        // (sent twice when the closing was seen only on sending).
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        assert!(resent <= 1, "{resent}");
     }
 
     #[tokio::test]
@@ -307,6 +311,7 @@ mod tests {
                 &"/".parse().expect("uri"),
                 Bytes::new(),
                 Duration::from_secs(5),
+                &mut || {},
             )
             .await
             .expect_err("refused");
