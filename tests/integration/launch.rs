@@ -153,7 +153,10 @@ fn an_engine_that_never_gets_ready_times_out_and_is_stopped() {
         .expect("run");
     assert_eq!(out.status.code(), Some(3));
     let err = stderr(&out);
-    assert!(err.contains("was not ready within 1s"), "{err}");
+    assert!(
+        err.contains("did not become ready within 1s: it answered 404"),
+        "{err}"
+    );
     assert!(
         err.contains("listening on"),
         "the message quotes the engine's log: {err}"

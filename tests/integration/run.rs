@@ -117,8 +117,11 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
     assert_eq!(s["failed"], 4);
     assert_eq!(s["failed_by_reason"]["engine_error"], 2);
     assert_eq!(s["failed_by_reason"]["engine_unavailable"], 2);
-    // 2 (busy-twice) + 1 + 1 + 2 (always-dropped) + 2 (always-503) + 2 (hangs)
-    assert_eq!(s["retries"], 10);
+    // 2 (busy-twice) + 1 + 1 + 2 (always-dropped) + 2 (always-503) + 2 (hangs), plus each
+    // dropped attempt that went out on a kept-alive connection and was sent again at once on
+    // a fresh one (4 dropped attempts at most).
+    let retries = s["retries"].as_u64().expect("retries");
+    assert!((10..=14).contains(&retries), "{retries} retries");
     assert_eq!(s["usage"]["output_tokens"], 23 * 4);
     assert!(
         !job.path("out.jsonl.state").exists(),

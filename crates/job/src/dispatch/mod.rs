@@ -460,18 +460,24 @@ fn normalise_base(url: &str) -> Result<String, EngineError> {
     Ok(base.to_owned())
 }
 
+/// Parses a `--header` as given: `Name: value`.
+pub fn parse_header(h: &str) -> Result<(HeaderName, HeaderValue), EngineError> {
+    let bad = |reason: &str| EngineError::BadHeader {
+        header: h.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let (name, value) = h.split_once(':').ok_or_else(|| bad("no ':'"))?;
+    let name = HeaderName::from_bytes(name.trim().as_bytes())
+        .map_err(|_| bad("the name is not a valid header name"))?;
+    let value = HeaderValue::from_str(value.trim())
+        .map_err(|_| bad("the value has characters a header cannot carry"))?;
+    Ok((name, value))
+}
+
 fn default_headers(options: &EngineOptions) -> Result<HeaderMap, EngineError> {
     let mut headers = HeaderMap::new();
     for h in &options.headers {
-        let bad = |reason: &str| EngineError::BadHeader {
-            header: h.clone(),
-            reason: reason.to_owned(),
-        };
-        let (name, value) = h.split_once(':').ok_or_else(|| bad("no ':'"))?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes())
-            .map_err(|_| bad("the name is not a valid header name"))?;
-        let value = HeaderValue::from_str(value.trim())
-            .map_err(|_| bad("the value has characters a header cannot carry"))?;
+        let (name, value) = parse_header(h)?;
         headers.append(name, value);
     }
     if let Some(key) = &options.api_key {
