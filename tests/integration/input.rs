@@ -208,25 +208,38 @@ fn the_same_finished_command_again_sends_nothing_and_keeps_the_results() {
 /// sends nothing again.
 #[test]
 fn a_kill_at_any_file_removal_neither_loses_nor_resends() {
+    kill_at_each_call("unlink,unlinkat,rmdir", &[]);
+}
+
+/// kill -9 at each rename (checkpoints, and finalize in completion order, where the final files
+/// are hard links of the spool): the rerun completes the job and leaves no temporary file.
+#[test]
+fn a_kill_at_any_rename_leaves_no_temporary_file() {
+    kill_at_each_call("rename,renameat,renameat2", &["--order", "completion"]);
+}
+
+/// Runs a small job under strace, killed at the n-th of `calls`, for n = 1, 2, ... until a run
+/// makes fewer calls than n; after each kill the same command must finish the job.
+fn kill_at_each_call(calls: &str, extra: &[&str]) {
     let sim = Sim::instant(&[]);
     let mut killed = 0;
     for n in 1..=40 {
         let job = Job::new();
         let input = job.input(&numbered_lines("r", 40));
-        let args = run_args(&job, input.to_str().expect("utf-8"), &[&sim.url], &[]);
-        let inject = format!("inject=unlink,unlinkat,rmdir:signal=SIGKILL:when={n}");
+        let args = run_args(&job, input.to_str().expect("utf-8"), &[&sim.url], extra);
+        let trace = format!("trace={calls}");
+        let inject = format!("inject={calls}:signal=SIGKILL:when={n}");
         let o = Command::new("strace")
-            .args(["-f", "-o", "/dev/null", "-e", "trace=unlink,unlinkat,rmdir"])
-            .args(["-e", &inject, BIN])
+            .args(["-f", "-o", "/dev/null", "-e", &trace, "-e", &inject, BIN])
             .args(&args)
             .env("BATCH_RUNNER_LOG", "warn")
             .output()
             .expect("strace must be installed");
         if o.status.success() {
-            break; // fewer than n removals: every point was tried
+            break; // fewer than n calls: every point was tried
         }
         killed += 1;
-        let finished = job.path("out.jsonl").exists();
+        let finished = job.path("out.jsonl").exists() && job.path("out.errors.jsonl").exists();
         let sent = sim.metric(REQUESTS);
         let again = cmd().args(&args).output().expect("rerun");
         assert!(again.status.success(), "when={n}: {}", stderr(&again));
@@ -235,8 +248,15 @@ fn a_kill_at_any_file_removal_neither_loses_nor_resends() {
         }
         assert!(!job.path("out.jsonl.state").exists(), "when={n}");
         assert_one_result_per_line(&job.path("out.jsonl"), 40);
+        let leftovers: Vec<_> = std::fs::read_dir(job.dir.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "when={n}: {leftovers:?}");
     }
-    assert!(killed >= 5, "only {killed} removals were tried");
+    assert!(killed >= 3, "only {killed} calls were tried");
 }
 
 /// A signal during validation stops the run at once, even one blocked on a FIFO that nobody

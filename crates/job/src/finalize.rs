@@ -306,4 +306,25 @@ mod tests {
             format!("{big}small\n")
         );
     }
+
+    /// A final file that cannot be written fails finalize, names that file, and leaves no
+    /// temporary file behind (as on a full disk).
+    #[test]
+    fn a_failure_names_the_file_and_leaves_no_temporary_file() {
+        for order in [Order::Input, Order::Completion] {
+            let dir = tempfile::tempdir().expect("temp");
+            let results = [(1, Outcome::Succeeded), (2, Outcome::EngineError)];
+            let (files, at) = spool_with(&dir.path().join("state"), &results);
+            let out = dir.path().join("out.jsonl");
+            let err = dir.path().join("gone/out.errors.jsonl");
+            let to = Destination {
+                output: &out,
+                errors: &err,
+            };
+            let e = finalize(&files, at, order, &to).expect_err("no directory for --errors");
+            assert_eq!(e.path, err, "{e}");
+            assert!(!temporary_name(&out).exists(), "{order:?}");
+            assert!(!out.exists(), "{order:?}: nothing placed");
+        }
+    }
 }
