@@ -59,34 +59,57 @@ fn an_engine_back_after_a_short_crash_gets_work_within_seconds() {
     assert_eq!(results_by_id(&job.path("out.jsonl")).len(), 2000);
 }
 
+/// An engine that never comes back: it shows as down in the metrics and the progress lines, and
+/// after --engine-down-timeout the job stops, resumable.
 #[test]
 fn no_engine_for_the_down_timeout_stops_the_job_resumably() {
     let sim = Sim::start(&["--ttft-ms", "100", "--ms-per-token", "0"]);
     let job = Job::new();
     let input = job.input(&numbered_lines("r", 500));
-    let args = run_args(
+    let mut args = run_args(
         &job,
         input.to_str().expect("utf-8"),
         &[&sim.url],
-        &["--max-concurrency", "8", "--engine-down-timeout", "3s"],
+        &["--max-concurrency", "8", "--engine-down-timeout", "4s"],
     );
-    let child = cmd()
+    args.retain(|a| a != "--progress" && a != "off");
+    args.extend(["--progress", "log", "--progress-interval", "300ms"].map(String::from));
+    args.extend(["--metrics-listen", "127.0.0.1:0"].map(String::from));
+    let mut child = cmd()
         .args(&args)
+        .env("BATCH_RUNNER_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stderr_pipe = child.stderr.take().expect("stderr");
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr_pipe).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut log = String::new();
+    let metrics = wait_for(Duration::from_secs(20), || {
+        let line = lines.recv_timeout(Duration::from_millis(100)).ok()?;
+        log.push_str(&line);
+        log.push('\n');
+        line.split("serving metrics on ").nth(1).map(str::to_owned)
+    });
     wait_for(Duration::from_secs(20), || {
         (sim.metric(REQUESTS) >= 8.0).then_some(())
     });
     drop(sim);
     let killed_at = Instant::now();
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no engine has answered for 3.0s"),
-        "{}",
-        stderr(&out)
-    );
+    wait_for(Duration::from_secs(10), || {
+        let text = http_get(&metrics).ok()?;
+        (prometheus_value(&text, "batch_runner_engines_down")? == 1.0).then_some(())
+    });
+    let status = child.wait().expect("wait");
+    reader.join().expect("stderr reader");
+    log.extend(lines.try_iter().map(|l| l + "\n"));
+    assert_eq!(status.code(), Some(75), "{log}");
+    assert!(log.contains("no engine has answered for 4.0s"), "{log}");
+    assert!(log.contains("| 1 engine down |"), "{log}");
     assert!(killed_at.elapsed() < Duration::from_secs(15));
     assert!(job.path("out.jsonl.state").exists());
 }
