@@ -130,6 +130,17 @@ fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
     assert_eq!(r.json()["filename"], "passwd");
     assert!(!dir.path().join("etc").exists() && !data.join("etc").exists());
 
+    // An upload that announces a size over the limit is refused before its body is sent.
+    let started = std::time::Instant::now();
+    let head = format!(
+        "POST /v1/files HTTP/1.1\r\nHost: x\r\n{auth}\r\nContent-Type: multipart/form-data; \
+         boundary=XYZ\r\nContent-Length: 10000000000\r\n\r\n"
+    );
+    let r = request_raw(&service.addr, head.as_bytes());
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.error()["param"], "file");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
     // Not JSONL, binary, empty, over the size limit, a bad purpose, no file.
     for (content, code) in [
         (&b"name,age\nbob,3\n"[..], 400),

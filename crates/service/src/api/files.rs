@@ -37,8 +37,10 @@ pub const EXPIRY_SECONDS: std::ops::RangeInclusive<i64> = 3600..=2_592_000;
 pub async fn create(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
+    headers: HeaderMap,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<FileObject>, ApiError> {
+    refuse_announced_oversize(&headers, app.config.max_upload_bytes)?;
     let mut multipart = multipart.map_err(|e| {
         ApiError::invalid(format!(
             "Expected a multipart/form-data body with the fields 'file' and 'purpose' ({e})"
@@ -109,6 +111,29 @@ pub async fn create(
     Ok(Json(FileObject::from(&row)))
 }
 
+/// Room for the multipart framing and the small fields around the file.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+
+/// A body whose `Content-Length` already says it is over the limit gets its 413 at once, before
+/// a byte of it is read (the limit is still enforced while streaming, for bodies without one).
+fn refuse_announced_oversize(headers: &HeaderMap, limit: u64) -> Result<(), ApiError> {
+    let announced = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match announced {
+        Some(length) if length > limit.saturating_add(MULTIPART_OVERHEAD) => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+fn too_large(limit: u64) -> ApiError {
+    ApiError::too_large(format!(
+        "The file is larger than this service's limit of {limit} bytes (--max-upload-bytes)"
+    ))
+    .param("file")
+}
+
 /// Streams the `file` part into the blob store, keeping its first bytes for the format check.
 async fn receive(
     app: &AppState,
@@ -124,11 +149,7 @@ async fn receive(
     let mut head = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(bad_multipart)? {
         if incoming.bytes + chunk.len() as u64 > limit {
-            return Err(ApiError::too_large(format!(
-                "The file is larger than this service's limit of {limit} bytes \
-                 (--max-upload-bytes)"
-            ))
-            .param("file"));
+            return Err(too_large(limit));
         }
         if head.len() < HEAD_BYTES {
             let take = (HEAD_BYTES - head.len()).min(chunk.len());
