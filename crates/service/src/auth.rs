@@ -62,9 +62,11 @@ impl Keys {
         if self.owners.is_empty() {
             return Ok(Owner(ANONYMOUS.into()));
         }
+        // The scheme is case-insensitive (RFC 9110): `bearer` and `BEARER` are `Bearer`.
         let key = authorization
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .map(str::trim)
+            .and_then(|h| h.trim_start().split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim())
             .ok_or("Missing API key: send 'Authorization: Bearer YOUR_KEY'")?;
         // Compare against every key without stopping early, so timing tells nothing.
         let mut found = None;

@@ -75,6 +75,14 @@ impl ApiError {
         )
     }
 
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request_error",
+            format!("Method {method} is not allowed on {path} (see the Allow header)"),
+        )
+    }
+
     /// 500: logged in full, reported without internals.
     pub fn internal(context: &str, error: impl std::fmt::Display) -> Self {
         tracing::error!("{context}: {error}");

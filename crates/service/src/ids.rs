@@ -24,6 +24,11 @@ pub fn batch_id() -> String {
     format!("batch_{}", sortable())
 }
 
+/// A new `req_…` id for one API request.
+pub fn request_id() -> String {
+    format!("req_{}", sortable())
+}
+
 fn sortable() -> String {
     let ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)

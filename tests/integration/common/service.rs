@@ -161,10 +161,22 @@ impl Drop for Service {
 
 pub struct Response {
     pub status: u16,
+    /// The status line and headers, as received.
+    pub head: String,
     pub body: Vec<u8>,
 }
 
 impl Response {
+    /// A header's value (the name in any case).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body)
             .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
@@ -234,7 +246,11 @@ pub fn request_raw(addr: &str, raw: &[u8]) -> Response {
     {
         body = dechunk(&body);
     }
-    Response { status, body }
+    Response {
+        status,
+        head: headers,
+        body,
+    }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {

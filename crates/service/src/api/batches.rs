@@ -47,6 +47,65 @@ pub struct ExpiresAfter {
     seconds: i64,
 }
 
+/// Reads a create request, checking its fields one by one so that an error names the field
+/// (`param`) and says what is wrong in the client's terms rather than the server's types.
+fn parse_create(body: &[u8]) -> Result<CreateBatch, ApiError> {
+    use serde_json::Value;
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid(format!("The body is not valid JSON ({e})")))?;
+    let Some(object) = value.as_object() else {
+        return Err(ApiError::invalid(
+            "The body must be a JSON object with input_file_id, endpoint and completion_window",
+        ));
+    };
+    let kind = |v: &Value| match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    for field in ["input_file_id", "endpoint", "completion_window"] {
+        match object.get(field) {
+            None | Some(Value::Null) => {
+                return Err(
+                    ApiError::invalid(format!("Missing required parameter: '{field}'"))
+                        .param(field),
+                );
+            }
+            Some(Value::String(_)) => {}
+            Some(other) => {
+                return Err(ApiError::invalid(format!(
+                    "'{field}' must be a string, not {}",
+                    kind(other)
+                ))
+                .param(field));
+            }
+        }
+    }
+    if let Some(m) = object
+        .get("metadata")
+        .filter(|m| !m.is_null() && !m.is_object())
+    {
+        return Err(ApiError::invalid(format!(
+            "'metadata' must be an object of string keys and values, not {}",
+            kind(m)
+        ))
+        .param("metadata"));
+    }
+    if let Some(e) = object.get("output_expires_after").filter(|e| !e.is_null()) {
+        let good = e["anchor"].is_string() && e["seconds"].is_i64();
+        if !good {
+            return Err(ApiError::invalid(
+                "'output_expires_after' must be {\"anchor\": \"created_at\", \"seconds\": N}",
+            )
+            .param("output_expires_after"));
+        }
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("Invalid body: {e}")))
+}
+
 #[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = CreateBatch,
     responses((status = 200, body = Batch), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
 pub async fn create(
@@ -61,8 +120,7 @@ pub async fn create(
             ApiError::invalid(format!("Cannot read the request body: {}", e.body_text()))
         }
     })?;
-    let request: CreateBatch = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid(format!("Invalid JSON body: {e}")))?;
+    let request = parse_create(&body)?;
     let endpoint = request.endpoint.as_str();
     if !batch_format::SUPPORTED_URLS.contains(&endpoint)
         && !app.config.extra_endpoints.iter().any(|e| e == endpoint)

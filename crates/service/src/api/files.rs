@@ -58,9 +58,21 @@ pub async fn create(
                 let name = clean_filename(field.file_name().unwrap_or("upload"));
                 upload = Some((receive(&app, &id, field).await?, name));
             }
-            "purpose" => purpose = Some(small_text(field).await?),
-            "expires_after[anchor]" => anchor = Some(small_text(field).await?),
-            "expires_after[seconds]" => seconds = Some(small_text(field).await?),
+            "purpose" => once(&mut purpose, "purpose", small_text(field).await?)?,
+            "expires_after[anchor]" => {
+                once(
+                    &mut anchor,
+                    "expires_after[anchor]",
+                    small_text(field).await?,
+                )?;
+            }
+            "expires_after[seconds]" => {
+                once(
+                    &mut seconds,
+                    "expires_after[seconds]",
+                    small_text(field).await?,
+                )?;
+            }
             // Fields the SDK's `extra_body` may add are ignored, as OpenAI does.
             _ => {}
         }
@@ -109,6 +121,15 @@ pub async fn create(
         return Err(e.into());
     }
     Ok(Json(FileObject::from(&row)))
+}
+
+/// Sets a form field that may appear only once: a second one is an error, not a silent
+/// override of the first.
+fn once(slot: &mut Option<String>, name: &'static str, value: String) -> Result<(), ApiError> {
+    if slot.replace(value).is_some() {
+        return Err(ApiError::invalid(format!("Only one '{name}' field is allowed")).param(name));
+    }
+    Ok(())
 }
 
 /// Room for the multipart framing and the small fields around the file.

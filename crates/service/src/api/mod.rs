@@ -90,7 +90,23 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Gives every request an id: sent back as `x-request-id` (a client can quote it to the
+/// operator), and attached to every log line written while the request is handled.
+async fn request_id(request: Request, next: Next) -> Response {
+    use tracing::Instrument;
+    let id = crate::ids::request_id();
+    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let span = tracing::info_span!("request", id = %id);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!("{method} {path} -> {}", response.status()));
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        response.headers_mut().insert("x-request-id", value);
+    }
+    response
 }
 
 async fn authenticate(State(app): State<AppState>, mut request: Request, next: Next) -> Response {
@@ -111,6 +127,7 @@ async fn not_found(request: Request) -> ApiError {
     ApiError::route_not_found(request.method().as_str(), request.uri().path())
 }
 
+/// A known route with another method: 405 (axum adds the `Allow` header).
 async fn method_not_allowed(request: Request) -> ApiError {
-    ApiError::route_not_found(request.method().as_str(), request.uri().path())
+    ApiError::method_not_allowed(request.method().as_str(), request.uri().path())
 }
