@@ -611,3 +611,17 @@ fn expired_files_are_deleted_by_the_sweeper() {
         .then_some(())
     });
 }
+
+/// An upload a crash left half-written in `files/.incoming/` is removed when the service starts.
+#[test]
+fn an_upload_left_by_a_crash_is_removed_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let incoming = data.join("files/.incoming");
+    std::fs::create_dir_all(&incoming).expect("mkdir");
+    let orphan = incoming.join("file-01ORPHAN");
+    std::fs::write(&orphan, vec![b'{'; 100_000]).expect("write");
+    let service = Service::start(&data, &[]);
+    wait_for(Duration::from_secs(10), || (!orphan.exists()).then_some(()));
+    assert_eq!(service.call("GET", "/health", None).status, 200);
+}

@@ -68,6 +68,25 @@ impl Blobs {
         Ok(Self::Local(dir))
     }
 
+    /// Removes local uploads left unfinished (a crash mid-upload) that have not been written
+    /// to for `idle`; returns how many. Object storage drops unfinished multipart uploads by its
+    /// own lifecycle rules.
+    pub fn remove_stale_incoming(&self, idle: std::time::Duration) -> io::Result<usize> {
+        let Blobs::Local(dir) = self else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for entry in std::fs::read_dir(dir.join(".incoming"))? {
+            let entry = entry?;
+            let modified = entry.metadata()?.modified()?;
+            if modified.elapsed().unwrap_or_default() >= idle {
+                absent_is_fine(std::fs::remove_file(entry.path()))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     pub async fn incoming(&self, name: &str) -> Result<Incoming, BlobError> {
         let to = match self {
             Blobs::Local(dir) => {

@@ -116,6 +116,7 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let (store, blobs) = prepare(&config.exec).await?;
+    sweeper::remove_stale_uploads(&blobs, Duration::ZERO);
     let wake = Arc::new(Notify::new());
     let (stop, scheduler) = start_scheduler(&store, config.exec.scheduler, wake.clone());
     let sweeper = tokio::spawn(sweeper::run(

@@ -7,17 +7,31 @@ use std::time::Duration;
 use crate::blobs::Blobs;
 use crate::store::{Store, now_secs};
 
+/// An upload not written to for this long was abandoned (an upload that stalls is cut off by
+/// the server's body timeout long before).
+const STALE_UPLOAD: Duration = Duration::from_secs(3600);
+
 /// Runs a sweep every `every`, forever.
 pub async fn run(store: Store, blobs: Blobs, every: Duration) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
+        remove_stale_uploads(&blobs, STALE_UPLOAD);
         match store.expire_files(now_secs()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} files reached their expires_at and were deleted"),
             Err(e) => tracing::warn!("the retention sweep failed: {e}"),
         }
         collect(&store, &blobs).await;
+    }
+}
+
+/// Removes uploads a crash left unfinished (at start, every one: none can be in progress).
+pub fn remove_stale_uploads(blobs: &Blobs, idle: Duration) {
+    match blobs.remove_stale_incoming(idle) {
+        Ok(0) => {}
+        Ok(n) => tracing::info!("removed {n} unfinished uploads left by an earlier crash"),
+        Err(e) => tracing::warn!("cannot clean the unfinished uploads: {e}"),
     }
 }
 
@@ -39,5 +53,29 @@ pub async fn collect(store: &Store, blobs: &Blobs) {
             }
             Err(e) => tracing::warn!("cannot remove the content of {}: {e}", file.id),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_uploads_idle_for_long_enough_are_removed() {
+        let dir = tempfile::tempdir().expect("temp");
+        let blobs = Blobs::local(dir.path().to_owned()).expect("blobs");
+        let incoming = dir.path().join(".incoming");
+        let old = incoming.join("file-old");
+        std::fs::write(&old, b"half").expect("write");
+        let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .and_then(|f| f.set_modified(two_hours_ago))
+            .expect("age it");
+        std::fs::write(incoming.join("file-busy"), b"being written").expect("write");
+        remove_stale_uploads(&blobs, STALE_UPLOAD);
+        assert!(!old.exists());
+        assert!(incoming.join("file-busy").exists());
     }
 }
