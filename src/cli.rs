@@ -713,6 +713,21 @@ pub struct ServeArgs {
     #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
 
+    /// Connections open at once; past it a connection is answered 503 and closed [default: the
+    /// open-file limit (raised to its hard limit at start) less 256].
+    #[arg(help_heading = "Limits", long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+
+    /// How long a client may take to send a request's headers; also how long a kept-alive
+    /// connection may sit idle before its next request.
+    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A request body (an upload) that sends nothing for this long is cut off; a slow upload
+    /// that keeps sending is not.
+    #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub body_stall_timeout: Duration,
+
     #[command(flatten)]
     pub exec: ExecArgs,
 }

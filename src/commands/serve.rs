@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use batch_service::api::ApiConfig;
 use batch_service::auth::Keys;
+use batch_service::http_server::Limits;
 use batch_service::scheduler::SchedulerConfig;
 use batch_service::settings::{WorkerSettings, parse_model_engine};
 use batch_service::window::WindowBounds;
@@ -109,6 +110,13 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
         },
         keys,
         sweep_every: args.sweep_interval,
+        limits: Limits {
+            max_connections: args
+                .max_connections
+                .map_or_else(Limits::default_max_connections, |n| n as usize),
+            header_read_timeout: args.header_read_timeout,
+            body_stall_timeout: args.body_stall_timeout,
+        },
         exec: execution(&args.exec)?,
     })
 }

@@ -625,3 +625,108 @@ fn an_upload_left_by_a_crash_is_removed_at_start() {
     wait_for(Duration::from_secs(10), || (!orphan.exists()).then_some(()));
     assert_eq!(service.call("GET", "/health", None).status, 200);
 }
+
+/// The resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+/// Waits until the server closes `stream` (a read gives end of file or a reset).
+fn closed_within(stream: &mut std::net::TcpStream, limit: Duration) -> bool {
+    use std::io::Read;
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {} // an answer (a 408 or 400) before the close
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+/// A thousand idle connections and a stalled upload neither block the service nor stay open:
+/// they are closed within the timeouts. Memory stays bounded: a second wave of a thousand reuses
+/// what the first one took instead of adding to it.
+#[test]
+fn idle_and_stalled_connections_are_closed_while_the_service_keeps_serving() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(
+        &dir.path().join("data"),
+        &["--header-read-timeout", "2s", "--body-stall-timeout", "2s"],
+    );
+    assert_eq!(service.call("GET", "/health", None).status, 200);
+    let pid = service.child.id();
+    let baseline = rss_kib(pid);
+    let mut after_wave = Vec::new();
+    for wave in 0..2 {
+        let mut idle: Vec<TcpStream> = (0..1000)
+            .map(|_| TcpStream::connect(&service.addr).expect("connect"))
+            .collect();
+        let mut slow = TcpStream::connect(&service.addr).expect("connect");
+        let head = format!(
+            "POST /v1/files HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n\
+             Content-Type: multipart/form-data; boundary=XYZ\r\nContent-Length: 100000\r\n\r\n\
+             --XYZ\r\n"
+        );
+        slow.write_all(head.as_bytes())
+            .expect("send the start of an upload");
+        // The service keeps answering, an upload included.
+        let started = std::time::Instant::now();
+        assert_eq!(service.call("GET", "/health", None).status, 200);
+        let file = service.upload("ok.jsonl", &jsonl(&numbered_lines("r", 3)));
+        assert!(file.starts_with("file-"));
+        assert!(started.elapsed() < Duration::from_secs(2), "served at once");
+        let peak = rss_kib(pid);
+        // Idle connections and the stalled upload are closed within their timeouts.
+        assert!(
+            closed_within(&mut slow, Duration::from_secs(6)),
+            "stalled upload"
+        );
+        for (i, s) in idle.iter_mut().enumerate() {
+            assert!(
+                closed_within(s, Duration::from_secs(6)),
+                "idle connection {i}"
+            );
+        }
+        drop(idle);
+        std::thread::sleep(Duration::from_millis(500));
+        after_wave.push(rss_kib(pid));
+        eprintln!(
+            "wave {wave}: RSS {baseline} KiB at start, {peak} KiB with 1000 idle connections, \
+             {} KiB after they closed",
+            after_wave[wave]
+        );
+    }
+    let first = after_wave[0].saturating_sub(baseline);
+    assert!(
+        after_wave[1].saturating_sub(after_wave[0]) < first / 2 + 1024,
+        "the second wave added memory: {after_wave:?} KiB (start {baseline} KiB)"
+    );
+    assert!(after_wave[1] < baseline + 16 * 1024, "{after_wave:?} KiB");
+}
+
+/// Past --max-connections a connection gets 503 at once instead of waiting.
+#[test]
+fn connections_over_the_cap_are_answered_503() {
+    use std::net::TcpStream;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(&dir.path().join("data"), &["--max-connections", "4"]);
+    let _held: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(&service.addr).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let r = request(&service.addr, "GET", "/health", &[], b"");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.error()["code"], "too_many_connections");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}

@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod blobs;
 pub mod error;
+pub mod http_server;
 pub mod ids;
 pub mod model;
 pub mod scheduler;
@@ -50,6 +51,8 @@ pub struct ServeConfig {
     pub api: ApiConfig,
     pub keys: Keys,
     pub sweep_every: Duration,
+    /// Connection cap and timeouts of the HTTP server.
+    pub limits: http_server::Limits,
 }
 
 /// The database, storage, engines and workers of a `serve` or a `worker-pool`.
@@ -135,8 +138,7 @@ pub async fn serve(
         }
         .work(),
     };
-    let served = axum::serve(listener, api::router(state))
-        .with_graceful_shutdown(shutdown)
+    let served = http_server::serve(listener, api::router(state), config.limits, shutdown)
         .await
         .map_err(io("the HTTP server failed"));
     sweeper.abort();
