@@ -427,7 +427,16 @@ fn a_worker_that_keeps_dying_fails_the_batch_with_the_reason() {
     assert_eq!(error["code"], "worker_failed", "{failed}");
     let message = error["message"].as_str().unwrap_or_default();
     assert!(
-        message.contains("2 times") && message.contains("GPU node on fire"),
+        message.contains("2 times") && message.contains("exit code 3"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&batch),
+        "the batch id to give the operator: {message}"
+    );
+    // Nothing of the server's insides reaches the client: no log lines, no paths.
+    assert!(
+        !message.contains("GPU node on fire") && !message.contains('/'),
         "{message}"
     );
 }

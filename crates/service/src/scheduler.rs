@@ -102,10 +102,11 @@ async fn reap(store: &Store, config: &SchedulerConfig, running: &mut HashMap<Str
             }
             _ => {
                 let log = work_dir(&config.work_root, &id).join("worker.log");
-                let message = format!("{}; {}", describe(status), log_tail(&log));
-                tracing::warn!("batch {id}: the worker died ({message})");
+                let cause = describe(status);
+                let detail = format!("{cause}; {}", log_tail(&log));
+                tracing::warn!("batch {id}: the worker died ({detail})");
                 match store
-                    .record_crash(&id, fence, config.max_crashes, &message)
+                    .record_crash(&id, fence, config.max_crashes, &cause, &detail)
                     .await
                 {
                     Ok(true) => tracing::error!(
@@ -164,8 +165,9 @@ async fn claim(store: &Store, config: &SchedulerConfig, running: &mut HashMap<St
             Err(e) => {
                 let message = format!("cannot start the worker command: {e}");
                 tracing::error!("batch {id}: {message}");
+                let cause = "the worker could not be started";
                 let _ = store
-                    .record_crash(&id, fence, config.max_crashes, &message)
+                    .record_crash(&id, fence, config.max_crashes, cause, &message)
                     .await;
             }
         }

@@ -540,14 +540,16 @@ impl Store {
         Ok(())
     }
 
-    /// Records that the worker holding `fence` died; after `max_crashes` the batch fails with
-    /// `message`. Returns true when it failed.
+    /// Records that the worker holding `fence` died (`cause`: how it ended, for the client;
+    /// `detail`: the server-side details, kept as the batch's `last_error` for the operator);
+    /// after `max_crashes` the batch fails. Returns true when it failed.
     pub async fn record_crash(
         &self,
         id: &str,
         fence: i64,
         max_crashes: i64,
-        message: &str,
+        cause: &str,
+        detail: &str,
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
@@ -556,12 +558,17 @@ impl Store {
         )
         .bind(id)
         .bind(fence)
-        .bind(message)
+        .bind(detail)
         .execute(&mut *tx)
         .await?;
+        // No server paths or log lines here: those stay in the server's log and `last_error`.
         let errors = serde_json::json!([{
             "code": "worker_failed",
-            "message": format!("the batch's worker failed {max_crashes} times; the last time: {message}"),
+            "message": format!(
+                "The worker running this batch failed {max_crashes} times (the last time: \
+                 {cause}), so the batch was stopped. Give the operator the batch id {id}: the \
+                 details are in the server's log."
+            ),
             "param": null,
             "line": null,
         }])

@@ -246,7 +246,13 @@ pub async fn crashes_fail_a_batch_after_the_limit(store: &Store) {
         .expect("won");
     assert!(
         !store
-            .record_crash("batch_c", f1, 2, "exit code 3")
+            .record_crash(
+                "batch_c",
+                f1,
+                2,
+                "exit code 3",
+                "exit code 3; log: /srv/w.log"
+            )
             .await
             .expect("crash")
     );
@@ -257,7 +263,13 @@ pub async fn crashes_fail_a_batch_after_the_limit(store: &Store) {
         .expect("won");
     assert!(
         store
-            .record_crash("batch_c", f2, 2, "killed by signal 9")
+            .record_crash(
+                "batch_c",
+                f2,
+                2,
+                "killed by signal 9",
+                "signal 9; log: /srv/w.log"
+            )
             .await
             .expect("crash")
     );
@@ -267,7 +279,12 @@ pub async fn crashes_fail_a_batch_after_the_limit(store: &Store) {
         .expect("get")
         .expect("batch");
     assert_eq!(b.status, "failed");
-    assert!(b.errors.unwrap_or_default().contains("killed by signal 9"));
+    let errors = b.errors.unwrap_or_default();
+    assert!(
+        errors.contains("killed by signal 9") && !errors.contains("/srv"),
+        "{errors}"
+    );
+    assert_eq!(b.last_error.as_deref(), Some("signal 9; log: /srv/w.log"));
 }
 
 pub async fn cancel_moves_only_running_batches(store: &Store) {
