@@ -739,3 +739,44 @@ fn connections_over_the_cap_are_answered_503() {
     assert_eq!(r.error()["code"], "too_many_connections");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// A cancel of a batch that no worker holds yet (the only slot is busy) is finished within
+/// seconds: every line is `batch_cancelled` in the error file, `total` is the file's lines, and
+/// nothing of it is sent.
+#[test]
+fn a_cancel_of_a_waiting_batch_is_finished_at_once() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "200",
+        "--ms-per-token",
+        "0",
+        "--max-running",
+        "2",
+    ]);
+    let (_dir, service) = Service::with_engine(&sim, &["--max-concurrent-batches", "1"]);
+    let busy = service.submit("busy", 400);
+    service.wait_status(&busy, &["in_progress"], LONG);
+    let waiting = service.submit("w", 25);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(service.batch(&waiting)["status"], "validating");
+    let r = service.call("POST", &format!("/v1/batches/{waiting}/cancel"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let done = service.wait_status(&waiting, &["cancelled"], Duration::from_secs(15));
+    assert_eq!(done["request_counts"]["total"], 25, "{done}");
+    assert_eq!(done["request_counts"]["completed"], 0, "{done}");
+    assert!(done["output_file_id"].is_null(), "{done}");
+    let errors = service.content(done["error_file_id"].as_str().expect("an error file"));
+    let lines: Vec<Value> = String::from_utf8_lossy(&errors)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    assert_eq!(lines.len(), 25);
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["error"]["code"] == "batch_cancelled")
+    );
+    assert_eq!(unique_ids(&errors).len(), 25);
+    // The busy batch still has the slot.
+    assert_eq!(service.batch(&busy)["status"], "in_progress");
+}

@@ -121,9 +121,24 @@ async fn reap(store: &Store, config: &SchedulerConfig, running: &mut HashMap<Str
     }
 }
 
-/// Claims batches while there is room and starts their workers.
+/// Claims batches while there is room and starts their workers. A cancelled batch does not
+/// wait for room: its worker only writes the cancellation and ends.
 async fn claim(store: &Store, config: &SchedulerConfig, running: &mut HashMap<String, Running>) {
-    let room = config.max_concurrent.saturating_sub(running.len());
+    claim_from(store, config, running, true).await;
+    claim_from(store, config, running, false).await;
+}
+
+async fn claim_from(
+    store: &Store,
+    config: &SchedulerConfig,
+    running: &mut HashMap<String, Running>,
+    cancels_only: bool,
+) {
+    let room = if cancels_only {
+        CANCELS_AT_ONCE
+    } else {
+        config.max_concurrent.saturating_sub(running.len())
+    };
     if room == 0 {
         return;
     }
@@ -133,6 +148,7 @@ async fn claim(store: &Store, config: &SchedulerConfig, running: &mut HashMap<St
             now_ms(),
             (room + running.len()) as i64,
             config.only_models.as_deref(),
+            cancels_only,
         )
         .await
     {
@@ -143,7 +159,7 @@ async fn claim(store: &Store, config: &SchedulerConfig, running: &mut HashMap<St
         }
     };
     for (id, fence) in candidates {
-        if running.len() >= config.max_concurrent {
+        if !cancels_only && running.len() >= config.max_concurrent {
             break;
         }
         if running.contains_key(&id) {
@@ -173,6 +189,9 @@ async fn claim(store: &Store, config: &SchedulerConfig, running: &mut HashMap<St
         }
     }
 }
+
+/// Cancelled batches taken at one pass beyond the running limit.
+const CANCELS_AT_ONCE: usize = 16;
 
 /// The worker command for one batch, each value quoted for `sh`.
 pub fn command_line(config: &SchedulerConfig, batch: &str, fence: i64) -> String {

@@ -81,6 +81,9 @@ pub fn state_dir(work_root: &Path, batch: &str) -> PathBuf {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Outcome {
     status: String,
+    /// The request count, when only the worker knows it (a batch cancelled before it ran).
+    #[serde(default)]
+    total: Option<i64>,
     completed: i64,
     failed: i64,
     input_tokens: i64,
@@ -170,22 +173,13 @@ impl Worker {
         }
         let state = work.join("state");
         let state_remote = self.take_over_state(&state).await?;
-        if batch.status == "cancelling" && batch.in_progress_at.is_none() && !state.exists() {
-            // Cancelled before anything ran: no files, nothing counted.
-            let outcome = Outcome {
-                status: "cancelled".into(),
-                completed: 0,
-                failed: 0,
-                input_tokens: 0,
-                output_tokens: 0,
-                progress: Progress::default(),
-            };
-            return self.register(batch, work, outcome).await;
-        }
         let input = self
             .blobs
             .local_copy(&batch.input_blob, &work.join("input.jsonl"))
             .await?;
+        if batch.status == "cancelling" && batch.in_progress_at.is_none() && !state.exists() {
+            return self.cancel_unsent(batch, work, &input).await;
+        }
         let model = match &batch.model {
             Some(model) if batch.status != "validating" => model.clone(),
             _ => match self.validate(batch, &input).await? {
@@ -193,6 +187,11 @@ impl Worker {
                 Err(end) => return Ok(end),
             },
         };
+        // A cancel that came during validation: nothing may be sent.
+        if !state.exists() && self.store.status(&self.batch).await?.as_deref() == Some("cancelling")
+        {
+            return self.cancel_unsent(batch, work, &input).await;
+        }
         let Some(urls) = self.settings.engines_for(&model) else {
             return self.fail_with(vec![no_engine(&model)]).await;
         };
@@ -413,6 +412,36 @@ impl Worker {
         )
     }
 
+    /// Ends a batch cancelled before any request was sent: every line of its input is a
+    /// `batch_cancelled` record in the error file, and `total` counts them, as when a cancel
+    /// stops a running batch.
+    async fn cancel_unsent(
+        &self,
+        batch: &BatchRow,
+        work: &Path,
+        input: &Path,
+    ) -> Result<WorkerEnd, WorkerError> {
+        let (input, errors) = (input.to_owned(), work.join("errors.jsonl"));
+        let max_line_bytes = self.validate_options().max_line_bytes;
+        let lines = tokio::task::spawn_blocking(move || {
+            batch_job::run::cancel_unsent(&input, &errors, max_line_bytes)
+        })
+        .await
+        .map_err(|e| io("cancelling")(std::io::Error::other(e)))?
+        .map_err(io("cannot write the cancelled batch's error file"))?;
+        let outcome = Outcome {
+            status: "cancelled".into(),
+            total: Some(lines as i64),
+            completed: 0,
+            failed: 0,
+            input_tokens: 0,
+            output_tokens: 0,
+            progress: Progress::default(),
+        };
+        write_outcome(&work.join("outcome.json"), &outcome)?;
+        self.register(batch, work, outcome).await
+    }
+
     /// Registers the final files as File objects and ends the batch, in one transaction.
     async fn register(
         &self,
@@ -430,6 +459,7 @@ impl Worker {
             .adopt(batch, &work.join("errors.jsonl"), "error")
             .await?;
         let finish = Finish {
+            total: outcome.total,
             status: match outcome.status.as_str() {
                 "completed" => "completed",
                 "expired" => "expired",
@@ -520,6 +550,7 @@ fn outcome_of(status: &str, summary: &RunSummary, stats: Option<&Stats>) -> Outc
     let (latency_count, latency_sum) = stats.map(Stats::latency).unwrap_or_default();
     Outcome {
         status: status.into(),
+        total: None,
         completed: summary.succeeded as i64,
         failed: summary.failed as i64,
         input_tokens: summary.usage.input_tokens as i64,

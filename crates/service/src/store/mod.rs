@@ -112,6 +112,9 @@ pub struct Counts {
 #[derive(Debug, Clone)]
 pub struct Finish {
     pub status: &'static str,
+    /// The batch's request count, when the worker learned it only now (a batch cancelled
+    /// before it ran); `None` keeps the one validation recorded.
+    pub total: Option<i64>,
     pub counts: Counts,
     pub progress: String,
     pub output: Option<FileRow>,
@@ -465,7 +468,13 @@ impl Store {
         now_ms: i64,
         limit: i64,
         models: Option<&[String]>,
+        cancels_only: bool,
     ) -> Result<Vec<(String, i64)>> {
+        let statuses = if cancels_only {
+            "('cancelling')"
+        } else {
+            "('validating', 'in_progress', 'finalizing', 'cancelling')"
+        };
         let filter = match models {
             None => String::new(),
             Some([]) => return Ok(Vec::new()),
@@ -476,8 +485,7 @@ impl Store {
             }
         };
         let mut query = sqlx::query(sql(format!(
-            "SELECT id, fence FROM batches WHERE status IN \
-             ('validating', 'in_progress', 'finalizing', 'cancelling') AND lease_until < $1\
+            "SELECT id, fence FROM batches WHERE status IN {statuses} AND lease_until < $1\
              {filter} ORDER BY id LIMIT $2"
         )))
         .bind(now_ms)
@@ -705,7 +713,7 @@ impl Store {
         let done = sqlx::query(sql(format!(
             "UPDATE batches SET status = $3, {column} = $4, output_file_id = $5, \
              error_file_id = $6, completed = $7, failed = $8, input_tokens = $9, \
-             output_tokens = $10, progress = $11, lease_until = 0, \
+             output_tokens = $10, progress = $11, lease_until = 0, total = COALESCE($12, total), \
              finalizing_at = CASE WHEN $3 = 'completed' THEN COALESCE(finalizing_at, $4) \
              ELSE finalizing_at END WHERE id = $1 AND fence = $2"
         )))
@@ -720,6 +728,7 @@ impl Store {
         .bind(finish.counts.input_tokens)
         .bind(finish.counts.output_tokens)
         .bind(&finish.progress)
+        .bind(finish.total)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {

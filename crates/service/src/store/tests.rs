@@ -107,7 +107,7 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
     let lease = Duration::from_secs(60);
     let claimable = || async {
         let found = store
-            .claimable(now_ms(), 10, None)
+            .claimable(now_ms(), 10, None, false)
             .await
             .expect("claimable");
         found
@@ -155,6 +155,7 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
         Err(LeaseLost)
     );
     let stale = Finish {
+        total: None,
         status: "completed",
         counts: counts.clone(),
         progress: "{}".into(),
@@ -180,6 +181,7 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
         .expect("report");
     assert_eq!(status, Ok("in_progress".to_owned()));
     let done = Finish {
+        total: None,
         output: Some(file("file-out", "a", None)),
         ..stale
     };
@@ -205,28 +207,28 @@ pub async fn pools_claim_only_their_models(store: &Store) {
     let ids = |found: Vec<(String, i64)>| found.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
     let llama = ["llama".to_owned(), "qwen".to_owned()];
     let found = store
-        .claimable(now_ms(), 100, Some(&llama))
+        .claimable(now_ms(), 100, Some(&llama), false)
         .await
         .expect("claimable");
     assert_eq!(ids(found), ["batch_m"]);
     let other = ["mistral".to_owned()];
     assert!(
         store
-            .claimable(now_ms(), 100, Some(&other))
+            .claimable(now_ms(), 100, Some(&other), false)
             .await
             .expect("claimable")
             .is_empty()
     );
     assert!(
         store
-            .claimable(now_ms(), 100, Some(&[]))
+            .claimable(now_ms(), 100, Some(&[]), false)
             .await
             .expect("claimable")
             .is_empty()
     );
     assert!(
         ids(store
-            .claimable(now_ms(), 100, None)
+            .claimable(now_ms(), 100, None, false)
             .await
             .expect("claimable"))
         .contains(&"batch_m".to_owned())
