@@ -439,6 +439,13 @@ fn a_worker_that_keeps_dying_fails_the_batch_with_the_reason() {
         !message.contains("GPU node on fire") && !message.contains('/'),
         "{message}"
     );
+    // Nothing ran: the one line is in the error file as batch_failed.
+    let failed = wait_for(Duration::from_secs(20), || {
+        let b = service.batch(&batch);
+        b["error_file_id"].is_string().then_some(b)
+    });
+    let errors = service.content(failed["error_file_id"].as_str().expect("an error file"));
+    assert!(String::from_utf8_lossy(&errors).contains("\"batch_failed\""));
 }
 
 #[test]
@@ -779,4 +786,65 @@ fn a_cancel_of_a_waiting_batch_is_finished_at_once() {
     assert_eq!(unique_ids(&errors).len(), 25);
     // The busy batch still has the slot.
     assert_eq!(service.batch(&busy)["status"], "in_progress");
+}
+
+/// A batch whose worker dies again and again after finishing part of it fails, and still
+/// publishes what was finished: the successes in its output file, every other line in its error
+/// file (`batch_failed` for the ones that never ran); its work directory is removed.
+#[test]
+fn a_failed_batch_publishes_what_it_finished() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "100",
+        "--ms-per-token",
+        "0",
+        "--max-running",
+        "4",
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let template = "timeout -s KILL 2 {exe} worker --data-dir {data_dir} --batch {batch} \
+                    --fence {fence} --lifeline-stdin";
+    let service = Service::start(
+        &data,
+        &[
+            "--engine-url",
+            &sim.url,
+            "--worker-command",
+            template,
+            "--max-worker-restarts",
+            "1",
+            "--checkpoint-interval",
+            "100ms",
+        ],
+    );
+    let n = 2000;
+    let batch = service.submit("f", n);
+    let failed = service.wait_status(&batch, &["failed", "completed"], LONG);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let done = wait_for(Duration::from_secs(20), || {
+        let b = service.batch(&batch);
+        b["error_file_id"].is_string().then_some(b)
+    });
+    let output = service.content(done["output_file_id"].as_str().expect("an output file"));
+    let errors = service.content(done["error_file_id"].as_str().expect("an error file"));
+    let succeeded = unique_ids(&output).len();
+    assert!(succeeded > 0, "something was finished before the kills");
+    assert_eq!(
+        done["request_counts"]["completed"], succeeded as i64,
+        "{done}"
+    );
+    let mut all = unique_ids(&output);
+    all.extend(unique_ids(&errors));
+    assert_eq!(all.len(), n, "every line in the two files");
+    assert_eq!(
+        crate::common::count_lines(&output) + crate::common::count_lines(&errors),
+        n,
+        "and only once"
+    );
+    assert!(String::from_utf8_lossy(&errors).contains("\"batch_failed\""));
+    assert!(
+        !data.join("work").join(&batch).exists(),
+        "the work directory is removed"
+    );
 }

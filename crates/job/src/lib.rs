@@ -18,7 +18,8 @@
 //! - [`remote`]: inputs and results at http(s) URLs, and uploads that failed;
 //! - [`progress`], [`metrics`], [`summary`], [`status`]: what the operator sees while and after
 //!   it runs; [`outcome`]: how each line ended;
-//! - [`run`]: wires the stages together; [`duration`] parses the durations flags take.
+//! - [`run`]: wires the stages together; [`salvage`]: the final files of a job that cannot run
+//!   any more (or was cancelled before it ran); [`duration`] parses the durations flags take.
 
 pub mod bitset;
 pub mod deadline;
@@ -38,6 +39,7 @@ pub mod reader;
 pub mod remote;
 pub mod retry_failed;
 pub mod run;
+pub mod salvage;
 pub mod sink;
 pub mod spool;
 pub mod state;

@@ -102,12 +102,15 @@ async fn prepare(exec: &Execution) -> Result<(Store, Blobs), ServeError> {
 /// Runs the scheduler (when it may run any batch) until `stop` turns true.
 fn start_scheduler(
     store: &Store,
+    blobs: &Blobs,
     config: SchedulerConfig,
     wake: Arc<Notify>,
 ) -> (watch::Sender<bool>, Option<tokio::task::JoinHandle<()>>) {
     let (stop_tx, stop_rx) = watch::channel(false);
-    let task = (config.max_concurrent > 0)
-        .then(|| tokio::spawn(scheduler::run(store.clone(), config, wake, stop_rx)));
+    let task = (config.max_concurrent > 0).then(|| {
+        let (store, blobs) = (store.clone(), blobs.clone());
+        tokio::spawn(scheduler::run(store, blobs, config, wake, stop_rx))
+    });
     (stop_tx, task)
 }
 
@@ -121,7 +124,7 @@ pub async fn serve(
     let (store, blobs) = prepare(&config.exec).await?;
     sweeper::remove_stale_uploads(&blobs, Duration::ZERO);
     let wake = Arc::new(Notify::new());
-    let (stop, scheduler) = start_scheduler(&store, config.exec.scheduler, wake.clone());
+    let (stop, scheduler) = start_scheduler(&store, &blobs, config.exec.scheduler, wake.clone());
     let sweeper = tokio::spawn(sweeper::run(
         store.clone(),
         blobs.clone(),
@@ -154,7 +157,7 @@ pub async fn run_pool(
     exec: Execution,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let (store, _blobs) = prepare(&exec).await?;
+    let (store, blobs) = prepare(&exec).await?;
     tracing::info!(
         "worker pool: up to {} batches at once{}",
         exec.scheduler.max_concurrent,
@@ -163,7 +166,8 @@ pub async fn run_pool(
             None => String::new(),
         }
     );
-    let (stop, scheduler) = start_scheduler(&store, exec.scheduler, Arc::new(Notify::new()));
+    let (stop, scheduler) =
+        start_scheduler(&store, &blobs, exec.scheduler, Arc::new(Notify::new()));
     shutdown.await;
     let _ = stop.send(true);
     if let Some(task) = scheduler {

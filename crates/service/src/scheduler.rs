@@ -20,6 +20,7 @@ use std::time::Duration;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Notify, watch};
 
+use crate::blobs::Blobs;
 use crate::store::{Store, now_ms};
 use crate::worker::work_dir;
 
@@ -63,13 +64,14 @@ struct Running {
 /// Runs until `shutdown` turns true, then stops the workers and waits for them.
 pub async fn run(
     store: Store,
+    blobs: Blobs,
     config: SchedulerConfig,
     wake: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
-        reap(&store, &config, &mut running).await;
+        reap(&store, &blobs, &config, &mut running).await;
         claim(&store, &config, &mut running).await;
         tokio::select! {
             () = wake.notified() => {}
@@ -84,7 +86,12 @@ pub async fn run(
 }
 
 /// Notices workers that exited.
-async fn reap(store: &Store, config: &SchedulerConfig, running: &mut HashMap<String, Running>) {
+async fn reap(
+    store: &Store,
+    blobs: &Blobs,
+    config: &SchedulerConfig,
+    running: &mut HashMap<String, Running>,
+) {
     let mut exited = Vec::new();
     for (id, worker) in running.iter_mut() {
         match worker.child.try_wait() {
@@ -109,10 +116,19 @@ async fn reap(store: &Store, config: &SchedulerConfig, running: &mut HashMap<Str
                     .record_crash(&id, fence, config.max_crashes, &cause, &detail)
                     .await
                 {
-                    Ok(true) => tracing::error!(
-                        "batch {id} failed: its worker died {} times",
-                        config.max_crashes
-                    ),
+                    Ok(true) => {
+                        tracing::error!(
+                            "batch {id} failed: its worker died {} times",
+                            config.max_crashes
+                        );
+                        // What it finished is the user's: publish it.
+                        if let Err(e) =
+                            crate::worker::publish_failed(store, blobs, &config.work_root, &id)
+                                .await
+                        {
+                            tracing::error!("cannot publish the results of failed batch {id}: {e}");
+                        }
+                    }
                     Ok(false) => {}
                     Err(e) => tracing::warn!("cannot record the crash of {id}'s worker: {e}"),
                 }

@@ -421,17 +421,15 @@ impl Worker {
         work: &Path,
         input: &Path,
     ) -> Result<WorkerEnd, WorkerError> {
-        let (input, errors) = (input.to_owned(), work.join("errors.jsonl"));
         let max_line_bytes = self.validate_options().max_line_bytes;
-        let lines = tokio::task::spawn_blocking(move || {
-            batch_job::run::cancel_unsent(&input, &errors, max_line_bytes)
-        })
-        .await
-        .map_err(|e| io("cancelling")(std::io::Error::other(e)))?
-        .map_err(io("cannot write the cancelled batch's error file"))?;
+        let ending = Ending {
+            code: "batch_cancelled",
+            message: batch_job::run::CANCELLED_MESSAGE,
+        };
+        let salvaged = final_files(work, input, max_line_bytes, ending).await?;
         let outcome = Outcome {
             status: "cancelled".into(),
-            total: Some(lines as i64),
+            total: Some(salvaged.unfinished as i64),
             completed: 0,
             failed: 0,
             input_tokens: 0,
@@ -452,12 +450,8 @@ impl Worker {
         if outcome.status == "completed" {
             self.store.finalizing(&self.batch, self.fence).await?;
         }
-        let output = self
-            .adopt(batch, &work.join("output.jsonl"), "output")
-            .await?;
-        let errors = self
-            .adopt(batch, &work.join("errors.jsonl"), "error")
-            .await?;
+        let output = adopt(&self.blobs, batch, &work.join("output.jsonl"), "output").await?;
+        let errors = adopt(&self.blobs, batch, &work.join("errors.jsonl"), "error").await?;
         let finish = Finish {
             total: outcome.total,
             status: match outcome.status.as_str() {
@@ -486,38 +480,121 @@ impl Worker {
             }
         }
     }
+}
 
-    /// A result file as a new File object (`None` when it is empty or missing), linked into the
-    /// blob store: the work copy stays until the batch is recorded, so a crash in between loses
-    /// nothing.
-    async fn adopt(
-        &self,
-        batch: &BatchRow,
-        path: &Path,
-        kind: &str,
-    ) -> Result<Option<FileRow>, WorkerError> {
-        let bytes = match std::fs::metadata(path) {
-            Ok(m) => m.len(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(format!("cannot read {}", path.display()))(e)),
+/// How the lines of a batch that cannot run end: the code and message of their error lines.
+#[derive(Debug, Clone, Copy)]
+pub struct Ending {
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+/// The message of the lines a failed batch never ran.
+pub const FAILED_MESSAGE: &str =
+    "This request was not executed because the batch failed (its worker kept failing).";
+
+/// Writes a batch's final files into `work` from its job state there (none: nothing ran), every
+/// line without a result ending as `ending` says.
+pub async fn final_files(
+    work: &Path,
+    input: &Path,
+    max_line_bytes: usize,
+    ending: Ending,
+) -> Result<batch_job::salvage::Salvaged, WorkerError> {
+    let (work, input) = (work.to_owned(), input.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let (output, errors) = (work.join("output.jsonl"), work.join("errors.jsonl"));
+        let to = batch_job::finalize::Destination {
+            output: &output,
+            errors: &errors,
         };
-        if bytes == 0 {
-            return Ok(None);
-        }
-        let id = ids::file_id();
-        self.blobs.store_file(path, &id).await?;
-        let created_at = now_secs();
-        Ok(Some(FileRow {
-            id: id.clone(),
-            owner: batch.owner.clone(),
-            filename: format!("{}_{kind}.jsonl", batch.id),
-            purpose: "batch_output".into(),
-            bytes: bytes as i64,
-            created_at,
-            expires_at: batch.output_expires_seconds.map(|s| created_at + s),
-            blob: id,
-        }))
+        let state = work.join("state");
+        batch_job::salvage::salvage(
+            &state,
+            &input,
+            &to,
+            max_line_bytes,
+            ending.code,
+            ending.message,
+        )
+    })
+    .await
+    .map_err(|e| io("writing the final files")(std::io::Error::other(e)))?
+    .map_err(io("cannot write the batch's final files"))
+}
+
+/// Publishes what a batch that failed (its worker kept dying) had finished: the successes as its
+/// output file, the failures and every unfinished line (`batch_failed`) as its error file; then
+/// removes its work directory. The batch stays `failed`.
+pub async fn publish_failed(
+    store: &Store,
+    blobs: &Blobs,
+    work_root: &Path,
+    id: &str,
+) -> Result<(), WorkerError> {
+    let Some(batch) = store.batch_by_id(id).await? else {
+        return Ok(());
+    };
+    let work = work_dir(work_root, id);
+    std::fs::create_dir_all(&work).map_err(io(format!("cannot create {}", work.display())))?;
+    let input = blobs
+        .local_copy(&batch.input_blob, &work.join("input.jsonl"))
+        .await?;
+    let ending = Ending {
+        code: "batch_failed",
+        message: FAILED_MESSAGE,
+    };
+    let max_line_bytes = batch_job::validate::DEFAULT_MAX_LINE_BYTES;
+    let salvaged = final_files(&work, &input, max_line_bytes, ending).await?;
+    let output = adopt(blobs, &batch, &work.join("output.jsonl"), "output").await?;
+    let errors = adopt(blobs, &batch, &work.join("errors.jsonl"), "error").await?;
+    let counts = Counts {
+        completed: salvaged.succeeded as i64,
+        failed: salvaged.failed as i64,
+        input_tokens: batch.input_tokens,
+        output_tokens: batch.output_tokens,
+    };
+    store.attach_results(id, output, errors, &counts).await?;
+    tracing::info!(
+        "batch {id} failed; its results are published: {} succeeded, {} failed, {} not run",
+        salvaged.succeeded,
+        salvaged.failed,
+        salvaged.unfinished
+    );
+    absent_is_fine(std::fs::remove_dir_all(&work))
+        .map_err(io(format!("cannot remove {}", work.display())))
+}
+
+/// A result file as a new File object (`None` when it is empty or missing), linked into the
+/// blob store: the work copy stays until the batch is recorded, so a crash in between loses
+/// nothing.
+async fn adopt(
+    blobs: &Blobs,
+    batch: &BatchRow,
+    path: &Path,
+    kind: &str,
+) -> Result<Option<FileRow>, WorkerError> {
+    let bytes = match std::fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(format!("cannot read {}", path.display()))(e)),
+    };
+    if bytes == 0 {
+        return Ok(None);
     }
+    let id = ids::file_id();
+    blobs.store_file(path, &id).await?;
+    let created_at = now_secs();
+    Ok(Some(FileRow {
+        id: id.clone(),
+        owner: batch.owner.clone(),
+        filename: format!("{}_{kind}.jsonl", batch.id),
+        purpose: "batch_output".into(),
+        bytes: bytes as i64,
+        created_at,
+        expires_at: batch.output_expires_seconds.map(|s| created_at + s),
+        blob: id,
+    }))
 }
 
 fn batch_error(

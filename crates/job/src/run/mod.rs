@@ -34,7 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use dispatcher::Ended;
 use dispatcher::{Shared, dispatch};
-use execute::Ids;
+pub(crate) use execute::Ids;
 pub use execute::{CANCELLED_MESSAGE, EXPIRED_MESSAGE};
 use feed::Feed;
 use supervise::Supervisor;
@@ -652,39 +652,6 @@ fn writable_dir(dir: &Path) -> std::io::Result<()> {
         .map(drop)
 }
 
-/// The error file of a job cancelled before anything was sent: one `batch_cancelled` record for
-/// each non-blank line of `input` (its `custom_id` when it has one), written to `errors` whole
-/// (a temporary name, synced, renamed). Returns how many lines there were.
-pub fn cancel_unsent(input: &Path, errors: &Path, max_line_bytes: usize) -> std::io::Result<u64> {
-    use std::io::Write;
-    let ids = Ids::new(crate::random_tag());
-    let mut reader = crate::reader::LineReader::new(std::fs::File::open(input)?, max_line_bytes);
-    let temp = errors.with_extension("jsonl.tmp");
-    let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
-    let mut lines = 0;
-    while let Some(line) = reader.next_line()? {
-        if line.content.is_blank() {
-            continue;
-        }
-        let custom_id = match line.content {
-            crate::reader::Content::Text(text) => batch_format::input::custom_id_of(text),
-            crate::reader::Content::TooLong => None,
-        };
-        let record = ids.error(
-            line.number,
-            custom_id.as_deref(),
-            crate::outcome::Outcome::Cancelled,
-            "batch_cancelled",
-            CANCELLED_MESSAGE,
-        );
-        out.write_all(&record.bytes)?;
-        lines += 1;
-    }
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    std::fs::rename(&temp, errors)?;
-    Ok(lines)
-}
-
 /// Refuses outputs that would overwrite the input or each other.
 fn check_paths(options: &RunOptions) -> Result<(), RunError> {
     let input = same_file_key(&options.input);
@@ -985,28 +952,6 @@ async fn start_metrics(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_unsent_job_cancels_every_line() {
-        let dir = tempfile::tempdir().expect("temp");
-        let input = dir.path().join("in.jsonl");
-        std::fs::write(&input, "{\"custom_id\":\"a\"}\n\nnot json\n").expect("write");
-        let errors = dir.path().join("errors.jsonl");
-        assert_eq!(cancel_unsent(&input, &errors, 1 << 20).expect("cancel"), 2);
-        let text = std::fs::read_to_string(&errors).expect("errors");
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("json"))
-            .collect();
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0]["custom_id"], "a");
-        assert!(lines[1]["custom_id"].is_null());
-        assert!(
-            lines
-                .iter()
-                .all(|l| l["error"]["code"] == "batch_cancelled")
-        );
-    }
 
     #[test]
     fn the_default_state_dir_sits_next_to_the_output() {

@@ -739,6 +739,35 @@ impl Store {
         Ok(Ok(()))
     }
 
+    /// Attaches the result files of a batch that failed (what it had finished) and their counts;
+    /// only a `failed` batch without files yet is changed.
+    pub async fn attach_results(
+        &self,
+        id: &str,
+        output: Option<FileRow>,
+        errors: Option<FileRow>,
+        counts: &Counts,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for file in [&output, &errors].into_iter().flatten() {
+            insert_file(&mut *tx, file).await?;
+        }
+        sqlx::query(
+            "UPDATE batches SET output_file_id = $2, error_file_id = $3, completed = $4, \
+             failed = $5 WHERE id = $1 AND status = 'failed' AND output_file_id IS NULL \
+             AND error_file_id IS NULL",
+        )
+        .bind(id)
+        .bind(output.as_ref().map(|f| f.id.clone()))
+        .bind(errors.as_ref().map(|f| f.id.clone()))
+        .bind(counts.completed)
+        .bind(counts.failed)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     // ----- metrics -----
 
     /// Batches by status.
