@@ -816,6 +816,8 @@ fn a_failed_batch_publishes_what_it_finished() {
             "1",
             "--checkpoint-interval",
             "100ms",
+            "--report-interval",
+            "100ms",
         ],
     );
     let n = 2000;
@@ -846,5 +848,14 @@ fn a_failed_batch_publishes_what_it_finished() {
     assert!(
         !data.join("work").join(&batch).exists(),
         "the work directory is removed"
+    );
+    // Nothing of it is in flight any more; the latency it saw stays counted.
+    let metrics = service.call("GET", "/metrics", None).text();
+    let value = |name| crate::common::prometheus_value(&metrics, name).unwrap_or(-1.0);
+    assert_eq!(value("batch_runner_requests_in_flight"), 0.0, "{metrics}");
+    // (Each worker reports its latency on top of what the earlier ones reported.)
+    assert!(
+        value("batch_runner_engine_latency_seconds_count") > 0.0,
+        "{metrics}"
     );
 }

@@ -232,13 +232,14 @@ impl Worker {
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());
         let keep = observed.clone();
+        let latency = LatencyBase::of(batch);
         let reporter = tokio::spawn(report_loop(
             self.store.clone(),
             self.batch.clone(),
             self.fence,
             self.settings.report_every,
             stop.clone(),
-            stats_rx,
+            (stats_rx, latency),
         ));
         let result = run_observed(options, stop, move |stats| {
             let _ = keep.set(stats.clone());
@@ -257,7 +258,11 @@ impl Worker {
             JobStatus::Cancelled => "cancelled",
             JobStatus::Interrupted => return Ok(WorkerEnd::GaveUp),
         };
-        let outcome = outcome_of(status, &summary, observed.get().map(Arc::as_ref));
+        let outcome = outcome_of(
+            status,
+            &summary,
+            latency.with(observed.get().map(Arc::as_ref)),
+        );
         write_outcome(&outcome_path, &outcome)?;
         self.register(batch, work, outcome).await
     }
@@ -554,7 +559,15 @@ pub async fn publish_failed(
         input_tokens: batch.input_tokens,
         output_tokens: batch.output_tokens,
     };
-    store.attach_results(id, output, errors, &counts).await?;
+    // Nothing is in flight any more; the latency seen so far stays in the metrics.
+    let mut progress = earlier_progress(&batch);
+    progress.in_flight = 0;
+    progress.eta_seconds = None;
+    progress.requests_per_second = 0.0;
+    let progress = serde_json::to_string(&progress).unwrap_or_default();
+    store
+        .attach_results(id, output, errors, &counts, &progress)
+        .await?;
     tracing::info!(
         "batch {id} failed; its results are published: {} succeeded, {} failed, {} not run",
         salvaged.succeeded,
@@ -563,6 +576,39 @@ pub async fn publish_failed(
     );
     absent_is_fine(std::fs::remove_dir_all(&work))
         .map_err(io(format!("cannot remove {}", work.display())))
+}
+
+/// The progress an earlier worker of the batch last reported (default: none).
+fn earlier_progress(batch: &BatchRow) -> Progress {
+    batch
+        .progress
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_default()
+}
+
+/// Engine latency counters carried over from earlier workers of the batch, so the service's
+/// latency metrics (counters) never go back when a worker is restarted.
+#[derive(Debug, Clone, Copy, Default)]
+struct LatencyBase {
+    count: u64,
+    sum_seconds: f64,
+}
+
+impl LatencyBase {
+    fn of(batch: &BatchRow) -> Self {
+        let p = earlier_progress(batch);
+        Self {
+            count: p.latency_count,
+            sum_seconds: p.latency_sum_seconds,
+        }
+    }
+
+    /// This worker's latency counters (`stats`) on top of the earlier ones.
+    fn with(self, stats: Option<&Stats>) -> (u64, f64) {
+        let (count, sum) = stats.map(Stats::latency).unwrap_or_default();
+        (self.count + count, self.sum_seconds + sum.as_secs_f64())
+    }
 }
 
 /// A result file as a new File object (`None` when it is empty or missing), linked into the
@@ -623,8 +669,8 @@ fn no_engine(model: &str) -> BatchError {
     )
 }
 
-fn outcome_of(status: &str, summary: &RunSummary, stats: Option<&Stats>) -> Outcome {
-    let (latency_count, latency_sum) = stats.map(Stats::latency).unwrap_or_default();
+fn outcome_of(status: &str, summary: &RunSummary, latency: (u64, f64)) -> Outcome {
+    let (latency_count, latency_sum) = latency;
     Outcome {
         status: status.into(),
         total: None,
@@ -637,7 +683,7 @@ fn outcome_of(status: &str, summary: &RunSummary, stats: Option<&Stats>) -> Outc
             not_run: summary.expired + summary.cancelled,
             requests_per_second: (summary.requests_per_second * 10.0).round() / 10.0,
             latency_count,
-            latency_sum_seconds: latency_sum.as_secs_f64(),
+            latency_sum_seconds: latency_sum,
             ..Progress::default()
         },
     }
@@ -708,16 +754,15 @@ async fn report_loop(
     fence: i64,
     every: Duration,
     stop: StopSignal,
-    stats: tokio::sync::oneshot::Receiver<Arc<Stats>>,
+    (stats, latency): (tokio::sync::oneshot::Receiver<Arc<Stats>>, LatencyBase),
 ) {
     let Ok(stats) = stats.await else { return };
     let started = SystemTime::now();
-    let start_done = stats.done();
     let mut tick = tokio::time::interval(every);
     let mut written: Option<(Counts, Progress, u64, Instant)> = None;
     loop {
         tick.tick().await;
-        let (counts, progress) = snapshot(&stats, started, start_done);
+        let (counts, progress) = snapshot(&stats, started, latency);
         let done = stats.done();
         // Progress is batched: a write once RESULTS_PER_WRITE more results are in, or once the
         // counters have waited QUIET_WRITES periods; otherwise only the status is read (to see
@@ -750,7 +795,7 @@ async fn report_loop(
     }
 }
 
-fn snapshot(stats: &Stats, started: SystemTime, start_done: u64) -> (Counts, Progress) {
+fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts, Progress) {
     use batch_job::metrics::Outcome;
     let done = stats.done();
     let not_run = stats.count(Outcome::Expired) + stats.count(Outcome::Cancelled);
@@ -761,13 +806,14 @@ fn snapshot(stats: &Stats, started: SystemTime, start_done: u64) -> (Counts, Pro
         output_tokens: Stats::load(&stats.output_tokens) as i64,
     };
     let elapsed = started.elapsed().unwrap_or_default().as_secs_f64();
+    // Requests sent, not expired or cancelled lines written at the end.
     let rate = if elapsed > 0.0 {
-        done.saturating_sub(start_done) as f64 / elapsed
+        stats.sent_now() as f64 / elapsed
     } else {
         0.0
     };
     let left = Stats::load(&stats.planned).saturating_sub(done);
-    let (latency_count, latency_sum) = stats.latency();
+    let (latency_count, latency_sum) = latency.with(Some(stats));
     let progress = Progress {
         in_flight: Stats::load(&stats.in_flight),
         retried: Stats::load(&stats.retries),
@@ -775,7 +821,7 @@ fn snapshot(stats: &Stats, started: SystemTime, start_done: u64) -> (Counts, Pro
         requests_per_second: (rate * 10.0).round() / 10.0,
         eta_seconds: (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64),
         latency_count,
-        latency_sum_seconds: latency_sum.as_secs_f64(),
+        latency_sum_seconds: latency_sum,
         worker_restarts: 0,
         partial_results_path: None,
     };

@@ -629,9 +629,17 @@ impl Store {
         counts: &Counts,
         progress: &str,
     ) -> Result<std::result::Result<String, LeaseLost>> {
+        // A restarted worker counts again from its last checkpoint: the counts a client sees
+        // never go back (the final ones, set by `finish`, are exact).
         let done = sqlx::query(
-            "UPDATE batches SET completed = $3, failed = $4, input_tokens = $5, \
-             output_tokens = $6, progress = $7 WHERE id = $1 AND fence = $2",
+            "UPDATE batches SET \
+             completed = CASE WHEN $3 > COALESCE(completed, 0) THEN $3 ELSE completed END, \
+             failed = CASE WHEN $4 > COALESCE(failed, 0) THEN $4 ELSE failed END, \
+             input_tokens = CASE WHEN $5 > COALESCE(input_tokens, 0) THEN $5 \
+             ELSE input_tokens END, \
+             output_tokens = CASE WHEN $6 > COALESCE(output_tokens, 0) THEN $6 \
+             ELSE output_tokens END, \
+             progress = $7 WHERE id = $1 AND fence = $2",
         )
         .bind(id)
         .bind(fence)
@@ -747,6 +755,7 @@ impl Store {
         output: Option<FileRow>,
         errors: Option<FileRow>,
         counts: &Counts,
+        progress: &str,
     ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         for file in [&output, &errors].into_iter().flatten() {
@@ -754,14 +763,15 @@ impl Store {
         }
         sqlx::query(
             "UPDATE batches SET output_file_id = $2, error_file_id = $3, completed = $4, \
-             failed = $5 WHERE id = $1 AND status = 'failed' AND output_file_id IS NULL \
-             AND error_file_id IS NULL",
+             failed = $5, progress = $6 WHERE id = $1 AND status = 'failed' \
+             AND output_file_id IS NULL AND error_file_id IS NULL",
         )
         .bind(id)
         .bind(output.as_ref().map(|f| f.id.clone()))
         .bind(errors.as_ref().map(|f| f.id.clone()))
         .bind(counts.completed)
         .bind(counts.failed)
+        .bind(progress)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -180,6 +180,24 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
         .await
         .expect("report");
     assert_eq!(status, Ok("in_progress".to_owned()));
+    // A restarted worker reports from its last checkpoint, behind what was shown: the counts a
+    // client sees never go back.
+    let behind = Counts {
+        completed: 1,
+        failed: 2,
+        ..Counts::default()
+    };
+    store
+        .report("batch_x", 2, &behind, "{}")
+        .await
+        .expect("report")
+        .expect("owner");
+    let b = store
+        .batch("a", "batch_x")
+        .await
+        .expect("get")
+        .expect("batch");
+    assert_eq!((b.completed, b.failed), (3, 2));
     let done = Finish {
         total: None,
         output: Some(file("file-out", "a", None)),
