@@ -859,3 +859,45 @@ fn a_failed_batch_publishes_what_it_finished() {
         "{metrics}"
     );
 }
+
+/// `/openapi.json` is a valid OpenAPI 3.1 document (checked by `openapi-spec-validator`), and
+/// the live service answers as it says: schemathesis sends generated requests to every operation
+/// (a fixed seed, bounded examples) and checks every answer against the document: no 5xx, the
+/// documented status codes, content types, headers and schemas, auth enforced.
+#[test]
+fn the_openapi_document_is_valid_and_the_service_matches_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(&dir.path().join("data"), &[]);
+    let spec_path = dir.path().join("openapi.json");
+    std::fs::write(&spec_path, service.call("GET", "/openapi.json", None).body).expect("write");
+    let python = python();
+    let check = "import json, sys\n\
+        from openapi_spec_validator import OpenAPIV31SpecValidator\n\
+        errors = list(OpenAPIV31SpecValidator(json.load(open(sys.argv[1]))).iter_errors())\n\
+        [print(e.message, list(e.absolute_path)) for e in errors]\n\
+        sys.exit(1 if errors else 0)\n";
+    let out = Command::new(&python)
+        .args(["-c", check])
+        .arg(&spec_path)
+        .output()
+        .expect("run the validator");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+
+    let schemathesis = std::path::Path::new(&python).with_file_name("schemathesis");
+    let out = Command::new(schemathesis)
+        .args(["run", &format!("http://{}/openapi.json", service.addr)])
+        .args(["--experimental=openapi-3.1", "--checks", "all"])
+        .args(["--hypothesis-max-examples", "25", "--hypothesis-seed", "1"])
+        .args(["-H", &format!("Authorization: Bearer {KEY_A}")])
+        .env("SCHEMATHESIS_TELEMETRY", "false")
+        .output()
+        .expect("run schemathesis");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", stderr(&out));
+    assert!(report.contains("13 passed"), "{report}");
+}

@@ -106,8 +106,12 @@ fn parse_create(body: &[u8]) -> Result<CreateBatch, ApiError> {
     serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("Invalid body: {e}")))
 }
 
-#[utoipa::path(post, path = "/v1/batches", tag = "batches", request_body = CreateBatch,
-    responses((status = 200, body = Batch), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/batches", tag = "batches", operation_id = "createBatch", request_body = CreateBatch,
+    responses((status = 200, description = "The batch, `validating`.", body = Batch),
+        (status = 400, description = "An invalid request; `param` names the field.", body = crate::error::ErrorBody),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such input file.", body = crate::error::ErrorBody),
+        (status = 413, description = "The body is over 2 MB.", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -234,14 +238,18 @@ fn check_metadata(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListBatches {
     after: Option<String>,
     /// 1 to 100; default 20.
     limit: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/batches", tag = "batches", params(ListBatches),
-    description = "Newest first.", responses((status = 200, body = List<Batch>)))]
+#[utoipa::path(get, path = "/v1/batches", tag = "batches", operation_id = "listBatches", params(ListBatches),
+    description = "Newest first.",
+    responses((status = 200, description = "A page of the caller's batches.", body = List<Batch>),
+        (status = 400, description = "An invalid query parameter.", body = crate::error::ErrorBody),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -267,8 +275,10 @@ async fn owned(app: &AppState, owner: &Owner, id: &str) -> Result<BatchRow, ApiE
         .ok_or_else(|| ApiError::not_found("Batch", id))
 }
 
-#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches",
-    responses((status = 200, body = Batch), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/batches/{id}", tag = "batches", operation_id = "retrieveBatch", params(("id" = String, Path, description = "The batch's id (`batch_…`)")),
+    responses((status = 200, description = "The batch.", body = Batch),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such batch of the caller's.", body = crate::error::ErrorBody)))]
 pub async fn retrieve(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -277,9 +287,12 @@ pub async fn retrieve(
     Ok(Json(Batch::from(&owned(&app, &owner, &id).await?)))
 }
 
-#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches",
+#[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", operation_id = "cancelBatch", params(("id" = String, Path, description = "The batch's id (`batch_…`)")),
     description = "No body is needed. Requests in flight finish within the cancel grace; unsent ones are written as `batch_cancelled`.",
-    responses((status = 200, body = Batch), (status = 400, body = crate::error::ErrorBody), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The batch, `cancelling` (or already ended).", body = Batch),
+        (status = 400, description = "The batch has ended and cannot be cancelled.", body = crate::error::ErrorBody),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such batch of the caller's.", body = crate::error::ErrorBody)))]
 pub async fn cancel(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -303,15 +316,19 @@ pub async fn cancel(
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PartialQuery {
     /// `output` (default) or `errors`.
     file: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/batches/{id}/partial_results", tag = "batches",
-    params(PartialQuery),
+#[utoipa::path(get, path = "/v1/batches/{id}/partial_results", tag = "batches", operation_id = "batchPartialResults",
+    params(("id" = String, Path, description = "The batch's id (`batch_…`)"), PartialQuery),
     description = "batch-runner extension: the results written so far (up to the last checkpoint) of a running batch, in completion order; after the batch ends, its final file.",
-    responses((status = 200, content_type = "application/octet-stream"), (status = 404, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The results so far, as JSON lines.", content_type = "application/octet-stream"),
+        (status = 400, description = "An invalid query parameter.", body = crate::error::ErrorBody),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such batch of the caller's.", body = crate::error::ErrorBody)))]
 pub async fn partial_results(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,

@@ -31,9 +31,12 @@ const MAX_TEXT_FIELD: usize = 1024;
 /// OpenAI's bounds for `expires_after[seconds]`.
 pub const EXPIRY_SECONDS: std::ops::RangeInclusive<i64> = 3600..=2_592_000;
 
-#[utoipa::path(post, path = "/v1/files", tag = "files",
+#[utoipa::path(post, path = "/v1/files", tag = "files", operation_id = "createFile",
     request_body(content_type = "multipart/form-data", description = "Fields `file` and `purpose`; optional `expires_after[anchor]` (`created_at`) and `expires_after[seconds]`."),
-    responses((status = 200, body = FileObject), (status = 400, body = crate::error::ErrorBody), (status = 413, body = crate::error::ErrorBody)))]
+    responses((status = 200, description = "The stored file.", body = FileObject),
+        (status = 400, description = "An invalid upload; `param` names the field.", body = crate::error::ErrorBody),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
+        (status = 413, description = "Over the service's upload limit.", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -272,6 +275,7 @@ fn check_jsonl(head: &[u8]) -> Result<(), String> {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListFiles {
     after: Option<String>,
     /// 1 to 10000; default 10000.
@@ -281,8 +285,10 @@ pub struct ListFiles {
     purpose: Option<String>,
 }
 
-#[utoipa::path(get, path = "/v1/files", tag = "files", params(ListFiles),
-    responses((status = 200, body = List<FileObject>)))]
+#[utoipa::path(get, path = "/v1/files", tag = "files", operation_id = "listFiles", params(ListFiles),
+    responses((status = 200, description = "A page of the caller's files.", body = List<FileObject>),
+        (status = 400, description = "An invalid query parameter.", body = crate::error::ErrorBody),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody)))]
 pub async fn list(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -323,8 +329,10 @@ async fn owned(app: &AppState, owner: &Owner, id: &str) -> Result<FileRow, ApiEr
         .ok_or_else(|| ApiError::not_found("File", id))
 }
 
-#[utoipa::path(get, path = "/v1/files/{id}", tag = "files",
-    responses((status = 200, body = FileObject), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/files/{id}", tag = "files", operation_id = "retrieveFile", params(("id" = String, Path, description = "The file's id (`file-…`)")),
+    responses((status = 200, description = "The file.", body = FileObject),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such file of the caller's.", body = crate::error::ErrorBody)))]
 pub async fn retrieve(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -333,9 +341,13 @@ pub async fn retrieve(
     Ok(Json(FileObject::from(&owned(&app, &owner, &id).await?)))
 }
 
-#[utoipa::path(get, path = "/v1/files/{id}/content", tag = "files",
+#[utoipa::path(get, path = "/v1/files/{id}/content", tag = "files", operation_id = "downloadFile", params(("id" = String, Path, description = "The file's id (`file-…`)")),
     description = "The file's bytes, streamed; a single `Range: bytes=…` is honoured (206).",
-    responses((status = 200, content_type = "application/octet-stream"), (status = 206), (status = 404, body = crate::error::ErrorBody), (status = 416)))]
+    responses((status = 200, description = "The whole file.", content_type = "application/octet-stream"),
+        (status = 206, description = "The requested range.", content_type = "application/octet-stream"),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such file of the caller's.", body = crate::error::ErrorBody),
+        (status = 416, description = "The range is outside the file.")))]
 pub async fn content(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
@@ -346,8 +358,10 @@ pub async fn content(
     app.blobs.serve(&file.blob, &headers).await
 }
 
-#[utoipa::path(delete, path = "/v1/files/{id}", tag = "files",
-    responses((status = 200, body = FileDeleted), (status = 404, body = crate::error::ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", operation_id = "deleteFile", params(("id" = String, Path, description = "The file's id (`file-…`)")),
+    responses((status = 200, description = "The file is deleted.", body = FileDeleted),
+        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
+        (status = 404, description = "No such file of the caller's.", body = crate::error::ErrorBody)))]
 pub async fn delete(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,

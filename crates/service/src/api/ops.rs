@@ -20,19 +20,42 @@ use crate::store::now_ms;
         super::files::create, super::files::list, super::files::retrieve, super::files::content,
         super::files::delete, super::batches::create, super::batches::list,
         super::batches::retrieve, super::batches::cancel, super::batches::partial_results,
+        health, metrics, openapi,
     ),
-    tags((name = "files"), (name = "batches"))
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags((name = "files"), (name = "batches"), (name = "operations"))
 )]
 pub struct ApiDoc;
 
+/// Every `/v1` call needs `Authorization: Bearer KEY`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let scheme = HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build();
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
+
+#[utoipa::path(get, path = "/health", tag = "operations", operation_id = "health", security(()),
+    responses((status = 200, description = "The service is up: `{\"status\": \"ok\"}`.", body = Object)))]
 pub async fn health() -> impl IntoResponse {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", operation_id = "openapi", security(()),
+    responses((status = 200, description = "This document.", body = Object)))]
 pub async fn openapi() -> impl IntoResponse {
     Json(ApiDoc::openapi())
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", operation_id = "metrics", security(()),
+    responses((status = 200, description = "Prometheus metrics of every batch.", content_type = "text/plain"),
+        (status = 500, description = "The database cannot be read.", body = crate::error::ErrorBody)))]
 pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
     let _ = writeln!(
