@@ -376,16 +376,27 @@ pub struct PgSchema {
 
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("psql")
-            .args([
-                &self.base,
-                "-q",
-                "-c",
-                &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
-            ])
-            .env("PGOPTIONS", "-c client_min_messages=warning")
-            .output();
+        let _ = pg_execute(
+            &self.base,
+            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+        );
     }
+}
+
+/// Runs one SQL statement on the PostgreSQL at `url`.
+fn pg_execute(url: &str, statement: &str) -> Result<(), sqlx::Error> {
+    use sqlx::Connection;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(sqlx::Error::Io)?;
+    runtime.block_on(async {
+        let mut connection = sqlx::PgConnection::connect(url).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(statement.to_owned()))
+            .execute(&mut connection)
+            .await?;
+        connection.close().await
+    })
 }
 
 pub fn postgres_schema() -> PgSchema {
@@ -398,23 +409,13 @@ pub fn postgres_schema() -> PgSchema {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos())
     );
-    let out = std::process::Command::new("psql")
-        .args([
-            &base,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-c",
-            &format!("CREATE SCHEMA {schema}"),
-        ])
-        .output()
-        .expect("run psql");
-    assert!(
-        out.status.success(),
-        "cannot create a schema in {base}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = pg_execute(&base, &format!("CREATE SCHEMA {schema}")) {
+        panic!("cannot create a schema in {base}: {e}");
+    }
+    // The URL may already carry parameters (a Unix socket's `host=`).
+    let separator = if base.contains('?') { '&' } else { '?' };
     PgSchema {
-        url: format!("{base}?options=-c%20search_path%3D{schema}"),
+        url: format!("{base}{separator}options=-c%20search_path%3D{schema}"),
         base,
         name: schema,
     }

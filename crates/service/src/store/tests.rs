@@ -359,7 +359,8 @@ pub async fn postgres_schema() -> (String, String) {
         .execute(&admin.pool)
         .await
         .expect("create schema");
-    let url = format!("{base}?options=-c%20search_path%3D{schema}");
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-c%20search_path%3D{schema}");
     (url, schema)
 }
 
