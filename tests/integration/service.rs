@@ -236,6 +236,11 @@ fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
         (r.status, r.error()["param"].clone()),
         (400, json!("purpose"))
     );
+    // Oversized headers get a 431 with an OpenAI error body, not an empty one.
+    let big = format!("X-Padding: {}", "x".repeat(40_000));
+    let r = request(&service.addr, "GET", "/v1/files", &[big], b"");
+    assert_eq!(r.status, 431, "{}", r.text());
+    r.error();
     // The auth scheme is case-insensitive.
     let r = request(
         &service.addr,

@@ -90,8 +90,29 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(header_limit))
         .layer(middleware::from_fn(request_id))
         .with_state(state)
+}
+
+/// Request headers accepted in all (names and values); more is a 431 with an OpenAI error body.
+/// (Headers past the HTTP server's own buffer, about 400 KB, get its bare 431.)
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+async fn header_limit(request: Request, next: Next) -> Response {
+    let bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    if bytes > MAX_HEADER_BYTES {
+        return ApiError::headers_too_large(format!(
+            "The request headers take {bytes} bytes; this service accepts up to \
+             {MAX_HEADER_BYTES}"
+        ))
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// Gives every request an id: sent back as `x-request-id` (a client can quote it to the
