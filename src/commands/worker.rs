@@ -31,7 +31,8 @@ pub fn run(args: WorkerArgs) -> Exit {
                 .map_err(|e| e.to_string())?;
             let blobs = settings.blobs(&args.data_dir)?;
             let stop = StopSignal::new();
-            watch_stops(&stop, args.lifeline_stdin);
+            let poke = std::sync::Arc::new(tokio::sync::Notify::new());
+            watch_stops(&stop, args.lifeline_stdin, &poke);
             tracing::info!(
                 "batch {}: worker starting (fence {})",
                 args.batch,
@@ -44,6 +45,7 @@ pub fn run(args: WorkerArgs) -> Exit {
                 settings,
                 batch: args.batch.clone(),
                 fence: args.fence,
+                poke,
             };
             worker.run(stop).await.map_err(|e| e.to_string())
         })
@@ -58,8 +60,9 @@ pub fn run(args: WorkerArgs) -> Exit {
     }
 }
 
-/// A signal, or the end of stdin with `--lifeline-stdin`, stops the batch resumably.
-fn watch_stops(stop: &StopSignal, lifeline: bool) {
+/// A signal, or the end of stdin with `--lifeline-stdin`, stops the batch resumably; a byte on
+/// that stdin is the service's poke (look at the batch's status now).
+fn watch_stops(stop: &StopSignal, lifeline: bool, poke: &std::sync::Arc<tokio::sync::Notify>) {
     let on_signal = stop.clone();
     tokio::spawn(async move {
         let mut signals = Signals::new();
@@ -70,11 +73,16 @@ fn watch_stops(stop: &StopSignal, lifeline: bool) {
     });
     if lifeline {
         let on_eof = stop.clone();
+        let poke = poke.clone();
         let handle = tokio::runtime::Handle::current();
         std::thread::spawn(move || {
-            let mut sink = [0u8; 256];
+            let mut bytes = [0u8; 256];
             let mut stdin = std::io::stdin();
-            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            while let Ok(n @ 1..) = stdin.read(&mut bytes) {
+                if bytes[..n].contains(&batch_service::worker::POKE) {
+                    poke.notify_one();
+                }
+            }
             handle.spawn(async move {
                 tracing::warn!("the service went away: stopping, the batch resumes later");
                 on_eof.request(StopReason::Interrupted);

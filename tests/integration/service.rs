@@ -906,3 +906,29 @@ fn the_openapi_document_is_valid_and_the_service_matches_it() {
     assert!(out.status.success(), "{report}{}", stderr(&out));
     assert!(report.contains("13 passed"), "{report}");
 }
+
+/// A cancel stops a running batch's sending at once: the scheduler pokes the worker through its
+/// lifeline instead of leaving it to notice at its next report (5 s here).
+#[test]
+fn a_cancel_stops_sending_at_once() {
+    let sim = Sim::start(&["--ttft-ms", "100", "--ms-per-token", "0"]);
+    let (_dir, service) =
+        Service::with_engine(&sim, &["--max-concurrency", "4", "--report-interval", "5s"]);
+    let batch = service.submit("c", 2000);
+    wait_for(LONG, || {
+        (sim.metric("sglang:num_requests_total") >= 20.0).then_some(())
+    });
+    let r = service.call("POST", &format!("/v1/batches/{batch}/cancel"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let at_cancel = sim.metric("sglang:num_requests_total");
+    let done = service.wait_status(&batch, &["cancelled"], LONG);
+    std::thread::sleep(Duration::from_millis(500));
+    let after = sim.metric("sglang:num_requests_total");
+    // The 4 in flight when the cancel came may finish; a few more may have been on their way.
+    assert!(
+        after - at_cancel <= 8.0,
+        "{} requests answered after the cancel",
+        after - at_cancel
+    );
+    assert_eq!(done["request_counts"]["total"], 2000);
+}

@@ -59,6 +59,8 @@ struct Running {
     fence: i64,
     /// Held open while the worker should run; dropped, it tells the worker to stop.
     lifeline: Option<ChildStdin>,
+    /// The worker was told its batch was cancelled.
+    poked: bool,
 }
 
 /// Runs until `shutdown` turns true, then stops the workers and waits for them.
@@ -72,6 +74,7 @@ pub async fn run(
     let mut running: HashMap<String, Running> = HashMap::new();
     loop {
         reap(&store, &blobs, &config, &mut running).await;
+        poke_cancelled(&store, &mut running).await;
         claim(&store, &config, &mut running).await;
         tokio::select! {
             () = wake.notified() => {}
@@ -133,6 +136,34 @@ async fn reap(
                     Err(e) => tracing::warn!("cannot record the crash of {id}'s worker: {e}"),
                 }
             }
+        }
+    }
+}
+
+/// Pokes the workers of batches cancelled since they started (a byte on their lifeline), so
+/// they stop sending now instead of at their next report.
+async fn poke_cancelled(store: &Store, running: &mut HashMap<String, Running>) {
+    use tokio::io::AsyncWriteExt;
+    let unpoked: Vec<&str> = running
+        .iter()
+        .filter(|(_, w)| !w.poked)
+        .map(|(id, _)| id.as_str())
+        .collect();
+    let cancelled = match store.cancelling_among(&unpoked).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!("cannot look for cancelled batches: {e}");
+            return;
+        }
+    };
+    for id in cancelled {
+        let Some(worker) = running.get_mut(&id) else {
+            continue;
+        };
+        worker.poked = true;
+        if let Some(lifeline) = &mut worker.lifeline {
+            let _ = lifeline.write_all(&[crate::worker::POKE]).await;
+            let _ = lifeline.flush().await;
         }
     }
 }
@@ -246,6 +277,7 @@ fn spawn(config: &SchedulerConfig, batch: &str, fence: i64) -> std::io::Result<R
         child,
         fence,
         lifeline,
+        poked: false,
     })
 }
 

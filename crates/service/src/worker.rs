@@ -98,7 +98,13 @@ pub struct Worker {
     pub settings: WorkerSettings,
     pub batch: String,
     pub fence: i64,
+    /// Notified when the service pokes the worker (a byte on its lifeline): look at the batch's
+    /// status now rather than at the next report, so a cancel stops sending at once.
+    pub poke: Arc<tokio::sync::Notify>,
 }
+
+/// The byte the scheduler writes on a worker's lifeline when its batch was cancelled.
+pub const POKE: u8 = b'c';
 
 impl Worker {
     /// Runs the batch to its end. `stop` is moved to draining when the worker must give up
@@ -239,7 +245,7 @@ impl Worker {
             self.fence,
             self.settings.report_every,
             stop.clone(),
-            (stats_rx, latency),
+            (stats_rx, latency, self.poke.clone()),
         ));
         let result = run_observed(options, stop, move |stats| {
             let _ = keep.set(stats.clone());
@@ -754,14 +760,21 @@ async fn report_loop(
     fence: i64,
     every: Duration,
     stop: StopSignal,
-    (stats, latency): (tokio::sync::oneshot::Receiver<Arc<Stats>>, LatencyBase),
+    (stats, latency, poke): (
+        tokio::sync::oneshot::Receiver<Arc<Stats>>,
+        LatencyBase,
+        Arc<tokio::sync::Notify>,
+    ),
 ) {
     let Ok(stats) = stats.await else { return };
     let started = SystemTime::now();
     let mut tick = tokio::time::interval(every);
     let mut written: Option<(Counts, Progress, u64, Instant)> = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = poke.notified() => {}
+        }
         let (counts, progress) = snapshot(&stats, started, latency);
         let done = stats.done();
         // Progress is batched: a write once RESULTS_PER_WRITE more results are in, or once the

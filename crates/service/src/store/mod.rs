@@ -656,6 +656,23 @@ impl Store {
         Ok(self.status(id).await?.ok_or(LeaseLost))
     }
 
+    /// Which of `ids` are being cancelled (one query, however many).
+    pub async fn cancelling_among(&self, ids: &[&str]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let text = format!(
+            "SELECT id FROM batches WHERE status = 'cancelling' AND id IN ({})",
+            params.join(", ")
+        );
+        let mut query = sqlx::query_scalar(sql(text));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
     /// A batch's status alone (a worker's cheap look for a cancel).
     pub async fn status(&self, id: &str) -> Result<Option<String>> {
         Ok(
