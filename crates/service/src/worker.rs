@@ -571,9 +571,20 @@ pub async fn publish_failed(
     progress.eta_seconds = None;
     progress.requests_per_second = 0.0;
     let progress = serde_json::to_string(&progress).unwrap_or_default();
-    store
+    let blobs_made: Vec<String> = [&output, &errors]
+        .into_iter()
+        .flatten()
+        .map(|f| f.blob.clone())
+        .collect();
+    if !store
         .attach_results(id, output, errors, &counts, &progress)
-        .await?;
+        .await?
+    {
+        for blob in blobs_made {
+            let _ = blobs.remove(&blob).await;
+        }
+        return Ok(());
+    }
     tracing::info!(
         "batch {id} failed; its results are published: {} succeeded, {} failed, {} not run",
         salvaged.succeeded,

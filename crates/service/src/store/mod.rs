@@ -765,7 +765,7 @@ impl Store {
     }
 
     /// Attaches the result files of a batch that failed (what it had finished) and their counts;
-    /// only a `failed` batch without files yet is changed.
+    /// only a `failed` batch without files yet is changed. False: it already had them.
     pub async fn attach_results(
         &self,
         id: &str,
@@ -773,12 +773,12 @@ impl Store {
         errors: Option<FileRow>,
         counts: &Counts,
         progress: &str,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         for file in [&output, &errors].into_iter().flatten() {
             insert_file(&mut *tx, file).await?;
         }
-        sqlx::query(
+        let attached = sqlx::query(
             "UPDATE batches SET output_file_id = $2, error_file_id = $3, completed = $4, \
              failed = $5, progress = $6 WHERE id = $1 AND status = 'failed' \
              AND output_file_id IS NULL AND error_file_id IS NULL",
@@ -791,8 +791,14 @@ impl Store {
         .bind(progress)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(())
+        if attached.rows_affected() == 1 {
+            tx.commit().await?;
+            Ok(true)
+        } else {
+            // Someone attached results first: the files made here are nobody's.
+            tx.rollback().await?;
+            Ok(false)
+        }
     }
 
     // ----- metrics -----
