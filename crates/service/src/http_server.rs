@@ -94,28 +94,13 @@ pub async fn serve(
             tokio::spawn(refuse(stream));
             continue;
         };
-        let (router, mut closing) = (router.clone(), closing.clone());
+        let (router, closing) = (router.clone(), closing.clone());
         tokio::spawn(async move {
-            let stall = limits.body_stall_timeout;
-            let service =
-                tower::ServiceExt::map_request(router, move |request: hyper::Request<_>| {
-                    request.map(|body| Body::new(StallGuard::new(body, stall)))
-                });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-            let mut connection = std::pin::pin!(connection);
-            let closed = async move {
-                // (The guard `wait_for` returns must not live across an await.)
-                let _ = closing.wait_for(|c| *c).await.map(|_| ());
-            };
-            tokio::select! {
-                _ = connection.as_mut() => {}
-                () = closed => {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                }
+            // The HTTP connection is set up only once the client sends something; one that
+            // sends nothing within the header-read timeout is closed without it.
+            let first = tokio::time::timeout(limits.header_read_timeout, stream.readable());
+            if matches!(first.await, Ok(Ok(()))) {
+                Box::pin(serve_connection(stream, router, limits, closing)).await;
             }
             drop(slot);
         });
@@ -126,6 +111,36 @@ pub async fn serve(
     let all = u32::try_from(limits.max_connections.max(1)).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(Duration::from_secs(30), slots.acquire_many(all)).await;
     Ok(())
+}
+
+/// Serves one connection until it ends, or until `closing` turns true (then it finishes its
+/// current request).
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    limits: Limits,
+    mut closing: watch::Receiver<bool>,
+) {
+    let stall = limits.body_stall_timeout;
+    let service = tower::ServiceExt::map_request(router, move |request: hyper::Request<_>| {
+        request.map(|body| Body::new(StallGuard::new(body, stall)))
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    let mut connection = std::pin::pin!(connection);
+    let closed = async move {
+        // (The guard `wait_for` returns must not live across an await.)
+        let _ = closing.wait_for(|c| *c).await.map(|_| ());
+    };
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        () = closed => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        }
+    }
 }
 
 /// Answers a connection over the cap with 503 and closes it.
