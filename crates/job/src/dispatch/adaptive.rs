@@ -5,7 +5,9 @@
 //! at first (slow start, doubling every round trip), then by one per round trip (additive
 //! increase) after the first sign of overload. It shrinks on overload: by x0.7 for a 429 or 503,
 //! a timeout or dropped connection; by x0.9 for latency rising well above its smoothed
-//! baseline; and by exactly the excess when the engine's own waiting queue (read from its
+//! baseline (after slow start only: a batching engine answers more slowly as its batch grows,
+//! by design, and the baseline of the first answers was taken at a fraction of the load); and
+//! by exactly the excess when the engine's own waiting queue (read from its
 //! `/metrics`) grows past a small target. At most one decrease per round trip, so a burst of
 //! failures from one overload counts once. The aim is an engine kept just saturated: a short queue, not a long one.
 
@@ -83,7 +85,14 @@ impl Controller {
                 let long = ewma(self.long, secs, LONG_WEIGHT);
                 self.short = Some(short);
                 self.long = Some(long);
-                if self.answers > LATENCY_WARM_UP && short > long * LATENCY_TOLERANCE {
+                // Not in slow start: its latency baseline comes from the first answers, at a
+                // fraction of the load, and a batching engine answers more slowly as its batch
+                // grows, by design. Slow start ends on real overload signs (429/503, timeouts,
+                // the engine's queue), as TCP's ends on loss.
+                if !self.slow_start
+                    && self.answers > LATENCY_WARM_UP
+                    && short > long * LATENCY_TOLERANCE
+                {
                     self.decrease(now, self.limit * (1.0 - LATENCY_DECREASE));
                 } else {
                     self.increase();
@@ -176,12 +185,17 @@ mod tests {
     fn rising_latency_and_a_growing_queue_are_overload_signs() {
         let mut c = Controller::new(1, 1000);
         let t0 = Instant::now();
-        for _ in 0..50 {
+        for _ in 0..60 {
             c.observe(Signal::Answered(RTT), t0);
+        }
+        c.observe(Signal::Overloaded, t0); // slow start ends
+        let t1 = t0 + RTT * 2;
+        for _ in 0..50 {
+            c.observe(Signal::Answered(RTT), t1);
         }
         let before = c.limit();
         for _ in 0..5 {
-            c.observe(Signal::Answered(RTT * 4), t0);
+            c.observe(Signal::Answered(RTT * 4), t1);
         }
         assert!(
             c.limit() < before,
@@ -206,5 +220,18 @@ mod tests {
             "a queue of 170 over a target of 20 takes 150 off"
         );
         assert_eq!(Controller::new(8, 8).limit(), 8);
+    }
+
+    /// Slow start on a batching engine: each answer takes longer as the batch grows (here 4x
+    /// from the first answers), by design. Only real overload signs end slow start.
+    #[test]
+    fn latency_growing_with_the_batch_does_not_end_slow_start() {
+        let mut c = Controller::new(4, 256);
+        let t0 = Instant::now();
+        for _ in 0..2000 {
+            let latency = RTT + Duration::from_millis(2) * c.limit() as u32;
+            c.observe(Signal::Answered(latency), t0);
+        }
+        assert_eq!(c.limit(), 256);
     }
 }
