@@ -292,9 +292,7 @@ fn sigint_stops_resumably_and_the_same_command_finishes_the_job() {
         .expect("spawn");
     let state = job.path("out.jsonl.state");
     // Wait until some results are checkpointed... or at least the job is under way.
-    wait_for(Duration::from_secs(10), || {
-        (sim.metric("sglang:num_requests_total") >= 40.0).then_some(())
-    });
+    sim.wait_served(40.0, Duration::from_secs(10));
     signal(&child, "INT");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
@@ -346,9 +344,7 @@ fn cancel_on_signal_finalizes_unsent_lines_as_cancelled() {
     .stderr(Stdio::null())
     .spawn()
     .expect("spawn");
-    wait_for(Duration::from_secs(10), || {
-        (sim.metric("sglang:num_requests_total") >= 4.0).then_some(())
-    });
+    sim.wait_served(4.0, Duration::from_secs(10));
     signal(&child, "TERM");
     let status = child.wait().expect("wait");
     assert_eq!(status.code(), Some(5));
@@ -382,9 +378,7 @@ fn a_changed_input_is_not_resumed_unless_restarting() {
     )
     .spawn()
     .expect("run");
-    wait_for(Duration::from_secs(10), || {
-        (sim.metric("sglang:num_requests_total") >= 40.0).then_some(())
-    });
+    sim.wait_served(40.0, Duration::from_secs(10));
     child.kill().expect("kill -9");
     child.wait().expect("wait");
     assert!(state.join("manifest.json").exists());
@@ -660,9 +654,7 @@ fn checkpoints_that_keep_failing_stop_the_job_resumably() {
         .spawn()
         .expect("spawn");
     let state = job.path("out.jsonl.state");
-    wait_for(Duration::from_secs(10), || {
-        (sim.metric("sglang:num_requests_total") >= 20.0).then_some(())
-    });
+    sim.wait_served(20.0, Duration::from_secs(10));
     let blocker = state.join("manifest.json.tmp");
     std::fs::create_dir(&blocker).expect("block the manifest");
     let started = Instant::now();

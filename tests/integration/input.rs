@@ -24,16 +24,7 @@ fn piped_input_runs_every_line() {
     let job = Job::new();
     let data = jsonl(&numbered_lines("r", 300));
     let args = run_args(&job, "-", &[&sim.url], &[]);
-    let mut child = cmd()
-        .args(&args)
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(&data).expect("pipe the input");
-    drop(stdin);
-    let o = child.wait_with_output().expect("wait");
+    let o = output_with_stdin(cmd().args(&args), &data);
     assert!(o.status.success(), "{}", stderr(&o));
     assert_one_result_per_line(&job.path("out.jsonl"), 300);
     assert!(!job.path("out.jsonl.state").exists(), "the copy is removed");
@@ -60,19 +51,7 @@ fn a_fifo_input_runs_every_line_and_validate_reads_stdin() {
     assert!(o.status.success(), "{}", stderr(&o));
     assert_one_result_per_line(&job.path("out.jsonl"), 200);
 
-    let mut child = cmd()
-        .args(["validate", "--json", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn validate");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(&data)
-        .expect("pipe");
-    let o = child.wait_with_output().expect("validate");
+    let o = output_with_stdin(cmd().args(["validate", "--json", "-"]), &data);
     assert!(o.status.success());
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
     assert_eq!(report["requests"], 200);
@@ -92,9 +71,7 @@ fn start_slow_run(job: &Job, sim: &Sim, n: usize) -> std::process::Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    wait_for(Duration::from_secs(20), || {
-        (sim.metric(REQUESTS) >= 40.0).then_some(())
-    });
+    sim.wait_served(40.0, Duration::from_secs(20));
     child
 }
 

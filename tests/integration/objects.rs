@@ -169,9 +169,7 @@ fn a_job_with_its_state_in_s3_resumes_on_a_fresh_cache() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("spawn");
-    crate::common::wait_for(Duration::from_secs(20), || {
-        (sim.metric("sglang:num_requests_total") >= 100.0).then_some(())
-    });
+    sim.wait_served(100.0, Duration::from_secs(20));
     crate::common::signal(&child, "INT");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));

@@ -29,9 +29,7 @@ fn an_engine_back_after_a_short_crash_gets_work_within_seconds() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn");
-    wait_for(Duration::from_secs(20), || {
-        (sim.metric(REQUESTS) >= 64.0).then_some(())
-    });
+    sim.wait_served(64.0, Duration::from_secs(20));
     drop(sim); // the engine dies with 64 requests in flight
     std::thread::sleep(Duration::from_secs(1));
     let back = Sim::start_at(port, &["--ttft-ms", "10", "--ms-per-token", "0"]);
@@ -95,9 +93,7 @@ fn no_engine_for_the_down_timeout_stops_the_job_resumably() {
         log.push('\n');
         line.split("serving metrics on ").nth(1).map(str::to_owned)
     });
-    wait_for(Duration::from_secs(20), || {
-        (sim.metric(REQUESTS) >= 8.0).then_some(())
-    });
+    sim.wait_served(8.0, Duration::from_secs(20));
     drop(sim);
     let killed_at = Instant::now();
     wait_for(Duration::from_secs(10), || {

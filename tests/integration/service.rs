@@ -915,9 +915,7 @@ fn a_cancel_stops_sending_at_once() {
     let (_dir, service) =
         Service::with_engine(&sim, &["--max-concurrency", "4", "--report-interval", "5s"]);
     let batch = service.submit("c", 2000);
-    wait_for(LONG, || {
-        (sim.metric("sglang:num_requests_total") >= 20.0).then_some(())
-    });
+    sim.wait_served(20.0, LONG);
     let r = service.call("POST", &format!("/v1/batches/{batch}/cancel"), None);
     assert_eq!(r.status, 200, "{}", r.text());
     let at_cancel = sim.metric("sglang:num_requests_total");

@@ -210,16 +210,12 @@ fn unreadable_and_endless_inputs_get_a_report_that_names_the_cause() {
 
     // A temporary directory that does not exist is named as such, not as the input.
     // (A piped input is copied to a temporary file so it can be read again.)
-    let mut child = crate::common::cmd()
-        .args(["validate", "-"])
-        .env("TMPDIR", "/nonexistent-tmp")
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("validate");
     let line = format!("{}\n", good("a"));
-    let _ = std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), line.as_bytes());
-    let out = child.wait_with_output().expect("validate");
+    let mut validate = crate::common::cmd();
+    validate
+        .args(["validate", "-"])
+        .env("TMPDIR", "/nonexistent-tmp");
+    let out = crate::common::output_with_stdin(&mut validate, line.as_bytes());
     assert_eq!(out.status.code(), Some(3));
     assert!(
         stderr(&out).contains("temporary file in /nonexistent-tmp"),

@@ -58,10 +58,7 @@ pub fn remove_state(dir: &Path, keep: Option<&Path>) -> io::Result<()> {
             fs::remove_file(entry.path())?;
         }
     }
-    match fs::remove_file(dir.join(MARKER)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-        _ => {}
-    }
+    batch_storage::absent_is_fine(fs::remove_file(dir.join(MARKER)))?;
     if keep.is_some_and(Path::exists) {
         return Ok(());
     }

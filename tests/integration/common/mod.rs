@@ -24,6 +24,22 @@ pub fn cmd() -> Command {
     c
 }
 
+/// Runs `command` with `data` piped to its standard input (written, then closed) and returns
+/// what it printed.
+pub fn output_with_stdin(command: &mut Command, data: &[u8]) -> Output {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    // A command that stops reading early (an error) closes the pipe: not the test's failure.
+    let _ = stdin.write_all(data);
+    drop(stdin);
+    child.wait_with_output().expect("wait")
+}
+
 pub fn run_cmd(args: &[&str]) -> Output {
     cmd().args(args).output().expect("spawn batch-runner")
 }
@@ -74,6 +90,16 @@ impl Sim {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("the URL ends in a port")
+    }
+
+    /// Requests the engine has answered so far.
+    pub fn served(&self) -> f64 {
+        self.metric("sglang:num_requests_total")
+    }
+
+    /// Waits (at most `limit`) until the engine has answered `n` requests: a job under way.
+    pub fn wait_served(&self, n: f64, limit: Duration) {
+        wait_for(limit, || (self.served() >= n).then_some(()));
     }
 
     /// Reads a Prometheus value from the engine's /metrics.
