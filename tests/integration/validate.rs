@@ -309,3 +309,35 @@ fn allow_url_takes_only_a_normalised_path() {
     let ok = run_cmd(&["validate", path, "--allow-url", "/v1/classify"]);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
 }
+
+/// `-` on a terminal (a resume of `run -` typed without the pipe) fails at once, saying to pipe
+/// the file, instead of waiting for someone to type the batch.
+#[test]
+fn stdin_on_a_terminal_is_refused_at_once() {
+    use std::io::Read;
+    use std::process::Stdio;
+    // `script` gives the command a terminal; its own stdin stays open and silent meanwhile.
+    let command = format!("{} validate -", crate::common::BIN);
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("script (util-linux)");
+    let _silent = child.stdin.take();
+    crate::common::wait_for(std::time::Duration::from_secs(10), || {
+        child.try_wait().expect("wait").map(|_| ())
+    });
+    let mut text = String::new();
+
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut text)
+        .expect("read");
+    assert!(
+        text.contains("it is a terminal: pipe the batch file"),
+        "{text}"
+    );
+}

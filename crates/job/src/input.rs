@@ -43,6 +43,15 @@ pub struct Opened {
 
 pub fn open(path: &Path) -> io::Result<Opened> {
     let file = File::open(resolve(path))?;
+    // A terminal would wait for someone to type the batch (say, a resume of `run -` without the
+    // pipe): say what to do instead.
+    if std::io::IsTerminal::is_terminal(&file) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "it is a terminal: pipe the batch file into it (`cat batch.jsonl | batch-runner ... -`) \
+             or give the file's path",
+        ));
+    }
     let stream = !file.metadata()?.is_file();
     Ok(Opened { file, stream })
 }
