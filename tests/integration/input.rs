@@ -108,6 +108,10 @@ fn an_input_truncated_or_appended_to_mid_run_stops_the_job_with_its_state_kept()
         let err = stderr(&o);
         assert_eq!(o.status.code(), Some(2), "{change}: {err}");
         assert!(err.contains("changed while the job was running"), "{err}");
+        assert!(
+            err.contains("from line "),
+            "the message names the line: {err}"
+        );
         assert!(!job.path("out.jsonl").exists(), "{change}: never finalized");
         assert!(job.path("out.jsonl.state").exists(), "{change}: state kept");
 

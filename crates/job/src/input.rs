@@ -170,6 +170,14 @@ impl Changed {
             .map(|c| c.0.as_str())
     }
 
+    /// `e`, saying from which line on the input changed when it is a change.
+    pub fn from_line(e: io::Error, line: u64) -> io::Error {
+        match Changed::in_error(&e) {
+            Some(what) => Changed::error(format!("{what}, from line {line} on")),
+            None => e,
+        }
+    }
+
     fn error(what: String) -> io::Error {
         io::Error::new(io::ErrorKind::InvalidData, Changed(what))
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::bitset::BitSet;
-use crate::input::{Blocks, Verified};
+use crate::input::{Blocks, Changed, Verified};
 use crate::reader::{Content, LineReader};
 
 /// Lines handed over at a time, so the reader and the dispatcher rarely wake each other.
@@ -52,7 +52,12 @@ impl Feed<'_> {
         let mut reader = LineReader::new(input, self.max_line_bytes);
         let window = self.group_window.unwrap_or(BATCH).max(1);
         let mut pending = Vec::with_capacity(window.min(1 << 16));
-        while let Some(line) = reader.next_line()? {
+        let mut last = 0;
+        while let Some(line) = reader
+            .next_line()
+            .map_err(|e| Changed::from_line(e, last + 1))?
+        {
+            last = line.number;
             if line.content.is_blank() || self.done.contains(line.number) {
                 continue;
             }
