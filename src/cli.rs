@@ -71,6 +71,8 @@ pub enum EngineArg {
     Sglang,
     /// vllm serve PATH --host {host} --port {port}
     Vllm,
+    /// transformers serve PATH --host {host} --port {port} --continuous-batching
+    Transformers,
 }
 
 #[derive(Debug, Args)]
@@ -375,7 +377,8 @@ pub struct RunArgs {
     )]
     pub launch: Option<String>,
 
-    /// Start SGLang or vLLM for the job (needs --model-path; engine arguments go after `--`).
+    /// Start SGLang, vLLM or transformers' server for the job (needs --model-path; engine
+    /// arguments go after `--`).
     #[arg(help_heading = "Engines", long, value_enum, requires = "model_path")]
     pub engine: Option<EngineArg>,
 

@@ -194,6 +194,7 @@ fn launch_spec(args: &RunArgs, state_dir: &Path) -> Result<Option<LaunchSpec>, S
             let preset = match engine {
                 EngineArg::Sglang => Preset::Sglang,
                 EngineArg::Vllm => Preset::Vllm,
+                EngineArg::Transformers => Preset::Transformers,
             };
             let model = args
                 .model_path

@@ -76,6 +76,11 @@ impl Controller {
         self.limit.floor() as usize
     }
 
+    /// Still growing by one per answer (no overload sign seen yet).
+    pub fn in_slow_start(&self) -> bool {
+        self.slow_start
+    }
+
     pub fn observe(&mut self, signal: Signal, now: Instant) {
         match signal {
             Signal::Answered(latency) => {

@@ -216,12 +216,23 @@ impl Pool {
         let Some(controller) = self.controllers.get(engine) else {
             return;
         };
-        let (before, after) = {
+        let (before, after, ended_slow_start) = {
             let mut c = controller.lock().unwrap_or_else(|e| e.into_inner());
-            let before = c.limit();
+            let (before, slow) = (c.limit(), c.in_slow_start());
             c.observe(signal, Instant::now());
-            (before, c.limit())
+            (before, c.limit(), slow && !c.in_slow_start())
         };
+        if ended_slow_start {
+            tracing::info!(
+                "engine {}: adaptive slow start ended at a limit of {before} ({signal:?})",
+                engine + 1
+            );
+        } else if after < before {
+            tracing::debug!(
+                "engine {}: adaptive limit {before} -> {after} ({signal:?})",
+                engine + 1
+            );
+        }
         if after > before {
             self.freed.notify_waiters();
         }

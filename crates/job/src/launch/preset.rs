@@ -7,6 +7,9 @@ pub enum Preset {
     Sglang,
     /// `vllm serve`.
     Vllm,
+    /// `transformers serve --continuous-batching` (Hugging Face transformers' own server;
+    /// without continuous batching it answers one request at a time).
+    Transformers,
 }
 
 impl Preset {
@@ -25,16 +28,22 @@ impl Preset {
             .map(|s| quote(s))
             .collect(),
             Preset::Vllm => ["vllm", "serve", model].iter().map(|s| quote(s)).collect(),
+            Preset::Transformers => ["transformers", "serve", model]
+                .iter()
+                .map(|s| quote(s))
+                .collect(),
         };
         words.extend(["--host", "{host}", "--port", "{port}"].map(String::from));
-        if self == Preset::Sglang {
-            words.push("--enable-metrics".into());
+        match self {
+            Preset::Sglang => words.push("--enable-metrics".into()),
+            Preset::Transformers => words.push("--continuous-batching".into()),
+            Preset::Vllm => {}
         }
         words.extend(extra.iter().map(|a| quote(a)));
         words.join(" ")
     }
 
-    /// Both engines answer `GET /health` with 200 once the model is loaded.
+    /// Every preset's engine answers `GET /health` with 200 once the model is loaded.
     pub fn ready_path(self) -> &'static str {
         "/health"
     }
@@ -69,6 +78,10 @@ mod tests {
         assert_eq!(
             Preset::Vllm.template("/models/my model", &[]),
             "vllm serve '/models/my model' --host {host} --port {port}"
+        );
+        assert_eq!(
+            Preset::Transformers.template("/tmp/model", &[]),
+            "transformers serve /tmp/model --host {host} --port {port} --continuous-batching"
         );
     }
 
