@@ -65,6 +65,16 @@ pub struct GuardArgs {
     pub command: Vec<String>,
 }
 
+/// The real server `sim-engine --profile` imitates.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SimProfile {
+    /// sim-engine's own behaviour (SGLang-like, every knob available).
+    Generic,
+    Sglang,
+    Vllm,
+    Transformers,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum EngineArg {
     /// python -m sglang.launch_server --model-path PATH --host {host} --port {port} --enable-metrics
@@ -669,6 +679,22 @@ pub struct SimArgs {
     /// Serve no /metrics (404), as engines without Prometheus metrics do.
     #[arg(long)]
     pub no_metrics: bool,
+
+    /// Behave as this real server does where a client can tell: readiness, /v1/models,
+    /// /metrics, error shapes and statuses, model and field checks, response ids, usage,
+    /// priority and overload (see sim_engine::Profile).
+    #[arg(long, value_enum, default_value_t = SimProfile::Generic)]
+    pub profile: SimProfile,
+
+    /// The model's context length in tokens (the sglang and vllm profiles refuse longer
+    /// requests with 400).
+    #[arg(long, value_name = "TOKENS", default_value_t = 4096)]
+    pub context_length: u64,
+
+    /// Time to load the model, in milliseconds: until then /health and requests answer 503
+    /// (generic, sglang) or the port is not open yet (vllm, transformers).
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub startup_ms: u64,
 
     /// Require this header on /v1/* requests, as 'Name: value' (repeatable; 401 otherwise).
     #[arg(long = "require-header", value_name = "HEADER")]

@@ -3,13 +3,13 @@
 use std::io::Write;
 use std::time::Duration;
 
-use sim_engine::SimConfig;
+use sim_engine::{Profile, SimConfig};
 
 use super::{Exit, Signals, runtime};
-use crate::cli::SimArgs;
+use crate::cli::{SimArgs, SimProfile};
 
 pub fn run(args: SimArgs) -> Exit {
-    let config = match config(&args) {
+    let mut config = match config(&args) {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -18,6 +18,10 @@ pub fn run(args: SimArgs) -> Exit {
     };
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
+            if config.profile.listens_when_ready() {
+                // The model loads before the server opens its port.
+                tokio::time::sleep(std::mem::take(&mut config.startup)).await;
+            }
             let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port)).await?;
             let addr = listener.local_addr()?;
             // The first stdout line is the contract scripts and tests wait for.
@@ -77,6 +81,14 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         exit_after: args.exit_after,
         models_status: args.models_status,
         metrics: !args.no_metrics,
+        profile: match args.profile {
+            SimProfile::Generic => Profile::Generic,
+            SimProfile::Sglang => Profile::Sglang,
+            SimProfile::Vllm => Profile::Vllm,
+            SimProfile::Transformers => Profile::Transformers,
+        },
+        context_length: args.context_length,
+        startup: Duration::from_millis(args.startup_ms),
         required_headers: args
             .require_headers
             .iter()

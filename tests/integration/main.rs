@@ -9,6 +9,7 @@ mod input;
 mod launch;
 mod objects;
 mod outage;
+mod profiles;
 mod remote;
 mod run;
 mod service;

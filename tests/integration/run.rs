@@ -89,7 +89,16 @@ fn a_mixed_batch_puts_every_line_in_exactly_one_file() {
     }
     let bad = &failed["bad-request"];
     assert_eq!(bad["response"]["status_code"], 400);
-    assert_eq!(bad["response"]["body"]["message"], "injected failure");
+    // SGLang's flat error body reads as OpenAI's, the engine's own kept beside it.
+    assert_eq!(
+        bad["response"]["body"]["error"]["message"],
+        "injected failure"
+    );
+    assert_eq!(bad["response"]["body"]["error"]["code"], 400);
+    assert_eq!(
+        bad["response"]["body"]["engine_body"]["message"],
+        "injected failure"
+    );
     assert_eq!(bad["error"], Value::Null);
     let busy = &failed["always-503"];
     assert_eq!(busy["response"]["status_code"], 503);

@@ -152,8 +152,85 @@ impl<'a> ResponseBody<'a> {
         Self(Cow::Owned(value.to_string().into_bytes()))
     }
 
+    /// An error answer (a non-2xx status) in OpenAI's shape, `{"error": {"message", "type",
+    /// "param", "code"}}`, so readers of the error file find the reason where OpenAI puts it
+    /// whatever the engine. A body already in that shape is kept as it is; any other (FastAPI's
+    /// `{"detail": ...}`, SGLang's flat `{"object": "error", "message", ...}`, ...) is wrapped,
+    /// its message taken from it, and kept byte for byte under `engine_body`.
+    pub fn as_openai_error(self, status_code: u16) -> Self {
+        let Ok(value) = serde_json::from_slice::<serde_json::Value>(&self.0) else {
+            return self;
+        };
+        if value
+            .get("error")
+            .and_then(|e| e.get("message"))
+            .is_some_and(serde_json::Value::is_string)
+        {
+            return self;
+        }
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+        let message = value
+            .get("message")
+            .and_then(text)
+            .or_else(|| value.get("error").and_then(text))
+            .or_else(|| value.get("detail").map(detail_message))
+            .unwrap_or_else(|| {
+                let compact = value.to_string();
+                compact.chars().take(500).collect()
+            });
+        let kind = value.get("type").and_then(text).unwrap_or_else(|| {
+            if status_code >= 500 {
+                "server_error"
+            } else {
+                "invalid_request_error"
+            }
+            .to_owned()
+        });
+        let error = serde_json::json!({
+            "message": message, "type": kind, "param": null, "code": status_code,
+        });
+        let mut wrapped = Vec::with_capacity(self.0.len() + 160);
+        wrapped.extend_from_slice(b"{\"error\":");
+        wrapped.extend_from_slice(error.to_string().as_bytes());
+        wrapped.extend_from_slice(b",\"engine_body\":");
+        wrapped.extend_from_slice(&self.0);
+        wrapped.push(b'}');
+        Self(Cow::Owned(wrapped))
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
+    }
+}
+
+/// The text of FastAPI's `detail`: a string, or a list of validation problems
+/// (`{"loc": [...], "msg": ...}`), each written `loc: msg`.
+fn detail_message(detail: &serde_json::Value) -> String {
+    match detail {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .map(|item| {
+                let msg = item.get("msg").and_then(serde_json::Value::as_str);
+                let loc = item
+                    .get("loc")
+                    .and_then(serde_json::Value::as_array)
+                    .map(|parts| {
+                        parts
+                            .iter()
+                            .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                            .collect::<Vec<_>>()
+                            .join(".")
+                    });
+                match (loc, msg) {
+                    (Some(loc), Some(msg)) => format!("{loc}: {msg}"),
+                    (None, Some(msg)) => msg.to_owned(),
+                    _ => item.to_string(),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => other.to_string(),
     }
 }
 
@@ -260,6 +337,56 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(body.as_bytes()).expect("json");
         assert_eq!(v["error"]["message"], "<html>\nbad gateway</html>");
         assert!(!body.as_bytes().contains(&b'\n'));
+    }
+
+    fn wrapped(status: u16, body: &[u8]) -> serde_json::Value {
+        let (parsed, _) = ResponseBody::parse(body).expect("json");
+        let out = parsed.as_openai_error(status);
+        serde_json::from_slice(out.as_bytes()).expect("still json")
+    }
+
+    #[test]
+    fn engine_errors_of_any_shape_read_as_openai_errors_with_the_original_kept() {
+        let openai = br#"{"error":{"message":"bad","type":"invalid_request_error","param":null,"code":null}}"#;
+        let (parsed, _) = ResponseBody::parse(openai).expect("json");
+        assert_eq!(parsed.as_openai_error(400).as_bytes(), openai.as_slice());
+
+        let fastapi = br#"{"detail":"Server is pinned to '/m'; requested 'x'."}"#;
+        let v = wrapped(400, fastapi);
+        assert_eq!(
+            v["error"]["message"],
+            "Server is pinned to '/m'; requested 'x'."
+        );
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["code"], 400);
+        assert_eq!(
+            v["engine_body"],
+            serde_json::from_slice::<serde_json::Value>(fastapi).expect("json")
+        );
+        let (parsed, _) = ResponseBody::parse(fastapi).expect("json");
+        let raw = parsed.as_openai_error(400);
+        assert!(
+            raw.as_bytes()
+                .ends_with(&[b",\"engine_body\":".as_slice(), fastapi.as_slice(), b"}"].concat())
+        );
+
+        let validation =
+            br#"{"detail":[{"type":"json_invalid","loc":["body",1],"msg":"JSON decode error"}]}"#;
+        assert_eq!(
+            wrapped(422, validation)["error"]["message"],
+            "body.1: JSON decode error"
+        );
+
+        let flat = br#"{"object":"error","message":"The request queue is full.","type":"ServiceUnavailableError","param":null,"code":503}"#;
+        let v = wrapped(503, flat);
+        assert_eq!(v["error"]["message"], "The request queue is full.");
+        assert_eq!(v["error"]["type"], "ServiceUnavailableError");
+
+        let v = wrapped(500, br#"[1,2]"#);
+        assert_eq!(
+            (v["error"]["message"].as_str(), v["error"]["type"].as_str()),
+            (Some("[1,2]"), Some("server_error"))
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use crate::profile::Profile;
+
 #[derive(Debug, Clone)]
 pub struct SimConfig {
     /// The model name `/v1/models` lists (requests may name any model).
@@ -51,6 +53,14 @@ pub struct SimConfig {
     pub models_status: u16,
     /// Serve `/metrics` (false: 404, as an engine without Prometheus metrics).
     pub metrics: bool,
+    /// Which real server's observable behaviour to reproduce.
+    pub profile: Profile,
+    /// The model's context length in tokens (the SGLang and vLLM profiles refuse longer
+    /// requests; `/v1/models` reports it as `max_model_len`).
+    pub context_length: u64,
+    /// Model loading: how long after start the engine is ready. Until then it answers 503
+    /// (`Generic`, SGLang); the vLLM and transformers profiles open their port only then.
+    pub startup: Duration,
 }
 
 impl Default for SimConfig {
@@ -78,6 +88,9 @@ impl Default for SimConfig {
             exit_after: None,
             models_status: 200,
             metrics: true,
+            profile: Profile::Generic,
+            context_length: 4096,
+            startup: Duration::ZERO,
         }
     }
 }

@@ -16,6 +16,7 @@ mod admission;
 pub mod config;
 mod faults;
 mod prefix_cache;
+pub mod profile;
 pub mod respond;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use prefix_cache::PrefixCache;
+pub use profile::Profile;
 use tokio::net::TcpListener;
 
 /// Shared state of one running engine.
@@ -46,6 +48,8 @@ struct Engine {
     faults: Faults,
     /// Signalled when `exit_after` requests have been answered.
     crash: tokio::sync::Notify,
+    /// Until then the engine is loading its model and answers 503.
+    ready_at: tokio::time::Instant,
 }
 
 /// Decode steps between two looks at the batch size.
@@ -85,6 +89,7 @@ pub async fn serve(
     config: SimConfig,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Ended> {
+    let config_startup = config.startup;
     let engine = Arc::new(Engine {
         admission: Admission::new(config.max_running, config.priority_scheduling),
         prefix_cache: PrefixCache::new(config.prefix_cache_tokens),
@@ -95,6 +100,7 @@ pub async fn serve(
         cached_tokens: AtomicU64::new(0),
         generation_tokens: AtomicU64::new(0),
         crash: tokio::sync::Notify::new(),
+        ready_at: tokio::time::Instant::now() + config_startup,
     });
     tokio::pin!(shutdown);
     loop {
@@ -129,38 +135,41 @@ impl Engine {
     async fn handle(&self, req: Request<Incoming>) -> Reply {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
+        let profile = self.config.profile;
+        if tokio::time::Instant::now() < self.ready_at {
+            return Ok(profile.error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the model is still loading",
+            ));
+        }
         if path.starts_with("/v1/") && !self.authorised(&req) {
-            return Ok(respond::error(
+            return Ok(profile.error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong API key or required header",
             ));
         }
-        match (&method, path.as_str()) {
-            (&Method::GET, "/health" | "/health_generate" | "/ready") => {
-                Ok(respond::text(StatusCode::OK, ""))
-            }
-            (&Method::GET, "/v1/models") => match StatusCode::from_u16(self.config.models_status) {
-                Ok(StatusCode::OK) | Err(_) => Ok(respond::json(
-                    StatusCode::OK,
-                    &respond::models(&self.config.model),
-                    None,
-                )),
-                Ok(status) => Ok(respond::error(status, "cannot list the models")),
+        let endpoint = respond::Endpoint::from_path(&path)
+            .filter(|e| !(profile == Profile::Transformers && *e == respond::Endpoint::Embeddings));
+        match (&method, path.as_str(), endpoint) {
+            (&Method::GET, "/health" | "/health_generate" | "/ready", _) => Ok(profile.health()),
+            (&Method::GET, "/v1/models", _) => Ok(profile.models(&self.config)),
+            (&Method::GET, "/metrics", _) if self.config.metrics => match self.metrics() {
+                Some(text) => Ok(respond::text(StatusCode::OK, &text)),
+                None => Ok(profile.not_found(&method, &path)),
             },
-            (&Method::GET, "/metrics") if self.config.metrics => {
-                Ok(respond::text(StatusCode::OK, &self.metrics()))
-            }
-            (&Method::POST, p) if respond::Endpoint::from_path(p).is_some() => {
+            (&Method::POST, _, Some(endpoint)) => {
+                let request_id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
                 let body = match req.into_body().collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(_) => return Err(DropConnection),
                 };
-                self.generate(&path, body).await
+                self.generate(endpoint, body, request_id.as_deref()).await
             }
-            _ => Ok(respond::error(
-                StatusCode::NOT_FOUND,
-                &format!("no route for {method} {path}"),
-            )),
+            _ => Ok(profile.not_found(&method, &path)),
         }
     }
 
@@ -177,30 +186,26 @@ impl Engine {
                 .all(|(name, value)| header(name) == Some(value.as_str()))
     }
 
-    async fn generate(&self, path: &str, body: Bytes) -> Reply {
-        let Some(endpoint) = respond::Endpoint::from_path(path) else {
-            return Ok(respond::error(StatusCode::NOT_FOUND, "unknown endpoint"));
-        };
+    async fn generate(
+        &self,
+        endpoint: respond::Endpoint,
+        body: Bytes,
+        request_id: Option<&str>,
+    ) -> Reply {
+        let profile = self.config.profile;
         let request: serde_json::Value = match serde_json::from_slice(&body) {
             Ok(v @ serde_json::Value::Object(_)) => v,
-            Ok(_) => {
-                return Ok(respond::error(
-                    StatusCode::BAD_REQUEST,
-                    "the request body must be a JSON object",
-                ));
-            }
-            Err(e) => {
-                return Ok(respond::error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("invalid JSON body: {e}"),
-                ));
-            }
+            Ok(_) => return Ok(profile.bad_json("the request body must be a JSON object")),
+            Err(e) => return Ok(profile.bad_json(&e.to_string())),
         };
+        if let Some(refused) = profile.check(&self.config, endpoint, &request) {
+            return Ok(refused);
+        }
         match self.faults.pick(&self.config, &request, &body) {
             Some(Fault::Status(status, retry_after)) => {
                 let status =
                     StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
-                let mut response = respond::error(status, "injected failure");
+                let mut response = profile.error(status, "injected failure");
                 if let Some(secs) = retry_after {
                     response
                         .headers_mut()
@@ -217,25 +222,36 @@ impl Engine {
         }
 
         let (running, waiting) = self.admission.counts();
-        if running >= self.config.max_running && waiting >= self.config.max_queued {
-            return Ok(respond::error(
+        if profile.bounded_queue()
+            && running >= self.config.max_running
+            && waiting >= self.config.max_queued
+        {
+            return Ok(profile.error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "The request queue is full.",
             ));
         }
-        let priority = request
-            .get("priority")
-            .and_then(serde_json::Value::as_i64)
-            .or(self.config.default_priority);
-        let slot = self.admission.enter(priority).await;
+        let n = self.requests.load(Ordering::Relaxed);
+        let mut answer =
+            respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
+        if let Some(refused) =
+            profile.check_length(&self.config, answer.prompt_tokens, answer.output_tokens)
+        {
+            return Ok(refused);
+        }
+        let slot = self
+            .admission
+            .enter(profile.priority(&self.config, &request))
+            .await;
 
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
         if self.config.exit_after == Some(n + 1) {
             // notify_one keeps the permit if the accept loop is not waiting right now.
             self.crash.notify_one();
         }
-        let mut answer =
-            respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
+        // Numbered by admission, as tests of priority scheduling read it.
+        answer = respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
+        let request_id_header = profile.shape(&mut answer, &self.config, request_id);
         let cached = self
             .prefix_cache
             .lookup(answer.prefix_key, answer.prefix_tokens);
@@ -256,7 +272,7 @@ impl Engine {
         Ok(respond::json(
             StatusCode::OK,
             &answer.body,
-            Some(&answer.id),
+            request_id_header.as_deref(),
         ))
     }
 
@@ -285,39 +301,74 @@ impl Engine {
         }
     }
 
-    /// Prometheus text with the gauges SGLang (and vLLM) export under the same names.
-    fn metrics(&self) -> String {
+    /// Prometheus text with the gauges SGLang and vLLM export, under their names (the profile
+    /// says whose); `None` for an engine without metrics.
+    fn metrics(&self) -> Option<String> {
+        let (sglang, vllm) = self.config.profile.metric_families();
+        if !sglang && !vllm {
+            return None;
+        }
         let (running, queued) = self.admission.counts();
         let model = &self.config.model;
-        format!(
-            "# HELP sglang:num_running_reqs The number of running requests.\n\
-             # TYPE sglang:num_running_reqs gauge\n\
-             sglang:num_running_reqs{{model_name=\"{model}\"}} {running}\n\
-             # HELP sglang:num_queue_reqs The number of requests in the waiting queue.\n\
-             # TYPE sglang:num_queue_reqs gauge\n\
-             sglang:num_queue_reqs{{model_name=\"{model}\"}} {queued}\n\
-             # HELP sglang:num_requests_total The number of processed requests.\n\
-             # TYPE sglang:num_requests_total counter\n\
-             sglang:num_requests_total{{model_name=\"{model}\"}} {}\n\
-             # HELP sglang:prompt_tokens_total Number of prefill tokens processed.\n\
-             # TYPE sglang:prompt_tokens_total counter\n\
-             sglang:prompt_tokens_total{{model_name=\"{model}\"}} {}\n\
-             # HELP sglang:generation_tokens_total Number of generation tokens processed.\n\
-             # TYPE sglang:generation_tokens_total counter\n\
-             sglang:generation_tokens_total{{model_name=\"{model}\"}} {}\n\
-             # HELP sglang:cached_tokens_total Prompt tokens served from the prefix cache.\n\
-             # TYPE sglang:cached_tokens_total counter\n\
-             sglang:cached_tokens_total{{model_name=\"{model}\"}} {}\n\
-             # HELP vllm:num_requests_running Number of requests in model execution batches.\n\
-             # TYPE vllm:num_requests_running gauge\n\
-             vllm:num_requests_running{{model_name=\"{model}\"}} {running}\n\
-             # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
-             # TYPE vllm:num_requests_waiting gauge\n\
-             vllm:num_requests_waiting{{model_name=\"{model}\"}} {queued}\n",
-            self.requests.load(Ordering::Relaxed),
-            self.prompt_tokens.load(Ordering::Relaxed),
-            self.generation_tokens.load(Ordering::Relaxed),
-            self.cached_tokens.load(Ordering::Relaxed),
-        )
+        let mut text = String::new();
+        let mut family = |name: &str, kind: &str, help: &str, value: u64| {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{model_name=\"{model}\"}} {value}\n"
+            ));
+        };
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        if sglang {
+            family(
+                "sglang:num_running_reqs",
+                "gauge",
+                "The number of running requests.",
+                running as u64,
+            );
+            family(
+                "sglang:num_queue_reqs",
+                "gauge",
+                "The number of requests in the waiting queue.",
+                queued as u64,
+            );
+            family(
+                "sglang:num_requests_total",
+                "counter",
+                "The number of processed requests.",
+                load(&self.requests),
+            );
+            family(
+                "sglang:prompt_tokens_total",
+                "counter",
+                "Number of prefill tokens processed.",
+                load(&self.prompt_tokens),
+            );
+            family(
+                "sglang:generation_tokens_total",
+                "counter",
+                "Number of generation tokens processed.",
+                load(&self.generation_tokens),
+            );
+            family(
+                "sglang:cached_tokens_total",
+                "counter",
+                "Prompt tokens served from the prefix cache.",
+                load(&self.cached_tokens),
+            );
+        }
+        if vllm {
+            family(
+                "vllm:num_requests_running",
+                "gauge",
+                "Number of requests in model execution batches.",
+                running as u64,
+            );
+            family(
+                "vllm:num_requests_waiting",
+                "gauge",
+                "Number of requests waiting to be processed.",
+                queued as u64,
+            );
+        }
+        Some(text)
     }
 }

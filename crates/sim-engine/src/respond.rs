@@ -69,9 +69,7 @@ pub fn answer(
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
-    let limit = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
-        .iter()
-        .find_map(|k| request.get(*k).and_then(Value::as_u64));
+    let limit = config.profile.max_tokens(request);
     let output_tokens = limit.unwrap_or(config.default_max_tokens);
     let finish_reason = if limit.is_some() { "length" } else { "stop" };
     let id_suffix = format!("{digest:016x}{n:08x}");
@@ -266,22 +264,6 @@ pub fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_owned())));
     *response.status_mut() = status;
     response
-}
-
-/// An error in SGLang's shape: `{"object": "error", "message", "type", "param", "code"}`.
-pub fn error(status: StatusCode, message: &str) -> Response<Full<Bytes>> {
-    let kind = match status.as_u16() {
-        400..500 => "BadRequestError",
-        _ => "ServiceUnavailableError",
-    };
-    let body = json!({"object": "error", "message": message, "type": kind, "param": null,
-                      "code": status.as_u16()});
-    json(status, &body, None)
-}
-
-pub fn models(model: &str) -> Value {
-    json!({"object": "list", "data": [{"id": model, "object": "model", "created": 0,
-                                       "owned_by": "sim-engine", "root": model}]})
 }
 
 #[cfg(test)]

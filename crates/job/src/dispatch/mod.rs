@@ -13,6 +13,7 @@ pub mod rate;
 pub mod retry;
 pub mod transport;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -96,6 +97,9 @@ pub struct Engines {
     request_timeout: Duration,
     retry: RetryPolicy,
     priority: Option<i64>,
+    /// Per engine: it refused the `priority` field (transformers serve has no such field; vLLM
+    /// refuses it without priority scheduling), so its requests go without it.
+    priority_refused: Vec<AtomicBool>,
     /// Per engine, when limited.
     request_rate: Vec<Bucket>,
     token_rate: Vec<Bucket>,
@@ -160,6 +164,7 @@ impl Engines {
             request_timeout: options.request_timeout,
             retry: options.retry,
             priority: options.priority,
+            priority_refused: (0..engines).map(|_| AtomicBool::new(false)).collect(),
             request_rate: options
                 .max_requests_per_second
                 .map(|r| buckets(engines, r, Duration::from_secs(1)))
@@ -251,10 +256,7 @@ impl Engines {
         stop: &StopSignal,
         mut on_retry: impl FnMut() + Send,
     ) -> Sent {
-        let body = match self.priority {
-            Some(p) => priority::with_priority(&body, p),
-            None => body,
-        };
+        let prioritised = self.priority.map(|p| priority::with_priority(&body, p));
         let tokens = (!self.token_rate.is_empty()).then(|| rate::estimate_tokens(&body) as f64);
         let mut attempt = 0;
         loop {
@@ -276,12 +278,15 @@ impl Engines {
                 lease = room => lease,
             };
             let engine = lease.engine;
+            let with_priority = prioritised
+                .as_ref()
+                .filter(|_| !self.priority_refused[engine].load(Ordering::Relaxed));
             let sent_at = tokio::time::Instant::now();
             let result = self.transports[engine]
                 .send_counting(
                     Method::POST,
                     &target.urls[engine],
-                    body.clone(),
+                    with_priority.unwrap_or(&body).clone(),
                     self.request_timeout,
                     &mut on_retry,
                 )
@@ -310,6 +315,10 @@ impl Engines {
                 {
                     bucket.settle(estimate - actual as f64);
                 }
+            }
+            if with_priority.is_some() && self.refuses_priority(engine, &delivery) {
+                // Sent again at once without the field: the request itself was fine.
+                continue;
             }
             let signal = match &delivery {
                 Delivery::Answered {
@@ -363,6 +372,31 @@ impl Engines {
 }
 
 impl Engines {
+    /// Whether `delivery` is the engine refusing the `priority` field (a 400 or 422 that names
+    /// it); if so the engine gets no more of it, and the first refusal is logged.
+    fn refuses_priority(&self, engine: usize, delivery: &Delivery) -> bool {
+        let Delivery::Answered {
+            status: 400 | 422,
+            body,
+            ..
+        } = delivery
+        else {
+            return false;
+        };
+        if !String::from_utf8_lossy(body).contains("priority") {
+            return false;
+        }
+        if !self.priority_refused[engine].swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{} refuses the priority field ({}): sending its requests without it, so they are \
+                 not scheduled below online traffic there",
+                self.bases[engine],
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            );
+        }
+        true
+    }
+
     /// Records a failed request on its engine, and says so when the engine is now skipped.
     fn failed(&self, lease: &mut pool::Lease<'_>, why: &str) {
         let url = &self.bases[lease.engine];

@@ -146,6 +146,11 @@ fn answered(
         Ok((parsed, info)) => {
             usage = info.usage;
             let request_id = request_id.or(info.id);
+            let parsed = if success {
+                parsed
+            } else {
+                parsed.as_openai_error(status)
+            };
             let line_outcome = LineOutcome::Response {
                 status_code: status,
                 request_id: request_id.as_deref(),

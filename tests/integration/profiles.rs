@@ -1,0 +1,235 @@
+//! The runner against sim-engine's profiles of real servers (`--profile sglang|vllm|transformers`):
+//! `run`, `--launch` and `serve` cope with each server's own answers, and every failure lands in
+//! the error file in OpenAI's shape with the engine's own body kept.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::common::service::Service;
+use crate::common::{
+    BIN, Job, Sim, chat_line, cmd, numbered_lines, results_by_id, run_args, stderr,
+};
+
+const PROFILES: [&str; 3] = ["sglang", "vllm", "transformers"];
+
+/// An instant engine of `profile` serving `sim-model` with a context of 64 tokens.
+fn engine(profile: &str, extra: &[&str]) -> Sim {
+    let mut args = vec!["--profile", profile, "--context-length", "64"];
+    args.extend_from_slice(extra);
+    Sim::instant(&args)
+}
+
+/// Runs `lines` against `sim` with `extra` flags; returns (exit code, stderr, output by id,
+/// errors by id).
+fn run(sim: &Sim, lines: &[Value], extra: &[&str]) -> (i32, String, Results, Results) {
+    let job = Job::new();
+    let input = job.input(lines);
+    let input = input.display().to_string();
+    let out = cmd()
+        .args(run_args(&job, &input, &[&sim.url], extra))
+        .output()
+        .expect("run");
+    let read = |name: &str| {
+        let path = job.path(name);
+        if path.exists() {
+            results_by_id(&path)
+        } else {
+            Results::new()
+        }
+    };
+    (
+        out.status.code().unwrap_or(-1),
+        stderr(&out),
+        read("out.jsonl"),
+        read("out.errors.jsonl"),
+    )
+}
+
+type Results = std::collections::HashMap<String, Value>;
+
+#[test]
+fn run_keeps_each_servers_answers_and_reads_its_errors() {
+    for profile in PROFILES {
+        let sim = engine(profile, &[]);
+        let mut lines = numbered_lines("ok-", 10);
+        let long = "word ".repeat(80);
+        lines.push(chat_line(
+            "long",
+            json!({"messages": [{"role": "user", "content": long}]}),
+        ));
+        let (code, err, ok, failed) = run(&sim, &lines, &[]);
+        for i in 0..10 {
+            let r = &ok[&format!("ok-{i}")];
+            let body = &r["response"]["body"];
+            let request_id = r["response"]["request_id"].as_str().expect("request_id");
+            // The result names the engine's request: its x-request-id header (transformers),
+            // else the body's id.
+            assert_eq!(body["id"], request_id, "{profile}");
+            assert_eq!(
+                body["choices"][0]["message"]["content"],
+                format!("echo: prompt for ok-{i}")
+            );
+            match profile {
+                "transformers" => {
+                    assert_eq!(request_id.len(), 36, "a uuid: {request_id}");
+                    assert_eq!(body["model"], "sim-model@main");
+                    assert!(body["usage"].get("prompt_tokens_details").is_none());
+                }
+                "vllm" => assert_eq!(body["choices"][0]["stop_reason"], Value::Null),
+                _ => assert!(request_id.starts_with("chatcmpl-")),
+            }
+        }
+        if profile == "transformers" {
+            // No context check there: the long prompt is answered.
+            assert_eq!(code, 0, "{profile}: {err}");
+            assert_eq!(ok.len(), 11);
+            continue;
+        }
+        assert_eq!(code, 1, "{profile}: one line failed: {err}");
+        let long = &failed["long"]["response"];
+        assert_eq!(long["status_code"], 400, "{profile}");
+        let message = long["body"]["error"]["message"]
+            .as_str()
+            .expect("OpenAI-shaped error");
+        assert!(message.contains("context length"), "{profile}: {message}");
+        match profile {
+            // vLLM's errors are OpenAI's shape already: kept as they are.
+            "vllm" => assert!(long["body"].get("engine_body").is_none()),
+            _ => assert_eq!(long["body"]["engine_body"]["object"], "error"),
+        }
+    }
+}
+
+#[test]
+fn a_model_the_server_does_not_serve_is_named_in_each_lines_error() {
+    let lines: Vec<Value> = (0..3)
+        .map(|i| chat_line(&format!("m-{i}"), json!({"model": "other-model"})))
+        .collect();
+    // vLLM lists its models: the runner stops before sending anything.
+    let sim = engine("vllm", &[]);
+    let (code, err, ok, failed) = run(&sim, &lines, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("other-model") && err.contains("--no-model-check"),
+        "{err}"
+    );
+    assert!(ok.is_empty() && failed.is_empty());
+    let (_, _, _, failed) = run(&sim, &lines, &["--no-model-check"]);
+    assert_eq!(failed["m-0"]["response"]["status_code"], 404);
+    assert_eq!(
+        failed["m-0"]["response"]["body"]["error"]["message"],
+        "The model `other-model` does not exist."
+    );
+    // transformers cannot list its models (500): each line gets its 400, read from FastAPI's
+    // {"detail": ...} into OpenAI's shape.
+    let sim = engine("transformers", &[]);
+    let (code, err, _, failed) = run(&sim, &lines, &[]);
+    assert_eq!(code, 1, "{err}");
+    let r = &failed["m-2"]["response"];
+    assert_eq!(r["status_code"], 400);
+    assert_eq!(
+        r["body"]["error"]["message"],
+        "Server is pinned to 'sim-model'; requested 'other-model'."
+    );
+    assert_eq!(r["body"]["error"]["type"], "invalid_request_error");
+    assert_eq!(
+        r["body"]["engine_body"]["detail"],
+        r["body"]["error"]["message"]
+    );
+    // SGLang lists its model, so the runner stops as for vLLM, though SGLang would answer any
+    // name with its own model; --no-model-check sends them.
+    let sim = engine("sglang", &[]);
+    let (code, err, _, _) = run(&sim, &lines, &[]);
+    assert_eq!(code, 2, "{err}");
+    let (code, err, ok, _) = run(&sim, &lines, &["--no-model-check"]);
+    assert_eq!((code, ok.len()), (0, 3), "{err}");
+}
+
+#[test]
+fn priority_goes_only_to_servers_that_take_it() {
+    let lines = numbered_lines("p-", 6);
+    // transformers refuses the field (422) and vLLM without priority scheduling too (400):
+    // the runner sends without it, once warned, and every line succeeds.
+    for profile in ["transformers", "vllm"] {
+        let sim = engine(profile, &[]);
+        let (code, err, ok, failed) = run(&sim, &lines, &["--priority", "-10"]);
+        assert_eq!(
+            (code, ok.len(), failed.len()),
+            (0, 6, 0),
+            "{profile}: {err}"
+        );
+        assert_eq!(
+            err.matches("refuses the priority field").count(),
+            1,
+            "{profile}: {err}"
+        );
+    }
+    // With priority scheduling vLLM takes it, and so does SGLang: no warning.
+    for (profile, flag) in [
+        ("vllm", "--enable-priority-scheduling"),
+        ("sglang", "--enable-priority-scheduling"),
+    ] {
+        let sim = engine(profile, &[flag]);
+        let (code, err, ok, _) = run(&sim, &lines, &["--priority", "-10"]);
+        assert_eq!((code, ok.len()), (0, 6), "{profile}: {err}");
+        assert!(!err.contains("refuses the priority field"), "{err}");
+    }
+}
+
+#[test]
+fn launch_waits_for_each_server_to_load_its_model() {
+    for profile in PROFILES {
+        let job = Job::new();
+        let input = job.input(&numbered_lines("l-", 5));
+        // SGLang answers 503 while loading; vLLM and transformers open their port only then;
+        // transformers' /v1/models (the readiness path) is a 500 for good: /health decides.
+        let launch = format!(
+            "{BIN} sim-engine --host {{host}} --port {{port}} --profile {profile} --startup-ms 1500 \
+             --ttft-ms 0 --ms-per-token 0"
+        );
+        let out = cmd()
+            .arg("run")
+            .arg(&input)
+            .arg("--output")
+            .arg(job.path("out.jsonl"))
+            .args([
+                "--progress",
+                "off",
+                "--launch",
+                &launch,
+                "--launch-timeout",
+                "30s",
+            ])
+            .output()
+            .expect("run");
+        assert!(out.status.success(), "{profile}: {}", stderr(&out));
+        let ok = results_by_id(&job.path("out.jsonl"));
+        assert_eq!(ok.len(), 5, "{profile}");
+        assert!(ok.values().all(|r| r["response"]["status_code"] == 200));
+    }
+}
+
+#[test]
+fn serve_runs_a_batch_on_each_server() {
+    for profile in PROFILES {
+        let sim = engine(profile, &[]);
+        let (_dir, service) = Service::with_engine(&sim, &[]);
+        let id = service.submit("s-", 8);
+        let batch = service.wait_status(&id, &["completed", "failed"], Duration::from_secs(60));
+        assert_eq!(batch["status"], "completed", "{profile}: {batch}");
+        assert_eq!(batch["request_counts"]["completed"], 8, "{profile}");
+        let output = service.content(batch["output_file_id"].as_str().expect("output file"));
+        let lines: Vec<Value> = output
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).expect("json"))
+            .collect();
+        assert_eq!(lines.len(), 8);
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["response"]["body"]["id"] == l["response"]["request_id"])
+        );
+    }
+}
