@@ -138,9 +138,9 @@ pub struct StatusArgs {
 pub enum ConcurrencyArg {
     /// At most --max-concurrency requests in flight across all engines.
     Fixed,
-    /// A limit per engine between --min-concurrency and --max-concurrency that grows while the
-    /// engine is healthy and shrinks on 429/503, timeouts, rising latency or a growing queue in
-    /// the engine's /metrics.
+    /// A limit per engine that starts at --max-concurrency and comes down (not below
+    /// --min-concurrency) on 429/503, timeouts, rising latency or a growing queue in the
+    /// engine's /metrics, growing back while the engine is healthy.
     Adaptive,
 }
 
@@ -151,7 +151,7 @@ pub struct ConcurrencyArgs {
     #[arg(long, value_enum, default_value_t = ConcurrencyArg::Fixed, env = "BATCH_RUNNER_CONCURRENCY")]
     pub concurrency: ConcurrencyArg,
 
-    /// With --concurrency adaptive: the limit each engine starts at and never goes below.
+    /// With --concurrency adaptive: the lowest the limit of each engine goes.
     #[arg(long, value_name = "N", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub min_concurrency: u32,

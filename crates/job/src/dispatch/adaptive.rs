@@ -1,15 +1,21 @@
-//! `--concurrency adaptive`: how many requests one engine may have in flight, found as TCP finds
-//! its window.
+//! `--concurrency adaptive`: how many requests one engine may have in flight, kept just below
+//! the point where the engine shows overload.
 //!
-//! The limit starts at the minimum and, while the engine is healthy, grows: by one per success
-//! at first (slow start, doubling every round trip), then by one per round trip (additive
-//! increase) after the first sign of overload. It shrinks on overload: by x0.7 for a 429 or 503,
-//! a timeout or dropped connection; by x0.9 for latency rising well above its smoothed
-//! baseline (after slow start only: a batching engine answers more slowly as its batch grows,
-//! by design, and the baseline of the first answers was taken at a fraction of the load); and
-//! by exactly the excess when the engine's own waiting queue (read from its
-//! `/metrics`) grows past a small target. At most one decrease per round trip, so a burst of
-//! failures from one overload counts once. The aim is an engine kept just saturated: a short queue, not a long one.
+//! The limit starts at the maximum, as a fixed limit would, and comes down on the engine's
+//! signs of overload: by exactly the excess when the engine's own waiting queue (read from
+//! its `/metrics`) grows past a small target; by x0.7 for a 429 or 503, a timeout or a dropped
+//! connection; by x0.9 when latency rises well above its smoothed average (online traffic
+//! arriving on a shared engine). At most one decrease per round trip, so a burst of failures
+//! from one overload counts once. While the engine is healthy it grows back by one per round
+//! trip. The aim is an engine kept just saturated: a short queue, not a long one.
+//!
+//! Why not start low and double per round trip, as TCP's slow start does: a batching engine
+//! answers a small batch about as slowly as a full one (its latency is per decode step, not
+//! per request), so each doubling costs a whole round trip of seconds. Measured on
+//! `transformers serve` on one H200 (BENCHMARKS.md), a start at 4 took 13 s to reach 256 and
+//! ran a 1,000-request job at 38-70% of a fixed limit's rate. Starting at the top costs one
+//! round trip of queueing at most, which the engine's queue or 429/503 show at once, and with
+//! `--priority` online requests pass the queued batch anyway.
 
 use std::time::Duration;
 
@@ -35,8 +41,9 @@ pub enum Signal {
     Answered(Duration),
     /// 429, 503, a timeout, a reset: the engine is overloaded or going down.
     Overloaded,
-    /// The engine's waiting queue as its `/metrics` reports it.
-    Queue(f64),
+    /// The engine's waiting queue as its `/metrics` reports it, and how many requests the
+    /// runner has in flight on it at that moment.
+    Queue { waiting: f64, in_flight: usize },
 }
 
 #[derive(Debug, Clone)]
@@ -44,7 +51,6 @@ pub struct Controller {
     min: f64,
     max: f64,
     limit: f64,
-    slow_start: bool,
     short: Option<f64>,
     long: Option<f64>,
     answers: u64,
@@ -52,6 +58,8 @@ pub struct Controller {
     calm_until: Option<Instant>,
     /// The queue the engine may keep before it counts as overloaded.
     queue_target: f64,
+    /// Decreases so far.
+    cuts: u64,
 }
 
 impl Controller {
@@ -61,13 +69,13 @@ impl Controller {
         Self {
             min,
             max,
-            limit: min,
-            slow_start: true,
+            limit: max,
             short: None,
             long: None,
             answers: 0,
             calm_until: None,
             queue_target: 0.0,
+            cuts: 0,
         }
     }
 
@@ -76,9 +84,9 @@ impl Controller {
         self.limit.floor() as usize
     }
 
-    /// Still growing by one per answer (no overload sign seen yet).
-    pub fn in_slow_start(&self) -> bool {
-        self.slow_start
+    /// How many times the limit came down (a sign of overload each).
+    pub fn cuts(&self) -> u64 {
+        self.cuts
     }
 
     pub fn observe(&mut self, signal: Signal, now: Instant) {
@@ -90,39 +98,35 @@ impl Controller {
                 let long = ewma(self.long, secs, LONG_WEIGHT);
                 self.short = Some(short);
                 self.long = Some(long);
-                // Not in slow start: its latency baseline comes from the first answers, at a
-                // fraction of the load, and a batching engine answers more slowly as its batch
-                // grows, by design. Slow start ends on real overload signs (429/503, timeouts,
-                // the engine's queue), as TCP's ends on loss.
-                if !self.slow_start
-                    && self.answers > LATENCY_WARM_UP
-                    && short > long * LATENCY_TOLERANCE
-                {
+                // Relative to the recent average, not to the first answers: a batching engine
+                // answers more slowly as its batch grows, by design, so only a rise from the
+                // load it had is a sign (more traffic on a shared engine).
+                if self.answers > LATENCY_WARM_UP && short > long * LATENCY_TOLERANCE {
                     self.decrease(now, self.limit * (1.0 - LATENCY_DECREASE));
                 } else {
                     self.increase();
                 }
             }
             Signal::Overloaded => self.decrease(now, self.limit * (1.0 - DECREASE)),
-            Signal::Queue(waiting) => {
+            Signal::Queue { waiting, in_flight } => {
                 // A little queue keeps the engine's batches full; more only adds latency. The
                 // excess says exactly how far the limit is off, so just that comes off: no
-                // sawtooth below the engine's capacity.
+                // sawtooth below the engine's capacity. Requests still in flight above the
+                // limit (sent before the last cut) are part of the queue that is already
+                // going away: counted again, they would cut the limit twice.
                 self.queue_target = (self.limit * 0.1).max(2.0);
-                if waiting > self.queue_target {
-                    self.decrease(now, waiting - self.queue_target);
+                let leaving = (in_flight as f64 - self.limit).max(0.0);
+                let excess = waiting - self.queue_target - leaving;
+                if excess > 0.0 {
+                    self.decrease(now, excess);
                 }
             }
         }
     }
 
+    /// About one more per round trip (one limit's worth of answers).
     fn increase(&mut self) {
-        let step = if self.slow_start {
-            1.0
-        } else {
-            1.0 / self.limit
-        };
-        self.limit = (self.limit + step).min(self.max);
+        self.limit = (self.limit + 1.0 / self.limit).min(self.max);
     }
 
     /// Takes `by` requests off the limit (once per round trip).
@@ -130,7 +134,7 @@ impl Controller {
         if self.calm_until.is_some_and(|t| now < t) {
             return;
         }
-        self.slow_start = false;
+        self.cuts += 1;
         self.limit = (self.limit - by).max(self.min);
         let round_trip = self.short.unwrap_or(0.1).clamp(0.01, 10.0);
         self.calm_until = Some(now + Duration::from_secs_f64(round_trip));
@@ -148,28 +152,22 @@ mod tests {
     const RTT: Duration = Duration::from_millis(100);
 
     #[test]
-    fn grows_fast_while_healthy_and_never_past_the_maximum() {
+    fn starts_at_the_maximum_and_stays_there_while_healthy() {
         let mut c = Controller::new(4, 64);
         let now = Instant::now();
-        assert_eq!(c.limit(), 4);
-        for _ in 0..10 {
-            c.observe(Signal::Answered(RTT), now);
-        }
-        assert_eq!(c.limit(), 14, "slow start: one more per success");
+        assert_eq!(c.limit(), 64);
         for _ in 0..1000 {
             c.observe(Signal::Answered(RTT), now);
         }
-        assert_eq!(c.limit(), 64);
+        assert_eq!((c.limit(), c.cuts()), (64, 0));
+        assert_eq!(Controller::new(8, 8).limit(), 8);
+        assert_eq!(Controller::new(0, 0).limit(), 1);
     }
 
     #[test]
     fn overload_shrinks_once_per_round_trip_then_growth_is_additive() {
-        let mut c = Controller::new(1, 1000);
+        let mut c = Controller::new(1, 100);
         let t0 = Instant::now();
-        for _ in 0..99 {
-            c.observe(Signal::Answered(RTT), t0);
-        }
-        assert_eq!(c.limit(), 100);
         c.observe(Signal::Overloaded, t0);
         assert_eq!(c.limit(), 70);
         // The rest of the same burst counts once.
@@ -178,12 +176,17 @@ mod tests {
         }
         assert_eq!(c.limit(), 70);
         c.observe(Signal::Overloaded, t0 + RTT * 2);
-        assert_eq!(c.limit(), 49);
+        assert_eq!((c.limit(), c.cuts()), (49, 2));
         // Additive: about one more per limit's worth of answers.
         for _ in 0..55 {
             c.observe(Signal::Answered(RTT), t0 + RTT * 3);
         }
         assert_eq!(c.limit(), 50);
+        c.observe(Signal::Overloaded, t0 + RTT * 10);
+        for _ in 0..10 {
+            c.observe(Signal::Overloaded, t0 + RTT * (11 + 2 * 10));
+        }
+        assert!(c.limit() >= 1, "never below the minimum");
     }
 
     #[test]
@@ -193,49 +196,43 @@ mod tests {
         for _ in 0..60 {
             c.observe(Signal::Answered(RTT), t0);
         }
-        c.observe(Signal::Overloaded, t0); // slow start ends
-        let t1 = t0 + RTT * 2;
-        for _ in 0..50 {
-            c.observe(Signal::Answered(RTT), t1);
-        }
-        let before = c.limit();
         for _ in 0..5 {
-            c.observe(Signal::Answered(RTT * 4), t1);
+            c.observe(Signal::Answered(RTT * 4), t0);
         }
         assert!(
-            c.limit() < before,
-            "latency 4x the baseline must shrink the limit"
+            c.limit() < 1000,
+            "latency 4x its recent average must shrink the limit"
         );
-        let mut q = Controller::new(1, 1000);
-        for _ in 0..49 {
-            q.observe(Signal::Answered(RTT), t0);
-        }
-        q.observe(Signal::Queue(1.0), t0);
+        let queue = |waiting: f64, in_flight: usize| Signal::Queue { waiting, in_flight };
+        let mut q = Controller::new(1, 50);
+        q.observe(queue(1.0, 50), t0);
         assert_eq!(q.limit(), 50, "a short queue is the target");
-        q.observe(Signal::Queue(8.0), t0);
+        q.observe(queue(8.0, 50), t0);
         assert_eq!(q.limit(), 47, "a queue of 8 over a target of 5 takes 3 off");
-        let mut flood = Controller::new(1, 1000);
-        for _ in 0..199 {
-            flood.observe(Signal::Answered(RTT), t0);
-        }
-        flood.observe(Signal::Queue(170.0), t0);
+        let mut flood = Controller::new(1, 200);
+        flood.observe(queue(170.0, 200), t0);
         assert_eq!(
             flood.limit(),
             50,
             "a queue of 170 over a target of 20 takes 150 off"
         );
-        assert_eq!(Controller::new(8, 8).limit(), 8);
+        // The next reading, before the requests sent above the new limit have left: they are
+        // still queued in the engine, and must not cut the limit again.
+        flood.observe(queue(100.0, 150), t0 + RTT * 10);
+        assert_eq!(flood.limit(), 50);
+        flood.observe(queue(30.0, 50), t0 + RTT * 20);
+        assert_eq!(flood.limit(), 25, "a queue past the target with no one leaving is cut");
     }
 
-    /// Slow start on a batching engine: each answer takes longer as the batch grows (here 4x
-    /// from the first answers), by design. Only real overload signs end slow start.
+    /// A batching engine at full load: each answer is slower than an unloaded one would be,
+    /// by design, and steadily so. That is no overload sign.
     #[test]
-    fn latency_growing_with_the_batch_does_not_end_slow_start() {
+    fn a_steady_latency_under_full_load_keeps_the_limit() {
         let mut c = Controller::new(4, 256);
         let t0 = Instant::now();
-        for _ in 0..2000 {
-            let latency = RTT + Duration::from_millis(2) * c.limit() as u32;
-            c.observe(Signal::Answered(latency), t0);
+        for i in 0..2000u32 {
+            let jitter = Duration::from_millis(u64::from(i % 7) * 30);
+            c.observe(Signal::Answered(RTT * 20 + jitter), t0);
         }
         assert_eq!(c.limit(), 256);
     }

@@ -52,7 +52,13 @@ impl Engines {
                     _ => continue,
                 };
                 match waiting {
-                    Some(waiting) => self.pool.observe(engine, Signal::Queue(waiting)),
+                    Some(waiting) => self.pool.observe(
+                        engine,
+                        Signal::Queue {
+                            waiting,
+                            in_flight: self.pool.in_flight(engine),
+                        },
+                    ),
                     None => {
                         readable[engine] = false;
                         tracing::info!(

@@ -216,22 +216,23 @@ impl Pool {
         let Some(controller) = self.controllers.get(engine) else {
             return;
         };
-        let (before, after, ended_slow_start) = {
+        let (before, after, cuts) = {
             let mut c = controller.lock().unwrap_or_else(|e| e.into_inner());
-            let (before, slow) = (c.limit(), c.in_slow_start());
+            let before = c.limit();
             c.observe(signal, Instant::now());
-            (before, c.limit(), slow && !c.in_slow_start())
+            (before, c.limit(), c.cuts())
         };
-        if ended_slow_start {
-            tracing::info!(
-                "engine {}: adaptive slow start ended at a limit of {before} ({signal:?})",
-                engine + 1
-            );
-        } else if after < before {
-            tracing::debug!(
+        if after < before {
+            // The first sign of overload is worth knowing; the adjustments after it are not.
+            let message = format!(
                 "engine {}: adaptive limit {before} -> {after} ({signal:?})",
                 engine + 1
             );
+            if cuts == 1 {
+                tracing::info!("{message}");
+            } else {
+                tracing::debug!("{message}");
+            }
         }
         if after > before {
             self.freed.notify_waiters();
