@@ -221,7 +221,11 @@ mod tests {
         flood.observe(queue(100.0, 150), t0 + RTT * 10);
         assert_eq!(flood.limit(), 50);
         flood.observe(queue(30.0, 50), t0 + RTT * 20);
-        assert_eq!(flood.limit(), 25, "a queue past the target with no one leaving is cut");
+        assert_eq!(
+            flood.limit(),
+            25,
+            "a queue past the target with no one leaving is cut"
+        );
     }
 
     /// A batching engine at full load: each answer is slower than an unloaded one would be,
