@@ -453,6 +453,72 @@ fn a_worker_that_keeps_dying_fails_the_batch_with_the_reason() {
     assert!(String::from_utf8_lossy(&errors).contains("\"batch_failed\""));
 }
 
+/// The service stopped after failing a batch and before publishing its results (simulated:
+/// the results are detached while it is down): the next start publishes them.
+#[test]
+fn a_failed_batch_whose_results_were_never_published_gets_them_at_the_next_start() {
+    let sim = Sim::instant(&[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let flags = [
+        "--engine-url",
+        sim.url.as_str(),
+        "--worker-command",
+        "exit 3",
+        "--max-worker-restarts",
+        "1",
+    ];
+    let service = Service::start(&data, &flags);
+    let lines: Vec<Value> = (0..3)
+        .map(|i| chat_line(&format!("s{i}"), json!({})))
+        .collect();
+    let file = service.upload("in.jsonl", &jsonl(&lines));
+    let batch = service.create_batch(&file, "24h");
+    wait_for(LONG, || {
+        let b = service.batch(&batch);
+        b["error_file_id"].is_string().then_some(())
+    });
+    drop(service);
+    detach_results(&data.join("batch-runner.db"), &batch);
+
+    let service = Service::start(&data, &flags);
+    let b = wait_for(Duration::from_secs(20), || {
+        let b = service.batch(&batch);
+        b["error_file_id"].is_string().then_some(b)
+    });
+    let errors = service.content(b["error_file_id"].as_str().expect("an error file"));
+    assert_eq!(unique_ids(&errors).len(), 3);
+    assert_eq!(
+        String::from_utf8_lossy(&errors)
+            .matches("\"batch_failed\"")
+            .count(),
+        3
+    );
+}
+
+/// Sets a batch's result files back to none in the service's SQLite database.
+fn detach_results(db: &std::path::Path, batch: &str) {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", db.display());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(async {
+            let mut c = sqlx::SqliteConnection::connect(&url)
+                .await
+                .expect("open the database");
+            let done = sqlx::query(
+                "UPDATE batches SET output_file_id = NULL, error_file_id = NULL WHERE id = $1",
+            )
+            .bind(batch)
+            .execute(&mut c)
+            .await
+            .expect("update");
+            assert_eq!(done.rows_affected(), 1);
+        });
+}
+
 #[test]
 fn metrics_openapi_and_results_so_far() {
     let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0"]);

@@ -32,6 +32,8 @@ pub const DEFAULT_TEMPLATE: &str =
 pub const GAVE_UP: i32 = 75;
 /// Lines of a crashed worker's log quoted in the batch's error.
 const LOG_TAIL_LINES: usize = 5;
+/// How often to look for failed batches whose results were never published.
+const REPUBLISH_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -72,7 +74,13 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut running: HashMap<String, Running> = HashMap::new();
+    let mut stranded_check = tokio::time::Instant::now();
+    publish_stranded(&store, &blobs, &config).await;
     loop {
+        if stranded_check.elapsed() >= REPUBLISH_EVERY {
+            stranded_check = tokio::time::Instant::now();
+            publish_stranded(&store, &blobs, &config).await;
+        }
         reap(&store, &blobs, &config, &mut running).await;
         poke_cancelled(&store, &mut running).await;
         claim(&store, &config, &mut running).await;
@@ -136,6 +144,24 @@ async fn reap(
                     Err(e) => tracing::warn!("cannot record the crash of {id}'s worker: {e}"),
                 }
             }
+        }
+    }
+}
+
+/// Publishes what failed batches finished when that did not happen when they failed (the
+/// service died in between): their results are the user's.
+async fn publish_stranded(store: &Store, blobs: &Blobs, config: &SchedulerConfig) {
+    let ids = match store.failed_without_results().await {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!("cannot look for failed batches without results: {e}");
+            return;
+        }
+    };
+    for id in ids {
+        tracing::info!("batch {id} failed without its results published: publishing them now");
+        if let Err(e) = crate::worker::publish_failed(store, blobs, &config.work_root, &id).await {
+            tracing::error!("cannot publish the results of failed batch {id}: {e}");
         }
     }
 }

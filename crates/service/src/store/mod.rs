@@ -673,6 +673,17 @@ impl Store {
         Ok(query.fetch_all(&self.pool).await?)
     }
 
+    /// Batches failed by their workers' crashes whose results were never published (the
+    /// service stopped between failing the batch and publishing).
+    pub async fn failed_without_results(&self) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM batches WHERE status = 'failed' AND output_file_id IS NULL \
+             AND error_file_id IS NULL AND errors LIKE '%\"worker_failed\"%'",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     /// A batch's status alone (a worker's cheap look for a cancel).
     pub async fn status(&self, id: &str) -> Result<Option<String>> {
         Ok(
