@@ -93,7 +93,11 @@ pub fn run(args: RunArgs) -> Exit {
                 JobStatus::Expired => Exit::Expired,
                 JobStatus::Cancelled => Exit::Cancelled,
                 JobStatus::Interrupted => Exit::Interrupted,
-                JobStatus::Completed if summary.failed > 0 => Exit::SomeFailed,
+                // A job run again after it finished answers as it did: its failures are
+                // still in the error file.
+                JobStatus::Completed | JobStatus::AlreadyComplete if summary.failed > 0 => {
+                    Exit::SomeFailed
+                }
                 JobStatus::Completed | JobStatus::AlreadyComplete => Exit::Success,
             }
         }

@@ -422,7 +422,8 @@ fn a_finished_kept_state_does_not_block_another_input() {
     let again = run_cmd(&input, &output, &sim.url, &["--keep-state"])
         .output()
         .expect("run");
-    assert_eq!(again.status.code(), Some(0), "already complete");
+    // Already complete: nothing sent, and the same exit code, since its failures stand.
+    assert_eq!(again.status.code(), Some(1), "already complete");
     let other = job.write(
         "other.jsonl",
         &crate::common::jsonl(&numbered_lines("o", 5)),

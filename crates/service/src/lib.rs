@@ -11,6 +11,7 @@ pub mod ids;
 pub mod model;
 pub mod scheduler;
 pub mod settings;
+pub mod status;
 pub mod store;
 pub mod sweeper;
 pub mod window;

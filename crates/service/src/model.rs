@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::store::{BatchRow, FileRow};
+use crate::store::{BatchRow, BatchStatus, FileRow};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FileObject {
@@ -158,8 +158,8 @@ impl From<&BatchRow> for Batch {
             .unwrap_or_default();
         progress.worker_restarts = b.crashes.max(0) as u64;
         if matches!(
-            b.status.as_str(),
-            "in_progress" | "finalizing" | "cancelling"
+            b.status,
+            BatchStatus::InProgress | BatchStatus::Finalizing | BatchStatus::Cancelling
         ) {
             progress.partial_results_path = Some(format!("/v1/batches/{}/partial_results", b.id));
         } else {
@@ -175,7 +175,7 @@ impl From<&BatchRow> for Batch {
             errors,
             input_file_id: b.input_file_id.clone(),
             completion_window: b.completion_window.clone(),
-            status: b.status.clone(),
+            status: b.status.as_str().to_owned(),
             output_file_id: b.output_file_id.clone(),
             error_file_id: b.error_file_id.clone(),
             created_at: b.created_at,

@@ -33,7 +33,9 @@ use crate::blobs::Blobs;
 use crate::ids;
 use crate::model::{BatchError, Progress};
 use crate::settings::WorkerSettings;
-use crate::store::{BatchRow, Counts, FileRow, Finish, LeaseLost, Store, StoreError, now_secs};
+use crate::store::{
+    BatchRow, BatchStatus, Counts, FileRow, Finish, LeaseLost, Store, StoreError, now_secs,
+};
 
 /// How a worker ended; the process exit code tells the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,7 +82,7 @@ pub fn state_dir(work_root: &Path, batch: &str) -> PathBuf {
 /// What the pipeline ended with, kept until the batch's files are registered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Outcome {
-    status: String,
+    status: BatchStatus,
     /// The request count, when only the worker knows it (a batch cancelled before it ran).
     #[serde(default)]
     total: Option<i64>,
@@ -183,18 +185,21 @@ impl Worker {
             .blobs
             .local_copy(&batch.input_blob, &work.join("input.jsonl"))
             .await?;
-        if batch.status == "cancelling" && batch.in_progress_at.is_none() && !state.exists() {
+        if batch.status == BatchStatus::Cancelling
+            && batch.in_progress_at.is_none()
+            && !state.exists()
+        {
             return self.cancel_unsent(batch, work, &input).await;
         }
         let model = match &batch.model {
-            Some(model) if batch.status != "validating" => model.clone(),
+            Some(model) if batch.status != BatchStatus::Validating => model.clone(),
             _ => match self.validate(batch, &input).await? {
                 Ok(model) => model,
                 Err(end) => return Ok(end),
             },
         };
         // A cancel that came during validation: nothing may be sent.
-        if !state.exists() && self.store.status(&self.batch).await?.as_deref() == Some("cancelling")
+        if !state.exists() && self.store.status(&self.batch).await? == Some(BatchStatus::Cancelling)
         {
             return self.cancel_unsent(batch, work, &input).await;
         }
@@ -259,9 +264,9 @@ impl Worker {
             Err(e) => return Err(e.into()),
         };
         let status = match summary.status {
-            JobStatus::Completed | JobStatus::AlreadyComplete => "completed",
-            JobStatus::Expired => "expired",
-            JobStatus::Cancelled => "cancelled",
+            JobStatus::Completed | JobStatus::AlreadyComplete => BatchStatus::Completed,
+            JobStatus::Expired => BatchStatus::Expired,
+            JobStatus::Cancelled => BatchStatus::Cancelled,
             JobStatus::Interrupted => return Ok(WorkerEnd::GaveUp),
         };
         let outcome = outcome_of(
@@ -439,7 +444,7 @@ impl Worker {
         };
         let salvaged = final_files(work, input, max_line_bytes, ending).await?;
         let outcome = Outcome {
-            status: "cancelled".into(),
+            status: BatchStatus::Cancelled,
             total: Some(salvaged.unfinished as i64),
             completed: 0,
             failed: 0,
@@ -458,18 +463,14 @@ impl Worker {
         work: &Path,
         outcome: Outcome,
     ) -> Result<WorkerEnd, WorkerError> {
-        if outcome.status == "completed" {
+        if outcome.status == BatchStatus::Completed {
             self.store.finalizing(&self.batch, self.fence).await?;
         }
         let output = adopt(&self.blobs, batch, &work.join("output.jsonl"), "output").await?;
         let errors = adopt(&self.blobs, batch, &work.join("errors.jsonl"), "error").await?;
         let finish = Finish {
             total: outcome.total,
-            status: match outcome.status.as_str() {
-                "completed" => "completed",
-                "expired" => "expired",
-                _ => "cancelled",
-            },
+            status: outcome.status,
             counts: Counts {
                 completed: outcome.completed,
                 failed: outcome.failed,
@@ -686,10 +687,10 @@ fn no_engine(model: &str) -> BatchError {
     )
 }
 
-fn outcome_of(status: &str, summary: &RunSummary, latency: (u64, f64)) -> Outcome {
+fn outcome_of(status: BatchStatus, summary: &RunSummary, latency: (u64, f64)) -> Outcome {
     let (latency_count, latency_sum) = latency;
     Outcome {
-        status: status.into(),
+        status,
         total: None,
         completed: summary.succeeded as i64,
         failed: summary.failed as i64,
@@ -807,7 +808,7 @@ async fn report_loop(
             store.status(&batch).await.map(|s| s.ok_or(LeaseLost))
         };
         match status {
-            Ok(Ok(status)) if status == "cancelling" => {
+            Ok(Ok(BatchStatus::Cancelling)) => {
                 if stop.phase() == batch_job::stop::Phase::Running {
                     tracing::info!("batch {batch}: cancel requested");
                     stop.request(StopReason::Cancelled);

@@ -16,7 +16,7 @@ use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::ids;
 use crate::model::{Batch, List};
-use crate::store::{BatchRow, now_secs};
+use crate::store::{BatchRow, BatchStatus, now_secs};
 use crate::window::parse_window;
 
 /// OpenAI's metadata limits.
@@ -183,7 +183,7 @@ pub async fn create(
         input_file_id: input.id,
         input_blob: input.blob,
         completion_window: request.completion_window,
-        status: "validating".into(),
+        status: BatchStatus::Validating,
         created_at,
         expires_at: created_at + window as i64,
         metadata: metadata.map(|m| serde_json::Value::from(m).to_string()),
@@ -299,16 +299,16 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Batch>, ApiError> {
     let batch = owned(&app, &owner, &id).await?;
-    match batch.status.as_str() {
-        "validating" | "in_progress" => {
+    match batch.status {
+        status if status.can_become(BatchStatus::Cancelling) => {
             app.store.request_cancel(&owner.0, &id, now_secs()).await?;
             app.wake.notify_one();
             Ok(Json(Batch::from(&owned(&app, &owner, &id).await?)))
         }
         // Cancelling twice is harmless, as with OpenAI.
-        "cancelling" | "cancelled" => Ok(Json(Batch::from(&batch))),
+        BatchStatus::Cancelling | BatchStatus::Cancelled => Ok(Json(Batch::from(&batch))),
         status => Err(ApiError::invalid(format!(
-            "Cannot cancel batch {id}: its status is {status:?}; only a validating or \
+            "Cannot cancel batch {id}: its status is \"{status}\"; only a validating or \
              in_progress batch can be cancelled"
         ))
         .param("id")),

@@ -11,7 +11,7 @@ use utoipa::OpenApi;
 use super::AppState;
 use crate::error::ApiError;
 use crate::model::Progress;
-use crate::store::now_ms;
+use crate::store::{BatchStatus, now_ms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -63,19 +63,10 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
         "# HELP batch_runner_batches Batches by status.\n# TYPE batch_runner_batches gauge"
     );
     let counts = app.store.status_counts().await?;
-    for status in [
-        "validating",
-        "in_progress",
-        "finalizing",
-        "completed",
-        "failed",
-        "expired",
-        "cancelling",
-        "cancelled",
-    ] {
+    for status in BatchStatus::ALL {
         let n = counts
             .iter()
-            .find(|(s, _)| s == status)
+            .find(|(s, _)| *s == status)
             .map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "batch_runner_batches{{status=\"{status}\"}} {n}");
     }

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
+pub use crate::status::BatchStatus;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -27,9 +29,6 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
-
-/// Statuses after which a batch never changes again.
-pub const TERMINAL: [&str; 4] = ["completed", "failed", "expired", "cancelled"];
 
 pub fn now_secs() -> i64 {
     SystemTime::now()
@@ -64,7 +63,7 @@ pub struct BatchRow {
     pub input_file_id: String,
     pub input_blob: String,
     pub completion_window: String,
-    pub status: String,
+    pub status: BatchStatus,
     pub created_at: i64,
     pub expires_at: i64,
     pub in_progress_at: Option<i64>,
@@ -95,7 +94,7 @@ pub struct BatchRow {
 
 impl BatchRow {
     pub fn is_terminal(&self) -> bool {
-        TERMINAL.contains(&self.status.as_str())
+        self.status.is_terminal()
     }
 }
 
@@ -111,7 +110,7 @@ pub struct Counts {
 /// How a worker ends its batch: the terminal status and the result files it created.
 #[derive(Debug, Clone)]
 pub struct Finish {
-    pub status: &'static str,
+    pub status: BatchStatus,
     /// The batch's request count, when the worker learned it only now (a batch cancelled
     /// before it ran); `None` keeps the one validation recorded.
     pub total: Option<i64>,
@@ -356,7 +355,8 @@ impl Store {
         let rows = sqlx::query(sql(format!(
             "SELECT {FILE_COLUMNS} FROM files f WHERE deleted = 1 AND NOT EXISTS (\
              SELECT 1 FROM batches b WHERE b.input_blob = f.blob \
-             AND b.status NOT IN ('completed', 'failed', 'expired', 'cancelled')) LIMIT 1000"
+             AND b.status NOT IN {}) LIMIT 1000",
+            BatchStatus::sql_list(&BatchStatus::TERMINAL)
         )))
         .fetch_all(&self.pool)
         .await?;
@@ -387,7 +387,7 @@ impl Store {
         .bind(&b.input_file_id)
         .bind(&b.input_blob)
         .bind(&b.completion_window)
-        .bind(&b.status)
+        .bind(b.status)
         .bind(b.created_at)
         .bind(b.expires_at)
         .bind(&b.metadata)
@@ -471,9 +471,9 @@ impl Store {
         cancels_only: bool,
     ) -> Result<Vec<(String, i64)>> {
         let statuses = if cancels_only {
-            "('cancelling')"
+            BatchStatus::sql_list(&[BatchStatus::Cancelling])
         } else {
-            "('validating', 'in_progress', 'finalizing', 'cancelling')"
+            BatchStatus::sql_list(&BatchStatus::UNFINISHED)
         };
         let filter = match models {
             None => String::new(),
@@ -581,11 +581,11 @@ impl Store {
             "line": null,
         }])
         .to_string();
-        let failed = sqlx::query(
+        let failed = sqlx::query(sql(format!(
             "UPDATE batches SET status = 'failed', failed_at = $4, errors = $5 \
-             WHERE id = $1 AND fence = $2 AND crashes >= $3 AND status NOT IN \
-             ('completed', 'failed', 'expired', 'cancelled')",
-        )
+             WHERE id = $1 AND fence = $2 AND crashes >= $3 AND status NOT IN {}",
+            BatchStatus::sql_list(&BatchStatus::TERMINAL)
+        )))
         .bind(id)
         .bind(fence)
         .bind(max_crashes)
@@ -628,7 +628,7 @@ impl Store {
         fence: i64,
         counts: &Counts,
         progress: &str,
-    ) -> Result<std::result::Result<String, LeaseLost>> {
+    ) -> Result<std::result::Result<BatchStatus, LeaseLost>> {
         // A restarted worker counts again from its last checkpoint: the counts a client sees
         // never go back (the final ones, set by `finish`, are exact).
         let done = sqlx::query(
@@ -685,7 +685,7 @@ impl Store {
     }
 
     /// A batch's status alone (a worker's cheap look for a cancel).
-    pub async fn status(&self, id: &str) -> Result<Option<String>> {
+    pub async fn status(&self, id: &str) -> Result<Option<BatchStatus>> {
         Ok(
             sqlx::query_scalar("SELECT status FROM batches WHERE id = $1")
                 .bind(id)
@@ -742,8 +742,8 @@ impl Store {
         }
         let now = now_secs();
         let column = match finish.status {
-            "completed" => "completed_at",
-            "expired" => "expired_at",
+            BatchStatus::Completed => "completed_at",
+            BatchStatus::Expired => "expired_at",
             _ => "cancelled_at",
         };
         let done = sqlx::query(sql(format!(
@@ -815,7 +815,7 @@ impl Store {
     // ----- metrics -----
 
     /// Batches by status.
-    pub async fn status_counts(&self) -> Result<Vec<(String, i64)>> {
+    pub async fn status_counts(&self) -> Result<Vec<(BatchStatus, i64)>> {
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM batches GROUP BY status")
             .fetch_all(&self.pool)
             .await?;
@@ -826,10 +826,10 @@ impl Store {
 
     /// Unfinished batches no worker holds: the queue.
     pub async fn queue_depth(&self, now_ms: i64) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM batches WHERE status IN \
-             ('validating', 'in_progress', 'finalizing', 'cancelling') AND lease_until < $1",
-        )
+        Ok(sqlx::query_scalar(sql(format!(
+            "SELECT COUNT(*) FROM batches WHERE status IN {} AND lease_until < $1",
+            BatchStatus::sql_list(&BatchStatus::UNFINISHED)
+        )))
         .bind(now_ms)
         .fetch_one(&self.pool)
         .await?)

@@ -26,7 +26,7 @@ fn batch(id: &str, input: &str) -> BatchRow {
         input_file_id: input.into(),
         input_blob: input.into(),
         completion_window: "24h".into(),
-        status: "validating".into(),
+        status: BatchStatus::Validating,
         created_at: 1,
         expires_at: 86401,
         ..BatchRow::default()
@@ -156,7 +156,7 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
     );
     let stale = Finish {
         total: None,
-        status: "completed",
+        status: BatchStatus::Completed,
         counts: counts.clone(),
         progress: "{}".into(),
         output: Some(file("file-stale", "a", None)),
@@ -179,7 +179,7 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
         .report("batch_x", 2, &counts, "{}")
         .await
         .expect("report");
-    assert_eq!(status, Ok("in_progress".to_owned()));
+    assert_eq!(status, Ok(BatchStatus::InProgress));
     // A restarted worker reports from its last checkpoint, behind what was shown: the counts a
     // client sees never go back.
     let behind = Counts {
@@ -212,7 +212,7 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
         .await
         .expect("get")
         .expect("batch");
-    assert_eq!(b.status, "completed");
+    assert_eq!(b.status, BatchStatus::Completed);
     assert_eq!(b.output_file_id.as_deref(), Some("file-out"));
     assert!(b.completed_at.is_some() && b.finalizing_at.is_some());
     assert!(claimable().await.is_empty());
@@ -298,7 +298,7 @@ pub async fn crashes_fail_a_batch_after_the_limit(store: &Store) {
         .await
         .expect("get")
         .expect("batch");
-    assert_eq!(b.status, "failed");
+    assert_eq!(b.status, BatchStatus::Failed);
     let errors = b.errors.unwrap_or_default();
     assert!(
         errors.contains("killed by signal 9") && !errors.contains("/srv"),
@@ -323,7 +323,7 @@ pub async fn cancel_moves_only_running_batches(store: &Store) {
             .expect("get")
             .expect("b")
             .status,
-        "validating"
+        BatchStatus::Validating
     );
     store
         .request_cancel("a", "batch_k", 5)
