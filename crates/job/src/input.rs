@@ -63,11 +63,41 @@ pub struct Blocks {
     hashes: Vec<u64>,
 }
 
+/// What identifies an input's bytes across runs: recorded in the state (and in the completion
+/// marker) when the job starts, compared when it resumes.
+///
+/// `current` is `xxh3:SIZE-HASH`: xxh3 has a fixed specification, so a binary built with another
+/// toolchain computes the same. Earlier versions recorded `SIZE-HASH` with std's
+/// `DefaultHasher`, whose algorithm may change between Rust releases; `legacy` is that form, so
+/// a state they left still resumes (with this toolchain), and the state moves to the current
+/// form as it resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputFingerprint {
+    pub current: String,
+    pub legacy: String,
+}
+
+impl InputFingerprint {
+    /// A fingerprint as a state recorded it, to open that state without its input.
+    pub fn recorded(text: &str) -> Self {
+        Self {
+            current: text.to_owned(),
+            legacy: text.to_owned(),
+        }
+    }
+
+    /// Whether a recorded fingerprint (of either form) names these bytes.
+    pub fn matches(&self, recorded: &str) -> bool {
+        recorded == self.current || recorded == self.legacy
+    }
+}
+
 /// The reader of the validation pass: hashes what passes through it (per block, and as a whole
 /// for the state's fingerprint) and, for a stream, writes it to a copy.
 pub struct Recording<R> {
     inner: R,
-    whole: DefaultHasher,
+    whole: Xxh3,
+    legacy: DefaultHasher,
     block: Xxh3,
     in_block: usize,
     blocks: Blocks,
@@ -79,7 +109,8 @@ impl<R: Read> Recording<R> {
     pub fn new(inner: R, copy: Option<(File, PathBuf)>) -> Self {
         Self {
             inner,
-            whole: DefaultHasher::new(),
+            whole: Xxh3::new(),
+            legacy: DefaultHasher::new(),
             block: Xxh3::new(),
             in_block: 0,
             blocks: Blocks::default(),
@@ -87,9 +118,8 @@ impl<R: Read> Recording<R> {
         }
     }
 
-    /// The block hashes and the fingerprint (`SIZE-HASH`, the form the state's manifest has
-    /// always recorded); makes the copy durable.
-    pub fn finish(mut self) -> io::Result<(Blocks, String)> {
+    /// The block hashes and the fingerprint; makes the copy durable.
+    pub fn finish(mut self) -> io::Result<(Blocks, InputFingerprint)> {
         if self.in_block > 0 {
             self.blocks.hashes.push(self.block.digest());
         }
@@ -99,12 +129,17 @@ impl<R: Read> Recording<R> {
                 .map_err(|e| copy_error(&path)(e.into_error()))?;
             file.sync_all().map_err(copy_error(&path))?;
         }
-        let fingerprint = format!("{}-{:016x}", self.blocks.size, self.whole.finish());
+        let size = self.blocks.size;
+        let fingerprint = InputFingerprint {
+            current: format!("xxh3:{size}-{:016x}", self.whole.digest()),
+            legacy: format!("{size}-{:016x}", self.legacy.finish()),
+        };
         Ok((self.blocks, fingerprint))
     }
 
     fn record(&mut self, mut data: &[u8]) {
-        self.whole.write(data);
+        self.whole.update(data);
+        self.legacy.write(data);
         self.blocks.size += data.len() as u64;
         while !data.is_empty() {
             let take = (BLOCK - self.in_block).min(data.len());
@@ -286,6 +321,18 @@ mod tests {
 
     fn input(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn the_fingerprint_has_a_fixed_specification() {
+        let mut r = Recording::new(&b"{\"custom_id\": \"a\"}\n"[..], None);
+        io::copy(&mut r, &mut io::sink()).expect("read");
+        let (_, fingerprint) = r.finish().expect("finish");
+        // xxh3 of these 19 bytes, as the reference implementation gives it (Python's xxhash
+        // 3.x agrees): the same from any build and any toolchain.
+        assert_eq!(fingerprint.current, "xxh3:19-da5dce9fe6aa9945");
+        assert!(fingerprint.matches(&fingerprint.legacy));
+        assert!(!fingerprint.matches("xxh3:19-0000000000000000"));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use crate::finalize::{Destination, Order, finalize};
+use crate::input::InputFingerprint;
 use crate::outcome::Outcome;
 use crate::reader::{Content, LineReader};
 use crate::run::Ids;
@@ -39,9 +40,10 @@ pub fn salvage(
     let manifest = Manifest::load(state_dir)?;
     let (done, counts, run_tag) = match manifest {
         Some(m) => {
+            let recorded = InputFingerprint::recorded(&m.input_fingerprint);
             let job = NewJob {
                 input: &m.input,
-                fingerprint: &m.input_fingerprint,
+                fingerprint: &recorded,
                 run_tag: m.run_tag.clone(),
             };
             let opened = state::open(state_dir, job).map_err(io::Error::other)?;
@@ -152,7 +154,7 @@ mod tests {
         let state = dir.path().join("state");
         let job = NewJob {
             input: "in.jsonl",
-            fingerprint: "f",
+            fingerprint: &crate::input::InputFingerprint::recorded("f"),
             run_tag: "t".into(),
         };
         let mut opened = state::open(&state, job).expect("open");

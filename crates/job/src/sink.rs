@@ -246,9 +246,10 @@ mod tests {
     #[test]
     fn a_checkpoint_records_positions_and_totals_that_a_resume_restores() {
         let dir = tempfile::tempdir().expect("temp");
+        let fingerprint = crate::input::InputFingerprint::recorded("fp");
         let job = || NewJob {
             input: "in",
-            fingerprint: "fp",
+            fingerprint: &fingerprint,
             run_tag: "t".into(),
         };
         let opened = open(dir.path(), job()).expect("open");

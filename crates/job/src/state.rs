@@ -13,6 +13,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::bitset::BitSet;
+use crate::input::InputFingerprint;
 use crate::outcome::Outcome;
 use crate::spool::{Positions, Spool, SpoolFiles, read_index};
 
@@ -105,7 +106,7 @@ pub struct Opened {
 
 pub struct NewJob<'a> {
     pub input: &'a str,
-    pub fingerprint: &'a str,
+    pub fingerprint: &'a InputFingerprint,
     pub run_tag: String,
 }
 
@@ -147,7 +148,7 @@ fn start(dir: &Path, job: NewJob<'_>) -> Result<Opened, StateError> {
     let manifest = Manifest {
         version: VERSION,
         input: job.input.to_owned(),
-        input_fingerprint: job.fingerprint.to_owned(),
+        input_fingerprint: job.fingerprint.current.clone(),
         started_at_ms: unix_now_ms(),
         run_tag: job.run_tag,
         positions: Positions::default(),
@@ -164,13 +165,17 @@ fn start(dir: &Path, job: NewJob<'_>) -> Result<Opened, StateError> {
     })
 }
 
-fn resume(dir: &Path, manifest: Manifest, job: &NewJob<'_>) -> Result<Opened, StateError> {
-    if manifest.input_fingerprint != job.fingerprint {
+fn resume(dir: &Path, mut manifest: Manifest, job: &NewJob<'_>) -> Result<Opened, StateError> {
+    if !job.fingerprint.matches(&manifest.input_fingerprint) {
         return Err(StateError::InputChanged {
             dir: dir.display().to_string(),
             input: job.input.to_owned(),
         });
     }
+    // A state of an earlier version moves to the stable form (written at the next checkpoint).
+    manifest
+        .input_fingerprint
+        .clone_from(&job.fingerprint.current);
     let io_err = |source| StateError::Io {
         dir: dir.display().to_string(),
         source,
@@ -202,12 +207,43 @@ pub fn unix_now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    fn job<'a>(fingerprint: &'a str) -> NewJob<'a> {
+    fn job(fingerprint: &str) -> NewJob<'static> {
         NewJob {
+            input: "in.jsonl",
+            fingerprint: Box::leak(Box::new(InputFingerprint::recorded(fingerprint))),
+            run_tag: "tag".into(),
+        }
+    }
+
+    /// A state an earlier version left (its fingerprint in the old form) resumes, and is on the
+    /// stable form from then on.
+    #[test]
+    fn a_state_with_the_earlier_fingerprint_resumes_and_moves_to_the_stable_one() {
+        let dir = tempfile::tempdir().expect("temp");
+        let state = dir.path().join("s");
+        drop(open(&state, job("12-00ab")).expect("start"));
+        let now = InputFingerprint {
+            current: "xxh3:12-ffee".into(),
+            legacy: "12-00ab".into(),
+        };
+        let with = |fingerprint| NewJob {
             input: "in.jsonl",
             fingerprint,
             run_tag: "tag".into(),
-        }
+        };
+        let resumed = open(&state, with(&now)).expect("the legacy form is accepted");
+        assert!(resumed.resumed);
+        assert_eq!(resumed.manifest.input_fingerprint, "xxh3:12-ffee");
+        resumed.manifest.store(&state).expect("store");
+        drop(resumed);
+        let other = InputFingerprint {
+            current: "xxh3:12-0000".into(),
+            legacy: "12-00ab".into(),
+        };
+        assert!(matches!(
+            open(&state, with(&other)),
+            Err(StateError::InputChanged { .. })
+        ));
     }
 
     #[test]

@@ -101,7 +101,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let job = NewJob {
             input: "in.jsonl",
-            fingerprint: "f",
+            fingerprint: &crate::input::InputFingerprint::recorded("f"),
             run_tag: "t".into(),
         };
         let mut opened = open(dir.path(), job).expect("open");

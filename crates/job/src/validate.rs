@@ -101,7 +101,7 @@ pub struct Validation {
     pub settled: Option<Settled>,
     /// Size and content hash of the bytes validated, so a resumed job can tell whether the
     /// input changed.
-    pub fingerprint: String,
+    pub fingerprint: crate::input::InputFingerprint,
     /// The hash of each block, so the dispatch pass can check it reads the same bytes.
     pub blocks: Blocks,
     /// The `custom_id`s of the non-blank lines (none for a line without one), to recognise

@@ -116,7 +116,7 @@ fn object_dir(store: Arc<dyn ObjectStore>) -> ObjectDir {
 fn new_state(dir: &Path) -> Manifest {
     let job = NewJob {
         input: "in.jsonl",
-        fingerprint: "fp",
+        fingerprint: &crate::input::InputFingerprint::recorded("fp"),
         run_tag: "t".into(),
     };
     open(dir, job).expect("state").manifest

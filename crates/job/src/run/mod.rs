@@ -508,7 +508,7 @@ pub async fn run_observed(
         Duration::ZERO
     } else {
         let done = Completion {
-            input_fingerprint: validation.fingerprint.clone(),
+            input_fingerprint: validation.fingerprint.current.clone(),
             succeeded: stats.count(Outcome::Succeeded),
             failed: stats.failed(),
         };
@@ -566,7 +566,8 @@ fn already_finished(
         )))
     };
     if let Some(done) = Completion::load(dir) {
-        if done.input_fingerprint == validation.fingerprint && options.retry_failed.is_none() {
+        if validation.fingerprint.matches(&done.input_fingerprint) && options.retry_failed.is_none()
+        {
             if !options.keep_state {
                 remove(None)?;
             }
