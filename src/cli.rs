@@ -7,18 +7,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use batch_job::duration::parse_duration;
+use batch_job::sink::CheckpointPolicy;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "batch-runner",
     version,
-    about = "Runs OpenAI-compatible batch jobs (.jsonl) against self-hosted inference engines",
-    after_help = "Exit codes: 0 all requests succeeded; 1 finished, but some requests failed \
-                  (see the error file); 2 invalid input or usage; 3 runtime failure (e.g. no \
-                  engine reachable, a file could not be written); 4 the completion window \
-                  ended (unfinished lines are batch_expired); 5 cancelled; 75 interrupted, \
-                  resumable (run the same command again)."
+    about = "Runs OpenAI-compatible batch jobs (.jsonl) against self-hosted inference engines"
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -510,12 +506,12 @@ pub struct RunArgs {
         help_heading = "Job state and resume",
         long,
         value_name = "N",
-        default_value_t = 10_000
+        default_value_t = CheckpointPolicy::DEFAULT_EVERY_RESULTS
     )]
     pub checkpoint_every: u64,
 
     /// Checkpoint at least this often (0: only by count).
-    #[arg(help_heading = "Job state and resume", long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Job state and resume", long, value_name = "DURATION", default_value = CheckpointPolicy::DEFAULT_EVERY_TEXT, value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
 
     /// Finish within this long of the job's first start (e.g. 24h); what has not finished by
@@ -862,7 +858,7 @@ pub struct ExecArgs {
 
     /// How often a worker checkpoints its batch (a restarted worker re-sends at most what
     /// ran since the last checkpoint; results so far are readable up to it).
-    #[arg(help_heading = "Workers", long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    #[arg(help_heading = "Workers", long, value_name = "DURATION", default_value = CheckpointPolicy::DEFAULT_EVERY_TEXT, value_parser = parse_duration)]
     pub checkpoint_interval: Duration,
 
     /// Endpoint path a batch may target besides the built-in ones (repeatable), e.g.

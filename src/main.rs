@@ -5,10 +5,13 @@ mod commands;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command()
+        .after_help(commands::Exit::help_text())
+        .get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logging();
     let code = match cli.command {
         // The guard reports the engine's own exit status.

@@ -26,7 +26,43 @@ pub enum Exit {
     /// The job was cancelled.
     Cancelled = 5,
     /// Stopped by a signal; running the same command again resumes (EX_TEMPFAIL).
-    Interrupted = 75,
+    Interrupted = batch_job::stop::RESUMABLE_EXIT as isize,
+}
+
+impl Exit {
+    pub const ALL: [Exit; 7] = [
+        Exit::Success,
+        Exit::SomeFailed,
+        Exit::Invalid,
+        Exit::Runtime,
+        Exit::Expired,
+        Exit::Cancelled,
+        Exit::Interrupted,
+    ];
+
+    /// What the code tells a caller, in a few words (README's table says more).
+    fn summary(self) -> &'static str {
+        match self {
+            Exit::Success => "all requests succeeded",
+            Exit::SomeFailed => "finished, but some requests failed (see the error file)",
+            Exit::Invalid => "invalid input or usage",
+            Exit::Runtime => {
+                "runtime failure (e.g. no engine reachable, a file could not be written)"
+            }
+            Exit::Expired => "the completion window ended (unfinished lines are batch_expired)",
+            Exit::Cancelled => "cancelled",
+            Exit::Interrupted => "interrupted, resumable (run the same command again)",
+        }
+    }
+
+    /// The exit codes for `--help`, from this one definition.
+    pub fn help_text() -> String {
+        let codes: Vec<String> = Self::ALL
+            .iter()
+            .map(|e| format!("{} {}", *e as u8, e.summary()))
+            .collect();
+        format!("Exit codes: {}.", codes.join("; "))
+    }
 }
 
 impl From<&crate::cli::RulesArgs> for batch_job::validate::ValidateOptions {
@@ -80,5 +116,29 @@ impl Signals {
             _ = tokio::signal::ctrl_c() => {},
             () = term => {},
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Exit;
+
+    /// README's table of exit codes has a row for each code and no other.
+    #[test]
+    fn the_readme_lists_exactly_the_exit_codes() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("## Exit codes")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .expect("README has an exit code section");
+        let listed: Vec<u8> = table
+            .lines()
+            .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
+            .collect();
+        let defined: Vec<u8> = Exit::ALL.iter().map(|e| *e as u8).collect();
+        assert_eq!(listed, defined);
+        let help = Exit::help_text();
+        assert!(help.contains("75 interrupted, resumable"), "{help}");
     }
 }

@@ -27,11 +27,20 @@ pub struct CheckpointPolicy {
     pub every: Duration,
 }
 
+impl CheckpointPolicy {
+    /// The defaults of `run` and of the service's workers (their flags take these): the one
+    /// definition.
+    pub const DEFAULT_EVERY_RESULTS: u64 = 10_000;
+    pub const DEFAULT_EVERY: Duration = Duration::from_secs(5);
+    /// [`Self::DEFAULT_EVERY`] as a flag's default text.
+    pub const DEFAULT_EVERY_TEXT: &str = "5s";
+}
+
 impl Default for CheckpointPolicy {
     fn default() -> Self {
         Self {
-            every_results: 10_000,
-            every: Duration::from_secs(5),
+            every_results: Self::DEFAULT_EVERY_RESULTS,
+            every: Self::DEFAULT_EVERY,
         }
     }
 }
@@ -241,6 +250,14 @@ mod tests {
             },
             retries: 1,
         }
+    }
+
+    #[test]
+    fn the_default_interval_text_says_the_default_interval() {
+        assert_eq!(
+            crate::duration::parse_duration(CheckpointPolicy::DEFAULT_EVERY_TEXT),
+            Ok(CheckpointPolicy::DEFAULT_EVERY)
+        );
     }
 
     #[test]

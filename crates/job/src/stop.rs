@@ -10,6 +10,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+/// The exit code of a process that stopped with its job resumable (BSD's EX_TEMPFAIL): `run`
+/// interrupted, a service worker that gave its batch back. The one definition both use.
+pub const RESUMABLE_EXIT: u8 = 75;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StopReason {
     /// The completion window ended.
