@@ -1,4 +1,4 @@
-//! The batch job pipeline, shared by `batch-runner run` and (later) the service's workers.
+//! The batch job pipeline, shared by `batch-runner run` and the service's workers.
 //!
 //! Layout, in data-flow order:
 //! - [`input`]: stdin and pipes copied, and the second pass checked against the first;

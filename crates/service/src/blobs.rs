@@ -1,5 +1,5 @@
 //! Where file contents live: a local directory (`DATA_DIR/files/`, the default) or a prefix in
-//! S3-compatible object storage (`--files-url s3://bucket/prefix`, for several replicas and
+//! S3-compatible object storage (`--storage-url s3://bucket/prefix`, for several replicas and
 //! worker hosts). An object is named by its file id, never by anything a client sent.
 //!
 //! An upload is written whole before it gets its name: locally to `files/.incoming/` then

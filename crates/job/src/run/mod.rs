@@ -949,7 +949,6 @@ async fn start_metrics(
     Ok(stop)
 }
 
-/// A random tag that makes this run's result ids unique across runs.
 #[cfg(test)]
 mod tests {
     use super::*;
