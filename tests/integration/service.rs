@@ -519,6 +519,41 @@ fn detach_results(db: &std::path::Path, batch: &str) {
         });
 }
 
+/// Stopping the service waits for its workers all at once: each gets the whole grace, and
+/// the service is gone after one grace, not one per worker.
+#[test]
+fn stopping_the_service_waits_for_its_workers_together() {
+    let sim = Sim::instant(&[]);
+    // Workers that never stop by themselves: each is killed when its grace (--grace 0s plus
+    // 10 s) ends.
+    let (_dir, mut service) = Service::with_engine(
+        &sim,
+        &[
+            "--worker-command",
+            "exec sleep 600",
+            "--grace",
+            "0s",
+            "--max-concurrent-batches",
+            "3",
+        ],
+    );
+    for i in 0..3 {
+        service.submit(&format!("w{i}-"), 2);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    crate::common::signal(&service.child, "TERM");
+    let status = wait_for(Duration::from_secs(60), || {
+        service.child.try_wait().expect("wait")
+    });
+    let took = started.elapsed();
+    assert!(status.success() || status.code().is_some(), "{status:?}");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "three workers stopped in {took:?}: one grace (10 s), not three"
+    );
+}
+
 #[test]
 fn metrics_openapi_and_results_so_far() {
     let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0"]);

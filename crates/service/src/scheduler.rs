@@ -313,16 +313,19 @@ async fn stop_all(store: &Store, config: &SchedulerConfig, running: HashMap<Stri
     for (_, w) in &mut workers {
         w.lifeline = None;
     }
-    for (id, mut w) in workers {
-        match tokio::time::timeout(config.stop_grace, w.child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                tracing::warn!("batch {id}: the worker did not stop in time; killing it");
-                let _ = w.child.kill().await;
-            }
+    // All at once: each worker gets the whole grace, and stopping takes one grace however many
+    // run (one after another it took one grace per worker, past what an orchestrator allows).
+    let stops = workers.into_iter().map(|(id, mut w)| async move {
+        if tokio::time::timeout(config.stop_grace, w.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("batch {id}: the worker did not stop in time; killing it");
+            let _ = w.child.kill().await;
         }
         let _ = store.release(&id, w.fence).await;
-    }
+    });
+    futures_util::future::join_all(stops).await;
 }
 
 fn describe(status: std::process::ExitStatus) -> String {
