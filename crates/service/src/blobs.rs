@@ -9,15 +9,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use axum::body::Body;
-use axum::http::HeaderMap;
-use axum::response::Response;
 use batch_storage::object::{ObjectDir, ObjectWriter};
 use batch_storage::{StorageError, absent_is_fine};
 use tokio::io::{AsyncWriteExt, BufWriter};
-
-use crate::api::range::{respond, serve_file};
-use crate::error::ApiError;
 
 const WRITE_BUFFER: usize = 1024 * 1024;
 
@@ -100,36 +94,6 @@ impl Blobs {
             Blobs::Object(dir) => IncomingTo::Object(Some(dir.writer(name))),
         };
         Ok(Incoming { to, bytes: 0 })
-    }
-
-    /// Answers a GET of the content, whole or one `Range` of it.
-    pub async fn serve(&self, name: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
-        let read = |e: BlobError| ApiError::internal("cannot read the file's content", e);
-        match self {
-            Blobs::Local(dir) => serve_file(&dir.join(name), headers).await,
-            Blobs::Object(dir) => {
-                let len = dir
-                    .size(name)
-                    .await
-                    .map_err(|e| read(e.into()))?
-                    .ok_or_else(|| {
-                        read(BlobError::Io {
-                            path: name.into(),
-                            source: io::ErrorKind::NotFound.into(),
-                        })
-                    })?;
-                let (dir, key) = (dir.clone(), name.to_owned());
-                respond(len, headers, |start, count| async move {
-                    let stream = dir
-                        .read_range(&key, start..start + count)
-                        .await
-                        .map_err(io::Error::other)?;
-                    Ok(Body::from_stream(stream))
-                })
-                .await
-                .map_err(|e| read(io_at(Path::new(name))(e)))
-            }
-        }
     }
 
     /// Stores a finished local file (a worker's result) as `name`: a hard link when local (the

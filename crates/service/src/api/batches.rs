@@ -351,7 +351,7 @@ pub async fn partial_results(
     if let Some(file_id) = finished
         && let Some(file) = app.store.file(&owner.0, file_id).await?
     {
-        return app.blobs.serve(&file.blob, &headers).await;
+        return super::range::serve_blob(&app.blobs, &file.blob, &headers).await;
     }
     let state = crate::worker::state_dir(&app.work_dir, &id);
     let read = |e| ApiError::internal("cannot read the batch's results so far", e);

@@ -355,7 +355,7 @@ pub async fn content(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let file = owned(&app, &owner, &id).await?;
-    app.blobs.serve(&file.blob, &headers).await
+    super::range::serve_blob(&app.blobs, &file.blob, &headers).await
 }
 
 #[utoipa::path(delete, path = "/v1/files/{id}", tag = "files", operation_id = "deleteFile", params(("id" = String, Path, description = "The file's id (`file-…`)")),

@@ -11,6 +11,7 @@ use axum::response::Response;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
+use crate::blobs::Blobs;
 use crate::error::ApiError;
 
 /// What a `Range` header asks of a file of `len` bytes.
@@ -47,7 +48,37 @@ pub fn wanted(header: Option<&str>, len: u64) -> Wanted {
     }
 }
 
-pub async fn serve_file(path: &Path, headers: &HeaderMap) -> Result<Response, ApiError> {
+/// Answers a GET of a stored file's content (local or in object storage), whole or one `Range`
+/// of it.
+pub async fn serve_blob(
+    blobs: &Blobs,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let read = |e: &dyn std::fmt::Display| ApiError::internal("cannot read the file's content", e);
+    match blobs {
+        Blobs::Local(dir) => serve_file(&dir.join(name), headers).await,
+        Blobs::Object(dir) => {
+            let len = dir
+                .size(name)
+                .await
+                .map_err(|e| read(&e))?
+                .ok_or_else(|| read(&format!("{name}: no such object")))?;
+            let (dir, key) = (dir.clone(), name.to_owned());
+            respond(len, headers, |start, count| async move {
+                let stream = dir
+                    .read_range(&key, start..start + count)
+                    .await
+                    .map_err(std::io::Error::other)?;
+                Ok(Body::from_stream(stream))
+            })
+            .await
+            .map_err(|e| read(&format!("{name}: {e}")))
+        }
+    }
+}
+
+async fn serve_file(path: &Path, headers: &HeaderMap) -> Result<Response, ApiError> {
     let read = |e| ApiError::internal("cannot read the file's content", e);
     let file = tokio::fs::File::open(path).await.map_err(read)?;
     let len = file.metadata().await.map_err(read)?.len();
