@@ -104,6 +104,30 @@ pub struct Opened {
     pub resumed: bool,
 }
 
+/// Which of a job's two result files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultFile {
+    Output,
+    Errors,
+}
+
+/// The results a running job has made durable so far: the spool file and how many of its bytes
+/// the last checkpoint covers (a reader must stop there: past it, a record may be torn). `None`
+/// when the job has no state yet.
+pub fn results_so_far(
+    dir: &Path,
+    which: ResultFile,
+) -> io::Result<Option<(std::path::PathBuf, u64)>> {
+    let Some(manifest) = Manifest::load(dir)? else {
+        return Ok(None);
+    };
+    let spool = SpoolFiles::in_dir(dir);
+    Ok(Some(match which {
+        ResultFile::Output => (spool.output, manifest.positions.output),
+        ResultFile::Errors => (spool.errors, manifest.positions.errors),
+    }))
+}
+
 pub struct NewJob<'a> {
     pub input: &'a str,
     pub fingerprint: &'a InputFingerprint,

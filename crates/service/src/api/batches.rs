@@ -7,6 +7,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use batch_job::state::{ResultFile, results_so_far};
 use serde::Deserialize;
 
 use super::AppState;
@@ -337,16 +338,15 @@ pub async fn partial_results(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let errors = match q.file.as_deref() {
-        None | Some("output") => false,
-        Some("errors") => true,
+    let which = match q.file.as_deref() {
+        None | Some("output") => ResultFile::Output,
+        Some("errors") => ResultFile::Errors,
         Some(_) => return Err(ApiError::invalid("file must be 'output' or 'errors'").param("file")),
     };
     let batch = owned(&app, &owner, &id).await?;
-    let finished = if errors {
-        &batch.error_file_id
-    } else {
-        &batch.output_file_id
+    let finished = match which {
+        ResultFile::Output => &batch.output_file_id,
+        ResultFile::Errors => &batch.error_file_id,
     };
     if let Some(file_id) = finished
         && let Some(file) = app.store.file(&owner.0, file_id).await?
@@ -355,15 +355,8 @@ pub async fn partial_results(
     }
     let state = crate::worker::state_dir(&app.work_dir, &id);
     let read = |e| ApiError::internal("cannot read the batch's results so far", e);
-    let manifest = batch_job::state::Manifest::load(&state).map_err(read)?;
-    let Some(manifest) = manifest else {
+    let Some((path, len)) = results_so_far(&state, which).map_err(read)? else {
         return Ok(Bytes::new().into_response());
-    };
-    let spool = batch_job::spool::SpoolFiles::in_dir(&state);
-    let (path, len) = if errors {
-        (spool.errors, manifest.positions.errors)
-    } else {
-        (spool.output, manifest.positions.output)
     };
     let file = tokio::fs::File::open(&path).await.map_err(read)?;
     serve_prefix(file, len, &headers).await.map_err(read)
