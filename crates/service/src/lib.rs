@@ -5,6 +5,7 @@
 pub mod api;
 pub mod auth;
 pub mod blobs;
+pub mod data_dir;
 pub mod error;
 pub mod http_server;
 pub mod ids;
@@ -17,7 +18,7 @@ pub mod sweeper;
 pub mod window;
 pub mod worker;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,21 +32,7 @@ use crate::scheduler::SchedulerConfig;
 use crate::settings::WorkerSettings;
 use crate::store::Store;
 
-/// Where everything of one service lives under `--data-dir`.
-pub struct DataDir {
-    pub root: PathBuf,
-}
-
-impl DataDir {
-    pub fn work(&self) -> PathBuf {
-        self.root.join("work")
-    }
-
-    /// The default SQLite database.
-    pub fn default_database(root: &Path) -> String {
-        format!("sqlite://{}", root.join("batch-runner.db").display())
-    }
-}
+pub use data_dir::{BatchWork, DataDir};
 
 pub struct ServeConfig {
     pub exec: Execution,

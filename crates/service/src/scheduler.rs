@@ -20,9 +20,9 @@ use std::time::Duration;
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{Notify, watch};
 
+use crate::BatchWork;
 use crate::blobs::Blobs;
 use crate::store::{Store, now_ms};
-use crate::worker::work_dir;
 
 /// The default worker command. `exec` makes the worker the process this one started (not a
 /// child of a shell), so that stopping or killing it reaches the worker itself.
@@ -119,7 +119,7 @@ async fn reap(
                 let _ = store.release(&id, fence).await;
             }
             _ => {
-                let log = work_dir(&config.work_root, &id).join("worker.log");
+                let log = BatchWork::new(&config.work_root, &id).log();
                 let cause = describe(status);
                 let detail = format!("{cause}; {}", log_tail(&log));
                 tracing::warn!("batch {id}: the worker died ({detail})");
@@ -280,12 +280,12 @@ pub fn command_line(config: &SchedulerConfig, batch: &str, fence: i64) -> String
 }
 
 fn spawn(config: &SchedulerConfig, batch: &str, fence: i64) -> std::io::Result<Running> {
-    let dir = work_dir(&config.work_root, batch);
-    std::fs::create_dir_all(&dir)?;
+    let work = BatchWork::new(&config.work_root, batch);
+    std::fs::create_dir_all(work.dir())?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.join("worker.log"))?;
+        .open(work.log())?;
     let mut command = Command::new("sh");
     command
         .arg("-c")

@@ -79,8 +79,11 @@ impl WorkerSettings {
     /// Where file contents live.
     pub fn blobs(&self, data_dir: &Path) -> Result<Blobs, String> {
         match self.object_url("files") {
-            None => Blobs::local(data_dir.join("files"))
-                .map_err(|e| format!("cannot create {}/files: {e}", data_dir.display())),
+            None => {
+                let files = crate::DataDir::files(data_dir);
+                Blobs::local(files.clone())
+                    .map_err(|e| format!("cannot create {}: {e}", files.display()))
+            }
             Some(url) => {
                 let url = url.map_err(|e| e.to_string())?;
                 ObjectDir::open(&url, &self.s3)
@@ -91,7 +94,7 @@ impl WorkerSettings {
     }
 
     pub fn path(data_dir: &Path) -> PathBuf {
-        data_dir.join(SETTINGS_FILE)
+        crate::DataDir::worker_settings(data_dir)
     }
 
     /// Writes the file whole or not at all (a worker starting meanwhile reads the old one).

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use batch_storage::object::ObjectDir;
 use batch_storage::{StorageError, absent_is_fine};
 
+use crate::BatchWork;
 use crate::blobs::Blobs;
 use crate::ids;
 use crate::model::{BatchError, Progress};
@@ -69,14 +70,6 @@ pub enum WorkerError {
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> WorkerError {
     let context = context.into();
     move |source| WorkerError::Io { context, source }
-}
-
-pub fn work_dir(work_root: &Path, batch: &str) -> PathBuf {
-    work_root.join(batch)
-}
-
-pub fn state_dir(work_root: &Path, batch: &str) -> PathBuf {
-    work_dir(work_root, batch).join("state")
 }
 
 /// What the pipeline ended with, kept until the batch's files are registered.
@@ -124,8 +117,9 @@ impl Worker {
         if batch.is_terminal() {
             return Ok(WorkerEnd::Done);
         }
-        let work = work_dir(&self.work_root, &self.batch);
-        std::fs::create_dir_all(&work).map_err(io(format!("cannot create {}", work.display())))?;
+        let work = BatchWork::new(&self.work_root, &self.batch);
+        std::fs::create_dir_all(work.dir())
+            .map_err(io(format!("cannot create {}", work.dir().display())))?;
         let lost = Arc::new(AtomicBool::new(false));
         let heartbeat = tokio::spawn(heartbeat(
             self.store.clone(),
@@ -156,8 +150,8 @@ impl Worker {
                         tracing::warn!("cannot remove the job state in object storage: {e}");
                     }
                 }
-                if let Err(e) = std::fs::remove_dir_all(&work) {
-                    tracing::warn!("cannot remove {}: {e}", work.display());
+                if let Err(e) = std::fs::remove_dir_all(work.dir()) {
+                    tracing::warn!("cannot remove {}: {e}", work.dir().display());
                 }
                 Ok(WorkerEnd::Done)
             }
@@ -172,18 +166,18 @@ impl Worker {
     async fn drive(
         &self,
         batch: &BatchRow,
-        work: &Path,
+        work: &BatchWork,
         stop: StopSignal,
     ) -> Result<WorkerEnd, WorkerError> {
-        let outcome_path = work.join("outcome.json");
+        let outcome_path = work.outcome();
         if let Some(outcome) = read_outcome(&outcome_path)? {
             return self.register(batch, work, outcome).await;
         }
-        let state = work.join("state");
+        let state = work.state();
         let state_remote = self.take_over_state(&state).await?;
         let input = self
             .blobs
-            .local_copy(&batch.input_blob, &work.join("input.jsonl"))
+            .local_copy(&batch.input_blob, &work.input())
             .await?;
         if batch.status == BatchStatus::Cancelling
             && batch.in_progress_at.is_none()
@@ -208,8 +202,8 @@ impl Worker {
         };
         let options = RunOptions {
             input,
-            output: work.join("output.jsonl"),
-            errors: work.join("errors.jsonl"),
+            output: work.output(),
+            errors: work.errors(),
             state_dir: state,
             engines: self.settings.engine_options(urls),
             max_concurrency: self.settings.max_concurrency,
@@ -434,7 +428,7 @@ impl Worker {
     async fn cancel_unsent(
         &self,
         batch: &BatchRow,
-        work: &Path,
+        work: &BatchWork,
         input: &Path,
     ) -> Result<WorkerEnd, WorkerError> {
         let max_line_bytes = self.validate_options().max_line_bytes;
@@ -452,7 +446,7 @@ impl Worker {
             output_tokens: 0,
             progress: Progress::default(),
         };
-        write_outcome(&work.join("outcome.json"), &outcome)?;
+        write_outcome(&work.outcome(), &outcome)?;
         self.register(batch, work, outcome).await
     }
 
@@ -460,14 +454,14 @@ impl Worker {
     async fn register(
         &self,
         batch: &BatchRow,
-        work: &Path,
+        work: &BatchWork,
         outcome: Outcome,
     ) -> Result<WorkerEnd, WorkerError> {
         if outcome.status == BatchStatus::Completed {
             self.store.finalizing(&self.batch, self.fence).await?;
         }
-        let output = adopt(&self.blobs, batch, &work.join("output.jsonl"), "output").await?;
-        let errors = adopt(&self.blobs, batch, &work.join("errors.jsonl"), "error").await?;
+        let output = adopt(&self.blobs, batch, &work.output(), "output").await?;
+        let errors = adopt(&self.blobs, batch, &work.errors(), "error").await?;
         let finish = Finish {
             total: outcome.total,
             status: outcome.status,
@@ -508,19 +502,19 @@ pub const FAILED_MESSAGE: &str =
 /// Writes a batch's final files into `work` from its job state there (none: nothing ran), every
 /// line without a result ending as `ending` says.
 pub async fn final_files(
-    work: &Path,
+    work: &BatchWork,
     input: &Path,
     max_line_bytes: usize,
     ending: Ending,
 ) -> Result<batch_job::salvage::Salvaged, WorkerError> {
-    let (work, input) = (work.to_owned(), input.to_owned());
+    let (work, input) = (work.clone(), input.to_owned());
     tokio::task::spawn_blocking(move || {
-        let (output, errors) = (work.join("output.jsonl"), work.join("errors.jsonl"));
+        let (output, errors) = (work.output(), work.errors());
         let to = batch_job::finalize::Destination {
             output: &output,
             errors: &errors,
         };
-        let state = work.join("state");
+        let state = work.state();
         batch_job::salvage::salvage(
             &state,
             &input,
@@ -547,19 +541,18 @@ pub async fn publish_failed(
     let Some(batch) = store.batch_by_id(id).await? else {
         return Ok(());
     };
-    let work = work_dir(work_root, id);
-    std::fs::create_dir_all(&work).map_err(io(format!("cannot create {}", work.display())))?;
-    let input = blobs
-        .local_copy(&batch.input_blob, &work.join("input.jsonl"))
-        .await?;
+    let work = BatchWork::new(work_root, id);
+    std::fs::create_dir_all(work.dir())
+        .map_err(io(format!("cannot create {}", work.dir().display())))?;
+    let input = blobs.local_copy(&batch.input_blob, &work.input()).await?;
     let ending = Ending {
         code: "batch_failed",
         message: FAILED_MESSAGE,
     };
     let max_line_bytes = batch_job::validate::DEFAULT_MAX_LINE_BYTES;
     let salvaged = final_files(&work, &input, max_line_bytes, ending).await?;
-    let output = adopt(blobs, &batch, &work.join("output.jsonl"), "output").await?;
-    let errors = adopt(blobs, &batch, &work.join("errors.jsonl"), "error").await?;
+    let output = adopt(blobs, &batch, &work.output(), "output").await?;
+    let errors = adopt(blobs, &batch, &work.errors(), "error").await?;
     let counts = Counts {
         completed: salvaged.succeeded as i64,
         failed: salvaged.failed as i64,
@@ -592,8 +585,8 @@ pub async fn publish_failed(
         salvaged.failed,
         salvaged.unfinished
     );
-    absent_is_fine(std::fs::remove_dir_all(&work))
-        .map_err(io(format!("cannot remove {}", work.display())))
+    absent_is_fine(std::fs::remove_dir_all(work.dir()))
+        .map_err(io(format!("cannot remove {}", work.dir().display())))
 }
 
 /// The progress an earlier worker of the batch last reported (default: none).

@@ -353,7 +353,7 @@ pub async fn partial_results(
     {
         return super::range::serve_blob(&app.blobs, &file.blob, &headers).await;
     }
-    let state = crate::worker::state_dir(&app.work_dir, &id);
+    let state = crate::BatchWork::new(&app.work_dir, &id).state();
     let read = |e| ApiError::internal("cannot read the batch's results so far", e);
     let Some((path, len)) = results_so_far(&state, which).map_err(read)? else {
         return Ok(Bytes::new().into_response());
