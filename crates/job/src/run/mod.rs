@@ -102,6 +102,57 @@ pub struct RunOptions {
     pub model_check: bool,
 }
 
+impl RunOptions {
+    /// A job of `input` into `output` and `errors`, its state in `state_dir`, on `engines` with
+    /// at most `max_concurrency` requests in flight and `grace` for those in flight when it
+    /// stops; everything else off or at its default: no progress display, no metrics endpoint,
+    /// no deadline, no engine launched, no remote input or results, input order, default
+    /// checkpoints and validation, the model check on, no limit on how long engines may be
+    /// down (a caller with a completion window sets the deadline instead).
+    pub fn new(
+        files: JobFiles,
+        engines: EngineOptions,
+        max_concurrency: usize,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            input: files.input,
+            output: files.output,
+            errors: files.errors,
+            state_dir: files.state_dir,
+            engines,
+            max_concurrency,
+            skip_invalid: false,
+            validate: ValidateOptions::default(),
+            metrics_listen: None,
+            progress: ProgressMode::Off,
+            // Unused while the progress display is off.
+            progress_interval: Duration::from_secs(10),
+            order: Order::Input,
+            checkpoint: CheckpointPolicy::default(),
+            restart: false,
+            keep_state: false,
+            deadline: Deadline::None,
+            grace,
+            retry_failed: None,
+            launch: None,
+            remote: Remote::default(),
+            state_remote: None,
+            group_window: None,
+            engine_down_timeout: None,
+            model_check: true,
+        }
+    }
+}
+
+/// The local files of a job.
+pub struct JobFiles {
+    pub input: PathBuf,
+    pub output: PathBuf,
+    pub errors: PathBuf,
+    pub state_dir: PathBuf,
+}
+
 /// `OUTPUT.state`, next to the output so finalize can rename instead of copying.
 pub fn default_state_dir(output: &Path) -> PathBuf {
     let mut name = output.as_os_str().to_os_string();
