@@ -231,9 +231,8 @@ impl Engine {
                 "The request queue is full.",
             ));
         }
-        let n = self.requests.load(Ordering::Relaxed);
         let mut answer =
-            respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
+            respond::answer(endpoint, &request, &self.config, respond::digest(&body), 0);
         if let Some(refused) =
             profile.check_length(&self.config, answer.prompt_tokens, answer.output_tokens)
         {
@@ -250,7 +249,7 @@ impl Engine {
             self.crash.notify_one();
         }
         // Numbered by admission, as tests of priority scheduling read it.
-        answer = respond::answer(endpoint, &request, &self.config, respond::digest(&body), n);
+        answer.number(n);
         let request_id_header = profile.shape(&mut answer, &self.config, request_id);
         let cached = self
             .prefix_cache
@@ -309,65 +308,71 @@ impl Engine {
             return None;
         }
         let (running, queued) = self.admission.counts();
-        let model = &self.config.model;
-        let mut text = String::new();
-        let mut family = |name: &str, kind: &str, help: &str, value: u64| {
-            text.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{model_name=\"{model}\"}} {value}\n"
-            ));
-        };
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        if sglang {
-            family(
+        let families: [(bool, &str, &str, &str, u64); 8] = [
+            (
+                sglang,
                 "sglang:num_running_reqs",
                 "gauge",
                 "The number of running requests.",
                 running as u64,
-            );
-            family(
+            ),
+            (
+                sglang,
                 "sglang:num_queue_reqs",
                 "gauge",
                 "The number of requests in the waiting queue.",
                 queued as u64,
-            );
-            family(
+            ),
+            (
+                sglang,
                 "sglang:num_requests_total",
                 "counter",
                 "The number of processed requests.",
                 load(&self.requests),
-            );
-            family(
+            ),
+            (
+                sglang,
                 "sglang:prompt_tokens_total",
                 "counter",
                 "Number of prefill tokens processed.",
                 load(&self.prompt_tokens),
-            );
-            family(
+            ),
+            (
+                sglang,
                 "sglang:generation_tokens_total",
                 "counter",
                 "Number of generation tokens processed.",
                 load(&self.generation_tokens),
-            );
-            family(
+            ),
+            (
+                sglang,
                 "sglang:cached_tokens_total",
                 "counter",
                 "Prompt tokens served from the prefix cache.",
                 load(&self.cached_tokens),
-            );
-        }
-        if vllm {
-            family(
+            ),
+            (
+                vllm,
                 "vllm:num_requests_running",
                 "gauge",
                 "Number of requests in model execution batches.",
                 running as u64,
-            );
-            family(
+            ),
+            (
+                vllm,
                 "vllm:num_requests_waiting",
                 "gauge",
                 "Number of requests waiting to be processed.",
                 queued as u64,
-            );
+            ),
+        ];
+        let model = &self.config.model;
+        let mut text = String::new();
+        for (_, name, kind, help, value) in families.iter().filter(|f| f.0) {
+            text.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{model_name=\"{model}\"}} {value}\n"
+            ));
         }
         Some(text)
     }

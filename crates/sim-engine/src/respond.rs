@@ -45,6 +45,22 @@ pub struct Answer {
     pub prefix_tokens: u64,
 }
 
+impl Answer {
+    /// Gives the answer the request number `n`: the last 8 hex digits of its ids (the answer is
+    /// built before admission, to check its length, and numbered once admitted).
+    pub fn number(&mut self, n: u64) {
+        let tail = format!("{n:08x}");
+        let renumber = |id: &str| format!("{}{tail}", &id[..id.len().saturating_sub(8)]);
+        self.id = renumber(&self.id);
+        self.body["id"] = Value::String(self.id.clone());
+        if let Some(message) = self.body.pointer_mut("/output/0/id")
+            && let Some(id) = message.as_str()
+        {
+            *message = Value::String(renumber(id));
+        }
+    }
+}
+
 /// A hash of the exact request bytes. It is part of every response id, so a test can prove the
 /// engine received a body byte for byte as the client meant to send it.
 pub fn digest(raw: &[u8]) -> u64 {
@@ -288,6 +304,29 @@ mod tests {
         let again = answer(Endpoint::Chat, &req, &SimConfig::default(), 1, 2);
         assert_eq!(again.prefix_key, a.prefix_key);
         assert_eq!(a.body["model"], "m");
+    }
+
+    #[test]
+    fn numbering_an_answer_is_building_it_with_that_number() {
+        let c = SimConfig::default();
+        for (endpoint, req) in [
+            (
+                Endpoint::Chat,
+                json!({"messages": [{"role": "user", "content": "hi"}]}),
+            ),
+            (Endpoint::Responses, json!({"input": "hi"})),
+        ] {
+            let mut a = answer(endpoint, &req, &c, 7, 0);
+            a.number(0x2a);
+            let b = answer(endpoint, &req, &c, 7, 0x2a);
+            assert_eq!(a.id, b.id);
+            let strip = |mut v: Value| {
+                v["created"] = Value::Null;
+                v["created_at"] = Value::Null;
+                v
+            };
+            assert_eq!(strip(a.body), strip(b.body));
+        }
     }
 
     #[test]
