@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::common::service::Service;
 use crate::common::{
-    BIN, Job, Sim, chat_line, cmd, numbered_lines, results_by_id, run_args, stderr,
+    BIN, Job, Sim, chat_line, cmd, json_lines, numbered_lines, results_by_id, run_args, stderr,
 };
 
 const PROFILES: [&str; 3] = ["sglang", "vllm", "transformers"];
@@ -220,11 +220,7 @@ fn serve_runs_a_batch_on_each_server() {
         assert_eq!(batch["status"], "completed", "{profile}: {batch}");
         assert_eq!(batch["request_counts"]["completed"], 8, "{profile}");
         let output = service.content(batch["output_file_id"].as_str().expect("output file"));
-        let lines: Vec<Value> = output
-            .split(|&b| b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).expect("json"))
-            .collect();
+        let lines = json_lines(&output);
         assert_eq!(lines.len(), 8);
         assert!(
             lines

@@ -268,11 +268,8 @@ fn skip_invalid_runs_the_rest_and_reports_each_bad_line() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let ok = results_by_id(&job.path("out.jsonl"));
     assert_eq!(ok.len(), 2);
-    let errors = std::fs::read_to_string(job.path("out.errors.jsonl")).expect("errors");
-    let errors: Vec<Value> = errors
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json"))
-        .collect();
+    let errors =
+        crate::common::json_lines(&std::fs::read(job.path("out.errors.jsonl")).expect("errors"));
     assert_eq!(errors.len(), 4);
     let by_custom: Vec<(Value, String)> = errors
         .iter()

@@ -883,10 +883,7 @@ fn a_cancel_of_a_waiting_batch_is_finished_at_once() {
     assert_eq!(done["request_counts"]["completed"], 0, "{done}");
     assert!(done["output_file_id"].is_null(), "{done}");
     let errors = service.content(done["error_file_id"].as_str().expect("an error file"));
-    let lines: Vec<Value> = String::from_utf8_lossy(&errors)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON"))
-        .collect();
+    let lines = crate::common::json_lines(&errors);
     assert_eq!(lines.len(), 25);
     assert!(
         lines

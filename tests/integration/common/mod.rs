@@ -199,6 +199,14 @@ pub fn jsonl(lines: &[Value]) -> Vec<u8> {
     text.into_bytes()
 }
 
+/// JSONL bytes (a result file's content), each line parsed.
+pub fn json_lines(data: &[u8]) -> Vec<Value> {
+    data.split(|&b| b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("a JSON line"))
+        .collect()
+}
+
 /// Lines in JSONL bytes.
 pub fn count_lines(data: &[u8]) -> usize {
     data.iter().filter(|&&b| b == b'\n').count()
