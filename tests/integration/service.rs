@@ -480,6 +480,14 @@ fn a_failed_batch_whose_results_were_never_published_gets_them_at_the_next_start
     });
     drop(service);
     detach_results(&data.join("batch-runner.db"), &batch);
+    // Without the batch's work directory (its job state is on another host, whose scheduler
+    // is publishing what finished), a fresh failure is left to that host.
+    let other_host = Service::start(&data, &flags);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(other_host.batch(&batch)["error_file_id"].is_null());
+    drop(other_host);
+    // As it was before publishing here: the results not attached, the work directory there.
+    std::fs::create_dir_all(data.join("work").join(&batch)).expect("work directory");
 
     let service = Service::start(&data, &flags);
     let b = wait_for(Duration::from_secs(20), || {

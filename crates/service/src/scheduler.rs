@@ -34,6 +34,10 @@ pub const GAVE_UP: i32 = batch_job::stop::RESUMABLE_EXIT as i32;
 const LOG_TAIL_LINES: usize = 5;
 /// How often to look for failed batches whose results were never published.
 const REPUBLISH_EVERY: Duration = Duration::from_secs(60);
+/// A failed batch without results whose job state is on another host is published from here
+/// only after this long: the scheduler that failed it publishes its finished results within
+/// seconds, and must not be beaten by one that has none of them.
+const STRANDED_AFTER: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
@@ -158,7 +162,14 @@ async fn publish_stranded(store: &Store, blobs: &Blobs, config: &SchedulerConfig
             return;
         }
     };
-    for id in ids {
+    let now = crate::store::now_secs();
+    for (id, failed_at) in ids {
+        // The batch's work directory (its job state, what finished) is on the host whose
+        // scheduler ran its worker last, until the results are published.
+        let here = BatchWork::new(&config.work_root, &id).dir().exists();
+        if !here && now - failed_at < STRANDED_AFTER.as_secs() as i64 {
+            continue;
+        }
         tracing::info!("batch {id} failed without its results published: publishing them now");
         if let Err(e) = crate::worker::publish_failed(store, blobs, &config.work_root, &id).await {
             tracing::error!("cannot publish the results of failed batch {id}: {e}");

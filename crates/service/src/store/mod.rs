@@ -674,14 +674,20 @@ impl Store {
     }
 
     /// Batches failed by their workers' crashes whose results were never published (the
-    /// service stopped between failing the batch and publishing).
-    pub async fn failed_without_results(&self) -> Result<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM batches WHERE status = 'failed' AND output_file_id IS NULL \
+    /// service stopped between failing the batch and publishing), with when they failed.
+    pub async fn failed_without_results(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, failed_at FROM batches WHERE status = 'failed' AND output_file_id IS NULL \
              AND error_file_id IS NULL AND errors LIKE '%\"worker_failed\"%'",
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let failed_at: Option<i64> = r.try_get("failed_at")?;
+                Ok((r.try_get("id")?, failed_at.unwrap_or(0)))
+            })
+            .collect()
     }
 
     /// A batch's status alone (a worker's cheap look for a cancel).
