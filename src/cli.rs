@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use batch_job::duration::parse_duration;
-use batch_job::sink::CheckpointPolicy;
+use batch_job::CheckpointPolicy;
+use batch_job::parse_duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -235,19 +235,15 @@ pub struct EngineClientArgs {
 
 impl EngineClientArgs {
     /// The settings for these engines, with this API key.
-    pub fn options(
-        &self,
-        urls: Vec<String>,
-        api_key: Option<String>,
-    ) -> batch_job::dispatch::EngineOptions {
+    pub fn options(&self, urls: Vec<String>, api_key: Option<String>) -> batch_job::EngineOptions {
         let c = &self.concurrency;
-        batch_job::dispatch::EngineOptions {
+        batch_job::EngineOptions {
             urls,
             api_key,
             headers: self.headers.clone(),
             request_timeout: self.request_timeout,
             connect_timeout: self.connect_timeout,
-            retry: batch_job::dispatch::RetryPolicy {
+            retry: batch_job::RetryPolicy {
                 max_retries: self.max_retries,
                 base_delay: self.retry_backoff,
                 max_delay: self.retry_max_backoff,
@@ -286,7 +282,7 @@ pub struct RulesArgs {
     pub allow_url: Vec<String>,
 
     /// Longest line accepted, in bytes; a longer line is an error for that line.
-    #[arg(long, value_name = "BYTES", default_value_t = batch_job::validate::DEFAULT_MAX_LINE_BYTES,
+    #[arg(long, value_name = "BYTES", default_value_t = batch_job::DEFAULT_MAX_LINE_BYTES,
           env = "BATCH_RUNNER_MAX_LINE_BYTES")]
     pub max_line_bytes: usize,
 
@@ -521,7 +517,7 @@ pub struct RunArgs {
     pub completion_window: Option<Duration>,
 
     /// Finish by this time (RFC 3339, e.g. 2026-11-28T18:00:00Z), like --completion-window.
-    #[arg(help_heading = "Deadlines and stopping", long, value_name = "TIME", value_parser = batch_job::deadline::parse_rfc3339)]
+    #[arg(help_heading = "Deadlines and stopping", long, value_name = "TIME", value_parser = batch_job::parse_rfc3339)]
     pub deadline: Option<std::time::SystemTime>,
 
     /// How long requests in flight may still finish once the job stops (deadline or signal).

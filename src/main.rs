@@ -44,7 +44,7 @@ fn init_logging() {
         .unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(|| batch_job::progress::StderrAboveBar)
+        .with_writer(|| batch_job::StderrAboveBar)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();

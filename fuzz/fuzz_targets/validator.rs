@@ -4,7 +4,7 @@
 
 use std::io::Write;
 
-use batch_job::validate::{ValidateOptions, validate_file};
+use batch_job::{ValidateOptions, validate_file};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,8 +1,8 @@
-//! `batch-runner engine-guard` (internal): see `batch_job::launch::guard`.
+//! `batch-runner engine-guard` (internal): see `batch_job::run_guard`.
 
 use std::time::Duration;
 
-use batch_job::launch::guard::{GuardOptions, run_guard};
+use batch_job::{GuardOptions, run_guard};
 
 use super::runtime;
 use crate::cli::GuardArgs;

@@ -26,7 +26,7 @@ pub enum Exit {
     /// The job was cancelled.
     Cancelled = 5,
     /// Stopped by a signal; running the same command again resumes (EX_TEMPFAIL).
-    Interrupted = batch_job::stop::RESUMABLE_EXIT as isize,
+    Interrupted = batch_job::RESUMABLE_EXIT as isize,
 }
 
 impl Exit {
@@ -65,7 +65,7 @@ impl Exit {
     }
 }
 
-impl From<&crate::cli::RulesArgs> for batch_job::validate::ValidateOptions {
+impl From<&crate::cli::RulesArgs> for batch_job::ValidateOptions {
     fn from(args: &crate::cli::RulesArgs) -> Self {
         Self {
             rules: batch_format::RulesConfig {

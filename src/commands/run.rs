@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use batch_job::stop::{Phase, StopReason, StopSignal};
-use batch_job::summary::{JobStatus, RunSummary};
+use batch_job::{JobStatus, RunSummary};
+use batch_job::{Phase, StopReason, StopSignal};
 
 use super::run_options::build;
 use super::{Exit, Signals, runtime};
@@ -18,7 +18,7 @@ async fn watch_signals(stop: StopSignal, reason: StopReason, grace: std::time::D
             Phase::Draining(_) => tracing::warn!(
                 "stopping: no new requests; those in flight may finish within {} (press Ctrl-C \
                  again to stop at once)",
-                batch_job::progress::format_duration(grace)
+                batch_job::format_duration(grace)
             ),
             _ => tracing::warn!("stopping at once"),
         }
@@ -57,7 +57,7 @@ pub fn run(args: RunArgs) -> Exit {
         let result = rt.block_on(async {
             let stop = StopSignal::new();
             let watcher = tokio::spawn(watch_signals(stop.clone(), on_signal, grace));
-            let result = batch_job::run::run(options, stop).await;
+            let result = batch_job::run(options, stop).await;
             watcher.abort();
             result
         });

@@ -3,16 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use batch_job::deadline::Deadline;
-use batch_job::finalize::Order;
-use batch_job::launch::LaunchSpec;
-use batch_job::launch::preset::Preset;
-use batch_job::progress::ProgressMode;
-use batch_job::remote::{FINAL_DIR, Remote};
-use batch_job::retry_failed::Previous;
-use batch_job::run::{RunOptions, default_state_dir};
-use batch_job::sink::CheckpointPolicy;
-use batch_job::validate::ValidateOptions;
+use batch_job::CheckpointPolicy;
+use batch_job::Deadline;
+use batch_job::LaunchSpec;
+use batch_job::Order;
+use batch_job::Preset;
+use batch_job::Previous;
+use batch_job::ProgressMode;
+use batch_job::ValidateOptions;
+use batch_job::{FINAL_DIR, Remote};
+use batch_job::{RunOptions, default_state_dir};
 use batch_storage::{HttpOptions, Location, S3Options};
 
 use crate::cli::{DispatchOrderArg, EngineArg, OrderArg, ProgressArg, RunArgs};

@@ -167,7 +167,7 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             grace: args.grace,
             lease: args.lease,
             report_every: args.report_interval,
-            checkpoint_every_results: batch_job::sink::CheckpointPolicy::DEFAULT_EVERY_RESULTS,
+            checkpoint_every_results: batch_job::CheckpointPolicy::DEFAULT_EVERY_RESULTS,
             checkpoint_every: args.checkpoint_interval,
             extra_endpoints: args.allow_url.clone(),
             storage_url: args.storage_url.clone(),

@@ -1,6 +1,6 @@
 //! `batch-runner status STATE_DIR`: what a running or interrupted job has done so far.
 
-use batch_job::status::{JobProgress, read_progress};
+use batch_job::{JobProgress, read_progress};
 
 use super::Exit;
 use crate::cli::StatusArgs;

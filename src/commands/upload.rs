@@ -1,6 +1,6 @@
 //! `batch-runner upload STATE_DIR`: deliver results whose upload failed.
 
-use batch_job::remote::{has_pending, upload_pending};
+use batch_job::{has_pending, upload_pending};
 use batch_storage::HttpOptions;
 
 use super::{Exit, runtime};
@@ -11,7 +11,7 @@ pub fn run(args: UploadArgs) -> Exit {
         tracing::error!(
             "{} has nothing to upload (no {})",
             args.state_dir.display(),
-            batch_job::remote::UPLOADS
+            batch_job::UPLOADS
         );
         return Exit::Invalid;
     }

@@ -1,6 +1,6 @@
 //! `batch-runner validate INPUT`
 
-use batch_job::validate::{ValidateError, ValidateOptions, validate_file};
+use batch_job::{ValidateError, ValidateOptions, validate_file};
 
 use super::Exit;
 use crate::cli::ValidateArgs;

@@ -4,7 +4,7 @@
 
 use std::io::Read;
 
-use batch_job::stop::{StopReason, StopSignal};
+use batch_job::{StopReason, StopSignal};
 use batch_service::DataDir;
 use batch_service::settings::WorkerSettings;
 use batch_service::store::Store;

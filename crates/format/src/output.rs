@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 /// What a result line says about its request.
 #[derive(Debug, Clone, Copy)]
-pub enum Outcome<'a> {
+pub enum LineResult<'a> {
     /// The engine answered. `body` must be one JSON value (see [`ResponseBody`]).
     Response {
         status_code: u16,
@@ -24,7 +24,7 @@ pub enum Outcome<'a> {
 }
 
 /// Appends one result line, newline included, to `buf`.
-pub fn write_line(buf: &mut Vec<u8>, id: &str, custom_id: Option<&str>, outcome: &Outcome<'_>) {
+pub fn write_line(buf: &mut Vec<u8>, id: &str, custom_id: Option<&str>, outcome: &LineResult<'_>) {
     buf.extend_from_slice(b"{\"id\":");
     push_json_string(buf, id);
     buf.extend_from_slice(b",\"custom_id\":");
@@ -33,7 +33,7 @@ pub fn write_line(buf: &mut Vec<u8>, id: &str, custom_id: Option<&str>, outcome:
         None => buf.extend_from_slice(b"null"),
     }
     match outcome {
-        Outcome::Response {
+        LineResult::Response {
             status_code,
             request_id,
             body,
@@ -49,7 +49,7 @@ pub fn write_line(buf: &mut Vec<u8>, id: &str, custom_id: Option<&str>, outcome:
             buf.extend_from_slice(body.as_bytes());
             buf.extend_from_slice(b"},\"error\":null}\n");
         }
-        Outcome::Error { code, message } => {
+        LineResult::Error { code, message } => {
             buf.extend_from_slice(b",\"response\":null,\"error\":{\"code\":");
             push_json_string(buf, code);
             buf.extend_from_slice(b",\"message\":");
@@ -303,7 +303,7 @@ mod tests {
             }
         );
         let mut buf = Vec::new();
-        let outcome = Outcome::Response {
+        let outcome = LineResult::Response {
             status_code: 200,
             request_id: Some("r\"1"),
             body: &body,
@@ -319,7 +319,7 @@ mod tests {
     #[test]
     fn writes_an_error_line() {
         let mut buf = Vec::new();
-        let outcome = Outcome::Error {
+        let outcome = LineResult::Error {
             code: "batch_expired",
             message: "late",
         };

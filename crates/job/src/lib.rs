@@ -1,52 +1,59 @@
 //! The batch job pipeline, shared by `batch-runner run` and the service's workers.
 //!
-//! Layout, in data-flow order:
-//! - [`input`]: stdin and pipes copied, and the second pass checked against the first;
-//! - [`reader`]: numbered lines with bounded memory;
-//! - [`validate`] (with [`dedupe`] and [`bitset`]): the pass over the whole input before any
-//!   request is sent;
-//! - [`dispatch`]: engines, retries, circuit breaking; sends each request body unparsed;
-//! - [`spool`], [`sink`]: results appended as they complete, with an index; checkpoints that
-//!   make them durable; [`state`]: the manifest, and resuming from it; [`mirror`]: the state
-//!   copied to object storage, for resuming on another machine;
-//! - [`stop`], [`deadline`]: ending early (completion window, signals, cancel);
-//! - [`finalize`]: the spool becomes the final output and error files, atomically, in input order
-//!   (with [`extsort`]) or completion order; [`retry_failed`] seeds a job with an earlier run's
-//!   successes;
-//! - [`finished`]: a finished job is recognised and not run again by accident;
-//! - [`launch`]: starting, guarding and restarting an engine for the job;
-//! - [`remote`]: inputs and results at http(s) URLs, and uploads that failed;
-//! - [`progress`], [`metrics`], [`summary`], [`status`]: what the operator sees while and after
-//!   it runs; [`outcome`]: how each line ended;
-//! - [`run`]: wires the stages together; [`salvage`]: the final files of a job that cannot run
-//!   any more (or was cancelled before it ran); [`duration`] parses the durations flags take.
+//! The folders follow the data, in order:
+//! - [`input`]: the input's bytes (stdin and pipes copied, the second pass checked against the
+//!   first), numbered lines with bounded memory (`reader`), and the validation pass over the
+//!   whole input before any request is sent (`validate`, with `dedupe`);
+//! - [`dispatch`]: engines, concurrency, retries, circuit breaking; each request body is sent
+//!   unparsed;
+//! - [`state`]: results appended to the spool as they complete (`spool`, `sink`, with
+//!   checkpoints that make them durable), the manifest and resuming from it, the state mirrored
+//!   to object storage (`mirror`), a finished job recognised (`finished`), how each line ended
+//!   (`outcome`);
+//! - [`output`]: the final output and error files (`finalize`, `extsort`), `--retry-failed`, the
+//!   final files of a job that cannot run any more (`salvage`), remote inputs and results;
+//! - [`report`]: metrics, progress, the summary, a job's status read from its state directory;
+//! - [`run`]: wires the stages together, and ends a job early (`stop`, `deadline`);
+//! - [`launch`]: starting, guarding and restarting an engine for the job.
+//!
+//! The modules are private: what the command line, the service and the fuzz targets use is
+//! re-exported below, by stage.
 
-pub mod bitset;
-pub mod deadline;
-pub mod dedupe;
-pub mod dispatch;
-pub mod duration;
-pub mod extsort;
-pub mod finalize;
-pub mod finished;
-pub mod input;
-pub mod launch;
-pub mod metrics;
-pub mod mirror;
-pub mod outcome;
-pub mod progress;
-pub mod reader;
-pub mod remote;
-pub mod retry_failed;
-pub mod run;
-pub mod salvage;
-pub mod sink;
-pub mod spool;
-pub mod state;
-pub mod status;
-pub mod stop;
-pub mod summary;
-pub mod validate;
+mod bitset;
+mod dispatch;
+mod duration;
+mod input;
+mod launch;
+mod output;
+mod report;
+mod run;
+mod state;
+
+pub use dispatch::{EngineOptions, RetryPolicy, parse_header};
+pub use duration::parse_duration;
+pub use input::reader::{Content, LineReader};
+pub use input::validate::{DEFAULT_MAX_LINE_BYTES, ValidateError, ValidateOptions, validate_file};
+pub use input::{Recording, Verified};
+pub use launch::LaunchSpec;
+pub use launch::guard::{GuardOptions, run_guard};
+pub use launch::preset::Preset;
+pub use output::finalize::{Destination, Order};
+pub use output::remote::{FINAL_DIR, Remote, UPLOADS, has_pending, upload_pending};
+pub use output::retry_failed::Previous;
+pub use output::salvage::{Salvaged, salvage};
+pub use report::metrics::Stats;
+pub use report::progress::{ProgressMode, StderrAboveBar, format_duration};
+pub use report::status::{JobProgress, read_progress};
+pub use report::summary::{JobStatus, RunSummary};
+pub use run::deadline::{Deadline, parse_rfc3339};
+pub use run::stop::{Phase, RESUMABLE_EXIT, StopReason, StopSignal};
+pub use run::{
+    CANCELLED_MESSAGE, JobFiles, RunError, RunOptions, default_state_dir, run, run_observed,
+};
+pub use state::mirror::Mirror;
+pub use state::outcome::LineOutcome;
+pub use state::sink::CheckpointPolicy;
+pub use state::{MANIFEST, ResultFile, results_so_far};
 
 /// Twelve hex digits that differ between processes and between calls: names that must never
 /// collide with an earlier run's (result ids, object names of the mirrored state).

@@ -90,7 +90,7 @@ pub struct BatchErrors {
 
 /// Progress detail beyond OpenAI's fields, under one namespaced key the SDK keeps but ignores.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct Progress {
+pub struct BatchProgress {
     /// Requests sent to the engine and not answered yet.
     pub in_flight: u64,
     /// Retries so far (a request retried twice counts two).
@@ -138,7 +138,7 @@ pub struct Batch {
     pub usage: BatchUsage,
     pub metadata: Option<BTreeMap<String, String>>,
     /// batch-runner's extension: live progress detail.
-    pub x_batch_runner: Progress,
+    pub x_batch_runner: BatchProgress,
 }
 
 impl From<&BatchRow> for Batch {
@@ -151,7 +151,7 @@ impl From<&BatchRow> for Batch {
                     data,
                 })
         });
-        let mut progress: Progress = b
+        let mut progress: BatchProgress = b
             .progress
             .as_deref()
             .and_then(|p| serde_json::from_str(p).ok())

@@ -29,7 +29,7 @@ use crate::store::{Store, now_ms};
 pub const DEFAULT_TEMPLATE: &str =
     "exec {exe} worker --data-dir {data_dir} --batch {batch} --fence {fence} --lifeline-stdin";
 /// The exit code of a worker that gave its batch up without failing.
-pub const GAVE_UP: i32 = batch_job::stop::RESUMABLE_EXIT as i32;
+pub const GAVE_UP: i32 = batch_job::RESUMABLE_EXIT as i32;
 /// Lines of a crashed worker's log quoted in the batch's error.
 const LOG_TAIL_LINES: usize = 5;
 /// How often to look for failed batches whose results were never published.

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use batch_job::dispatch::EngineOptions;
-use batch_job::sink::CheckpointPolicy;
+use batch_job::CheckpointPolicy;
+use batch_job::EngineOptions;
 use batch_storage::object::ObjectDir;
 use batch_storage::{S3Options, StorageError};
 use serde::{Deserialize, Serialize};
@@ -145,7 +145,7 @@ mod tests {
             headers: vec!["X-A: 1".into()],
             request_timeout: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
-            retry: batch_job::dispatch::RetryPolicy::default(),
+            retry: batch_job::RetryPolicy::default(),
             priority: Some(-10),
             adaptive: Some((4, 64)),
             max_requests_per_second: None,

@@ -20,7 +20,7 @@ impl Default for WindowBounds {
 
 /// The window in whole seconds, or the message for a 400.
 pub fn parse_window(text: &str, bounds: WindowBounds) -> Result<u64, String> {
-    let d = batch_job::duration::parse_duration(text).map_err(|e| {
+    let d = batch_job::parse_duration(text).map_err(|e| {
         format!("Invalid completion_window: {e}. Use '24h' (or a duration such as '2h' or '90m')")
     })?;
     if text == "24h" {

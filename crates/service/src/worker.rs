@@ -15,13 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use batch_job::deadline::Deadline;
-use batch_job::metrics::Stats;
-use batch_job::remote::Remote;
-use batch_job::run::{JobFiles, RunError, RunOptions, run_observed};
-use batch_job::stop::{StopReason, StopSignal};
-use batch_job::summary::{JobStatus, RunSummary};
-use batch_job::validate::{ValidateOptions, validate_file};
+use batch_job::Deadline;
+use batch_job::Remote;
+use batch_job::Stats;
+use batch_job::{JobFiles, RunError, RunOptions, run_observed};
+use batch_job::{JobStatus, RunSummary};
+use batch_job::{StopReason, StopSignal};
+use batch_job::{ValidateOptions, validate_file};
 use serde::{Deserialize, Serialize};
 
 use batch_storage::object::ObjectDir;
@@ -30,7 +30,7 @@ use batch_storage::{StorageError, absent_is_fine};
 use crate::BatchWork;
 use crate::blobs::Blobs;
 use crate::ids;
-use crate::model::{BatchError, Progress};
+use crate::model::{BatchError, BatchProgress};
 use crate::settings::WorkerSettings;
 use crate::store::{
     BatchRow, BatchStatus, Counts, FileRow, Finish, LeaseLost, Store, StoreError, now_secs,
@@ -72,7 +72,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> WorkerError 
 
 /// What the pipeline ended with, kept until the batch's files are registered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Outcome {
+struct LineOutcome {
     status: BatchStatus,
     /// The request count, when only the worker knows it (a batch cancelled before it ran).
     #[serde(default)]
@@ -81,7 +81,7 @@ struct Outcome {
     failed: i64,
     input_tokens: i64,
     output_tokens: i64,
-    progress: Progress,
+    progress: BatchProgress,
 }
 
 pub struct Worker {
@@ -288,10 +288,10 @@ impl Worker {
             // A local cache left by an earlier claim of this host belongs to another line of
             // history than the newest state (checkpoint counters of the two are not
             // comparable): rebuild from the newest state instead of choosing by counter.
-            let manifest = local.join(batch_job::state::MANIFEST);
+            let manifest = local.join(batch_job::MANIFEST);
             absent_is_fine(std::fs::remove_file(&manifest))
                 .map_err(io(format!("cannot remove {}", manifest.display())))?;
-            match batch_job::mirror::Mirror::restore(dir, local).await {
+            match batch_job::Mirror::restore(dir, local).await {
                 Ok(_) => break,
                 // Retrying would find the same damage: an older state (or none, and the batch
                 // starts over) costs re-sent requests, not the batch.
@@ -424,17 +424,17 @@ impl Worker {
         let max_line_bytes = self.validate_options().max_line_bytes;
         let ending = Ending {
             code: "batch_cancelled",
-            message: batch_job::run::CANCELLED_MESSAGE,
+            message: batch_job::CANCELLED_MESSAGE,
         };
         let salvaged = final_files(work, input, max_line_bytes, ending).await?;
-        let outcome = Outcome {
+        let outcome = LineOutcome {
             status: BatchStatus::Cancelled,
             total: Some(salvaged.unfinished as i64),
             completed: 0,
             failed: 0,
             input_tokens: 0,
             output_tokens: 0,
-            progress: Progress::default(),
+            progress: BatchProgress::default(),
         };
         write_outcome(&work.outcome(), &outcome)?;
         self.register(batch, work, outcome).await
@@ -445,7 +445,7 @@ impl Worker {
         &self,
         batch: &BatchRow,
         work: &BatchWork,
-        outcome: Outcome,
+        outcome: LineOutcome,
     ) -> Result<WorkerEnd, WorkerError> {
         if outcome.status == BatchStatus::Completed {
             self.store.finalizing(&self.batch, self.fence).await?;
@@ -496,16 +496,16 @@ pub async fn final_files(
     input: &Path,
     max_line_bytes: usize,
     ending: Ending,
-) -> Result<batch_job::salvage::Salvaged, WorkerError> {
+) -> Result<batch_job::Salvaged, WorkerError> {
     let (work, input) = (work.clone(), input.to_owned());
     tokio::task::spawn_blocking(move || {
         let (output, errors) = (work.output(), work.errors());
-        let to = batch_job::finalize::Destination {
+        let to = batch_job::Destination {
             output: &output,
             errors: &errors,
         };
         let state = work.state();
-        batch_job::salvage::salvage(
+        batch_job::salvage(
             &state,
             &input,
             &to,
@@ -539,7 +539,7 @@ pub async fn publish_failed(
         code: "batch_failed",
         message: FAILED_MESSAGE,
     };
-    let max_line_bytes = batch_job::validate::DEFAULT_MAX_LINE_BYTES;
+    let max_line_bytes = batch_job::DEFAULT_MAX_LINE_BYTES;
     let salvaged = final_files(&work, &input, max_line_bytes, ending).await?;
     let output = adopt(blobs, &batch, &work.output(), "output").await?;
     let errors = adopt(blobs, &batch, &work.errors(), "error").await?;
@@ -580,7 +580,7 @@ pub async fn publish_failed(
 }
 
 /// The progress an earlier worker of the batch last reported (default: none).
-fn earlier_progress(batch: &BatchRow) -> Progress {
+fn earlier_progress(batch: &BatchRow) -> BatchProgress {
     batch
         .progress
         .as_deref()
@@ -670,27 +670,27 @@ fn no_engine(model: &str) -> BatchError {
     )
 }
 
-fn outcome_of(status: BatchStatus, summary: &RunSummary, latency: (u64, f64)) -> Outcome {
+fn outcome_of(status: BatchStatus, summary: &RunSummary, latency: (u64, f64)) -> LineOutcome {
     let (latency_count, latency_sum) = latency;
-    Outcome {
+    LineOutcome {
         status,
         total: None,
         completed: summary.succeeded as i64,
         failed: summary.failed as i64,
         input_tokens: summary.usage.input_tokens as i64,
         output_tokens: summary.usage.output_tokens as i64,
-        progress: Progress {
+        progress: BatchProgress {
             retried: summary.retries,
             not_run: summary.expired + summary.cancelled,
             requests_per_second: (summary.requests_per_second * 10.0).round() / 10.0,
             latency_count,
             latency_sum_seconds: latency_sum,
-            ..Progress::default()
+            ..BatchProgress::default()
         },
     }
 }
 
-fn read_outcome(path: &Path) -> Result<Option<Outcome>, WorkerError> {
+fn read_outcome(path: &Path) -> Result<Option<LineOutcome>, WorkerError> {
     match std::fs::read(path) {
         // A damaged record (it is written whole, so only a disk fault makes one) is dropped:
         // the kept job state then finalizes the batch again.
@@ -706,7 +706,7 @@ fn read_outcome(path: &Path) -> Result<Option<Outcome>, WorkerError> {
     }
 }
 
-fn write_outcome(path: &Path, outcome: &Outcome) -> Result<(), WorkerError> {
+fn write_outcome(path: &Path, outcome: &LineOutcome) -> Result<(), WorkerError> {
     let text = serde_json::to_vec(outcome).map_err(|e| io("outcome")(std::io::Error::other(e)))?;
     let temp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
@@ -764,7 +764,7 @@ async fn report_loop(
     let Ok(stats) = stats.await else { return };
     let started = SystemTime::now();
     let mut tick = tokio::time::interval(every);
-    let mut written: Option<(Counts, Progress, u64, Instant)> = None;
+    let mut written: Option<(Counts, BatchProgress, u64, Instant)> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -772,7 +772,7 @@ async fn report_loop(
         }
         let (counts, progress) = snapshot(&stats, started, latency);
         let done = stats.done();
-        // Progress is batched: a write once RESULTS_PER_WRITE more results are in, or once the
+        // BatchProgress is batched: a write once RESULTS_PER_WRITE more results are in, or once the
         // counters have waited QUIET_WRITES periods; otherwise only the status is read (to see
         // a cancel), so the database load does not grow with the request rate.
         let due = match &written {
@@ -792,7 +792,7 @@ async fn report_loop(
         };
         match status {
             Ok(Ok(BatchStatus::Cancelling)) => {
-                if stop.phase() == batch_job::stop::Phase::Running {
+                if stop.phase() == batch_job::Phase::Running {
                     tracing::info!("batch {batch}: cancel requested");
                     stop.request(StopReason::Cancelled);
                 }
@@ -803,12 +803,12 @@ async fn report_loop(
     }
 }
 
-fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts, Progress) {
-    use batch_job::metrics::Outcome;
+fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts, BatchProgress) {
+    use batch_job::LineOutcome;
     let done = stats.done();
-    let not_run = stats.count(Outcome::Expired) + stats.count(Outcome::Cancelled);
+    let not_run = stats.count(LineOutcome::Expired) + stats.count(LineOutcome::Cancelled);
     let counts = Counts {
-        completed: stats.count(Outcome::Succeeded) as i64,
+        completed: stats.count(LineOutcome::Succeeded) as i64,
         failed: (stats.failed() - not_run) as i64,
         input_tokens: Stats::load(&stats.input_tokens) as i64,
         output_tokens: Stats::load(&stats.output_tokens) as i64,
@@ -822,7 +822,7 @@ fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts
     };
     let left = Stats::load(&stats.planned).saturating_sub(done);
     let (latency_count, latency_sum) = latency.with(Some(stats));
-    let progress = Progress {
+    let progress = BatchProgress {
         in_flight: Stats::load(&stats.in_flight),
         retried: Stats::load(&stats.retries),
         not_run,

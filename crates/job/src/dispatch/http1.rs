@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::transport::{Answer, TransportError};
+use super::exchange::{Answer, TransportError};
 
 /// Below uvicorn's default 5 s keep-alive.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);

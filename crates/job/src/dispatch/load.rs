@@ -10,7 +10,7 @@ use hyper::Method;
 
 use super::Engines;
 use super::adaptive::Signal;
-use crate::stop::StopSignal;
+use crate::run::stop::StopSignal;
 
 pub const POLL_EVERY: Duration = Duration::from_millis(500);
 const POLL_TIMEOUT: Duration = Duration::from_secs(2);

@@ -5,6 +5,7 @@
 //! input.
 
 pub mod adaptive;
+mod exchange;
 mod http1;
 mod load;
 pub mod pool;
@@ -20,13 +21,14 @@ use bytes::Bytes;
 use hyper::Method;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
-use crate::stop::StopSignal;
+use crate::run::stop::StopSignal;
 use adaptive::Signal;
+use exchange::TransportError;
 use pool::Pool;
 use rate::Bucket;
 pub use retry::RetryPolicy;
 use retry::{retry_after, status_is_retryable};
-use transport::{Transport, TransportError, Url};
+use transport::{Transport, Url};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -404,11 +406,11 @@ impl Engines {
             Some(pool::Opened::Now { next_probe }) => tracing::warn!(
                 "{url} is failing ({why}, {} in a row): skipping it; next probe in {}",
                 pool::FAILURES_TO_OPEN,
-                crate::progress::format_duration(next_probe)
+                crate::report::progress::format_duration(next_probe)
             ),
             Some(pool::Opened::ProbeFailed { next_probe }) => tracing::warn!(
                 "{url} is still failing ({why}): skipping it; next probe in {}",
-                crate::progress::format_duration(next_probe)
+                crate::report::progress::format_duration(next_probe)
             ),
             None => {}
         }

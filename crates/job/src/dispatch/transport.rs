@@ -1,40 +1,14 @@
 //! How bytes reach one engine: the in-task HTTP/1.1 client for `http://` engines, reqwest (with
 //! rustls) for `https://` ones.
 
-use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::header::{CONTENT_TYPE, HeaderMap};
 use hyper::{Method, Uri};
 
+use super::exchange::{Answer, TransportError};
 use super::http1::{self, Http1Pool};
-
-/// An engine's answer, whatever its status.
-#[derive(Debug)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: HeaderMap,
-    pub body: Bytes,
-}
-
-/// A request that got no answer.
-#[derive(Debug)]
-pub enum TransportError {
-    Connect(String),
-    Timeout,
-    Io(String),
-}
-
-impl fmt::Display for TransportError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TransportError::Connect(e) => write!(f, "cannot connect: {e}"),
-            TransportError::Timeout => f.write_str("timed out (see --request-timeout)"),
-            TransportError::Io(e) => write!(f, "connection failed: {e}"),
-        }
-    }
-}
 
 /// Where one endpoint is on one engine, in the forms each transport wants.
 #[derive(Debug, Clone)]

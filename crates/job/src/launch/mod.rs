@@ -147,7 +147,7 @@ impl LaunchSpec {
             tokio::spawn(async move {
                 let mut lines = tokio::io::BufReader::new(out).lines();
                 while let Ok(Some(line)) = lines.next_line().await {
-                    crate::progress::print_line(&line);
+                    crate::report::progress::print_line(&line);
                 }
             });
         }

@@ -13,10 +13,10 @@ use tokio::sync::{Semaphore, mpsc};
 use super::execute::{Ids, Request, execute};
 use super::feed::Item;
 use crate::dispatch::{Engines, Target};
-use crate::metrics::Stats;
-use crate::outcome::Outcome;
-use crate::sink::{Record, Sink};
-use crate::stop::{Phase, StopReason, StopSignal};
+use crate::report::metrics::Stats;
+use crate::run::stop::{Phase, StopReason, StopSignal};
+use crate::state::outcome::LineOutcome;
+use crate::state::sink::{Record, Sink};
 
 /// Everything a request task needs, shared.
 pub struct Shared {
@@ -32,7 +32,7 @@ impl Shared {
     /// Counts a record and appends it to the spool.
     fn deliver(&self, record: Record) {
         self.stats.record(record.outcome);
-        if record.outcome == Outcome::Succeeded {
+        if record.outcome == LineOutcome::Succeeded {
             self.stats.add_usage(record.usage);
         }
         self.sink.append(record);
@@ -42,7 +42,7 @@ impl Shared {
         self.ids.error(
             line,
             custom_id,
-            Outcome::InvalidRequest,
+            LineOutcome::InvalidRequest,
             "invalid_request",
             message,
         )

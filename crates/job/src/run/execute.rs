@@ -3,14 +3,14 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use batch_format::output::{Outcome as LineOutcome, ResponseBody, Usage, write_line};
+use batch_format::output::{LineResult, ResponseBody, Usage, write_line};
 use bytes::Bytes;
 
 use crate::dispatch::{Delivery, Engines, Target};
-use crate::metrics::Stats;
-use crate::outcome::Outcome;
-use crate::sink::Record;
-use crate::stop::{StopReason, StopSignal};
+use crate::report::metrics::Stats;
+use crate::run::stop::{StopReason, StopSignal};
+use crate::state::outcome::LineOutcome;
+use crate::state::sink::Record;
 
 /// OpenAI's message for a request the completion window left unrun.
 pub const EXPIRED_MESSAGE: &str =
@@ -39,12 +39,12 @@ impl Ids {
         &self,
         line: u64,
         custom_id: Option<&str>,
-        outcome: Outcome,
+        outcome: LineOutcome,
         code: &str,
         message: &str,
     ) -> Record {
         let mut bytes = Vec::with_capacity(160 + message.len());
-        let body = LineOutcome::Error { code, message };
+        let body = LineResult::Error { code, message };
         write_line(&mut bytes, &self.result_id(line), custom_id, &body);
         Record {
             line,
@@ -59,8 +59,8 @@ impl Ids {
     /// interrupted (the line runs when the job resumes).
     pub fn stopped(&self, line: u64, custom_id: &str, reason: StopReason) -> Option<Record> {
         let (outcome, code, message) = match reason {
-            StopReason::Expired => (Outcome::Expired, "batch_expired", EXPIRED_MESSAGE),
-            StopReason::Cancelled => (Outcome::Cancelled, "batch_cancelled", CANCELLED_MESSAGE),
+            StopReason::Expired => (LineOutcome::Expired, "batch_expired", EXPIRED_MESSAGE),
+            StopReason::Cancelled => (LineOutcome::Cancelled, "batch_cancelled", CANCELLED_MESSAGE),
             StopReason::Interrupted => return None,
         };
         Some(self.error(line, Some(custom_id), outcome, code, message))
@@ -119,7 +119,7 @@ pub async fn execute(
             ids.error(
                 line,
                 Some(custom_id),
-                Outcome::EngineUnavailable,
+                LineOutcome::EngineUnavailable,
                 "engine_unavailable",
                 &message,
             )
@@ -151,16 +151,16 @@ fn answered(
             } else {
                 parsed.as_openai_error(status)
             };
-            let line_outcome = LineOutcome::Response {
+            let line_outcome = LineResult::Response {
                 status_code: status,
                 request_id: request_id.as_deref(),
                 body: &parsed,
             };
             write_line(&mut bytes, id, Some(custom_id), &line_outcome);
             if success {
-                Outcome::Succeeded
+                LineOutcome::Succeeded
             } else {
-                Outcome::EngineError
+                LineOutcome::EngineError
             }
         }
         Err(_) if success => {
@@ -168,22 +168,22 @@ fn answered(
                 "the engine answered {status} with a body that is not JSON: {}",
                 String::from_utf8_lossy(&body[..body.len().min(200)])
             );
-            let line_outcome = LineOutcome::Error {
+            let line_outcome = LineResult::Error {
                 code: "invalid_engine_response",
                 message: &message,
             };
             write_line(&mut bytes, id, Some(custom_id), &line_outcome);
-            Outcome::EngineError
+            LineOutcome::EngineError
         }
         Err(_) => {
             let wrapped = ResponseBody::from_text(status, body);
-            let line_outcome = LineOutcome::Response {
+            let line_outcome = LineResult::Response {
                 status_code: status,
                 request_id: request_id.as_deref(),
                 body: &wrapped,
             };
             write_line(&mut bytes, id, Some(custom_id), &line_outcome);
-            Outcome::EngineError
+            LineOutcome::EngineError
         }
     };
     Record {
@@ -214,9 +214,9 @@ mod tests {
         assert_eq!(v["error"]["code"], "batch_expired");
         assert_eq!(v["error"]["message"], EXPIRED_MESSAGE);
         assert_eq!(v["response"], serde_json::Value::Null);
-        assert_eq!(r.outcome, Outcome::Expired);
+        assert_eq!(r.outcome, LineOutcome::Expired);
         let r = ids.stopped(3, "c", StopReason::Cancelled).expect("record");
-        assert_eq!(r.outcome, Outcome::Cancelled);
+        assert_eq!(r.outcome, LineOutcome::Cancelled);
         assert!(ids.stopped(3, "c", StopReason::Interrupted).is_none());
     }
 
@@ -230,12 +230,12 @@ mod tests {
             None,
             br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
         );
-        assert_eq!(ok.outcome, Outcome::Succeeded);
+        assert_eq!(ok.outcome, LineOutcome::Succeeded);
         assert_eq!(ok.usage.output_tokens, 2);
         let v: serde_json::Value = serde_json::from_slice(&ok.bytes).expect("json");
         assert_eq!(v["response"]["request_id"], "x");
         let bad = answered("i", 1, "c", 200, None, b"<html>");
-        assert_eq!(bad.outcome, Outcome::EngineError);
+        assert_eq!(bad.outcome, LineOutcome::EngineError);
         let v: serde_json::Value = serde_json::from_slice(&bad.bytes).expect("json");
         assert_eq!(v["error"]["code"], "invalid_engine_response");
         let gateway = answered("i", 1, "c", 502, Some("r".into()), b"bad gateway");

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::bitset::BitSet;
+use crate::input::reader::{Content, LineReader};
 use crate::input::{Blocks, Changed, Verified};
-use crate::reader::{Content, LineReader};
 
 /// Lines handed over at a time, so the reader and the dispatcher rarely wake each other.
 pub const BATCH: usize = 256;
@@ -28,6 +28,16 @@ pub enum Item {
         custom_id: Option<String>,
         message: String,
     },
+}
+
+impl Item {
+    /// The `--order-dispatch prefix` group of a request; invalid lines share one.
+    fn prefix_key(&self) -> u64 {
+        match self {
+            Item::Request { body, .. } => super::grouping::prefix_key(body),
+            Item::Invalid { .. } => 0,
+        }
+    }
 }
 
 pub struct Feed<'a> {
@@ -79,7 +89,7 @@ impl Feed<'_> {
     /// the dispatcher has gone.
     fn hand_over(&self, items: Vec<Item>, batches: &mpsc::Sender<Vec<Item>>) -> bool {
         let items = match self.group_window {
-            Some(_) => super::grouping::group(items),
+            Some(_) => super::grouping::group(items, Item::prefix_key),
             None => items,
         };
         let mut items = items.into_iter().peekable();

@@ -15,8 +15,6 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::feed::Item;
-
 /// Bytes of a completion prompt that make its prefix.
 pub const PROMPT_PREFIX_BYTES: usize = 256;
 
@@ -63,20 +61,14 @@ fn floor_char_boundary(s: &str, max: usize) -> usize {
     i
 }
 
-/// Reorders one window: groups in order of first appearance, input order within a group.
-pub fn group(window: Vec<Item>) -> Vec<Item> {
+/// Reorders one window: groups (by `key`, see [`prefix_key`]) in order of first appearance,
+/// input order within a group.
+pub fn group<T>(window: Vec<T>, key: impl Fn(&T) -> u64) -> Vec<T> {
     let mut first_seen: HashMap<u64, usize> = HashMap::new();
-    let mut keyed: Vec<(usize, Item)> = window
+    let mut keyed: Vec<(usize, T)> = window
         .into_iter()
         .enumerate()
-        .map(|(i, item)| {
-            let key = match &item {
-                Item::Request { body, .. } => prefix_key(body),
-                Item::Invalid { .. } => 0,
-            };
-            let rank = *first_seen.entry(key).or_insert(i);
-            (rank, item)
-        })
+        .map(|(i, item)| (*first_seen.entry(key(&item)).or_insert(i), item))
         .collect();
     keyed.sort_by_key(|(rank, _)| *rank);
     keyed.into_iter().map(|(_, item)| item).collect()
@@ -86,23 +78,10 @@ pub fn group(window: Vec<Item>) -> Vec<Item> {
 mod tests {
     use super::*;
 
-    fn request(line: u64, system: &str, user: &str) -> Item {
+    fn request(line: u64, system: &str, user: &str) -> (u64, String) {
         let body = serde_json::json!({"model": "m", "messages": [
             {"role": "system", "content": system}, {"role": "user", "content": user}]});
-        Item::Request {
-            line,
-            custom_id: format!("c{line}"),
-            body: body.to_string().into(),
-        }
-    }
-
-    fn lines(items: &[Item]) -> Vec<u64> {
-        items
-            .iter()
-            .map(|i| match i {
-                Item::Request { line, .. } | Item::Invalid { line, .. } => *line,
-            })
-            .collect()
+        (line, body.to_string())
     }
 
     #[test]
@@ -115,7 +94,9 @@ mod tests {
             request(5, "B", "y"),
             request(6, "A", "z"),
         ];
-        assert_eq!(lines(&group(window)), [1, 3, 6, 2, 5, 4]);
+        let grouped = group(window, |(_, body)| prefix_key(body.as_bytes()));
+        let lines: Vec<u64> = grouped.iter().map(|(line, _)| *line).collect();
+        assert_eq!(lines, [1, 3, 6, 2, 5, 4]);
     }
 
     #[test]

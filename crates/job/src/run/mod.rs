@@ -15,10 +15,12 @@
 //! beside it (see `sink`); the deadline and the stop grace are timers that move the
 //! [`StopSignal`].
 
+pub mod deadline;
 mod dispatcher;
 mod execute;
 mod feed;
 mod grouping;
+pub mod stop;
 mod supervise;
 
 use std::net::SocketAddr;
@@ -34,28 +36,30 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use dispatcher::Ended;
 use dispatcher::{Shared, dispatch};
+pub use execute::CANCELLED_MESSAGE;
 pub(crate) use execute::Ids;
-pub use execute::{CANCELLED_MESSAGE, EXPIRED_MESSAGE};
 use feed::Feed;
 use supervise::Supervisor;
 
-use crate::deadline::Deadline;
 use crate::dispatch::{EngineError, EngineOptions, Engines, ProbeResult};
-use crate::finalize::{Destination, FinalizeError, Order, finalize};
-use crate::finished::{Completion, IdDigest, remove_state};
 use crate::input::Changed;
+use crate::input::validate::{
+    Report, Source, ValidateError, ValidateOptions, Validation, validate,
+};
 use crate::launch::{LaunchError, LaunchSpec, Launched};
-use crate::metrics::{self, Stats};
-use crate::mirror::Mirror;
-use crate::outcome::Outcome;
-use crate::progress::{Progress, ProgressMode};
-use crate::remote::{Remote, UploadError, deliver};
-use crate::retry_failed::{Previous, seed};
-use crate::sink::{CheckpointPolicy, Sink};
+use crate::output::finalize::{Destination, FinalizeError, Order, finalize};
+use crate::output::remote::{Remote, UploadError, deliver};
+use crate::output::retry_failed::{Previous, seed};
+use crate::report::metrics::{self, Stats};
+use crate::report::progress::{ProgressDisplay, ProgressMode};
+use crate::report::summary::{JobStatus, Paths, RunSummary};
+use crate::run::deadline::Deadline;
+use crate::run::stop::{StopReason, StopSignal};
+use crate::state::finished::{Completion, IdDigest, remove_state};
+use crate::state::mirror::Mirror;
+use crate::state::outcome::LineOutcome;
+use crate::state::sink::{CheckpointPolicy, Sink};
 use crate::state::{self, NewJob, StateError};
-use crate::stop::{StopReason, StopSignal};
-use crate::summary::{JobStatus, Paths, RunSummary};
-use crate::validate::{Report, Source, ValidateError, ValidateOptions, Validation, validate};
 
 /// The copy of an input that can be read only once (stdin, a pipe), in the state directory.
 pub const STREAM_COPY: &str = "input.jsonl";
@@ -452,7 +456,8 @@ pub async fn run_observed(
         Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
         None => None,
     };
-    let progress = Progress::start(stats.clone(), options.progress, options.progress_interval);
+    let progress =
+        ProgressDisplay::start(stats.clone(), options.progress, options.progress_interval);
     let timers = tokio::spawn(stop_timers(stop.clone(), deadline, options.grace));
 
     let target = engines.target(validation.settled.as_ref().map_or("", |s| s.url.as_str()))?;
@@ -560,7 +565,7 @@ pub async fn run_observed(
     } else {
         let done = Completion {
             input_fingerprint: validation.fingerprint.current.clone(),
-            succeeded: stats.count(Outcome::Succeeded),
+            succeeded: stats.count(LineOutcome::Succeeded),
             failed: stats.failed(),
         };
         deliver_results(&options, positions, mirror.as_deref(), &done).await?
@@ -792,7 +797,7 @@ async fn seed_from(
 /// the time the final files took to write.
 async fn deliver_results(
     options: &RunOptions,
-    positions: crate::spool::Positions,
+    positions: crate::state::spool::Positions,
     mirror: Option<&Mirror>,
     done: &Completion,
 ) -> Result<Duration, RunError> {
@@ -801,7 +806,7 @@ async fn deliver_results(
         errors: &options.errors,
     };
     let finalizing = Instant::now();
-    let spool = crate::spool::SpoolFiles::in_dir(&options.state_dir);
+    let spool = crate::state::spool::SpoolFiles::in_dir(&options.state_dir);
     finalize(&spool, positions, options.order, &to)?;
     let finalize_time = finalizing.elapsed();
     let uploads: Vec<(PathBuf, Location)> = [
@@ -875,7 +880,7 @@ async fn watch_engines(shared: Arc<Shared>, timeout: Option<Duration>) -> Option
             let reason = format!(
                 "no engine has answered for {} (--engine-down-timeout): stopped. The results so \
                  far are kept; run the same command again to resume once an engine is up",
-                crate::progress::format_duration(limit)
+                crate::report::progress::format_duration(limit)
             );
             shared.stop.request(StopReason::Interrupted);
             shared.stop.abort(StopReason::Interrupted);
@@ -893,7 +898,7 @@ async fn stop_timers(stop: StopSignal, deadline: Option<SystemTime>, grace: Dura
                     .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO);
                 tokio::time::sleep(left).await;
-                if stop.phase() == crate::stop::Phase::Running {
+                if stop.phase() == crate::run::stop::Phase::Running {
                     tracing::warn!("the completion window has ended: stopping");
                 }
                 stop.request(StopReason::Expired);

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 
 use super::dispatcher::Shared;
 use crate::launch::Launched;
-use crate::stop::StopReason;
+use crate::run::stop::StopReason;
 
 /// The launched engine is always the first engine of the pool.
 const ENGINE: usize = 0;

@@ -7,7 +7,7 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use batch_job::state::{ResultFile, results_so_far};
+use batch_job::{ResultFile, results_so_far};
 use serde::Deserialize;
 
 use super::AppState;

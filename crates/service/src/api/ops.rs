@@ -10,7 +10,7 @@ use utoipa::OpenApi;
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::model::Progress;
+use crate::model::BatchProgress;
 use crate::store::{BatchStatus, now_ms};
 
 #[derive(OpenApi)]
@@ -80,7 +80,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
     let (mut count, mut sum, mut in_flight) = (0u64, 0f64, 0u64);
     for p in progress
         .iter()
-        .filter_map(|p| serde_json::from_str::<Progress>(p).ok())
+        .filter_map(|p| serde_json::from_str::<BatchProgress>(p).ok())
     {
         count += p.latency_count;
         sum += p.latency_sum_seconds;

@@ -11,10 +11,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::extsort::Fixed;
-use crate::outcome::Outcome;
-use crate::spool::{IndexRecord, SpoolFiles, read_index};
+use crate::output::extsort::Fixed;
 use crate::state::Manifest;
+use crate::state::outcome::LineOutcome;
+use crate::state::spool::{IndexRecord, SpoolFiles, read_index};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct JobProgress {
@@ -39,7 +39,7 @@ pub fn read_progress(dir: &Path) -> std::io::Result<Option<JobProgress>> {
     };
     let files = SpoolFiles::in_dir(dir);
     let mut checkpointed: BTreeMap<&'static str, u64> =
-        Outcome::ALL.iter().map(|o| (o.label(), 0)).collect();
+        LineOutcome::ALL.iter().map(|o| (o.label(), 0)).collect();
     read_index(&files.index, manifest.positions.index, |r| {
         *checkpointed.entry(r.outcome.label()).or_default() += 1;
     })?;
@@ -107,18 +107,18 @@ mod tests {
         let mut opened = open(dir.path(), job).expect("open");
         opened
             .spool
-            .append(1, Outcome::Succeeded, b"a\n")
+            .append(1, LineOutcome::Succeeded, b"a\n")
             .expect("append");
         opened
             .spool
-            .append(2, Outcome::Expired, b"b\n")
+            .append(2, LineOutcome::Expired, b"b\n")
             .expect("append");
         opened.manifest.positions = opened.spool.flush().expect("flush");
         opened.manifest.checkpoints = 1;
         opened.manifest.store(dir.path()).expect("store");
         opened
             .spool
-            .append(3, Outcome::Succeeded, b"c\n")
+            .append(3, LineOutcome::Succeeded, b"c\n")
             .expect("append");
         opened.spool.flush().expect("flush");
 

@@ -22,8 +22,8 @@ use batch_storage::object::ObjectDir;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use crate::spool::{Positions, SpoolFiles};
 use crate::state::Manifest;
+use crate::state::spool::{Positions, SpoolFiles};
 
 const REMOTE_MANIFEST: &str = "manifest.json";
 

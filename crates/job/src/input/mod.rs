@@ -11,6 +11,10 @@
 //!   shrank. A file edited, truncated or appended to during the run stops the job (its state
 //!   kept) instead of losing lines or sending unvalidated ones.
 
+pub mod dedupe;
+pub mod reader;
+pub mod validate;
+
 use std::fs::File;
 use std::hash::{DefaultHasher, Hasher};
 use std::io::{self, BufWriter, Read, Write};

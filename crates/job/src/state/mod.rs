@@ -5,6 +5,12 @@
 //! to (a fingerprint of its bytes), when the job first started (the completion window counts from
 //! there, across resumes), and how far each spool file is valid.
 
+pub mod finished;
+pub mod mirror;
+pub mod outcome;
+pub mod sink;
+pub mod spool;
+
 use std::fs::{self, File};
 use std::io;
 use std::path::Path;
@@ -14,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::bitset::BitSet;
 use crate::input::InputFingerprint;
-use crate::outcome::Outcome;
-use crate::spool::{Positions, Spool, SpoolFiles, read_index};
+use crate::state::outcome::LineOutcome;
+use crate::state::spool::{Positions, Spool, SpoolFiles, read_index};
 
 pub const MANIFEST: &str = "manifest.json";
 const VERSION: u32 = 1;
@@ -100,7 +106,7 @@ pub struct Opened {
     /// Lines that already have a result.
     pub done: BitSet,
     /// Results already in the spool, by outcome.
-    pub counts: [u64; Outcome::ALL.len()],
+    pub counts: [u64; LineOutcome::ALL.len()],
     pub resumed: bool,
 }
 
@@ -184,7 +190,7 @@ fn start(dir: &Path, job: NewJob<'_>) -> Result<Opened, StateError> {
         spool,
         manifest,
         done: BitSet::default(),
-        counts: [0; Outcome::ALL.len()],
+        counts: [0; LineOutcome::ALL.len()],
         resumed: false,
     })
 }
@@ -206,7 +212,7 @@ fn resume(dir: &Path, mut manifest: Manifest, job: &NewJob<'_>) -> Result<Opened
     };
     let spool = Spool::open(dir, manifest.positions).map_err(io_err)?;
     let mut done = BitSet::default();
-    let mut counts = [0; Outcome::ALL.len()];
+    let mut counts = [0; LineOutcome::ALL.len()];
     read_index(&spool.files().index, manifest.positions.index, |r| {
         done.insert(r.line);
         counts[r.outcome.index()] += 1;
@@ -278,18 +284,18 @@ mod tests {
         assert!(!opened.resumed);
         opened
             .spool
-            .append(4, Outcome::Succeeded, b"a\n")
+            .append(4, LineOutcome::Succeeded, b"a\n")
             .expect("append");
         opened
             .spool
-            .append(2, Outcome::Expired, b"b\n")
+            .append(2, LineOutcome::Expired, b"b\n")
             .expect("append");
         let at = opened.spool.flush().expect("flush");
         opened.manifest.positions = at;
         opened.manifest.store(&state).expect("store");
         opened
             .spool
-            .append(9, Outcome::Succeeded, b"lost\n")
+            .append(9, LineOutcome::Succeeded, b"lost\n")
             .expect("append");
         opened.spool.flush().expect("flush");
         drop(opened);
@@ -297,8 +303,8 @@ mod tests {
         let resumed = open(&state, job("f1")).expect("resume");
         assert!(resumed.resumed);
         assert!(resumed.done.contains(4) && resumed.done.contains(2) && !resumed.done.contains(9));
-        assert_eq!(resumed.counts[Outcome::Succeeded.index()], 1);
-        assert_eq!(resumed.counts[Outcome::Expired.index()], 1);
+        assert_eq!(resumed.counts[LineOutcome::Succeeded.index()], 1);
+        assert_eq!(resumed.counts[LineOutcome::Expired.index()], 1);
         assert_eq!(resumed.manifest.run_tag, "tag");
     }
 

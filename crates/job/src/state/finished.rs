@@ -16,7 +16,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::reader::{Content, LineReader};
+use crate::input::reader::{Content, LineReader};
 
 pub const MARKER: &str = "complete.json";
 

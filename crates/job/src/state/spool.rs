@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::extsort::{Fixed, get_u64, put_u64};
-use crate::outcome::Outcome;
+use crate::output::extsort::{Fixed, get_u64, put_u64};
+use crate::state::outcome::LineOutcome;
 
 pub const OUTPUT_SPOOL: &str = "output.spool.jsonl";
 pub const ERRORS_SPOOL: &str = "errors.spool.jsonl";
@@ -27,7 +27,7 @@ pub const INDEX: &str = "index.bin";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct IndexRecord {
     pub line: u64,
-    pub outcome: Outcome,
+    pub outcome: LineOutcome,
     pub offset: u64,
     pub len: u32,
 }
@@ -49,7 +49,7 @@ impl Fixed for IndexRecord {
         len.copy_from_slice(&b[17..21]);
         Self {
             line: get_u64(b, 0),
-            outcome: Outcome::from_code(b[8]).unwrap_or(Outcome::EngineError),
+            outcome: LineOutcome::from_code(b[8]).unwrap_or(LineOutcome::EngineError),
             offset: get_u64(b, 9),
             len: u32::from_le_bytes(len),
         }
@@ -129,7 +129,7 @@ impl Spool {
     }
 
     /// Appends one complete result line (newline included) for input line `line`.
-    pub fn append(&mut self, line: u64, outcome: Outcome, record: &[u8]) -> io::Result<()> {
+    pub fn append(&mut self, line: u64, outcome: LineOutcome, record: &[u8]) -> io::Result<()> {
         let file = if outcome.is_success() {
             &mut self.output
         } else {
@@ -229,13 +229,13 @@ mod tests {
         let state = dir.path().join("state");
         let mut spool = Spool::open(&state, Positions::default()).expect("open");
         spool
-            .append(2, Outcome::Succeeded, b"{\"a\":1}\n")
+            .append(2, LineOutcome::Succeeded, b"{\"a\":1}\n")
             .expect("append");
         spool
-            .append(1, Outcome::Expired, b"{\"e\":1}\n")
+            .append(1, LineOutcome::Expired, b"{\"e\":1}\n")
             .expect("append");
         spool
-            .append(3, Outcome::Succeeded, b"{\"b\":2}\n")
+            .append(3, LineOutcome::Succeeded, b"{\"b\":2}\n")
             .expect("append");
         let at = spool.flush().expect("flush");
         assert_eq!(
@@ -258,12 +258,12 @@ mod tests {
             index[2],
             IndexRecord {
                 line: 3,
-                outcome: Outcome::Succeeded,
+                outcome: LineOutcome::Succeeded,
                 offset: 8,
                 len: 8
             }
         );
-        assert_eq!(index[1].outcome, Outcome::Expired);
+        assert_eq!(index[1].outcome, LineOutcome::Expired);
     }
 
     #[test]
@@ -271,11 +271,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let mut spool = Spool::open(dir.path(), Positions::default()).expect("open");
         spool
-            .append(1, Outcome::Succeeded, b"one\n")
+            .append(1, LineOutcome::Succeeded, b"one\n")
             .expect("append");
         let checkpoint = spool.flush().expect("flush");
         spool
-            .append(2, Outcome::Succeeded, b"two\n")
+            .append(2, LineOutcome::Succeeded, b"two\n")
             .expect("append");
         spool.flush().expect("flush");
         drop(spool);
@@ -290,7 +290,7 @@ mod tests {
 
         let mut spool = Spool::open(dir.path(), checkpoint).expect("reopen");
         spool
-            .append(3, Outcome::Succeeded, b"three\n")
+            .append(3, LineOutcome::Succeeded, b"three\n")
             .expect("append");
         let at = spool.flush().expect("flush");
         assert_eq!(fs::read(&files.output).expect("read"), b"one\nthree\n");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::task::JoinHandle;
 
-use crate::metrics::{Outcome, Stats};
+use crate::report::metrics::{LineOutcome, Stats};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProgressMode {
@@ -19,8 +19,8 @@ pub enum ProgressMode {
     Off,
 }
 
-/// A running progress display; [`Progress::finish`] stops it.
-pub struct Progress {
+/// A running progress display; [`ProgressDisplay::finish`] stops it.
+pub struct ProgressDisplay {
     task: Option<JoinHandle<()>>,
     bar: Option<ProgressBar>,
 }
@@ -91,7 +91,7 @@ pub fn describe(stats: &Stats, elapsed: Duration) -> String {
     };
     format!(
         "{done}/{planned} ({percent:.1}%) ok {} failed {} | {rate:.1} req/s {tokens:.0} output tok/s | in flight {in_flight}{down} | ETA {eta}",
-        stats.count(Outcome::Succeeded),
+        stats.count(LineOutcome::Succeeded),
         stats.failed(),
     )
 }
@@ -106,7 +106,7 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-impl Progress {
+impl ProgressDisplay {
     pub fn start(stats: Arc<Stats>, mode: ProgressMode, log_interval: Duration) -> Self {
         let started = Instant::now();
         let mode = match mode {
@@ -183,9 +183,9 @@ mod tests {
         let s = Stats::default();
         s.planned.store(10, Ordering::Relaxed);
         for _ in 0..4 {
-            s.record(Outcome::Succeeded);
+            s.record(LineOutcome::Succeeded);
         }
-        s.record(Outcome::EngineError);
+        s.record(LineOutcome::EngineError);
         let text = describe(&s, Duration::from_secs(5));
         assert!(
             text.starts_with("5/10 (50.0%) ok 4 failed 1 | 1.0 req/s"),

@@ -2,7 +2,7 @@
 
 /// Stored as one byte per result in the spool index, so a resumed job knows its counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Outcome {
+pub enum LineOutcome {
     /// The engine answered 2xx.
     Succeeded = 0,
     /// The engine answered non-2xx (after retries, when retryable).
@@ -17,24 +17,24 @@ pub enum Outcome {
     Cancelled = 5,
 }
 
-impl Outcome {
-    pub const ALL: [Outcome; 6] = [
-        Outcome::Succeeded,
-        Outcome::EngineError,
-        Outcome::EngineUnavailable,
-        Outcome::InvalidRequest,
-        Outcome::Expired,
-        Outcome::Cancelled,
+impl LineOutcome {
+    pub const ALL: [LineOutcome; 6] = [
+        LineOutcome::Succeeded,
+        LineOutcome::EngineError,
+        LineOutcome::EngineUnavailable,
+        LineOutcome::InvalidRequest,
+        LineOutcome::Expired,
+        LineOutcome::Cancelled,
     ];
 
     pub fn label(self) -> &'static str {
         match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::EngineError => "engine_error",
-            Outcome::EngineUnavailable => "engine_unavailable",
-            Outcome::InvalidRequest => "invalid_request",
-            Outcome::Expired => "batch_expired",
-            Outcome::Cancelled => "batch_cancelled",
+            LineOutcome::Succeeded => "succeeded",
+            LineOutcome::EngineError => "engine_error",
+            LineOutcome::EngineUnavailable => "engine_unavailable",
+            LineOutcome::InvalidRequest => "invalid_request",
+            LineOutcome::Expired => "batch_expired",
+            LineOutcome::Cancelled => "batch_cancelled",
         }
     }
 
@@ -48,7 +48,7 @@ impl Outcome {
 
     /// Successes go to the output file, everything else to the error file.
     pub fn is_success(self) -> bool {
-        self == Outcome::Succeeded
+        self == LineOutcome::Succeeded
     }
 
     pub fn index(self) -> usize {
@@ -62,9 +62,9 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for o in Outcome::ALL {
-            assert_eq!(Outcome::from_code(o.code()), Some(o));
+        for o in LineOutcome::ALL {
+            assert_eq!(LineOutcome::from_code(o.code()), Some(o));
         }
-        assert_eq!(Outcome::from_code(6), None);
+        assert_eq!(LineOutcome::from_code(6), None);
     }
 }

@@ -6,7 +6,7 @@
 //! earlier error file, or when the earlier output has no result for it.
 //!
 //! Matching `custom_id`s across three files is a join on 128-bit hashes of the ids: each side is
-//! sorted with [`crate::extsort`] and the sorted streams are merged, so memory stays flat however
+//! sorted with [`crate::output::extsort`] and the sorted streams are merged, so memory stays flat however
 //! large the files are. (Two different ids sharing a 128-bit hash is not a practical concern.)
 
 use std::cmp::Ordering;
@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::bitset::BitSet;
-use crate::extsort::{Fixed, Sorted, Sorter, get_u64, put_u64};
-use crate::outcome::Outcome;
-use crate::reader::{Content, LineReader};
-use crate::spool::Spool;
+use crate::input::reader::{Content, LineReader};
+use crate::output::extsort::{Fixed, Sorted, Sorter, get_u64, put_u64};
+use crate::state::outcome::LineOutcome;
+use crate::state::spool::Spool;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -216,10 +216,10 @@ pub fn seed(
                     let Some(ok) = next_ok else { break };
                     if !is_failed && !done.contains(entry.line) {
                         read_line_at(&mut earlier, ok.offset, ok.len, &mut record)?;
-                        spool.append(entry.line, Outcome::Succeeded, &record)?;
+                        spool.append(entry.line, LineOutcome::Succeeded, &record)?;
                         seeded.usage += batch_format::output::usage_of_result(&record);
                         done.insert(entry.line);
-                        counts[Outcome::Succeeded.index()] += 1;
+                        counts[LineOutcome::Succeeded.index()] += 1;
                         seeded.reused += 1;
                     }
                     next_ok = succeeded.next_record()?;
@@ -263,7 +263,7 @@ fn read_line_at(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spool::{Positions, read_index};
+    use crate::state::spool::{Positions, read_index};
 
     #[test]
     fn reuses_earlier_successes_and_leaves_failures_and_missing_lines_to_rerun() {
@@ -284,7 +284,7 @@ mod tests {
             .expect("write");
         let mut spool = Spool::open(&p("state"), Positions::default()).expect("spool");
         let mut done = BitSet::default();
-        let mut counts = [0; Outcome::ALL.len()];
+        let mut counts = [0; LineOutcome::ALL.len()];
         let previous = Previous {
             errors: p("err"),
             output: p("out"),
@@ -315,14 +315,16 @@ mod tests {
         assert!(!done.contains(2) && !done.contains(4) && !done.contains(5));
         let at = spool.flush().expect("flush");
         let mut lines = Vec::new();
-        read_index(&p("state").join(crate::spool::INDEX), at.index, |r| {
-            lines.push(r.line)
-        })
+        read_index(
+            &p("state").join(crate::state::spool::INDEX),
+            at.index,
+            |r| lines.push(r.line),
+        )
         .expect("index");
         lines.sort_unstable();
         assert_eq!(lines, vec![1, 3]);
-        let text =
-            std::fs::read_to_string(p("state").join(crate::spool::OUTPUT_SPOOL)).expect("spool");
+        let text = std::fs::read_to_string(p("state").join(crate::state::spool::OUTPUT_SPOOL))
+            .expect("spool");
         assert!(text.contains("\"completion_tokens\":4}}}}\n") && text.contains("\"r\":3}\n"));
     }
 }

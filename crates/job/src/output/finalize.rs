@@ -5,7 +5,7 @@
 //! left untouched until both files are in place, so a crash during finalize is repaired by
 //! running the same command again (it finds every line done and finalizes again).
 //!
-//! - Input order (the default): the index is sorted by line with [`crate::extsort`] (memory stays
+//! - Input order (the default): the index is sorted by line with [`crate::output::extsort`] (memory stays
 //!   flat), then each result's bytes are copied from the spool. The spool is nearly in input order
 //!   already, so the copy mostly reads forward through a window buffer.
 //! - Completion order: the spool files are the final files; they are hard-linked into place (no
@@ -15,8 +15,8 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::extsort::Sorter;
-use crate::spool::{IndexRecord, Positions, SpoolFiles, read_index};
+use crate::output::extsort::Sorter;
+use crate::state::spool::{IndexRecord, Positions, SpoolFiles, read_index};
 
 /// Index records sorted in memory before spilling (24 bytes each in memory: 1.5 MiB), small
 /// enough that memory does not grow with the result set (a million lines make 16 runs).
@@ -222,10 +222,10 @@ fn sync_parent(path: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::Outcome;
-    use crate::spool::Spool;
+    use crate::state::outcome::LineOutcome;
+    use crate::state::spool::Spool;
 
-    fn spool_with(dir: &Path, results: &[(u64, Outcome)]) -> (SpoolFiles, Positions) {
+    fn spool_with(dir: &Path, results: &[(u64, LineOutcome)]) -> (SpoolFiles, Positions) {
         let mut spool = Spool::open(dir, Positions::default()).expect("spool");
         for (line, outcome) in results {
             spool
@@ -241,11 +241,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let state = dir.path().join("state");
         let results = [
-            (3, Outcome::Succeeded),
-            (1, Outcome::Expired),
-            (4, Outcome::Succeeded),
-            (2, Outcome::Succeeded),
-            (5, Outcome::EngineError),
+            (3, LineOutcome::Succeeded),
+            (1, LineOutcome::Expired),
+            (4, LineOutcome::Succeeded),
+            (2, LineOutcome::Succeeded),
+            (5, LineOutcome::EngineError),
         ];
         let (files, at) = spool_with(&state, &results);
         let out = dir.path().join("out.jsonl");
@@ -270,7 +270,10 @@ mod tests {
     fn completion_order_keeps_the_spool_order() {
         let dir = tempfile::tempdir().expect("temp");
         let state = dir.path().join("state");
-        let (files, at) = spool_with(&state, &[(3, Outcome::Succeeded), (1, Outcome::Succeeded)]);
+        let (files, at) = spool_with(
+            &state,
+            &[(3, LineOutcome::Succeeded), (1, LineOutcome::Succeeded)],
+        );
         let out = dir.path().join("o.jsonl");
         let err = dir.path().join("e.jsonl");
         let to = Destination {
@@ -288,10 +291,10 @@ mod tests {
         let mut spool = Spool::open(dir.path(), Positions::default()).expect("spool");
         let big = format!("{}\n", "x".repeat(COPY_WINDOW + 10));
         spool
-            .append(2, Outcome::Succeeded, b"small\n")
+            .append(2, LineOutcome::Succeeded, b"small\n")
             .expect("append");
         spool
-            .append(1, Outcome::Succeeded, big.as_bytes())
+            .append(1, LineOutcome::Succeeded, big.as_bytes())
             .expect("append");
         let at = spool.flush().expect("flush");
         let out = dir.path().join("o");
@@ -313,7 +316,7 @@ mod tests {
     fn a_failure_names_the_file_and_leaves_no_temporary_file() {
         for order in [Order::Input, Order::Completion] {
             let dir = tempfile::tempdir().expect("temp");
-            let results = [(1, Outcome::Succeeded), (2, Outcome::EngineError)];
+            let results = [(1, LineOutcome::Succeeded), (2, LineOutcome::EngineError)];
             let (files, at) = spool_with(&dir.path().join("state"), &results);
             let out = dir.path().join("out.jsonl");
             let err = dir.path().join("gone/out.errors.jsonl");

@@ -14,11 +14,11 @@ use std::time::Duration;
 use batch_format::output::Usage;
 use tokio::sync::{Notify, oneshot};
 
-use crate::mirror::Mirror;
-use crate::outcome::Outcome;
-use crate::spool::{Positions, Spool, SyncHandles};
+use crate::run::stop::{StopReason, StopSignal};
+use crate::state::mirror::Mirror;
+use crate::state::outcome::LineOutcome;
+use crate::state::spool::{Positions, Spool, SyncHandles};
 use crate::state::{Manifest, Totals};
-use crate::stop::{StopReason, StopSignal};
 
 /// How often to checkpoint; zero turns a trigger off.
 #[derive(Debug, Clone, Copy)]
@@ -48,7 +48,7 @@ impl Default for CheckpointPolicy {
 /// One formatted result line on its way to the spool.
 pub struct Record {
     pub line: u64,
-    pub outcome: Outcome,
+    pub outcome: LineOutcome,
     pub bytes: Vec<u8>,
     pub usage: Usage,
     pub retries: u64,
@@ -238,7 +238,7 @@ mod tests {
     use super::*;
     use crate::state::{NewJob, open};
 
-    fn record(line: u64, outcome: Outcome) -> Record {
+    fn record(line: u64, outcome: LineOutcome) -> Record {
         Record {
             line,
             outcome,
@@ -277,10 +277,10 @@ mod tests {
             CheckpointPolicy::default(),
         )
         .expect("sink");
-        sink.append(record(1, Outcome::Succeeded));
-        sink.append(record(2, Outcome::EngineError));
+        sink.append(record(1, LineOutcome::Succeeded));
+        sink.append(record(2, LineOutcome::EngineError));
         let at = sink.checkpoint().expect("checkpoint");
-        sink.append(record(3, Outcome::Succeeded));
+        sink.append(record(3, LineOutcome::Succeeded));
         drop(sink);
 
         let resumed = open(dir.path(), job()).expect("resume");

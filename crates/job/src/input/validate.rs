@@ -1,7 +1,7 @@
 //! The validation pass: one streaming read of the whole input before any request is sent.
 //!
 //! It applies the per-line and file-wide rules from `batch_format`, finds duplicate `custom_id`s
-//! with [`crate::dedupe`], and produces a [`Report`] plus the set of invalid line numbers. The
+//! with [`crate::input::dedupe`], and produces a [`Report`] plus the set of invalid line numbers. The
 //! run's dispatch pass uses that set to skip (or report) exactly the lines this pass rejected.
 
 use std::collections::BTreeMap;
@@ -16,10 +16,10 @@ use batch_format::{LineRules, Problem, RulesConfig};
 use serde::Serialize;
 
 use crate::bitset::BitSet;
-use crate::dedupe::DuplicateFinder;
-use crate::finished::IdDigest;
+use crate::input::dedupe::DuplicateFinder;
+use crate::input::reader::{Content, LineReader};
 use crate::input::{self, Blocks, Recording};
-use crate::reader::{Content, LineReader};
+use crate::state::finished::IdDigest;
 
 /// Default for `--max-line-bytes`: room for requests with inline images.
 pub const DEFAULT_MAX_LINE_BYTES: usize = 16 * 1024 * 1024;

@@ -7,12 +7,12 @@ use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::path::Path;
 
-use crate::finalize::{Destination, Order, finalize};
 use crate::input::InputFingerprint;
-use crate::outcome::Outcome;
-use crate::reader::{Content, LineReader};
+use crate::input::reader::{Content, LineReader};
+use crate::output::finalize::{Destination, Order, finalize};
 use crate::run::Ids;
-use crate::spool::SpoolFiles;
+use crate::state::outcome::LineOutcome;
+use crate::state::spool::SpoolFiles;
 use crate::state::{self, Manifest, NewJob};
 
 /// What the final files hold.
@@ -60,7 +60,7 @@ pub fn salvage(
             }
             (
                 crate::bitset::BitSet::default(),
-                [0; Outcome::ALL.len()],
+                [0; LineOutcome::ALL.len()],
                 crate::random_tag(),
             )
         }
@@ -80,7 +80,7 @@ pub fn salvage(
         let record = ids.error(
             line.number,
             custom_id.as_deref(),
-            Outcome::EngineUnavailable,
+            LineOutcome::EngineUnavailable,
             code,
             message,
         );
@@ -91,11 +91,11 @@ pub fn salvage(
         .into_inner()
         .map_err(|e| e.into_error())?
         .sync_all()?;
-    let succeeded = counts[Outcome::Succeeded.index()];
+    let succeeded = counts[LineOutcome::Succeeded.index()];
     let failed = [
-        Outcome::EngineError,
-        Outcome::EngineUnavailable,
-        Outcome::InvalidRequest,
+        LineOutcome::EngineError,
+        LineOutcome::EngineUnavailable,
+        LineOutcome::InvalidRequest,
     ]
     .iter()
     .map(|o| counts[o.index()])
@@ -160,7 +160,11 @@ mod tests {
         let mut opened = state::open(&state, job).expect("open");
         opened
             .spool
-            .append(2, Outcome::Succeeded, b"{\"custom_id\":\"b\",\"ok\":1}\n")
+            .append(
+                2,
+                LineOutcome::Succeeded,
+                b"{\"custom_id\":\"b\",\"ok\":1}\n",
+            )
             .expect("append");
         opened.manifest.positions = opened.spool.flush().expect("flush");
         opened.manifest.store(&state).expect("checkpoint");

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::metrics::{Outcome, Stats};
-use crate::progress::format_duration;
+use crate::report::metrics::{LineOutcome, Stats};
+use crate::report::progress::format_duration;
 
 /// How the job ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -81,15 +81,15 @@ impl RunSummary {
     ) -> Self {
         let secs = wall.as_secs_f64().max(1e-9);
         let failed_by_reason = [
-            Outcome::EngineError,
-            Outcome::EngineUnavailable,
-            Outcome::InvalidRequest,
+            LineOutcome::EngineError,
+            LineOutcome::EngineUnavailable,
+            LineOutcome::InvalidRequest,
         ]
         .iter()
         .map(|&o| (o.label(), stats.count(o)))
         .collect();
-        let expired = stats.count(Outcome::Expired);
-        let cancelled = stats.count(Outcome::Cancelled);
+        let expired = stats.count(LineOutcome::Expired);
+        let cancelled = stats.count(LineOutcome::Cancelled);
         let output_tokens = Stats::load(&stats.output_tokens);
         Self {
             status,
@@ -99,7 +99,7 @@ impl RunSummary {
             state_dir: paths.state_dir.to_owned(),
             lines,
             results: stats.done(),
-            succeeded: stats.count(Outcome::Succeeded),
+            succeeded: stats.count(LineOutcome::Succeeded),
             failed: stats.failed() - expired - cancelled,
             failed_by_reason,
             expired,
@@ -212,15 +212,15 @@ mod tests {
     #[test]
     fn counts_and_rates_come_from_the_stats() {
         let stats = Stats::default();
-        stats.record(Outcome::Succeeded);
-        stats.record(Outcome::Succeeded);
-        stats.record(Outcome::EngineUnavailable);
+        stats.record(LineOutcome::Succeeded);
+        stats.record(LineOutcome::Succeeded);
+        stats.record(LineOutcome::EngineUnavailable);
         stats.add_usage(batch_format::output::Usage {
             input_tokens: 10,
             output_tokens: 20,
             total_tokens: 30,
         });
-        stats.record(Outcome::Expired);
+        stats.record(LineOutcome::Expired);
         let paths = Paths {
             input: "in",
             output: "out",

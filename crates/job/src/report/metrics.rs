@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-pub use crate::outcome::Outcome;
+pub use crate::state::outcome::LineOutcome;
 
 /// Upper bounds (seconds) of the latency histogram's buckets.
 const LATENCY_BUCKETS: [f64; 16] = [
@@ -34,7 +34,7 @@ pub struct Stats {
     /// Carried-over results that had been sent to an engine (not expired, cancelled or
     /// invalid lines).
     pub carried_sent: AtomicU64,
-    outcomes: [AtomicU64; Outcome::ALL.len()],
+    outcomes: [AtomicU64; LineOutcome::ALL.len()],
     pub retries: AtomicU64,
     pub in_flight: AtomicU64,
     /// The adaptive concurrency limit summed over the engines (0 with a fixed limit).
@@ -58,7 +58,7 @@ impl Stats {
     pub fn for_job(planned: u64, counts: &[u64], totals: crate::state::Totals) -> Self {
         let stats = Self::default();
         stats.planned.store(planned, Ordering::Relaxed);
-        for o in Outcome::ALL {
+        for o in LineOutcome::ALL {
             stats.add(o, counts.get(o.index()).copied().unwrap_or(0));
         }
         stats.carried_over.store(stats.done(), Ordering::Relaxed);
@@ -81,21 +81,21 @@ impl Stats {
         stats
     }
 
-    pub fn record(&self, outcome: Outcome) {
+    pub fn record(&self, outcome: LineOutcome) {
         self.add(outcome, 1);
     }
 
-    pub fn add(&self, outcome: Outcome, n: u64) {
+    pub fn add(&self, outcome: LineOutcome, n: u64) {
         self.outcomes[outcome.index()].fetch_add(n, Ordering::Relaxed);
     }
 
-    pub fn count(&self, outcome: Outcome) -> u64 {
+    pub fn count(&self, outcome: LineOutcome) -> u64 {
         self.outcomes[outcome.index()].load(Ordering::Relaxed)
     }
 
     /// Results produced so far, whatever their outcome.
     pub fn done(&self) -> u64 {
-        Outcome::ALL.iter().map(|&o| self.count(o)).sum()
+        LineOutcome::ALL.iter().map(|&o| self.count(o)).sum()
     }
 
     /// Output tokens generated for this run.
@@ -111,9 +111,9 @@ impl Stats {
     /// Results of requests that reached (or were tried on) an engine.
     pub fn sent(&self) -> u64 {
         [
-            Outcome::Succeeded,
-            Outcome::EngineError,
-            Outcome::EngineUnavailable,
+            LineOutcome::Succeeded,
+            LineOutcome::EngineError,
+            LineOutcome::EngineUnavailable,
         ]
         .iter()
         .map(|&o| self.count(o))
@@ -126,7 +126,7 @@ impl Stats {
     }
 
     pub fn failed(&self) -> u64 {
-        self.done() - self.count(Outcome::Succeeded)
+        self.done() - self.count(LineOutcome::Succeeded)
     }
 
     pub fn add_usage(&self, usage: batch_format::output::Usage) {
@@ -168,7 +168,7 @@ impl Stats {
             "# HELP batch_runner_requests_total Requests finished, by outcome.\n\
              # TYPE batch_runner_requests_total counter"
         );
-        for o in Outcome::ALL {
+        for o in LineOutcome::ALL {
             let _ = writeln!(
                 out,
                 "batch_runner_requests_total{{outcome=\"{}\"}} {}",
@@ -291,8 +291,8 @@ mod tests {
     #[test]
     fn renders_counters_and_a_cumulative_histogram() {
         let s = Stats::default();
-        s.record(Outcome::Succeeded);
-        s.record(Outcome::EngineError);
+        s.record(LineOutcome::Succeeded);
+        s.record(LineOutcome::EngineError);
         s.observe_latency(Duration::from_millis(3));
         s.observe_latency(Duration::from_millis(700));
         s.observe_latency(Duration::from_secs(5000));
