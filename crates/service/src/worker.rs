@@ -72,7 +72,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> WorkerError 
 
 /// What the pipeline ended with, kept until the batch's files are registered.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct LineOutcome {
+struct BatchOutcome {
     status: BatchStatus,
     /// The request count, when only the worker knows it (a batch cancelled before it ran).
     #[serde(default)]
@@ -427,7 +427,7 @@ impl Worker {
             message: batch_job::CANCELLED_MESSAGE,
         };
         let salvaged = final_files(work, input, max_line_bytes, ending).await?;
-        let outcome = LineOutcome {
+        let outcome = BatchOutcome {
             status: BatchStatus::Cancelled,
             total: Some(salvaged.unfinished as i64),
             completed: 0,
@@ -445,7 +445,7 @@ impl Worker {
         &self,
         batch: &BatchRow,
         work: &BatchWork,
-        outcome: LineOutcome,
+        outcome: BatchOutcome,
     ) -> Result<WorkerEnd, WorkerError> {
         if outcome.status == BatchStatus::Completed {
             self.store.finalizing(&self.batch, self.fence).await?;
@@ -670,9 +670,9 @@ fn no_engine(model: &str) -> BatchError {
     )
 }
 
-fn outcome_of(status: BatchStatus, summary: &RunSummary, latency: (u64, f64)) -> LineOutcome {
+fn outcome_of(status: BatchStatus, summary: &RunSummary, latency: (u64, f64)) -> BatchOutcome {
     let (latency_count, latency_sum) = latency;
-    LineOutcome {
+    BatchOutcome {
         status,
         total: None,
         completed: summary.succeeded as i64,
@@ -690,7 +690,7 @@ fn outcome_of(status: BatchStatus, summary: &RunSummary, latency: (u64, f64)) ->
     }
 }
 
-fn read_outcome(path: &Path) -> Result<Option<LineOutcome>, WorkerError> {
+fn read_outcome(path: &Path) -> Result<Option<BatchOutcome>, WorkerError> {
     match std::fs::read(path) {
         // A damaged record (it is written whole, so only a disk fault makes one) is dropped:
         // the kept job state then finalizes the batch again.
@@ -706,7 +706,7 @@ fn read_outcome(path: &Path) -> Result<Option<LineOutcome>, WorkerError> {
     }
 }
 
-fn write_outcome(path: &Path, outcome: &LineOutcome) -> Result<(), WorkerError> {
+fn write_outcome(path: &Path, outcome: &BatchOutcome) -> Result<(), WorkerError> {
     let text = serde_json::to_vec(outcome).map_err(|e| io("outcome")(std::io::Error::other(e)))?;
     let temp = path.with_extension("tmp");
     let write = || -> std::io::Result<()> {
