@@ -177,10 +177,15 @@ fn positive_rate(text: &str) -> Result<f64, String> {
 }
 
 impl ConcurrencyArgs {
-    /// The adaptive bounds `(min, max)`, or `None` for a fixed limit.
-    pub fn adaptive(&self) -> Option<(usize, usize)> {
-        (self.concurrency == ConcurrencyArg::Adaptive)
-            .then_some((self.min_concurrency as usize, self.max_concurrency as usize))
+    pub fn concurrency(&self) -> batch_job::Concurrency {
+        let max = self.max_concurrency as usize;
+        match self.concurrency {
+            ConcurrencyArg::Fixed => batch_job::Concurrency::Fixed(max),
+            ConcurrencyArg::Adaptive => batch_job::Concurrency::Adaptive {
+                min: self.min_concurrency as usize,
+                max,
+            },
+        }
     }
 }
 
@@ -249,7 +254,7 @@ impl EngineClientArgs {
                 max_delay: self.retry_max_backoff,
             },
             priority: self.priority,
-            adaptive: c.adaptive(),
+            concurrency: c.concurrency(),
             max_requests_per_second: c.max_requests_per_second,
             max_tokens_per_minute: c.max_tokens_per_minute,
         }

@@ -155,7 +155,6 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
             DispatchOrderArg::Prefix => Some(args.dispatch_window as usize),
         },
         remote: places.remote,
-        max_concurrency: args.client.concurrency.max_concurrency as usize,
         skip_invalid: args.skip_invalid,
         metrics_listen: args.metrics_listen,
         progress: match args.progress {

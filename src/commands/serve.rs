@@ -163,7 +163,6 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             default_engines: args.engine_urls.clone(),
             model_engines,
             engine: args.client.options(Vec::new(), None),
-            max_concurrency: args.client.concurrency.max_concurrency as usize,
             grace: args.grace,
             lease: args.lease,
             report_every: args.report_interval,

@@ -29,7 +29,7 @@ mod report;
 mod run;
 mod state;
 
-pub use dispatch::{EngineOptions, RetryPolicy, parse_header};
+pub use dispatch::{Concurrency, EngineOptions, RetryPolicy, parse_header};
 pub use duration::parse_duration;
 pub use input::reader::{Content, LineReader};
 pub use input::validate::{DEFAULT_MAX_LINE_BYTES, ValidateError, ValidateOptions, validate_file};

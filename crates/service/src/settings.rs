@@ -28,8 +28,6 @@ pub struct WorkerSettings {
     /// How requests are sent (the engines' URLs are filled in per batch; the API key comes
     /// from the environment).
     pub engine: EngineOptions,
-    /// Requests in flight at once, per batch (per engine with adaptive limits).
-    pub max_concurrency: usize,
     /// How long requests in flight may finish after a cancel or expiry.
     pub grace: Duration,
     /// A worker's lease; it renews it three times per period.
@@ -147,7 +145,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             retry: batch_job::RetryPolicy::default(),
             priority: Some(-10),
-            adaptive: Some((4, 64)),
+            concurrency: batch_job::Concurrency::Adaptive { min: 4, max: 64 },
             max_requests_per_second: None,
             max_tokens_per_minute: Some(1000),
         };
@@ -156,7 +154,6 @@ mod tests {
             default_engines: Vec::new(),
             model_engines: BTreeMap::new(),
             engine,
-            max_concurrency: 4,
             grace: Duration::from_secs(1),
             lease: Duration::from_secs(1),
             report_every: Duration::from_secs(1),
@@ -171,7 +168,10 @@ mod tests {
         assert!(!text.contains("secret"), "{text}");
         let mut s: WorkerSettings = serde_json::from_str(&text).expect("accepted");
         assert_eq!(s.engine.priority, Some(-10));
-        assert_eq!(s.engine.adaptive, Some((4, 64)));
+        assert_eq!(
+            s.engine.concurrency,
+            batch_job::Concurrency::Adaptive { min: 4, max: 64 }
+        );
         s.model_engines.insert(model, urls);
         assert_eq!(s.engines_for("m1").expect("accepted").len(), 2);
         assert!(s.engines_for("m2").is_none());

@@ -205,7 +205,7 @@ impl Worker {
             state_dir: state,
         };
         let engines = self.settings.engine_options(urls);
-        let (concurrency, grace) = (self.settings.max_concurrency, self.settings.grace);
+        let grace = self.settings.grace;
         let options = RunOptions {
             validate: self.validate_options(),
             checkpoint: self.settings.checkpoint(),
@@ -222,7 +222,7 @@ impl Worker {
             state_remote,
             // Pools already route batches by the models their engines list.
             model_check: false,
-            ..RunOptions::new(files, engines, concurrency, grace)
+            ..RunOptions::new(files, engines, grace)
         };
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());

@@ -46,12 +46,33 @@ pub struct EngineOptions {
     pub retry: RetryPolicy,
     /// Set as the body field `priority` of every request (see [`priority`]).
     pub priority: Option<i64>,
-    /// Adaptive per-engine limits `(min, max)` (see [`adaptive`]); `None`: the dispatcher's
-    /// fixed limit across all engines.
-    pub adaptive: Option<(usize, usize)>,
+    /// How many requests may be in flight.
+    pub concurrency: Concurrency,
     /// Rate limits per engine (see [`rate`]).
     pub max_requests_per_second: Option<f64>,
     pub max_tokens_per_minute: Option<u64>,
+}
+
+/// How many requests may be in flight (`--concurrency`, `--max-concurrency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Concurrency {
+    /// At most this many across all engines.
+    Fixed(usize),
+    /// Per engine, a limit between `min` and `max` that follows the engine's signs of overload
+    /// (see [`adaptive`]).
+    Adaptive { min: usize, max: usize },
+}
+
+impl Concurrency {
+    /// The most requests in flight across `engines` engines: the dispatcher's bound (adaptive
+    /// limits are per engine, and the pool holds each engine to its own).
+    pub fn total(self, engines: usize) -> usize {
+        match self {
+            Concurrency::Fixed(n) => n.max(1),
+            Concurrency::Adaptive { max, .. } => max.max(1).saturating_mul(engines.max(1)),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,9 +178,9 @@ impl Engines {
             .collect::<Result<Vec<_>, _>>()?;
         let engines = bases.len();
         Ok(Self {
-            pool: match options.adaptive {
-                Some((min, max)) => Pool::adaptive(bases.len(), min, max),
-                None => Pool::new(bases.len()),
+            pool: match options.concurrency {
+                Concurrency::Adaptive { min, max } => Pool::adaptive(bases.len(), min, max),
+                Concurrency::Fixed(_) => Pool::new(bases.len()),
             },
             bases,
             transports,
@@ -555,7 +576,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             retry: RetryPolicy::default(),
             priority: None,
-            adaptive: None,
+            concurrency: Concurrency::Fixed(64),
             max_requests_per_second: None,
             max_tokens_per_minute: None,
         };

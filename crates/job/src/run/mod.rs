@@ -7,7 +7,7 @@
 //!   without a result into a request (or, with `--skip-invalid`, into an error record for a line
 //!   the validation pass rejected), handing them over in batches so the threads rarely have to
 //!   wake each other;
-//! - the `dispatcher` keeps at most `max_concurrency` requests in flight, each a task that
+//! - the `dispatcher` keeps at most `--max-concurrency` requests in flight, each a task that
 //!   sends, retries, formats its result line (`execute`) and appends it to the spool.
 //!
 //! Appending is a short copy into the spool's buffer under a lock, cheaper than handing each
@@ -71,7 +71,6 @@ pub struct RunOptions {
     pub errors: PathBuf,
     pub state_dir: PathBuf,
     pub engines: EngineOptions,
-    pub max_concurrency: usize,
     pub skip_invalid: bool,
     pub validate: ValidateOptions,
     pub metrics_listen: Option<SocketAddr>,
@@ -107,25 +106,18 @@ pub struct RunOptions {
 }
 
 impl RunOptions {
-    /// A job of `input` into `output` and `errors`, its state in `state_dir`, on `engines` with
-    /// at most `max_concurrency` requests in flight and `grace` for those in flight when it
-    /// stops; everything else off or at its default: no progress display, no metrics endpoint,
+    /// A job of `input` into `output` and `errors`, its state in `state_dir`, on `engines`
+    /// (their concurrency included), with `grace` for the requests in flight when it stops; everything else off or at its default: no progress display, no metrics endpoint,
     /// no deadline, no engine launched, no remote input or results, input order, default
     /// checkpoints and validation, the model check on, no limit on how long engines may be
     /// down (a caller with a completion window sets the deadline instead).
-    pub fn new(
-        files: JobFiles,
-        engines: EngineOptions,
-        max_concurrency: usize,
-        grace: Duration,
-    ) -> Self {
+    pub fn new(files: JobFiles, engines: EngineOptions, grace: Duration) -> Self {
         Self {
             input: files.input,
             output: files.output,
             errors: files.errors,
             state_dir: files.state_dir,
             engines,
-            max_concurrency,
             skip_invalid: false,
             validate: ValidateOptions::default(),
             metrics_listen: None,
@@ -493,13 +485,8 @@ pub async fn run_observed(
         let restarts = options.launch.as_ref().map_or(0, |l| l.max_restarts);
         Supervisor::start(engine, shared.clone(), restarts)
     });
-    // Adaptive limits are per engine; the dispatcher then only bounds the total.
-    let max_in_flight = match options.engines.adaptive {
-        Some((_, max)) => max.saturating_mul(
-            options.engines.urls.len().max(1) + usize::from(options.launch.is_some()),
-        ),
-        None => options.max_concurrency,
-    };
+    let engine_count = options.engines.urls.len() + usize::from(options.launch.is_some());
+    let max_in_flight = options.engines.concurrency.total(engine_count);
     let load = tokio::spawn(watch_load(shared.clone()));
     let watch_down = tokio::spawn(watch_engines(shared.clone(), options.engine_down_timeout));
     let ended = dispatch(shared, batches, max_in_flight).await;
