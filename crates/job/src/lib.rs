@@ -32,7 +32,9 @@ mod state;
 pub use dispatch::{Concurrency, EngineOptions, RetryPolicy, parse_header};
 pub use duration::parse_duration;
 pub use input::reader::{Content, LineReader};
-pub use input::validate::{DEFAULT_MAX_LINE_BYTES, ValidateError, ValidateOptions, validate_file};
+pub use input::validate::{
+    DEFAULT_MAX_LINE_BYTES, ValidateError, ValidateOptions, Validation, validate_file,
+};
 pub use input::{Recording, Verified};
 pub use launch::LaunchSpec;
 pub use launch::guard::{GuardOptions, run_guard};

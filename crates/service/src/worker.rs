@@ -21,7 +21,7 @@ use batch_job::Stats;
 use batch_job::{JobFiles, RunError, RunOptions, run_observed};
 use batch_job::{JobStatus, RunSummary};
 use batch_job::{StopReason, StopSignal};
-use batch_job::{ValidateOptions, validate_file};
+use batch_job::{ValidateOptions, Validation, validate_file};
 use serde::{Deserialize, Serialize};
 
 use batch_storage::object::ObjectDir;
@@ -183,10 +183,12 @@ impl Worker {
         {
             return self.cancel_unsent(batch, work, &input).await;
         }
-        let model = match &batch.model {
-            Some(model) if batch.status != BatchStatus::Validating => model.clone(),
+        // A batch past validation (a worker restarted) is validated again by the pipeline;
+        // otherwise the pipeline is handed this validation instead of reading the input again.
+        let (model, validated) = match &batch.model {
+            Some(model) if batch.status != BatchStatus::Validating => (model.clone(), None),
             _ => match self.validate(batch, &input).await? {
-                Ok(model) => model,
+                Ok((model, validation)) => (model, Some(validation)),
                 Err(end) => return Ok(end),
             },
         };
@@ -236,7 +238,7 @@ impl Worker {
             stop.clone(),
             (stats_rx, latency, self.poke.clone()),
         ));
-        let result = run_observed(options, stop, move |stats| {
+        let result = run_observed(options, validated, stop, move |stats| {
             let _ = keep.set(stats.clone());
             let _ = stats_tx.send(stats);
         })
@@ -321,23 +323,25 @@ impl Worker {
     }
 
     /// The `validating` phase: the whole file against every rule, the batch's endpoint, and an
-    /// engine for its model. Returns the model, or how the batch ended.
+    /// engine for its model. Returns the model and the validation (for the pipeline), or how
+    /// the batch ended.
     async fn validate(
         &self,
         batch: &BatchRow,
         input: &Path,
-    ) -> Result<Result<String, WorkerEnd>, WorkerError> {
+    ) -> Result<Result<(String, Validation), WorkerEnd>, WorkerError> {
         let (path, options) = (input.to_owned(), self.validate_options());
         let validation = tokio::task::spawn_blocking(move || validate_file(&path, &options))
             .await
             .map_err(|e| io("validation")(std::io::Error::other(e)))?;
-        let report = match validation {
-            Ok(v) => v.report,
+        let validation = match validation {
+            Ok(v) => v,
             Err(e) => {
                 let error = batch_error("invalid_file", e.to_string(), None, None);
                 return Ok(Err(self.fail_with(vec![error]).await?));
             }
         };
+        let report = &validation.report;
         let mut errors: Vec<BatchError> = report
             .errors
             .iter()
@@ -397,7 +401,7 @@ impl Worker {
             )
             .await?
         {
-            Ok(()) => Ok(Ok(model)),
+            Ok(()) => Ok(Ok((model, validation))),
             Err(LeaseLost) => Ok(Err(WorkerEnd::GaveUp)),
         }
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc};
 
-use super::execute::{Ids, Request, execute};
 use super::feed::Item;
+use super::request::{Ids, Request, execute};
 use crate::dispatch::{Engines, Target};
 use crate::report::metrics::Stats;
 use crate::run::stop::{Phase, StopReason, StopSignal};

@@ -1,246 +1,381 @@
-//! One line's result: sending its request, or recording why it did not run, as a result line.
+//! The second stage of a job: the engines started (or launched), the checkpoints, metrics,
+//! progress and stop timers running, the feed thread reading the input again while the
+//! dispatcher sends, and everything stopped in order once the input ends or the job is stopped.
 
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-use batch_format::output::{LineResult, ResponseBody, Usage, write_line};
-use bytes::Bytes;
+use batch_format::LineRules;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::dispatch::{Delivery, Engines, Target};
-use crate::report::metrics::Stats;
+use super::dispatcher::{Ended, Shared, dispatch};
+use super::feed::Feed;
+use super::prepare::{Names, Ready};
+use super::request::Ids;
+use super::supervise::Supervisor;
+use super::{RunError, RunOptions};
+use crate::dispatch::{Engines, ProbeResult};
+use crate::input::Changed;
+use crate::launch::Launched;
+use crate::report::metrics::{self, Stats};
+use crate::report::progress::ProgressDisplay;
+use crate::report::summary::JobStatus;
 use crate::run::stop::{StopReason, StopSignal};
-use crate::state::outcome::LineOutcome;
-use crate::state::sink::Record;
+use crate::state::mirror::Mirror;
+use crate::state::sink::Sink;
+use crate::state::spool::Positions;
 
-/// OpenAI's message for a request the completion window left unrun.
-pub const EXPIRED_MESSAGE: &str =
-    "This request could not be executed before the completion window expired.";
-pub const CANCELLED_MESSAGE: &str =
-    "This request was not executed because the batch was cancelled.";
-
-/// What every record of this job shares.
-pub struct Ids {
-    run_tag: String,
+/// What the execution stage hands to the delivery stage.
+pub struct Executed {
+    pub status: JobStatus,
+    pub stats: Arc<Stats>,
+    /// The spool's checkpointed lengths.
+    pub positions: Positions,
+    /// The input's fingerprint, recorded with the completion.
+    pub fingerprint: String,
+    pub mirror: Option<Arc<Mirror>>,
+    pub names: Names,
+    /// The input's line count.
+    pub lines: u64,
 }
 
-impl Ids {
-    pub fn new(run_tag: String) -> Self {
-        Self { run_tag }
-    }
-
-    /// `batch_req_<run tag><line>`: unique within the job because line numbers are, and the
-    /// same across resumes because the tag is kept in the manifest.
-    pub fn result_id(&self, line: u64) -> String {
-        format!("batch_req_{}{line:08}", self.run_tag)
-    }
-
-    /// A record for a line that never got an answer.
-    pub fn error(
-        &self,
-        line: u64,
-        custom_id: Option<&str>,
-        outcome: LineOutcome,
-        code: &str,
-        message: &str,
-    ) -> Record {
-        let mut bytes = Vec::with_capacity(160 + message.len());
-        let body = LineResult::Error { code, message };
-        write_line(&mut bytes, &self.result_id(line), custom_id, &body);
-        Record {
-            line,
-            outcome,
-            bytes,
-            usage: Usage::default(),
-            retries: 0,
-        }
-    }
-
-    /// The record for a line a stop left without a result, or none when the job is only
-    /// interrupted (the line runs when the job resumes).
-    pub fn stopped(&self, line: u64, custom_id: &str, reason: StopReason) -> Option<Record> {
-        let (outcome, code, message) = match reason {
-            StopReason::Expired => (LineOutcome::Expired, "batch_expired", EXPIRED_MESSAGE),
-            StopReason::Cancelled => (LineOutcome::Cancelled, "batch_cancelled", CANCELLED_MESSAGE),
-            StopReason::Interrupted => return None,
-        };
-        Some(self.error(line, Some(custom_id), outcome, code, message))
-    }
-}
-
-pub struct Request {
-    pub line: u64,
-    pub custom_id: String,
-    pub body: Bytes,
-}
-
-/// Sends one request and turns whatever happened into its record (none when an interrupt
-/// abandoned it).
+/// Runs the job's requests until the input ends or the job stops; the live counters go to
+/// `observe` once they exist.
 pub async fn execute(
-    engines: &Engines,
-    target: &Target,
-    stats: &Stats,
+    options: &RunOptions,
     stop: &StopSignal,
-    ids: &Ids,
-    request: Request,
-) -> Option<Record> {
-    stats.in_flight.fetch_add(1, Ordering::Relaxed);
-    let started = Instant::now();
-    let sending = engines.send(target, request.body, stop, || {
-        stats.retries.fetch_add(1, Ordering::Relaxed);
+    ready: Ready,
+    observe: impl FnOnce(Arc<Stats>),
+) -> Result<Executed, RunError> {
+    let Ready {
+        validation,
+        report,
+        planned,
+        opened,
+        mirror,
+        seeded,
+        names,
+        fresh,
+    } = ready;
+    let already = opened.done.count();
+    let model = validation.settled.as_ref().map(|s| s.model.as_str());
+    let starting = start_engines(options, already < planned, model);
+    let engines_started = tokio::select! {
+        started = starting => started,
+        // A model can take minutes to load: a stop meanwhile must not wait for it.
+        () = stop.stopping() => Err(RunError::StoppedBeforeStart),
+    };
+    let (engines, launched) = match engines_started {
+        Ok(started) => started,
+        Err(RunError::StoppedBeforeStart) => return Err(RunError::StoppedBeforeStart),
+        // Nothing was done: leave no state behind (but keep a failed engine's log).
+        Err(e) if matches!(e, RunError::Launch(_)) => return Err(e),
+        Err(e) => return Err(fresh.abandon(e)),
+    };
+
+    let stats = Arc::new(Stats::for_job(
+        planned,
+        &opened.counts,
+        opened.manifest.totals,
+    ));
+    observe(stats.clone());
+    let deadline = options.deadline.resolve(opened.manifest.started_at_ms);
+    let ids = Ids::new(opened.manifest.run_tag.clone());
+    let state_io = RunError::io(format!("state directory {}", options.state_dir.display()));
+    let sink = Arc::new(
+        Sink::new(
+            opened.spool,
+            opened.manifest,
+            options.state_dir.clone(),
+            options.checkpoint,
+        )
+        .map_err(state_io)?
+        .with_mirror(mirror.clone()),
+    );
+    // The carried-over results (and, for a state in object storage, the job itself) are made
+    // durable before anything else happens.
+    if seeded || mirror.is_some() {
+        sink.checkpoint_now()
+            .await
+            .map_err(RunError::io("checkpoint"))?;
+    }
+    let (finish_checkpoints, finish) = tokio::sync::oneshot::channel();
+    let checkpoints = tokio::spawn(sink.clone().run_checkpoints(finish, stop.clone()));
+    let stop_metrics = match options.metrics_listen {
+        Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
+        None => None,
+    };
+    let progress =
+        ProgressDisplay::start(stats.clone(), options.progress, options.progress_interval);
+    let timers = tokio::spawn(stop_timers(stop.clone(), deadline, options.grace));
+
+    let target = engines.target(validation.settled.as_ref().map_or("", |s| s.url.as_str()))?;
+    let shared = Arc::new(Shared {
+        engines,
+        target,
+        stats: stats.clone(),
+        sink: sink.clone(),
+        stop: stop.clone(),
+        ids,
     });
-    let sent = tokio::select! {
-        biased;
-        sent = sending => Some(sent),
-        () = stop.aborting() => None,
+    let (batch_tx, batches) = mpsc::channel(8);
+    let reader = {
+        let path = validation.source.clone();
+        let rules = LineRules::settled(options.validate.rules.clone(), validation.settled);
+        let max_line_bytes = options.validate.max_line_bytes;
+        let group_window = options.group_window;
+        let (invalid, done, blocks) = (validation.invalid, opened.done, validation.blocks);
+        std::thread::spawn(move || {
+            let feed = Feed {
+                path: &path,
+                blocks: &blocks,
+                max_line_bytes,
+                rules,
+                invalid: &invalid,
+                done: &done,
+                group_window,
+            };
+            feed.run(&batch_tx)
+        })
     };
-    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let (line, custom_id) = (request.line, request.custom_id.as_str());
-    let sent = match sent {
-        Some(sent) if !matches!(sent.delivery, Delivery::Stopped) => sent,
-        _ => {
-            let reason = stop.phase().reason().unwrap_or(StopReason::Interrupted);
-            return ids.stopped(line, custom_id, reason);
+    let supervisor = launched.map(|engine| {
+        let restarts = options.launch.as_ref().map_or(0, |l| l.max_restarts);
+        Supervisor::start(engine, shared.clone(), restarts)
+    });
+    let engine_count = options.engines.urls.len() + usize::from(options.launch.is_some());
+    let max_in_flight = options.engines.concurrency.total(engine_count);
+    let load = tokio::spawn(watch_load(shared.clone()));
+    let watch_down = tokio::spawn(watch_engines(shared.clone(), options.engine_down_timeout));
+    let ended = dispatch(shared, batches, max_in_flight).await;
+    load.abort();
+    watch_down.abort();
+    let engines_down = watch_down.await.ok().flatten();
+    let engine_gave_up = match supervisor {
+        Some(s) => s.finish().await,
+        None => None,
+    };
+    timers.abort();
+    let _ = finish_checkpoints.send(());
+    let checkpoints_gave_up = checkpoints.await.ok().flatten();
+    progress.finish();
+    if let Some(stop) = stop_metrics {
+        let _ = stop.send(());
+    }
+    let read = reader
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread panicked")));
+    if let Some(reason) = checkpoints_gave_up {
+        // One last try: space may have been freed meanwhile.
+        let _ = sink.checkpoint_now().await;
+        return Err(RunError::CheckpointsFailed(reason));
+    }
+    let positions = sink.checkpoint_now().await.map_err(RunError::io(format!(
+        "cannot write the spool in {}",
+        options.state_dir.display()
+    )))?;
+    read.map_err(|e| match Changed::in_error(&e) {
+        Some(what) => RunError::InputChanged {
+            input: names.input.clone(),
+            what: what.to_owned(),
+            state_dir: options.state_dir.display().to_string(),
+        },
+        None => RunError::io(format!("cannot read {}", options.input.display()))(e),
+    })?;
+
+    if let Some(message) = engine_gave_up.or(engines_down) {
+        return Err(RunError::EngineGaveUp(message));
+    }
+    let status = match ended {
+        Ended::Complete if stats.done() != planned => {
+            return Err(RunError::Incomplete {
+                results: stats.done(),
+                planned,
+                state_dir: options.state_dir.display().to_string(),
+            });
+        }
+        Ended::Complete => JobStatus::Completed,
+        Ended::Stopped(StopReason::Expired) => JobStatus::Expired,
+        Ended::Stopped(StopReason::Cancelled) => JobStatus::Cancelled,
+        Ended::Stopped(StopReason::Interrupted) => JobStatus::Interrupted,
+        Ended::SpoolFailed => {
+            return Err(RunError::io(format!(
+                "cannot write the spool in {}",
+                options.state_dir.display()
+            ))(std::io::Error::other("an append failed")));
         }
     };
-    stats.observe_latency(started.elapsed());
-    let retries = u64::from(sent.attempts.saturating_sub(1));
-    let id = ids.result_id(line);
-    let mut record = match sent.delivery {
-        Delivery::Answered {
-            status,
-            request_id,
-            body,
-        } => answered(&id, line, custom_id, status, request_id, &body),
-        Delivery::Unavailable { last_error } => {
-            let message = format!(
-                "no answer from the engine after {} attempts; last error: {last_error}",
-                sent.attempts
-            );
-            ids.error(
-                line,
-                Some(custom_id),
-                LineOutcome::EngineUnavailable,
-                "engine_unavailable",
-                &message,
-            )
-        }
-        Delivery::Stopped => return None,
-    };
-    record.retries = retries;
-    Some(record)
+    Ok(Executed {
+        status,
+        stats,
+        positions,
+        fingerprint: validation.fingerprint.current,
+        mirror,
+        names,
+        lines: report.lines,
+    })
 }
 
-/// The record for an engine's answer, whatever its status and body.
-fn answered(
-    id: &str,
-    line: u64,
-    custom_id: &str,
-    status: u16,
-    request_id: Option<String>,
-    body: &[u8],
-) -> Record {
-    let success = (200..300).contains(&status);
-    let mut bytes = Vec::with_capacity(body.len() + 160);
-    let mut usage = Usage::default();
-    let outcome = match ResponseBody::parse(body) {
-        Ok((parsed, info)) => {
-            usage = info.usage;
-            let request_id = request_id.or(info.id);
-            let parsed = if success {
-                parsed
-            } else {
-                parsed.as_openai_error(status)
-            };
-            let line_outcome = LineResult::Response {
-                status_code: status,
-                request_id: request_id.as_deref(),
-                body: &parsed,
-            };
-            write_line(&mut bytes, id, Some(custom_id), &line_outcome);
-            if success {
-                LineOutcome::Succeeded
-            } else {
-                LineOutcome::EngineError
+/// With adaptive limits: reads the engines' queues, and shows the current limit in the progress
+/// output and metrics.
+async fn watch_load(shared: Arc<Shared>) {
+    if shared.engines.concurrency_limit().is_none() {
+        return;
+    }
+    let show = async {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tick.tick().await;
+            let limit = shared.engines.concurrency_limit().unwrap_or(0) as u64;
+            let stats = &shared.stats;
+            let relaxed = std::sync::atomic::Ordering::Relaxed;
+            stats.concurrency_limit.store(limit, relaxed);
+            stats
+                .at_engines
+                .store(shared.engines.at_engines() as u64, relaxed);
+        }
+    };
+    tokio::join!(shared.engines.watch_queues(shared.stop.clone()), show);
+}
+
+/// Shows how many engines are skipped (progress, metrics); when every engine has failed for
+/// `timeout`, stops the job (resumable) and returns why, rather than crawling on at one probe
+/// per cool-down for hours.
+async fn watch_engines(shared: Arc<Shared>, timeout: Option<Duration>) -> Option<String> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let down = shared.engines.down() as u64;
+        shared
+            .stats
+            .engines_down
+            .store(down, std::sync::atomic::Ordering::Relaxed);
+        let Some(limit) = timeout else { continue };
+        if shared.engines.all_down_for().is_some_and(|d| d >= limit) {
+            let reason = format!(
+                "no engine has answered for {} (--engine-down-timeout): stopped. The results so \
+                 far are kept; run the same command again to resume once an engine is up",
+                crate::report::progress::format_duration(limit)
+            );
+            shared.stop.request(StopReason::Interrupted);
+            shared.stop.abort(StopReason::Interrupted);
+            return Some(reason);
+        }
+    }
+}
+
+/// Fires the deadline, and ends the grace once the job is stopping.
+async fn stop_timers(stop: StopSignal, deadline: Option<SystemTime>, grace: Duration) {
+    let expire = async {
+        match deadline {
+            Some(at) => {
+                let left = at
+                    .duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO);
+                tokio::time::sleep(left).await;
+                if stop.phase() == crate::run::stop::Phase::Running {
+                    tracing::warn!("the completion window has ended: stopping");
+                }
+                stop.request(StopReason::Expired);
             }
-        }
-        Err(_) if success => {
-            let message = format!(
-                "the engine answered {status} with a body that is not JSON: {}",
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            );
-            let line_outcome = LineResult::Error {
-                code: "invalid_engine_response",
-                message: &message,
-            };
-            write_line(&mut bytes, id, Some(custom_id), &line_outcome);
-            LineOutcome::EngineError
-        }
-        Err(_) => {
-            let wrapped = ResponseBody::from_text(status, body);
-            let line_outcome = LineResult::Response {
-                status_code: status,
-                request_id: request_id.as_deref(),
-                body: &wrapped,
-            };
-            write_line(&mut bytes, id, Some(custom_id), &line_outcome);
-            LineOutcome::EngineError
+            None => std::future::pending().await,
         }
     };
-    Record {
-        line,
-        outcome,
-        bytes,
-        usage,
-        retries: 0,
+    let end_grace = async {
+        stop.stopping().await;
+        tokio::time::sleep(grace).await;
+        if let Some(reason) = stop.phase().reason() {
+            stop.abort(reason);
+        }
+    };
+    tokio::join!(expire, end_grace);
+}
+
+/// Launches the engine (when asked and there is work left) and sets up every engine; probes them
+/// when there is work left.
+async fn start_engines(
+    options: &RunOptions,
+    work_left: bool,
+    model: Option<&str>,
+) -> Result<(Engines, Option<Launched>), RunError> {
+    let mut engine_options = options.engines.clone();
+    let launched = match &options.launch {
+        Some(spec) if work_left => {
+            let engine = spec.start().await?;
+            engine_options.urls.insert(0, engine.url.clone());
+            Some(engine)
+        }
+        _ => None,
+    };
+    let engines = Engines::new(&engine_options)?;
+    if work_left {
+        let probes = engines.probe().await?;
+        log_probes(&probes);
+        if options.model_check
+            && let Some(model) = model
+        {
+            check_model(&probes, model)?;
+        }
+    }
+    Ok((engines, launched))
+}
+
+/// Refuses a batch whose model no engine serves, when every engine listed its models: each line
+/// would only get a 400 or 404. An engine that could not list them may serve it under another
+/// name, so it lets the run go ahead.
+fn check_model(probes: &[ProbeResult], model: &str) -> Result<(), RunError> {
+    let lists: Option<Vec<(&str, &[String])>> = probes
+        .iter()
+        .map(|p| p.models.as_deref().map(|m| (p.url.as_str(), m)))
+        .collect();
+    let Some(lists) = lists else {
+        return Ok(());
+    };
+    if lists
+        .iter()
+        .any(|(_, models)| models.iter().any(|m| m == model))
+    {
+        return Ok(());
+    }
+    let served: Vec<String> = lists
+        .iter()
+        .map(|(url, models)| format!("  {url}: {}", models.join(", ")))
+        .collect();
+    Err(RunError::ModelNotServed {
+        model: model.to_owned(),
+        served: served.join("\n"),
+    })
+}
+
+fn log_probes(probes: &[ProbeResult]) {
+    for p in probes {
+        match &p.outcome {
+            Ok(401 | 403) => tracing::warn!(
+                "{} refused GET /v1/models as unauthorised; check --api-key",
+                p.url
+            ),
+            Ok(_) => tracing::debug!("{} is reachable", p.url),
+            Err(e) => tracing::warn!("{} is not reachable ({e}); it will be retried later", p.url),
+        }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn result_ids_are_unique_per_line_and_stable_per_tag() {
-        let ids = Ids::new("abc".into());
-        assert_eq!(ids.result_id(1), "batch_req_abc00000001");
-        assert_ne!(ids.result_id(1), ids.result_id(10));
+async fn start_metrics(
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+) -> Result<oneshot::Sender<()>, RunError> {
+    let listener = metrics::bind(addr).await.map_err(RunError::io("metrics"))?;
+    if let Ok(local) = listener.local_addr() {
+        tracing::info!("serving metrics on http://{local}/metrics");
     }
-
-    #[test]
-    fn stopped_lines_get_openai_shaped_records() {
-        let ids = Ids::new("t".into());
-        let r = ids.stopped(3, "c", StopReason::Expired).expect("record");
-        let v: serde_json::Value = serde_json::from_slice(&r.bytes).expect("json");
-        assert_eq!(v["error"]["code"], "batch_expired");
-        assert_eq!(v["error"]["message"], EXPIRED_MESSAGE);
-        assert_eq!(v["response"], serde_json::Value::Null);
-        assert_eq!(r.outcome, LineOutcome::Expired);
-        let r = ids.stopped(3, "c", StopReason::Cancelled).expect("record");
-        assert_eq!(r.outcome, LineOutcome::Cancelled);
-        assert!(ids.stopped(3, "c", StopReason::Interrupted).is_none());
-    }
-
-    #[test]
-    fn answers_are_sorted_by_status_and_body() {
-        let ok = answered(
-            "i",
-            1,
-            "c",
-            200,
-            None,
-            br#"{"id":"x","usage":{"prompt_tokens":1,"completion_tokens":2}}"#,
-        );
-        assert_eq!(ok.outcome, LineOutcome::Succeeded);
-        assert_eq!(ok.usage.output_tokens, 2);
-        let v: serde_json::Value = serde_json::from_slice(&ok.bytes).expect("json");
-        assert_eq!(v["response"]["request_id"], "x");
-        let bad = answered("i", 1, "c", 200, None, b"<html>");
-        assert_eq!(bad.outcome, LineOutcome::EngineError);
-        let v: serde_json::Value = serde_json::from_slice(&bad.bytes).expect("json");
-        assert_eq!(v["error"]["code"], "invalid_engine_response");
-        let gateway = answered("i", 1, "c", 502, Some("r".into()), b"bad gateway");
-        let v: serde_json::Value = serde_json::from_slice(&gateway.bytes).expect("json");
-        assert_eq!(v["response"]["status_code"], 502);
-        assert_eq!(v["response"]["body"]["error"]["message"], "bad gateway");
-    }
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        if let Err(e) = metrics::serve(listener, stats, shutdown).await {
+            tracing::warn!("the metrics server stopped: {e}");
+        }
+    });
+    Ok(stop)
 }
