@@ -657,7 +657,10 @@ fn checkpoints_that_keep_failing_stop_the_job_resumably() {
     let state = job.path("out.jsonl.state");
     sim.wait_served(20.0, Duration::from_secs(10));
     let blocker = state.join("manifest.json.tmp");
-    std::fs::create_dir(&blocker).expect("block the manifest");
+    // A checkpoint may hold the temporary file at this moment: try again once it is renamed.
+    wait_for(Duration::from_secs(5), || {
+        std::fs::create_dir(&blocker).ok()
+    });
     let started = Instant::now();
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
