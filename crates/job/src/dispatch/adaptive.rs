@@ -32,7 +32,7 @@ const LATENCY_TOLERANCE: f64 = 1.5;
 const SHORT_WEIGHT: f64 = 0.2;
 const LONG_WEIGHT: f64 = 0.02;
 /// Answers needed before latency is compared with its baseline, at least: the baseline also
-/// waits for one round trip (one limit's worth of answers), see [`Controller::warmed_up`].
+/// waits for the first round trip to end, see [`Controller::warmed_up`].
 const LATENCY_WARM_UP: u64 = 20;
 
 /// What an attempt on the engine told the controller.
@@ -55,6 +55,11 @@ pub struct Controller {
     short: Option<f64>,
     long: Option<f64>,
     answers: u64,
+    /// When the first answer came.
+    first_answer_at: Option<Instant>,
+    /// Whether a request sent after the first answer came has been answered: the first round
+    /// trip is over.
+    second_round: bool,
     /// No second decrease before this (one round trip after the last).
     calm_until: Option<Instant>,
     /// The queue the engine may keep before it counts as overloaded.
@@ -74,6 +79,8 @@ impl Controller {
             short: None,
             long: None,
             answers: 0,
+            first_answer_at: None,
+            second_round: false,
             calm_until: None,
             queue_target: 0.0,
             cuts: 0,
@@ -95,6 +102,8 @@ impl Controller {
             Signal::Answered(latency) => {
                 let secs = latency.as_secs_f64();
                 self.answers += 1;
+                let first = *self.first_answer_at.get_or_insert(now);
+                self.second_round |= now.checked_sub(latency).is_some_and(|sent| sent >= first);
                 let short = ewma(self.short, secs, SHORT_WEIGHT);
                 let long = ewma(self.long, secs, LONG_WEIGHT);
                 self.short = Some(short);
@@ -125,13 +134,15 @@ impl Controller {
         }
     }
 
-    /// Whether latency may be compared with its baseline yet. Not during the first round trip:
-    /// a batching engine given a full limit at once answers its first requests before the
-    /// rest of its batch has even started, so the latency of that round trip climbs by design
-    /// (on `transformers serve` at 256, from about 1 s to 3.4 s, which cut the limit and cost
-    /// 10% of the job's rate).
+    /// Whether latency may be compared with its baseline yet. Not during the first round trip
+    /// (until a request sent after the first answer came is answered): a batching engine given
+    /// a full limit at once answers its first requests before the rest of its batch has even
+    /// started, so the latency of that round trip climbs by design (on `transformers serve` at
+    /// 256, from about 1 s to 3.4 s, which cut the limit and cost 10% of the job's rate). Told
+    /// by time rather than by a count of answers: a count would have to be the number sent at
+    /// once, which the job's size and the dispatcher bound as much as the limit does.
     fn warmed_up(&self) -> bool {
-        self.answers > LATENCY_WARM_UP.max(self.max as u64)
+        self.answers > LATENCY_WARM_UP && self.second_round
     }
 
     /// About one more per round trip (one limit's worth of answers).
@@ -203,11 +214,11 @@ mod tests {
     fn rising_latency_and_a_growing_queue_are_overload_signs() {
         let mut c = Controller::new(1, 1000);
         let t0 = Instant::now();
-        for _ in 0..1100 {
-            c.observe(Signal::Answered(RTT), t0);
+        for i in 0..60 {
+            c.observe(Signal::Answered(RTT), t0 + RTT * i);
         }
         for _ in 0..5 {
-            c.observe(Signal::Answered(RTT * 4), t0);
+            c.observe(Signal::Answered(RTT * 4), t0 + RTT * 61);
         }
         assert!(
             c.limit() < 1000,
@@ -258,6 +269,22 @@ mod tests {
             c.observe(Signal::Answered(RTT * 40), t0 + RTT * 200);
         }
         assert_eq!(c.cuts(), 1, "a rise after the first round trip");
+    }
+
+    /// The first round trip ends with the first answer to a request sent after an answer
+    /// came, however high the maximum: a job far smaller than `--max-concurrency` still has its
+    /// latency watched.
+    #[test]
+    fn a_large_maximum_keeps_the_latency_rule() {
+        let mut c = Controller::new(4, 100_000);
+        let t0 = Instant::now();
+        for i in 0..100 {
+            c.observe(Signal::Answered(RTT), t0 + RTT * i);
+        }
+        for _ in 0..5 {
+            c.observe(Signal::Answered(RTT * 4), t0 + RTT * 101);
+        }
+        assert_eq!(c.cuts(), 1);
     }
 
     /// A batching engine at full load: each answer is slower than an unloaded one would be,
