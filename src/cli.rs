@@ -6,8 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use batch_job::CheckpointPolicy;
-use batch_job::parse_duration;
+use batch_job::{CheckpointPolicy, parse_duration};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]

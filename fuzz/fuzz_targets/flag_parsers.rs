@@ -3,9 +3,7 @@
 #![no_main]
 
 use batch_format::rules::endpoint_path;
-use batch_job::parse_rfc3339;
-use batch_job::parse_header;
-use batch_job::parse_duration;
+use batch_job::{parse_rfc3339, parse_header, parse_duration};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,8 +3,7 @@
 //! byte; the check passes the validated bytes unchanged and refuses any other bytes.
 #![no_main]
 
-use batch_job::{Recording, Verified};
-use batch_job::{Content, LineReader};
+use batch_job::{Recording, Verified, Content, LineReader};
 use libfuzzer_sys::fuzz_target;
 use std::io::Read;
 

@@ -2,8 +2,7 @@
 
 use std::path::Path;
 
-use batch_job::{JobStatus, RunSummary};
-use batch_job::{Phase, StopReason, StopSignal};
+use batch_job::{JobStatus, Phase, RunSummary, StopReason, StopSignal};
 
 use super::run_options::build;
 use super::{Exit, Signals, runtime};

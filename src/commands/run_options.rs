@@ -3,16 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use batch_job::CheckpointPolicy;
-use batch_job::Deadline;
-use batch_job::LaunchSpec;
-use batch_job::Order;
-use batch_job::Preset;
-use batch_job::Previous;
-use batch_job::ProgressMode;
-use batch_job::ValidateOptions;
-use batch_job::{FINAL_DIR, Remote};
-use batch_job::{RunOptions, default_state_dir};
+use batch_job::{
+    CheckpointPolicy, Deadline, FINAL_DIR, LaunchSpec, Order, Preset, Previous, ProgressMode,
+    Remote, RunOptions, ValidateOptions, default_state_dir,
+};
 use batch_storage::{HttpOptions, Location, S3Options};
 
 use crate::cli::{DispatchOrderArg, EngineArg, OrderArg, ProgressArg, RunArgs};

@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use batch_job::CheckpointPolicy;
-use batch_job::EngineOptions;
+use batch_job::{CheckpointPolicy, EngineOptions};
 use batch_storage::object::ObjectDir;
 use batch_storage::{S3Options, StorageError};
 use serde::{Deserialize, Serialize};

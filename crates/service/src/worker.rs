@@ -15,13 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use batch_job::Deadline;
-use batch_job::Remote;
-use batch_job::Stats;
-use batch_job::{JobFiles, RunError, RunOptions, run_observed};
-use batch_job::{JobStatus, RunSummary};
-use batch_job::{StopReason, StopSignal};
-use batch_job::{ValidateOptions, Validation, validate_file};
+use batch_job::{
+    Deadline, JobFiles, JobStatus, Remote, RunError, RunOptions, RunSummary, Stats, StopReason,
+    StopSignal, ValidateOptions, Validation, run_observed, validate_file,
+};
 use serde::{Deserialize, Serialize};
 
 use batch_storage::object::ObjectDir;
