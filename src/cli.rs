@@ -176,15 +176,24 @@ fn positive_rate(text: &str) -> Result<f64, String> {
 }
 
 impl ConcurrencyArgs {
-    pub fn concurrency(&self) -> batch_job::Concurrency {
+    /// An adaptive minimum above the maximum is refused rather than one of them ignored.
+    pub fn concurrency(&self) -> Result<batch_job::Concurrency, String> {
         let max = self.max_concurrency as usize;
-        match self.concurrency {
+        Ok(match self.concurrency {
             ConcurrencyArg::Fixed => batch_job::Concurrency::Fixed(max),
+            ConcurrencyArg::Adaptive if self.min_concurrency > self.max_concurrency => {
+                return Err(format!(
+                    "--min-concurrency {} is above --max-concurrency {}: with --concurrency \
+                     adaptive each engine's limit stays between the two; lower \
+                     --min-concurrency or raise --max-concurrency",
+                    self.min_concurrency, self.max_concurrency
+                ));
+            }
             ConcurrencyArg::Adaptive => batch_job::Concurrency::Adaptive {
                 min: self.min_concurrency as usize,
                 max,
             },
-        }
+        })
     }
 }
 
@@ -238,10 +247,14 @@ pub struct EngineClientArgs {
 }
 
 impl EngineClientArgs {
-    /// The settings for these engines, with this API key.
-    pub fn options(&self, urls: Vec<String>, api_key: Option<String>) -> batch_job::EngineOptions {
+    /// The settings for these engines, with this API key; an error names contradicting flags.
+    pub fn options(
+        &self,
+        urls: Vec<String>,
+        api_key: Option<String>,
+    ) -> Result<batch_job::EngineOptions, String> {
         let c = &self.concurrency;
-        batch_job::EngineOptions {
+        Ok(batch_job::EngineOptions {
             urls,
             api_key,
             headers: self.headers.clone(),
@@ -253,10 +266,10 @@ impl EngineClientArgs {
                 max_delay: self.retry_max_backoff,
             },
             priority: self.priority,
-            concurrency: c.concurrency(),
+            concurrency: c.concurrency()?,
             max_requests_per_second: c.max_requests_per_second,
             max_tokens_per_minute: c.max_tokens_per_minute,
-        }
+        })
     }
 }
 

@@ -135,7 +135,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
     };
     Ok(RunOptions {
         validate: ValidateOptions::from(&args.rules),
-        engines: args.client.options(args.engine_urls, args.api_key),
+        engines: args.client.options(args.engine_urls, args.api_key)?,
         input: places.input,
         output: places.output,
         errors: places.errors,

@@ -162,7 +162,7 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             database,
             default_engines: args.engine_urls.clone(),
             model_engines,
-            engine: args.client.options(Vec::new(), None),
+            engine: args.client.options(Vec::new(), None)?,
             grace: args.grace,
             lease: args.lease,
             report_every: args.report_interval,

@@ -244,3 +244,35 @@ fn prefix_grouped_dispatch_reuses_the_engine_prefix_cache() {
     assert!(input_order < 0.2, "input order hit rate {input_order}");
     assert!(grouped > 0.7, "grouped hit rate {grouped}");
 }
+
+/// An adaptive minimum above the maximum is a usage error naming both flags, not a limit that
+/// silently ignores one of them.
+#[test]
+fn an_adaptive_minimum_above_the_maximum_is_refused() {
+    let job = Job::new();
+    let input = job.input(&numbered_lines("r", 2));
+    let flags = [
+        "--concurrency",
+        "adaptive",
+        "--min-concurrency",
+        "100",
+        "--max-concurrency",
+        "10",
+    ];
+    let out = cmd()
+        .args(run_args(
+            &job,
+            input.to_str().expect("utf-8 path"),
+            &["http://127.0.0.1:1"],
+            &flags,
+        ))
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--min-concurrency 100 is above --max-concurrency 10"),
+        "{err}"
+    );
+    assert!(!job.path("out.jsonl").exists());
+}
