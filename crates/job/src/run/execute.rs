@@ -3,28 +3,32 @@
 //! dispatcher sends, and everything stopped in order once the input ends or the job is stopped.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use batch_format::LineRules;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dispatcher::{Ended, Shared, dispatch};
-use super::feed::Feed;
+use super::feed::{Feed, Item};
 use super::prepare::{Names, Ready};
 use super::request::Ids;
 use super::supervise::Supervisor;
 use super::{RunError, RunOptions};
+use crate::bitset::BitSet;
 use crate::dispatch::{Engines, ProbeResult};
-use crate::input::Changed;
+use crate::input::{Blocks, Changed};
 use crate::launch::Launched;
 use crate::report::metrics::{self, Stats};
 use crate::report::progress::ProgressDisplay;
 use crate::report::summary::JobStatus;
 use crate::run::stop::{StopReason, StopSignal};
+use crate::state::Manifest;
 use crate::state::mirror::Mirror;
 use crate::state::sink::Sink;
-use crate::state::spool::Positions;
+use crate::state::spool::{Positions, Spool};
 
 /// What the execution stage hands to the delivery stage.
 pub struct Executed {
@@ -41,7 +45,9 @@ pub struct Executed {
 }
 
 /// Runs the job's requests until the input ends or the job stops; the live counters go to
-/// `observe` once they exist.
+/// `observe` once they exist. (About 110 lines: it owns what it starts around the dispatch, the
+/// feed thread, the supervisor, the watchers and [`Beside`], and stops them in this order; the
+/// parts that need none of the others' handles are the functions below.)
 pub async fn execute(
     options: &RunOptions,
     stop: &StopSignal,
@@ -58,22 +64,19 @@ pub async fn execute(
         names,
         fresh,
     } = ready;
-    let already = opened.done.count();
+    let needed = opened.done.count() < planned;
     let model = validation.settled.as_ref().map(|s| s.model.as_str());
-    let starting = start_engines(options, already < planned, model);
+    let starting = start_engines(options, needed, model);
     let engines_started = tokio::select! {
         started = starting => started,
         // A model can take minutes to load: a stop meanwhile must not wait for it.
         () = stop.stopping() => Err(RunError::StoppedBeforeStart),
     };
-    let (engines, launched) = match engines_started {
-        Ok(started) => started,
-        Err(RunError::StoppedBeforeStart) => return Err(RunError::StoppedBeforeStart),
-        // Nothing was done: leave no state behind (but keep a failed engine's log).
-        Err(e) if matches!(e, RunError::Launch(_)) => return Err(e),
-        Err(e) => return Err(fresh.abandon(e)),
-    };
-
+    let (engines, launched) = engines_started.map_err(|e| match e {
+        RunError::StoppedBeforeStart | RunError::Launch(_) => e,
+        // Nothing was done: leave no state behind (but keep a failed engine's log, above).
+        e => fresh.abandon(e),
+    })?;
     let stats = Arc::new(Stats::for_job(
         planned,
         &opened.counts,
@@ -82,34 +85,15 @@ pub async fn execute(
     observe(stats.clone());
     let deadline = options.deadline.resolve(opened.manifest.started_at_ms);
     let ids = Ids::new(opened.manifest.run_tag.clone());
-    let state_io = RunError::io(format!("state directory {}", options.state_dir.display()));
-    let sink = Arc::new(
-        Sink::new(
-            opened.spool,
-            opened.manifest,
-            options.state_dir.clone(),
-            options.checkpoint,
-        )
-        .map_err(state_io)?
-        .with_mirror(mirror.clone()),
-    );
-    // The carried-over results (and, for a state in object storage, the job itself) are made
-    // durable before anything else happens.
-    if seeded || mirror.is_some() {
-        sink.checkpoint_now()
-            .await
-            .map_err(RunError::io("checkpoint"))?;
-    }
-    let (finish_checkpoints, finish) = tokio::sync::oneshot::channel();
-    let checkpoints = tokio::spawn(sink.clone().run_checkpoints(finish, stop.clone()));
-    let stop_metrics = match options.metrics_listen {
-        Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
-        None => None,
-    };
-    let progress =
-        ProgressDisplay::start(stats.clone(), options.progress, options.progress_interval);
-    let timers = tokio::spawn(stop_timers(stop.clone(), deadline, options.grace));
-
+    let sink = open_sink(
+        options,
+        opened.spool,
+        opened.manifest,
+        mirror.clone(),
+        seeded,
+    )
+    .await?;
+    let beside = Beside::start(options, stop, &sink, &stats, deadline).await?;
     let target = engines.target(validation.settled.as_ref().map_or("", |s| s.url.as_str()))?;
     let shared = Arc::new(Shared {
         engines,
@@ -120,25 +104,16 @@ pub async fn execute(
         ids,
     });
     let (batch_tx, batches) = mpsc::channel(8);
-    let reader = {
-        let path = validation.source.clone();
-        let rules = LineRules::settled(options.validate.rules.clone(), validation.settled);
-        let max_line_bytes = options.validate.max_line_bytes;
-        let group_window = options.group_window;
-        let (invalid, done, blocks) = (validation.invalid, opened.done, validation.blocks);
-        std::thread::spawn(move || {
-            let feed = Feed {
-                path: &path,
-                blocks: &blocks,
-                max_line_bytes,
-                rules,
-                invalid: &invalid,
-                done: &done,
-                group_window,
-            };
-            feed.run(&batch_tx)
-        })
-    };
+    let rules = LineRules::settled(options.validate.rules.clone(), validation.settled);
+    let judged = (validation.invalid, validation.blocks);
+    let reader = spawn_feed(
+        options,
+        validation.source.clone(),
+        rules,
+        judged,
+        opened.done,
+        batch_tx,
+    );
     let supervisor = launched.map(|engine| {
         let restarts = options.launch.as_ref().map_or(0, |l| l.max_restarts);
         Supervisor::start(engine, shared.clone(), restarts)
@@ -155,13 +130,7 @@ pub async fn execute(
         Some(s) => s.finish().await,
         None => None,
     };
-    timers.abort();
-    let _ = finish_checkpoints.send(());
-    let checkpoints_gave_up = checkpoints.await.ok().flatten();
-    progress.finish();
-    if let Some(stop) = stop_metrics {
-        let _ = stop.send(());
-    }
+    let checkpoints_gave_up = beside.stop().await;
     let read = reader
         .join()
         .unwrap_or_else(|_| Err(std::io::Error::other("the reader thread panicked")));
@@ -182,16 +151,141 @@ pub async fn execute(
         },
         None => RunError::io(format!("cannot read {}", options.input.display()))(e),
     })?;
-
     if let Some(message) = engine_gave_up.or(engines_down) {
         return Err(RunError::EngineGaveUp(message));
     }
-    let status = match ended {
-        Ended::Complete if stats.done() != planned => {
+    Ok(Executed {
+        status: status_of(ended, stats.done(), planned, options)?,
+        stats,
+        positions,
+        fingerprint: validation.fingerprint.current,
+        mirror,
+        names,
+        lines: report.lines,
+    })
+}
+
+/// The spool as the request tasks share it. The carried-over results (and, for a state in object
+/// storage, the job itself) are made durable before anything else happens.
+async fn open_sink(
+    options: &RunOptions,
+    spool: Spool,
+    manifest: Manifest,
+    mirror: Option<Arc<Mirror>>,
+    seeded: bool,
+) -> Result<Arc<Sink>, RunError> {
+    let sink = Sink::new(
+        spool,
+        manifest,
+        options.state_dir.clone(),
+        options.checkpoint,
+    )
+    .map_err(RunError::io(format!(
+        "state directory {}",
+        options.state_dir.display()
+    )))?;
+    let durable_now = seeded || mirror.is_some();
+    let sink = Arc::new(sink.with_mirror(mirror));
+    if durable_now {
+        sink.checkpoint_now()
+            .await
+            .map_err(RunError::io("checkpoint"))?;
+    }
+    Ok(sink)
+}
+
+/// What runs beside the dispatch: the checkpoints, the metrics endpoint, the progress display and
+/// the stop timers (deadline, grace).
+struct Beside {
+    finish_checkpoints: oneshot::Sender<()>,
+    checkpoints: tokio::task::JoinHandle<Option<String>>,
+    stop_metrics: Option<oneshot::Sender<()>>,
+    progress: ProgressDisplay,
+    timers: tokio::task::JoinHandle<()>,
+}
+
+impl Beside {
+    async fn start(
+        options: &RunOptions,
+        stop: &StopSignal,
+        sink: &Arc<Sink>,
+        stats: &Arc<Stats>,
+        deadline: Option<SystemTime>,
+    ) -> Result<Self, RunError> {
+        let (finish_checkpoints, finish) = oneshot::channel();
+        let checkpoints = tokio::spawn(sink.clone().run_checkpoints(finish, stop.clone()));
+        let stop_metrics = match options.metrics_listen {
+            Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
+            None => None,
+        };
+        Ok(Self {
+            finish_checkpoints,
+            checkpoints,
+            stop_metrics,
+            progress: ProgressDisplay::start(
+                stats.clone(),
+                options.progress,
+                options.progress_interval,
+            ),
+            timers: tokio::spawn(stop_timers(stop.clone(), deadline, options.grace)),
+        })
+    }
+
+    /// Stops them all, the checkpoints after their last round; why the checkpoints gave up, if
+    /// they did.
+    async fn stop(self) -> Option<String> {
+        self.timers.abort();
+        let _ = self.finish_checkpoints.send(());
+        let gave_up = self.checkpoints.await.ok().flatten();
+        self.progress.finish();
+        if let Some(stop) = self.stop_metrics {
+            let _ = stop.send(());
+        }
+        gave_up
+    }
+}
+
+/// The feed thread: reads the validated bytes again (`judged`: the lines the validation pass
+/// rejected, and its block hashes) and hands the lines without a result to the dispatcher.
+fn spawn_feed(
+    options: &RunOptions,
+    source: PathBuf,
+    rules: LineRules,
+    judged: (BitSet, Blocks),
+    done: BitSet,
+    batches: mpsc::Sender<Vec<Item>>,
+) -> JoinHandle<std::io::Result<()>> {
+    let (max_line_bytes, group_window) = (options.validate.max_line_bytes, options.group_window);
+    std::thread::spawn(move || {
+        let (invalid, blocks) = judged;
+        let feed = Feed {
+            path: &source,
+            blocks: &blocks,
+            max_line_bytes,
+            rules,
+            invalid: &invalid,
+            done: &done,
+            group_window,
+        };
+        feed.run(&batches)
+    })
+}
+
+/// How the job ended, from how the dispatch ended: a complete input with lines still without a
+/// result is an error (never finalized), as is a spool append that failed.
+fn status_of(
+    ended: Ended,
+    done: u64,
+    planned: u64,
+    options: &RunOptions,
+) -> Result<JobStatus, RunError> {
+    let state_dir = || options.state_dir.display().to_string();
+    Ok(match ended {
+        Ended::Complete if done != planned => {
             return Err(RunError::Incomplete {
-                results: stats.done(),
+                results: done,
                 planned,
-                state_dir: options.state_dir.display().to_string(),
+                state_dir: state_dir(),
             });
         }
         Ended::Complete => JobStatus::Completed,
@@ -201,18 +295,9 @@ pub async fn execute(
         Ended::SpoolFailed => {
             return Err(RunError::io(format!(
                 "cannot write the spool in {}",
-                options.state_dir.display()
+                state_dir()
             ))(std::io::Error::other("an append failed")));
         }
-    };
-    Ok(Executed {
-        status,
-        stats,
-        positions,
-        fingerprint: validation.fingerprint.current,
-        mirror,
-        names,
-        lines: report.lines,
     })
 }
 

@@ -87,25 +87,7 @@ pub async fn prepare(
     stop: &StopSignal,
 ) -> Result<Prepared, RunError> {
     check_paths(options)?;
-    let remote_state = match &options.state_remote {
-        Some(url) => Some(ObjectDir::open(url, &options.remote.s3)?),
-        None => None,
-    };
-    if options.restart {
-        if options.state_dir.exists() {
-            std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
-                "cannot remove the state directory {} (--restart)",
-                options.state_dir.display()
-            )))?;
-        }
-        if let Some(dir) = &remote_state {
-            dir.remove_all().await?;
-        }
-    }
-    let mirror = match remote_state {
-        Some(dir) => Some(Arc::new(Mirror::restore(dir, &options.state_dir).await?)),
-        None => None,
-    };
+    let mirror = restore_state(options).await?;
     let fresh = Fresh {
         dir: options.state_dir.clone(),
         existed: options.state_dir.exists(),
@@ -125,19 +107,19 @@ pub async fn prepare(
         None => validate_input(options, stop).await.map_err(abandon)?,
     };
     let report = std::mem::take(&mut validation.report);
-    let input_name = options
-        .remote
-        .input
-        .as_ref()
-        .map_or_else(|| options.input.display().to_string(), Location::describe);
+    let names = Names::of(options);
+    let input_name = &names.input;
     if report.requests == 0 && report.invalid_lines == 0 || !report.valid && !options.skip_invalid {
-        return Err(abandon(RunError::Invalid(Box::new(report), input_name)));
+        return Err(abandon(RunError::Invalid(
+            Box::new(report),
+            input_name.clone(),
+        )));
     }
     if !report.valid {
         tracing::warn!(
             "{} invalid lines go to the error file (--skip-invalid):\n{}",
             report.invalid_lines,
-            report.render(&input_name)
+            report.render(input_name)
         );
     }
     let planned = report.requests
@@ -146,19 +128,7 @@ pub async fn prepare(
         } else {
             0
         };
-
-    let shown = |local: &PathBuf, remote: &Option<Location>| {
-        remote
-            .as_ref()
-            .map_or_else(|| local.display().to_string(), Location::describe)
-    };
-    let names = Names {
-        output: shown(&options.output, &options.remote.output),
-        errors: shown(&options.errors, &options.remote.errors),
-        state_dir: options.state_dir.display().to_string(),
-        input: input_name,
-    };
-    let (input_name, output_name, errors_name) = (&names.input, &names.output, &names.errors);
+    let (output_name, errors_name) = (&names.output, &names.errors);
     if let Some((succeeded, failed)) = already_finished(options, &validation).map_err(abandon)? {
         tracing::info!(
             "{output_name} and {errors_name} already hold a result for every line of \
@@ -173,33 +143,7 @@ pub async fn prepare(
             failed,
         ))));
     }
-
-    let job = NewJob {
-        input: input_name,
-        fingerprint: &validation.fingerprint,
-        run_tag: crate::random_tag(),
-    };
-    let mut opened = state::open(&options.state_dir, job)?;
-    let seeded = match &options.retry_failed {
-        Some(previous) if !opened.resumed => {
-            let (back, result) = seed_from(
-                previous,
-                options,
-                &validation.source,
-                opened,
-                planned,
-                input_name,
-            )
-            .await
-            .map_err(abandon)?;
-            opened = back;
-            // A failed seed must not leave a fresh state behind: the next run would resume it
-            // and run every line instead of only the failed ones.
-            result.map_err(abandon)?;
-            true
-        }
-        _ => false,
-    };
+    let (opened, seeded) = open_state(options, &validation, planned, &names.input, &fresh).await?;
     let already = opened.done.count();
     if opened.resumed {
         tracing::info!(
@@ -217,6 +161,82 @@ pub async fn prepare(
         names,
         fresh,
     })))
+}
+
+impl Names {
+    fn of(options: &RunOptions) -> Self {
+        let shown = |local: &PathBuf, remote: &Option<Location>| {
+            remote
+                .as_ref()
+                .map_or_else(|| local.display().to_string(), Location::describe)
+        };
+        Self {
+            input: shown(&options.input, &options.remote.input),
+            output: shown(&options.output, &options.remote.output),
+            errors: shown(&options.errors, &options.remote.errors),
+            state_dir: options.state_dir.display().to_string(),
+        }
+    }
+}
+
+/// `--restart` (the state removed, here and in object storage), then the state restored from
+/// object storage when it lives there.
+async fn restore_state(options: &RunOptions) -> Result<Option<Arc<Mirror>>, RunError> {
+    let remote_state = match &options.state_remote {
+        Some(url) => Some(ObjectDir::open(url, &options.remote.s3)?),
+        None => None,
+    };
+    if options.restart {
+        if options.state_dir.exists() {
+            std::fs::remove_dir_all(&options.state_dir).map_err(RunError::io(format!(
+                "cannot remove the state directory {} (--restart)",
+                options.state_dir.display()
+            )))?;
+        }
+        if let Some(dir) = &remote_state {
+            dir.remove_all().await?;
+        }
+    }
+    Ok(match remote_state {
+        Some(dir) => Some(Arc::new(Mirror::restore(dir, &options.state_dir).await?)),
+        None => None,
+    })
+}
+
+/// Opens (or resumes) the state; a fresh one is seeded with an earlier run's successes under
+/// `--retry-failed`. Returns the state and whether it was seeded.
+async fn open_state(
+    options: &RunOptions,
+    validation: &Validation,
+    planned: u64,
+    input_name: &str,
+    fresh: &Fresh,
+) -> Result<(Opened, bool), RunError> {
+    let job = NewJob {
+        input: input_name,
+        fingerprint: &validation.fingerprint,
+        run_tag: crate::random_tag(),
+    };
+    let opened = state::open(&options.state_dir, job)?;
+    match &options.retry_failed {
+        Some(previous) if !opened.resumed => {
+            let (opened, result) = seed_from(
+                previous,
+                options,
+                &validation.source,
+                opened,
+                planned,
+                input_name,
+            )
+            .await
+            .map_err(|e| fresh.abandon(e))?;
+            // A failed seed must not leave a fresh state behind: the next run would resume it
+            // and run every line instead of only the failed ones.
+            result.map_err(|e| fresh.abandon(e))?;
+            Ok((opened, true))
+        }
+        _ => Ok((opened, false)),
+    }
 }
 
 /// The validation pass, on a blocking thread; a stream is copied into the state directory. A
