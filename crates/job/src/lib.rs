@@ -10,7 +10,7 @@
 //!   checkpoints that make them durable), the manifest and resuming from it, the state mirrored
 //!   to object storage (`mirror`), a finished job recognised (`finished`), how each line ended
 //!   (`outcome`);
-//! - [`output`]: the final output and error files (`finalize`, `extsort`), `--retry-failed`, the
+//! - [`output`]: the final output and error files (`finalize`), `--retry-failed`, the
 //!   final files of a job that cannot run any more (`salvage`), remote inputs and results;
 //! - [`report`]: metrics, progress, the summary, a job's status read from its state directory;
 //! - [`run`]: wires the stages together, and ends a job early (`stop`, `deadline`);
@@ -22,6 +22,7 @@
 mod bitset;
 mod dispatch;
 mod duration;
+mod extsort;
 mod input;
 mod launch;
 mod output;

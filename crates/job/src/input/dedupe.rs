@@ -10,7 +10,7 @@ use std::fs::File;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 
-use crate::output::extsort::{Fixed, Sorter, get_u64, put_u64};
+use crate::extsort::{Fixed, Sorter, get_u64, put_u64};
 
 /// Entries held in memory before a sorted run is spilled (24 bytes each: 1.5 MiB).
 const CHUNK_ENTRIES: usize = 64 * 1024;

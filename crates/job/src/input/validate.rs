@@ -1,8 +1,9 @@
 //! The validation pass: one streaming read of the whole input before any request is sent.
 //!
 //! It applies the per-line and file-wide rules from `batch_format`, finds duplicate `custom_id`s
-//! with [`crate::input::dedupe`], and produces a [`Report`] plus the set of invalid line numbers. The
-//! run's dispatch pass uses that set to skip (or report) exactly the lines this pass rejected.
+//! with [`crate::input::dedupe`], and produces a [`Report`] plus the set of invalid line
+//! numbers. The run's dispatch pass uses that set to skip (or report) exactly the lines this
+//! pass rejected.
 
 use std::collections::BTreeMap;
 use std::fs::File;

@@ -5,7 +5,7 @@
 //! left untouched until both files are in place, so a crash during finalize is repaired by
 //! running the same command again (it finds every line done and finalizes again).
 //!
-//! - Input order (the default): the index is sorted by line with [`crate::output::extsort`] (memory stays
+//! - Input order (the default): the index is sorted by line with [`crate::extsort`] (memory stays
 //!   flat), then each result's bytes are copied from the spool. The spool is nearly in input order
 //!   already, so the copy mostly reads forward through a window buffer.
 //! - Completion order: the spool files are the final files; they are hard-linked into place (no
@@ -15,7 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::output::extsort::Sorter;
+use crate::extsort::Sorter;
 use crate::state::spool::{IndexRecord, Positions, SpoolFiles, read_index};
 
 /// Index records sorted in memory before spilling (24 bytes each in memory: 1.5 MiB), small

@@ -6,7 +6,7 @@
 //! earlier error file, or when the earlier output has no result for it.
 //!
 //! Matching `custom_id`s across three files is a join on 128-bit hashes of the ids: each side is
-//! sorted with [`crate::output::extsort`] and the sorted streams are merged, so memory stays flat however
+//! sorted with [`crate::extsort`] and the sorted streams are merged, so memory stays flat however
 //! large the files are. (Two different ids sharing a 128-bit hash is not a practical concern.)
 
 use std::cmp::Ordering;
@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::bitset::BitSet;
+use crate::extsort::{Fixed, Sorted, Sorter, get_u64, put_u64};
 use crate::input::reader::{Content, LineReader};
-use crate::output::extsort::{Fixed, Sorted, Sorter, get_u64, put_u64};
 use crate::state::outcome::LineOutcome;
 use crate::state::spool::Spool;
 

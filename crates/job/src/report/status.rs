@@ -11,7 +11,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::output::extsort::Fixed;
+use crate::extsort::Fixed;
 use crate::state::Manifest;
 use crate::state::outcome::LineOutcome;
 use crate::state::spool::{IndexRecord, SpoolFiles, read_index};

@@ -57,10 +57,11 @@ pub struct RunOptions {
 
 impl RunOptions {
     /// A job of `input` into `output` and `errors`, its state in `state_dir`, on `engines`
-    /// (their concurrency included), with `grace` for the requests in flight when it stops; everything else off or at its default: no progress display, no metrics endpoint,
-    /// no deadline, no engine launched, no remote input or results, input order, default
-    /// checkpoints and validation, the model check on, no limit on how long engines may be
-    /// down (a caller with a completion window sets the deadline instead).
+    /// (their concurrency included), with `grace` for the requests in flight when it stops;
+    /// everything else off or at its default: no progress display, no metrics endpoint, no
+    /// deadline, no engine launched, no remote input or results, input order, default
+    /// checkpoints and validation, the model check on, no limit on how long engines may be down
+    /// (a caller with a completion window sets the deadline instead).
     pub fn new(files: JobFiles, engines: EngineOptions, grace: Duration) -> Self {
         Self {
             input: files.input,

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::output::extsort::{Fixed, get_u64, put_u64};
+use crate::extsort::{Fixed, get_u64, put_u64};
 use crate::state::outcome::LineOutcome;
 
 pub const OUTPUT_SPOOL: &str = "output.spool.jsonl";
