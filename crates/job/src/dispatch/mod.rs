@@ -222,7 +222,7 @@ impl Engines {
                     .await
                     .map_err(|e| e.to_string())
             });
-        let outcomes = join_all(probes).await;
+        let outcomes = futures_util::future::join_all(probes).await;
         let results: Vec<ProbeResult> = outcomes
             .into_iter()
             .zip(&self.bases)
@@ -468,33 +468,6 @@ impl Delivery {
             last_error: e.to_string(),
         }
     }
-}
-
-/// Runs futures concurrently in the current task and returns their outputs in order.
-async fn join_all<F: Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pending: Vec<_> = futures.map(|f| Some(Box::pin(f))).collect();
-    let mut outputs: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        let mut all_done = true;
-        for (slot, out) in pending.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(f) = slot {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        *out = Some(v);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => all_done = false,
-                }
-            }
-        }
-        if all_done {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    outputs.into_iter().flatten().collect()
 }
 
 /// Strips a trailing `/` and `/v1`, since every line's `url` already starts with `/v1/`.

@@ -11,7 +11,7 @@ mod schema;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 pub use crate::status::BatchStatus;
@@ -42,7 +42,7 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct FileRow {
     pub id: String,
     pub owner: String,
@@ -55,7 +55,7 @@ pub struct FileRow {
     pub blob: String,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, sqlx::FromRow)]
 pub struct BatchRow {
     pub id: String,
     pub owner: String,
@@ -135,57 +135,6 @@ const BATCH_COLUMNS: &str = "id, owner, endpoint, input_file_id, input_blob, com
 /// clauses); never from request data, which is always bound.
 fn sql(text: String) -> sqlx::AssertSqlSafe<String> {
     sqlx::AssertSqlSafe(text)
-}
-
-fn file_from(row: &AnyRow) -> Result<FileRow> {
-    Ok(FileRow {
-        id: row.try_get("id")?,
-        owner: row.try_get("owner")?,
-        filename: row.try_get("filename")?,
-        purpose: row.try_get("purpose")?,
-        bytes: row.try_get("bytes")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        blob: row.try_get("blob")?,
-    })
-}
-
-fn batch_from(row: &AnyRow) -> Result<BatchRow> {
-    Ok(BatchRow {
-        id: row.try_get("id")?,
-        owner: row.try_get("owner")?,
-        endpoint: row.try_get("endpoint")?,
-        input_file_id: row.try_get("input_file_id")?,
-        input_blob: row.try_get("input_blob")?,
-        completion_window: row.try_get("completion_window")?,
-        status: row.try_get("status")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        in_progress_at: row.try_get("in_progress_at")?,
-        finalizing_at: row.try_get("finalizing_at")?,
-        completed_at: row.try_get("completed_at")?,
-        failed_at: row.try_get("failed_at")?,
-        expired_at: row.try_get("expired_at")?,
-        cancelling_at: row.try_get("cancelling_at")?,
-        cancelled_at: row.try_get("cancelled_at")?,
-        output_file_id: row.try_get("output_file_id")?,
-        error_file_id: row.try_get("error_file_id")?,
-        total: row.try_get("total")?,
-        completed: row.try_get("completed")?,
-        failed: row.try_get("failed")?,
-        input_tokens: row.try_get("input_tokens")?,
-        cached_tokens: row.try_get("cached_tokens")?,
-        output_tokens: row.try_get("output_tokens")?,
-        reasoning_tokens: row.try_get("reasoning_tokens")?,
-        model: row.try_get("model")?,
-        metadata: row.try_get("metadata")?,
-        errors: row.try_get("errors")?,
-        output_expires_seconds: row.try_get("output_expires_seconds")?,
-        progress: row.try_get("progress")?,
-        fence: row.try_get("fence")?,
-        crashes: row.try_get("crashes")?,
-        last_error: row.try_get("last_error")?,
-    })
 }
 
 #[derive(Debug, Clone)]
@@ -283,14 +232,14 @@ impl Store {
 
     /// A file its owner can see.
     pub async fn file(&self, owner: &str, id: &str) -> Result<Option<FileRow>> {
-        let row = sqlx::query(sql(format!(
+        let row = sqlx::query_as::<_, FileRow>(sql(format!(
             "SELECT {FILE_COLUMNS} FROM files WHERE id = $1 AND owner = $2 AND deleted = 0"
         )))
         .bind(id)
         .bind(owner)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(file_from).transpose()
+        Ok(row)
     }
 
     /// Up to `limit` files after the cursor, in id (creation) order.
@@ -315,7 +264,7 @@ impl Store {
             text.push_str(&format!(" AND id {cmp} $4"));
         }
         text.push_str(&format!(" ORDER BY id {dir} LIMIT $3"));
-        let mut q = sqlx::query(sql(text))
+        let mut q = sqlx::query_as::<_, FileRow>(sql(text))
             .bind(owner)
             .bind(purpose.unwrap_or(""))
             .bind(limit);
@@ -323,7 +272,7 @@ impl Store {
             q = q.bind(after);
         }
         let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(file_from).collect()
+        Ok(rows)
     }
 
     /// Hides a file from its owner; its content goes with the next [`Store::garbage`] pass.
@@ -352,7 +301,7 @@ impl Store {
 
     /// Deleted files whose content no unfinished batch reads any more.
     pub async fn garbage(&self) -> Result<Vec<FileRow>> {
-        let rows = sqlx::query(sql(format!(
+        let rows = sqlx::query_as::<_, FileRow>(sql(format!(
             "SELECT {FILE_COLUMNS} FROM files f WHERE deleted = 1 AND NOT EXISTS (\
              SELECT 1 FROM batches b WHERE b.input_blob = f.blob \
              AND b.status NOT IN {}) LIMIT 1000",
@@ -360,7 +309,7 @@ impl Store {
         )))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(file_from).collect()
+        Ok(rows)
     }
 
     /// Forgets a deleted file once its content is gone.
@@ -400,25 +349,25 @@ impl Store {
 
     /// A batch its owner can see.
     pub async fn batch(&self, owner: &str, id: &str) -> Result<Option<BatchRow>> {
-        let row = sqlx::query(sql(format!(
+        let row = sqlx::query_as::<_, BatchRow>(sql(format!(
             "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND owner = $2"
         )))
         .bind(id)
         .bind(owner)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(batch_from).transpose()
+        Ok(row)
     }
 
     /// A batch by id alone (for its worker).
     pub async fn batch_by_id(&self, id: &str) -> Result<Option<BatchRow>> {
-        let row = sqlx::query(sql(format!(
+        let row = sqlx::query_as::<_, BatchRow>(sql(format!(
             "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        row.as_ref().map(batch_from).transpose()
+        Ok(row)
     }
 
     /// Up to `limit` batches after the cursor, newest first.
@@ -437,12 +386,14 @@ impl Store {
                 "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = $1 ORDER BY id DESC LIMIT $2"
             ),
         };
-        let mut q = sqlx::query(sql(text)).bind(owner).bind(limit);
+        let mut q = sqlx::query_as::<_, BatchRow>(sql(text))
+            .bind(owner)
+            .bind(limit);
         if let Some(after) = after {
             q = q.bind(after);
         }
         let rows = q.fetch_all(&self.pool).await?;
-        rows.iter().map(batch_from).collect()
+        Ok(rows)
     }
 
     /// Moves a validating or running batch to `cancelling`; other statuses are left as they are.
