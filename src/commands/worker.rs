@@ -4,6 +4,8 @@
 
 use std::io::Read;
 
+use tracing::Instrument;
+
 use batch_job::{StopReason, StopSignal};
 use batch_service::DataDir;
 use batch_service::settings::WorkerSettings;
@@ -21,40 +23,42 @@ pub fn run(args: WorkerArgs) -> Exit {
             return Exit::Invalid;
         }
     };
+    // Every line this worker logs, from its own tasks and the job's, names the batch.
+    let span = tracing::info_span!("batch", id = %args.batch, fence = args.fence);
     let result = runtime().map_err(|e| e.to_string()).and_then(|rt| {
-        rt.block_on(async {
-            let dirs = DataDir {
-                root: args.data_dir.clone(),
-            };
-            let store = Store::open(&settings.database, false)
-                .await
-                .map_err(|e| e.to_string())?;
-            let blobs = settings.blobs(&args.data_dir)?;
-            let stop = StopSignal::new();
-            let poke = std::sync::Arc::new(tokio::sync::Notify::new());
-            watch_stops(&stop, args.lifeline_stdin, &poke);
-            tracing::info!(
-                "batch {}: worker starting (fence {})",
-                args.batch,
-                args.fence
-            );
-            let worker = Worker {
-                store,
-                blobs,
-                work_root: dirs.work(),
-                settings,
-                batch: args.batch.clone(),
-                fence: args.fence,
-                poke,
-            };
-            worker.run(stop).await.map_err(|e| e.to_string())
-        })
+        rt.block_on(
+            async {
+                let dirs = DataDir {
+                    root: args.data_dir.clone(),
+                };
+                let store = Store::open(&settings.database, false)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let blobs = settings.blobs(&args.data_dir)?;
+                let stop = StopSignal::new();
+                let poke = std::sync::Arc::new(tokio::sync::Notify::new());
+                watch_stops(&stop, args.lifeline_stdin, &poke);
+                tracing::info!("worker starting");
+                let worker = Worker {
+                    store,
+                    blobs,
+                    work_root: dirs.work(),
+                    log_root: dirs.logs(),
+                    settings,
+                    batch: args.batch.clone(),
+                    fence: args.fence,
+                    poke,
+                };
+                worker.run(stop).await.map_err(|e| e.to_string())
+            }
+            .instrument(span.clone()),
+        )
     });
     match result {
         Ok(WorkerEnd::Done) => Exit::Success,
         Ok(WorkerEnd::GaveUp) => Exit::Interrupted,
         Err(e) => {
-            tracing::error!("batch {}: {e}", args.batch);
+            span.in_scope(|| tracing::error!("{e}"));
             Exit::Runtime
         }
     }

@@ -1046,3 +1046,85 @@ fn a_cancel_stops_sending_at_once() {
     );
     assert_eq!(done["request_counts"]["total"], 2000);
 }
+
+#[test]
+fn a_batch_story_can_be_followed_in_the_logs() {
+    let sim = Sim::start(&["--ttft-ms", "1", "--ms-per-token", "0"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let log = dir.path().join("serve.log");
+    // The workers inherit the filter: the job's per-request spans are at debug.
+    let env = [("BATCH_RUNNER_LOG", "info,batch_job=debug".to_owned())];
+    let service = Service::start_logging(
+        &dir.path().join("data"),
+        &["--engine-url", &sim.url],
+        &env,
+        &log,
+    );
+    let batch = service.submit("story-", 3);
+    service.wait_completed(&batch, 3, LONG);
+    let missing = service.call("GET", "/v1/nothing", None);
+    assert_eq!(missing.status, 404);
+    let request_id = missing.header("x-request-id").expect("a request id");
+
+    // The access log: method, the route's template, status and latency, under the request id.
+    let text = wait_for(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).ok()?;
+        text.contains(&request_id).then_some(text)
+    });
+    let has = |parts: &[&str]| text.lines().any(|l| parts.iter().all(|p| l.contains(p)));
+    assert!(
+        has(&[
+            "request{id=req_",
+            "method=POST",
+            "route=\"/v1/batches\"",
+            "status=200",
+            "latency_ms="
+        ]),
+        "{text}"
+    );
+    assert!(
+        has(&["method=GET", "route=\"/v1/batches/{id}\"", "status=200"]),
+        "{text}"
+    );
+    assert!(
+        has(&[
+            &format!("request{{id={request_id}}}"),
+            "route=\"(no route)\"",
+            "status=404"
+        ]),
+        "{text}"
+    );
+    assert!(has(&[&format!("batch {batch}: worker started")]), "{text}");
+
+    // The worker's log outlives the batch's work directory, every line naming the batch, and
+    // at debug each request's attempts under its line.
+    let kept = dir.path().join("data/logs").join(format!("{batch}.log"));
+    let worker = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&kept).ok()
+    });
+    let span = format!("batch{{id={batch} fence=1}}");
+    for event in [
+        "worker starting",
+        "the batch is completed: 3 requests succeeded, 0 failed",
+    ] {
+        assert!(
+            worker
+                .lines()
+                .any(|l| l.contains(&span) && l.contains(event)),
+            "{worker}"
+        );
+    }
+    for line in 1..=3 {
+        let request = format!(
+            "{span}:request{{line={line} custom_id=\"story-{}\"}}",
+            line - 1
+        );
+        assert!(
+            worker.lines().any(|l| l.contains(&request)
+                && l.contains("answered 200")
+                && l.contains("attempt=1")),
+            "{request} in {worker}"
+        );
+    }
+    assert!(!dir.path().join("data/work").join(&batch).exists());
+}

@@ -69,16 +69,7 @@ impl Blobs {
         let Blobs::Local(dir) = self else {
             return Ok(0);
         };
-        let mut removed = 0;
-        for entry in std::fs::read_dir(dir.join(".incoming"))? {
-            let entry = entry?;
-            let modified = entry.metadata()?.modified()?;
-            if modified.elapsed().unwrap_or_default() >= idle {
-                absent_is_fine(std::fs::remove_file(entry.path()))?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+        crate::data_dir::remove_idle_files(&dir.join(".incoming"), idle)
     }
 
     pub async fn incoming(&self, name: &str) -> Result<Incoming, BlobError> {

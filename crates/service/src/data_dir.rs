@@ -3,6 +3,33 @@
 
 use std::path::{Path, PathBuf};
 
+/// How long the log of an ended batch's workers is kept (as long as a batch's input file is by
+/// default).
+pub const KEEP_LOGS: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
+
+/// Removes the files directly in `dir` not written to for `idle`; how many went. A missing
+/// directory holds nothing to remove.
+pub fn remove_idle_files(dir: &Path, idle: std::time::Duration) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let modified = entry.metadata()?.modified()?;
+        if modified.elapsed().unwrap_or_default() >= idle {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// Where everything of one service lives under `--data-dir`.
 pub struct DataDir {
     pub root: PathBuf,
@@ -12,6 +39,17 @@ impl DataDir {
     /// The work directories of running batches (one per batch, see [`BatchWork`]).
     pub fn work(&self) -> PathBuf {
         self.root.join("work")
+    }
+
+    /// The logs of ended batches' workers, one file per batch (`logs/BATCH.log`): a batch's
+    /// story after its work directory is gone. The sweeper removes them after [`KEEP_LOGS`].
+    pub fn logs(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// Where the log of `batch`'s workers is kept once the batch has ended.
+    pub fn kept_log(logs: &Path, batch: &str) -> PathBuf {
+        logs.join(format!("{batch}.log"))
     }
 
     /// File contents, when not in object storage.

@@ -117,6 +117,10 @@ pub async fn serve(
         store.clone(),
         blobs.clone(),
         config.sweep_every,
+        DataDir {
+            root: config.exec.data_dir.clone(),
+        }
+        .logs(),
     ));
     let state = AppState {
         store,

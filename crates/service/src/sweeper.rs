@@ -1,22 +1,30 @@
 //! Retention: files past their `expires_at` (uploads with `expires_after`, batch inputs after
 //! the default 30 days, outputs with `output_expires_after`) are deleted in the background, and
-//! the content of deleted files goes once no unfinished batch reads it.
+//! the content of deleted files goes once no unfinished batch reads it; worker logs of batches
+//! that ended go after [`KEEP_LOGS`].
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::blobs::Blobs;
+use crate::data_dir::{KEEP_LOGS, remove_idle_files};
 use crate::store::{Store, now_secs};
 
 /// An upload not written to for this long was abandoned (an upload that stalls is cut off by
 /// the server's body timeout long before).
 const STALE_UPLOAD: Duration = Duration::from_secs(3600);
 
-/// Runs a sweep every `every`, forever.
-pub async fn run(store: Store, blobs: Blobs, every: Duration) {
+/// Runs a sweep every `every`, forever; `logs` holds ended batches' worker logs.
+pub async fn run(store: Store, blobs: Blobs, every: Duration, logs: PathBuf) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
         remove_stale_uploads(&blobs, STALE_UPLOAD);
+        match remove_idle_files(&logs, KEEP_LOGS) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("removed {n} worker logs of batches that ended long ago"),
+            Err(e) => tracing::warn!("cannot clean {}: {e}", logs.display()),
+        }
         match store.expire_files(now_secs()).await {
             Ok(0) => {}
             Ok(n) => tracing::info!("{n} files reached their expires_at and were deleted"),

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::Instrument;
 
 use batch_job::{
     Deadline, JobFiles, JobStatus, Remote, RunError, RunOptions, RunSummary, Stats, StopReason,
@@ -24,7 +25,6 @@ use serde::{Deserialize, Serialize};
 use batch_storage::object::ObjectDir;
 use batch_storage::{StorageError, absent_is_fine};
 
-use crate::BatchWork;
 use crate::blobs::Blobs;
 use crate::ids;
 use crate::model::{BatchError, BatchProgress};
@@ -32,6 +32,7 @@ use crate::settings::WorkerSettings;
 use crate::store::{
     BatchRow, BatchStatus, Counts, FileRow, Finish, LeaseLost, Store, StoreError, now_secs,
 };
+use crate::{BatchWork, DataDir};
 
 /// How a worker ended; the process exit code tells the scheduler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +86,8 @@ pub struct Worker {
     pub store: Store,
     pub blobs: Blobs,
     pub work_root: PathBuf,
+    /// Where the worker log is kept once the batch has ended ([`DataDir::logs`]).
+    pub log_root: PathBuf,
     pub settings: WorkerSettings,
     pub batch: String,
     pub fence: i64,
@@ -106,7 +109,7 @@ impl Worker {
             .await?
             .ok_or_else(|| WorkerError::NoBatch(self.batch.clone()))?;
         if batch.fence != self.fence {
-            tracing::warn!("batch {} is held by a newer worker; leaving it", self.batch);
+            tracing::warn!("the batch is held by a newer worker; leaving it");
             return Ok(WorkerEnd::GaveUp);
         }
         if batch.is_terminal() {
@@ -116,18 +119,21 @@ impl Worker {
         std::fs::create_dir_all(work.dir())
             .map_err(io(format!("cannot create {}", work.dir().display())))?;
         let lost = Arc::new(AtomicBool::new(false));
-        let heartbeat = tokio::spawn(heartbeat(
-            self.store.clone(),
-            self.batch.clone(),
-            self.fence,
-            self.settings.lease,
-            stop.clone(),
-            lost.clone(),
-        ));
+        let heartbeat = tokio::spawn(
+            heartbeat(
+                self.store.clone(),
+                self.batch.clone(),
+                self.fence,
+                self.settings.lease,
+                stop.clone(),
+                lost.clone(),
+            )
+            .in_current_span(),
+        );
         let ended = self.drive(&batch, &work, stop.clone()).await;
         heartbeat.abort();
         if lost.load(Ordering::Relaxed) {
-            tracing::warn!("batch {}: the lease was taken over; stopping", self.batch);
+            tracing::warn!("the lease was taken over; stopping");
             return Ok(WorkerEnd::GaveUp);
         }
         match ended {
@@ -145,6 +151,7 @@ impl Worker {
                         tracing::warn!("cannot remove the job state in object storage: {e}");
                     }
                 }
+                self.keep_log(&work);
                 if let Err(e) = std::fs::remove_dir_all(work.dir()) {
                     tracing::warn!("cannot remove {}: {e}", work.dir().display());
                 }
@@ -155,6 +162,18 @@ impl Worker {
                 Ok(WorkerEnd::GaveUp)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Moves the log of this batch's workers out of the work directory before it goes, so the
+    /// batch's story can still be read. (This worker's own stderr is that file: later lines
+    /// land in the kept one.)
+    fn keep_log(&self, work: &BatchWork) {
+        let kept = DataDir::kept_log(&self.log_root, &self.batch);
+        let moved = std::fs::create_dir_all(&self.log_root)
+            .and_then(|()| std::fs::rename(work.log(), &kept));
+        if let Err(e) = moved {
+            tracing::warn!("cannot keep the worker log as {}: {e}", kept.display());
         }
     }
 
@@ -227,14 +246,17 @@ impl Worker {
         let observed = Arc::new(std::sync::OnceLock::new());
         let keep = observed.clone();
         let latency = LatencyBase::of(batch);
-        let reporter = tokio::spawn(report_loop(
-            self.store.clone(),
-            self.batch.clone(),
-            self.fence,
-            self.settings.report_every,
-            stop.clone(),
-            (stats_rx, latency, self.poke.clone()),
-        ));
+        let reporter = tokio::spawn(
+            report_loop(
+                self.store.clone(),
+                self.batch.clone(),
+                self.fence,
+                self.settings.report_every,
+                stop.clone(),
+                (stats_rx, latency, self.poke.clone()),
+            )
+            .in_current_span(),
+        );
         let result = run_observed(options, validated, stop, move |stats| {
             let _ = keep.set(stats.clone());
             let _ = stats_tx.send(stats);
@@ -280,10 +302,7 @@ impl Worker {
             if dir.get("manifest.json").await?.is_none() {
                 continue;
             }
-            tracing::info!(
-                "batch {}: resuming from the state of claim {fence}",
-                self.batch
-            );
+            tracing::info!("resuming from the state of claim {fence}");
             // A local cache left by an earlier claim of this host belongs to another line of
             // history than the newest state (checkpoint counters of the two are not
             // comparable): rebuild from the newest state instead of choosing by counter.
@@ -295,10 +314,7 @@ impl Worker {
                 // Retrying would find the same damage: an older state (or none, and the batch
                 // starts over) costs re-sent requests, not the batch.
                 Err(e @ StorageError::Damaged { .. }) => {
-                    tracing::warn!(
-                        "batch {}: {e}; falling back to an earlier claim's state, or the start",
-                        self.batch
-                    );
+                    tracing::warn!("{e}; falling back to an earlier claim's state, or the start");
                     // What the failed restore left is no state at all.
                     absent_is_fine(std::fs::remove_dir_all(local))
                         .map_err(io(format!("cannot remove {}", local.display())))?;
@@ -467,7 +483,15 @@ impl Worker {
             errors,
         };
         match self.store.finish(&self.batch, self.fence, &finish).await? {
-            Ok(()) => Ok(WorkerEnd::Done),
+            Ok(()) => {
+                tracing::info!(
+                    "the batch is {}: {} requests succeeded, {} failed",
+                    finish.status.as_str(),
+                    finish.counts.completed,
+                    finish.counts.failed
+                );
+                Ok(WorkerEnd::Done)
+            }
             Err(LeaseLost) => {
                 // Another worker owns the batch now; the files made here are not its.
                 for file in [finish.output, finish.errors].into_iter().flatten() {
@@ -794,7 +818,7 @@ async fn report_loop(
         match status {
             Ok(Ok(BatchStatus::Cancelling)) => {
                 if stop.phase() == batch_job::Phase::Running {
-                    tracing::info!("batch {batch}: cancel requested");
+                    tracing::info!("cancel requested");
                     stop.request(StopReason::Cancelled);
                 }
             }

@@ -29,6 +29,21 @@ impl Service {
 
     /// [`Service::start`] with extra environment variables.
     pub fn start_with(data_dir: &Path, extra: &[&str], env: &[(&str, String)]) -> Service {
+        Service::spawn(data_dir, extra, env, Stdio::inherit())
+    }
+
+    /// [`Service::start_with`] with the service's log (its stderr) written to `log`.
+    pub fn start_logging(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+        log: &Path,
+    ) -> Service {
+        let file = std::fs::File::create(log).expect("create the log file");
+        Service::spawn(data_dir, extra, env, Stdio::from(file))
+    }
+
+    fn spawn(data_dir: &Path, extra: &[&str], env: &[(&str, String)], stderr: Stdio) -> Service {
         let mut child = cmd()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
@@ -36,7 +51,7 @@ impl Service {
             .env("BATCH_RUNNER_API_KEYS", format!("{KEY_A} a,{KEY_B} b"))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn serve");
         let mut first = String::new();

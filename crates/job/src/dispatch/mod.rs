@@ -331,6 +331,13 @@ impl Engines {
                 }
                 Err(e) => (Delivery::unavailable(&e), None),
             };
+            tracing::debug!(
+                attempt = attempt + 1,
+                engine = %self.bases[engine],
+                ms = sent_at.elapsed().as_millis() as u64,
+                "{}",
+                delivery.describe()
+            );
             if let (Some(estimate), Some(bucket)) = (tokens, self.token_rate.get(engine)) {
                 // Settled from the answer's usage; an answer without one cost the estimate.
                 if let Delivery::Answered { body, .. } = &delivery
@@ -466,6 +473,15 @@ impl Delivery {
     fn unavailable(e: &TransportError) -> Self {
         Delivery::Unavailable {
             last_error: e.to_string(),
+        }
+    }
+
+    /// One attempt's end, for the debug log.
+    fn describe(&self) -> String {
+        match self {
+            Delivery::Answered { status, .. } => format!("answered {status}"),
+            Delivery::Unavailable { last_error } => format!("no answer: {last_error}"),
+            Delivery::Stopped => "stopped".into(),
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
 
 use super::feed::Item;
 use super::request::{Ids, Request, execute};
@@ -100,26 +101,29 @@ pub async fn dispatch(
                         break 'input;
                     };
                     let shared = shared.clone();
-                    tokio::spawn(async move {
-                        let request = Request {
-                            line,
-                            custom_id,
-                            body,
-                        };
-                        let record = execute(
-                            &shared.engines,
-                            &shared.target,
-                            &shared.stats,
-                            &shared.stop,
-                            &shared.ids,
-                            request,
-                        )
-                        .await;
-                        if let Some(record) = record {
-                            shared.deliver(record);
+                    tokio::spawn(
+                        async move {
+                            let request = Request {
+                                line,
+                                custom_id,
+                                body,
+                            };
+                            let record = execute(
+                                &shared.engines,
+                                &shared.target,
+                                &shared.stats,
+                                &shared.stop,
+                                &shared.ids,
+                                request,
+                            )
+                            .await;
+                            if let Some(record) = record {
+                                shared.deliver(record);
+                            }
+                            drop(slot);
                         }
-                        drop(slot);
-                    });
+                        .in_current_span(),
+                    );
                 }
             }
         }

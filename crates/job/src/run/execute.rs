@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
+use tracing::Instrument;
 
 use batch_format::LineRules;
 use tokio::sync::{mpsc, oneshot};
@@ -120,8 +121,9 @@ pub async fn execute(
     });
     let engine_count = options.engines.urls.len() + usize::from(options.launch.is_some());
     let max_in_flight = options.engines.concurrency.total(engine_count);
-    let load = tokio::spawn(watch_load(shared.clone()));
-    let watch_down = tokio::spawn(watch_engines(shared.clone(), options.engine_down_timeout));
+    let load = tokio::spawn(watch_load(shared.clone()).in_current_span());
+    let watch_down =
+        tokio::spawn(watch_engines(shared.clone(), options.engine_down_timeout).in_current_span());
     let ended = dispatch(shared, batches, max_in_flight).await;
     load.abort();
     watch_down.abort();
@@ -213,7 +215,11 @@ impl Beside {
         deadline: Option<SystemTime>,
     ) -> Result<Self, RunError> {
         let (finish_checkpoints, finish) = oneshot::channel();
-        let checkpoints = tokio::spawn(sink.clone().run_checkpoints(finish, stop.clone()));
+        let checkpoints = tokio::spawn(
+            sink.clone()
+                .run_checkpoints(finish, stop.clone())
+                .in_current_span(),
+        );
         let stop_metrics = match options.metrics_listen {
             Some(addr) => Some(start_metrics(addr, stats.clone()).await?),
             None => None,
@@ -227,7 +233,9 @@ impl Beside {
                 options.progress,
                 options.progress_interval,
             ),
-            timers: tokio::spawn(stop_timers(stop.clone(), deadline, options.grace)),
+            timers: tokio::spawn(
+                stop_timers(stop.clone(), deadline, options.grace).in_current_span(),
+            ),
         })
     }
 

@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use batch_format::output::{LineResult, ResponseBody, Usage, write_line};
 use bytes::Bytes;
+use tracing::Instrument;
 
 use crate::dispatch::{Delivery, Engines, Target};
 use crate::report::metrics::Stats;
@@ -85,9 +86,13 @@ pub async fn execute(
 ) -> Option<Record> {
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
-    let sending = engines.send(target, request.body, stop, || {
-        stats.retries.fetch_add(1, Ordering::Relaxed);
-    });
+    // Debug level: a span per request costs nothing unless someone asks to follow requests.
+    let span = tracing::debug_span!("request", line = request.line, custom_id = ?request.custom_id);
+    let sending = engines
+        .send(target, request.body, stop, || {
+            stats.retries.fetch_add(1, Ordering::Relaxed);
+        })
+        .instrument(span);
     let sent = tokio::select! {
         biased;
         sent = sending => Some(sent),

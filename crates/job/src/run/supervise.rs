@@ -6,6 +6,7 @@
 //! in the error.
 
 use std::sync::Arc;
+use tracing::Instrument;
 
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -25,7 +26,8 @@ pub struct Supervisor {
 impl Supervisor {
     pub fn start(engine: Launched, shared: Arc<Shared>, max_restarts: u32) -> Self {
         let (finish, finished) = oneshot::channel();
-        let task = tokio::spawn(supervise(engine, shared, max_restarts, finished));
+        let task =
+            tokio::spawn(supervise(engine, shared, max_restarts, finished).in_current_span());
         Self { finish, task }
     }
 

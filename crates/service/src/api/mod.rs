@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -82,16 +82,18 @@ pub fn router(state: AppState) -> Router {
             "/batches/{id}/partial_results",
             get(batches::partial_results),
         )
-        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
+        .route_layer(middleware::from_fn(remember_route));
     Router::new()
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .route_layer(middleware::from_fn(remember_route))
         .nest("/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(header_limit))
-        .layer(middleware::from_fn(request_id))
+        .layer(middleware::from_fn(request_log))
         .with_state(state)
 }
 
@@ -115,17 +117,45 @@ async fn header_limit(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// Gives every request an id: sent back as `x-request-id` (a client can quote it to the
-/// operator), and attached to every log line written while the request is handled.
-async fn request_id(request: Request, next: Next) -> Response {
+/// Gives every request an id, sent back as `x-request-id` (a client can quote it to the
+/// operator) and attached to every log line written while the request is handled, and writes
+/// one access-log line per request: method, route (the template, so ids do not scatter it),
+/// status and latency. Probes of `/health` and `/metrics` log at debug, server errors at warn.
+async fn request_log(request: Request, next: Next) -> Response {
     use tracing::Instrument;
     let id = crate::ids::request_id();
-    let (method, path) = (request.method().clone(), request.uri().path().to_owned());
+    let method = request.method().clone();
     let span = tracing::info_span!("request", id = %id);
+    let started = std::time::Instant::now();
     let mut response = next.run(request).instrument(span.clone()).await;
-    span.in_scope(|| tracing::debug!("{method} {path} -> {}", response.status()));
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let route = response
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("(no route)", |p| p.as_str());
+    let status = response.status().as_u16();
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(%method, route, status, latency_ms, "request failed");
+        } else if matches!(route, "/health" | "/metrics") {
+            tracing::debug!(%method, route, status, latency_ms, "request");
+        } else {
+            tracing::info!(%method, route, status, latency_ms, "request");
+        }
+    });
     if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
         response.headers_mut().insert("x-request-id", value);
+    }
+    response
+}
+
+/// Hands the matched route template to [`request_log`], which runs outside the router and so
+/// sees only the raw path.
+async fn remember_route(request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
     }
     response
 }
