@@ -12,22 +12,20 @@ pub mod pool;
 pub mod priority;
 pub mod rate;
 pub mod retry;
+mod send;
 pub mod transport;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::Method;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
-use crate::run::stop::StopSignal;
-use adaptive::Signal;
 use exchange::TransportError;
 use pool::Pool;
 use rate::Bucket;
 pub use retry::RetryPolicy;
-use retry::{retry_after, status_is_retryable};
 use transport::{Transport, Url};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -270,180 +268,6 @@ impl Engines {
         Ok(Target { urls })
     }
 
-    /// Sends one request, retrying as the policy allows. `on_retry` is called before each retry.
-    /// A stop ends the wait for a retry at once, so no request sits in backoff past a deadline.
-    pub async fn send(
-        &self,
-        target: &Target,
-        body: Bytes,
-        stop: &StopSignal,
-        mut on_retry: impl FnMut() + Send,
-    ) -> Sent {
-        let prioritised = self.priority.map(|p| priority::with_priority(&body, p));
-        let tokens = (!self.token_rate.is_empty()).then(|| rate::estimate_tokens(&body) as f64);
-        let mut attempt = 0;
-        loop {
-            // Waiting for room on an engine (an adaptive limit, a rate limit, open breakers) ends
-            // with a stop: nothing new is sent once the job is stopping.
-            let room = async {
-                let lease = self.pool.lease().await;
-                self.pace(lease.engine, tokens).await;
-                lease
-            };
-            let mut lease = tokio::select! {
-                biased;
-                () = stop.stopping() => {
-                    return Sent {
-                        delivery: Delivery::Stopped,
-                        attempts: attempt,
-                    };
-                }
-                lease = room => lease,
-            };
-            let engine = lease.engine;
-            let with_priority = prioritised
-                .as_ref()
-                .filter(|_| !self.priority_refused[engine].load(Ordering::Relaxed));
-            let sent_at = tokio::time::Instant::now();
-            let result = self.transports[engine]
-                .send_counting(
-                    Method::POST,
-                    &target.urls[engine],
-                    with_priority.unwrap_or(&body).clone(),
-                    self.request_timeout,
-                    &mut on_retry,
-                )
-                .await;
-            let (delivery, wait_hint) = match result {
-                Ok(answer) => {
-                    let hint = retry_after(&answer.headers);
-                    let request_id = answer
-                        .headers
-                        .get("x-request-id")
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
-                    let delivery = Delivery::Answered {
-                        status: answer.status,
-                        request_id,
-                        body: answer.body,
-                    };
-                    (delivery, hint)
-                }
-                Err(e) => (Delivery::unavailable(&e), None),
-            };
-            tracing::debug!(
-                attempt = attempt + 1,
-                engine = %self.bases[engine],
-                ms = sent_at.elapsed().as_millis() as u64,
-                "{}",
-                delivery.describe()
-            );
-            if let (Some(estimate), Some(bucket)) = (tokens, self.token_rate.get(engine)) {
-                // Settled from the answer's usage; an answer without one cost the estimate.
-                if let Delivery::Answered { body, .. } = &delivery
-                    && let Some(actual) = rate::total_tokens(body)
-                {
-                    bucket.settle(estimate - actual as f64);
-                }
-            }
-            if with_priority.is_some() && self.refuses_priority(engine, &delivery) {
-                // Sent again at once without the field: the request itself was fine.
-                continue;
-            }
-            let signal = match &delivery {
-                Delivery::Answered {
-                    status: 429 | 503, ..
-                }
-                | Delivery::Unavailable { .. } => Some(Signal::Overloaded),
-                Delivery::Answered { .. } => Some(Signal::Answered(sent_at.elapsed())),
-                Delivery::Stopped => None,
-            };
-            if let Some(signal) = signal {
-                self.pool.observe(engine, signal);
-            }
-            let retryable = match &delivery {
-                Delivery::Answered { status, .. } if *status >= 500 => {
-                    self.failed(&mut lease, &format!("HTTP {status}"));
-                    status_is_retryable(*status)
-                }
-                Delivery::Answered { status, .. } => {
-                    if lease.succeeded() {
-                        tracing::warn!("{} answers again; sending to it", self.bases[engine]);
-                    }
-                    status_is_retryable(*status)
-                }
-                Delivery::Unavailable { last_error } => {
-                    self.failed(&mut lease, last_error);
-                    true
-                }
-                Delivery::Stopped => false,
-            };
-            drop(lease);
-            attempt += 1;
-            if !retryable || attempt > self.retry.max_retries {
-                return Sent {
-                    delivery,
-                    attempts: attempt,
-                };
-            }
-            let backoff = tokio::time::sleep(self.retry.backoff(attempt - 1, wait_hint));
-            tokio::select! {
-                () = backoff => {}
-                () = stop.stopping() => {
-                    return Sent {
-                        delivery: Delivery::Stopped,
-                        attempts: attempt,
-                    };
-                }
-            }
-            on_retry();
-        }
-    }
-}
-
-impl Engines {
-    /// Whether `delivery` is the engine refusing the `priority` field (a 400 or 422 that names
-    /// it); if so the engine gets no more of it, and the first refusal is logged.
-    fn refuses_priority(&self, engine: usize, delivery: &Delivery) -> bool {
-        let Delivery::Answered {
-            status: 400 | 422,
-            body,
-            ..
-        } = delivery
-        else {
-            return false;
-        };
-        if !String::from_utf8_lossy(body).contains("priority") {
-            return false;
-        }
-        if !self.priority_refused[engine].swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                "{} refuses the priority field ({}): sending its requests without it, so they are \
-                 not scheduled below online traffic there",
-                self.bases[engine],
-                String::from_utf8_lossy(&body[..body.len().min(200)])
-            );
-        }
-        true
-    }
-
-    /// Records a failed request on its engine, and says so when the engine is now skipped.
-    fn failed(&self, lease: &mut pool::Lease<'_>, why: &str) {
-        let url = &self.bases[lease.engine];
-        match lease.failed() {
-            Some(pool::Opened::Now { next_probe }) => tracing::warn!(
-                "{url} is failing ({why}, {} in a row): skipping it; next probe in {}",
-                pool::FAILURES_TO_OPEN,
-                crate::report::progress::format_duration(next_probe)
-            ),
-            Some(pool::Opened::ProbeFailed { next_probe }) => tracing::warn!(
-                "{url} is still failing ({why}): skipping it; next probe in {}",
-                crate::report::progress::format_duration(next_probe)
-            ),
-            None => {}
-        }
-    }
-
     /// Engines whose breaker is open now.
     pub fn down(&self) -> usize {
         self.pool.down()
@@ -453,20 +277,19 @@ impl Engines {
     pub fn all_down_for(&self) -> Option<Duration> {
         self.pool.all_down_for()
     }
-
-    /// Waits for `engine`'s rate limits to allow one request of `tokens` estimated tokens.
-    async fn pace(&self, engine: usize, tokens: Option<f64>) {
-        if let Some(bucket) = self.request_rate.get(engine) {
-            bucket.take(1.0).await;
-        }
-        if let (Some(bucket), Some(tokens)) = (self.token_rate.get(engine), tokens) {
-            bucket.take(tokens).await;
-        }
-    }
 }
 
 fn buckets(engines: usize, rate: f64, period: Duration) -> Vec<Bucket> {
     (0..engines).map(|_| Bucket::new(rate, period)).collect()
+}
+
+impl Sent {
+    fn stopped(attempts: u32) -> Self {
+        Sent {
+            delivery: Delivery::Stopped,
+            attempts,
+        }
+    }
 }
 
 impl Delivery {
