@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::bitset::BitSet;
 use crate::input::dedupe::DuplicateFinder;
-use crate::input::reader::{Content, LineReader};
+use crate::input::reader::{Content, Line, LineReader};
 use crate::input::{self, Blocks, Recording};
 use crate::state::finished::IdDigest;
 
@@ -201,38 +201,22 @@ pub fn validate(
     options: &ValidateOptions,
 ) -> Result<Validation, ValidateError> {
     let path = source.path;
-    let read_error = |source| ValidateError::Read {
-        path: path.display().to_string(),
-        source,
+    let read_error = |e: std::io::Error| {
+        if input::CopyFailed::is(&e) {
+            ValidateError::Copy(e)
+        } else {
+            ValidateError::Read {
+                path: path.display().to_string(),
+                source: e,
+            }
+        }
     };
     let opened = input::open(path).map_err(read_error)?;
-    let mut temporary = None;
-    let copy = match (opened.stream, source.copy_to) {
-        (false, _) => None,
-        (true, Some(to)) => {
-            let created = match to.parent() {
-                Some(dir) => std::fs::create_dir_all(dir).and_then(|()| File::create(to)),
-                None => File::create(to),
-            };
-            let file = created.map_err(|e| {
-                ValidateError::Copy(std::io::Error::new(
-                    e.kind(),
-                    format!(
-                        "cannot create the copy of the input at {}: {e}",
-                        to.display()
-                    ),
-                ))
-            })?;
-            Some((file, to.to_owned()))
-        }
-        (true, None) => {
-            let (file, at) = tempfile::NamedTempFile::new()
-                .map_err(ValidateError::temporary)?
-                .into_parts();
-            let copy = (file, at.to_path_buf());
-            temporary = Some(at);
-            Some(copy)
-        }
+    let (copy, temporary) = if opened.stream {
+        let (file, at, temporary) = copy_target(source.copy_to)?;
+        (Some((file, at)), temporary)
+    } else {
+        (None, None)
     };
     let read_from = copy
         .as_ref()
@@ -241,29 +225,88 @@ pub fn validate(
     if opened.stream {
         reader = reader.refuse_endless_lines();
     }
-    let mut rules = LineRules::new(options.rules.clone());
-    let mut dupes = DuplicateFinder::new();
-    let mut invalid = BitSet::default();
-    let mut errors = ErrorList {
-        max_listed: options.max_listed_errors,
-        listed: Vec::new(),
-        total: 0,
-        by_code: BTreeMap::new(),
-    };
-    let mut report = Report::default();
-    let mut ids = IdDigest::default();
-
-    let read_error = |e: std::io::Error| {
-        if input::CopyFailed::is(&e) {
-            ValidateError::Copy(e)
-        } else {
-            read_error(e)
-        }
-    };
+    let mut tally = Tally::new(options);
     while let Some(line) = reader.next_line().map_err(read_error)? {
         if source.cancel.is_some_and(|c| c.load(Ordering::Relaxed)) {
             return Err(ValidateError::Stopped);
         }
+        tally.line(line, options)?;
+    }
+    tally.report.bytes = reader.bytes_read();
+    let (blocks, fingerprint) = reader.into_inner().finish().map_err(ValidateError::Copy)?;
+    let again = File::open(&read_from).map_err(read_error)?;
+    tally
+        .duplicates(again, options.max_line_bytes)
+        .map_err(read_error)?;
+    let (report, invalid, settled, ids) = tally.finish();
+    Ok(Validation {
+        report,
+        invalid,
+        settled,
+        fingerprint,
+        blocks,
+        ids,
+        source: read_from,
+        _temporary: temporary,
+    })
+}
+
+/// Where a stream's copy goes: the caller's path, or a temporary file that lives as long as the
+/// validation.
+fn copy_target(
+    to: Option<&Path>,
+) -> Result<(File, PathBuf, Option<tempfile::TempPath>), ValidateError> {
+    let Some(to) = to else {
+        let (file, at) = tempfile::NamedTempFile::new()
+            .map_err(ValidateError::temporary)?
+            .into_parts();
+        return Ok((file, at.to_path_buf(), Some(at)));
+    };
+    let created = match to.parent() {
+        Some(dir) => std::fs::create_dir_all(dir).and_then(|()| File::create(to)),
+        None => File::create(to),
+    };
+    let file = created.map_err(|e| {
+        ValidateError::Copy(std::io::Error::new(
+            e.kind(),
+            format!(
+                "cannot create the copy of the input at {}: {e}",
+                to.display()
+            ),
+        ))
+    })?;
+    Ok((file, to.to_owned(), None))
+}
+
+/// What the pass has learnt so far, line by line.
+struct Tally {
+    rules: LineRules,
+    dupes: DuplicateFinder,
+    invalid: BitSet,
+    errors: ErrorList,
+    report: Report,
+    ids: IdDigest,
+}
+
+impl Tally {
+    fn new(options: &ValidateOptions) -> Self {
+        Self {
+            rules: LineRules::new(options.rules.clone()),
+            dupes: DuplicateFinder::new(),
+            invalid: BitSet::default(),
+            errors: ErrorList {
+                max_listed: options.max_listed_errors,
+                listed: Vec::new(),
+                total: 0,
+                by_code: BTreeMap::new(),
+            },
+            report: Report::default(),
+            ids: IdDigest::default(),
+        }
+    }
+
+    fn line(&mut self, line: Line<'_>, options: &ValidateOptions) -> Result<(), ValidateError> {
+        let report = &mut self.report;
         report.lines = line.number;
         report.warnings.byte_order_mark |= line.bom;
         if line.crlf {
@@ -272,26 +315,26 @@ pub fn validate(
         }
         if line.content.is_blank() {
             report.blank_lines += 1;
-            continue;
+            return Ok(());
         }
         let problems = match line.content {
             Content::TooLong => {
-                ids.add(None);
+                self.ids.add(None);
                 vec![Problem::LineTooLong {
                     max_bytes: options.max_line_bytes,
                 }]
             }
-            Content::Text(text) => match rules.check(line.number, text) {
+            Content::Text(text) => match self.rules.check(line.number, text) {
                 Ok(request) => {
-                    ids.add(Some(&request.custom_id));
-                    dupes
+                    self.ids.add(Some(&request.custom_id));
+                    self.dupes
                         .push(&request.custom_id, line.number, line.offset)
                         .map_err(ValidateError::temporary)?;
                     report.requests += 1;
-                    continue;
+                    return Ok(());
                 }
                 Err(mut problems) => {
-                    ids.add(custom_id_of(text).as_deref());
+                    self.ids.add(custom_id_of(text).as_deref());
                     if text.contains(&b'\r') {
                         report.warnings.cr_only_line.get_or_insert(line.number);
                     }
@@ -304,22 +347,22 @@ pub fn validate(
                 }
             },
         };
-        invalid.insert(line.number);
+        self.invalid.insert(line.number);
         report.invalid_lines += 1;
         for p in &problems {
-            errors.push(LineError::new(Some(line.number), p));
+            self.errors.push(LineError::new(Some(line.number), p));
         }
+        Ok(())
     }
-    report.bytes = reader.bytes_read();
-    let (blocks, fingerprint) = reader.into_inner().finish().map_err(ValidateError::Copy)?;
 
-    let again = File::open(&read_from).map_err(read_error)?;
-    dupes
-        .finish(again, options.max_line_bytes, |d| {
-            invalid.insert(d.line);
-            report.requests -= 1;
-            report.invalid_lines += 1;
-            errors.push(LineError::new(
+    /// The second look, at the lines whose `custom_id` an earlier line already used.
+    fn duplicates(&mut self, again: File, max_line_bytes: usize) -> std::io::Result<()> {
+        let dupes = std::mem::take(&mut self.dupes);
+        dupes.finish(again, max_line_bytes, |d| {
+            self.invalid.insert(d.line);
+            self.report.requests -= 1;
+            self.report.invalid_lines += 1;
+            self.errors.push(LineError::new(
                 Some(d.line),
                 &Problem::DuplicateCustomId {
                     custom_id: d.custom_id,
@@ -327,29 +370,24 @@ pub fn validate(
                 },
             ));
         })
-        .map_err(read_error)?;
-
-    if report.lines == report.blank_lines {
-        errors.push(LineError::new(None, &Problem::EmptyFile));
     }
-    errors.trim();
-    let settled = rules.settled_on().cloned();
-    report.endpoint = settled.as_ref().map(|s| s.url.clone());
-    report.model = settled.as_ref().map(|s| s.model.clone());
-    report.valid = errors.total == 0;
-    report.errors_not_listed = errors.total - errors.listed.len() as u64;
-    report.errors = errors.listed;
-    report.errors_by_code = errors.by_code;
-    Ok(Validation {
-        report,
-        invalid,
-        settled,
-        fingerprint,
-        blocks,
-        ids,
-        source: read_from,
-        _temporary: temporary,
-    })
+
+    fn finish(mut self) -> (Report, BitSet, Option<Settled>, IdDigest) {
+        let mut errors = self.errors;
+        let report = &mut self.report;
+        if report.lines == report.blank_lines {
+            errors.push(LineError::new(None, &Problem::EmptyFile));
+        }
+        errors.trim();
+        let settled = self.rules.settled_on().cloned();
+        report.endpoint = settled.as_ref().map(|s| s.url.clone());
+        report.model = settled.as_ref().map(|s| s.model.clone());
+        report.valid = errors.total == 0;
+        report.errors_not_listed = errors.total - errors.listed.len() as u64;
+        report.errors = errors.listed;
+        report.errors_by_code = errors.by_code;
+        (self.report, self.invalid, settled, self.ids)
+    }
 }
 
 impl Report {
