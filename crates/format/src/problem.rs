@@ -141,7 +141,8 @@ pub fn sniff_encoding(first: &[u8]) -> Option<Problem> {
 }
 
 impl fmt::Display for Problem {
-    /// A message that says what is wrong and what would fix it.
+    /// A message that says what is wrong and what would fix it. (One arm per problem, so every
+    /// message can be read and compared in one place; hence its length.)
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Problem::InvalidUtf8 { byte_offset } => write!(

@@ -222,9 +222,24 @@ impl Worker {
             errors: work.errors(),
             state_dir: state,
         };
+        let options = self.run_options(batch, files, urls, state_remote);
+        let Some(outcome) = self.run_job(batch, options, validated, stop).await? else {
+            return Ok(WorkerEnd::GaveUp);
+        };
+        write_outcome(&outcome_path, &outcome)?;
+        self.register(batch, work, outcome).await
+    }
+
+    /// The job's options for this batch: the service's settings, its engines, and its window.
+    fn run_options(
+        &self,
+        batch: &BatchRow,
+        files: JobFiles,
+        urls: &[String],
+        state_remote: Option<reqwest::Url>,
+    ) -> RunOptions {
         let engines = self.settings.engine_options(urls);
-        let grace = self.settings.grace;
-        let options = RunOptions {
+        RunOptions {
             validate: self.validate_options(),
             checkpoint: self.settings.checkpoint(),
             // The worker removes the state once the batch is recorded, not before.
@@ -240,8 +255,19 @@ impl Worker {
             state_remote,
             // Pools already route batches by the models their engines list.
             model_check: false,
-            ..RunOptions::new(files, engines, grace)
-        };
+            ..RunOptions::new(files, engines, self.settings.grace)
+        }
+    }
+
+    /// Runs the job, reporting its progress to the store as it goes; how the batch ended, or
+    /// none when the worker gives the batch back (stopped, or a resumable failure).
+    async fn run_job(
+        &self,
+        batch: &BatchRow,
+        options: RunOptions,
+        validated: Option<Validation>,
+        stop: StopSignal,
+    ) -> Result<Option<BatchOutcome>, WorkerError> {
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());
         let keep = observed.clone();
@@ -265,22 +291,17 @@ impl Worker {
         reporter.abort();
         let summary = match result {
             Ok(summary) => summary,
-            Err(e) if e.is_resumable() => return Ok(WorkerEnd::GaveUp),
+            Err(e) if e.is_resumable() => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let status = match summary.status {
             JobStatus::Completed | JobStatus::AlreadyComplete => BatchStatus::Completed,
             JobStatus::Expired => BatchStatus::Expired,
             JobStatus::Cancelled => BatchStatus::Cancelled,
-            JobStatus::Interrupted => return Ok(WorkerEnd::GaveUp),
+            JobStatus::Interrupted => return Ok(None),
         };
-        let outcome = outcome_of(
-            status,
-            &summary,
-            latency.with(observed.get().map(Arc::as_ref)),
-        );
-        write_outcome(&outcome_path, &outcome)?;
-        self.register(batch, work, outcome).await
+        let latency = latency.with(observed.get().map(Arc::as_ref));
+        Ok(Some(outcome_of(status, &summary, latency)))
     }
 
     /// With object storage, each claim keeps its job state under its own prefix

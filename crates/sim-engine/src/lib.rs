@@ -186,6 +186,9 @@ impl Engine {
                 .all(|(name, value)| header(name) == Some(value.as_str()))
     }
 
+    /// A request's path through the simulated engine, in the order a real one takes it: parse,
+    /// refuse (the profile's quirks), injected faults, the queue, admission, the time the work
+    /// takes, the counters. (Kept as one function so that order reads top to bottom.)
     async fn generate(
         &self,
         endpoint: respond::Endpoint,

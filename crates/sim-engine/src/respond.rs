@@ -69,7 +69,8 @@ pub fn digest(raw: &[u8]) -> u64 {
     h.finish()
 }
 
-/// Builds the answer to request number `n`, whose raw bytes hash to `digest`.
+/// Builds the answer to request number `n`, whose raw bytes hash to `digest`. (One arm per
+/// endpoint's answer shape, each a literal JSON document; hence its length.)
 pub fn answer(
     endpoint: Endpoint,
     request: &Value,

@@ -160,7 +160,8 @@ impl Stats {
         a.load(Ordering::Relaxed)
     }
 
-    /// The Prometheus text exposition of every counter.
+    /// The Prometheus text exposition of every counter. (One block per metric family, in the
+    /// order of the exposition; hence its length.)
     pub fn render_prometheus(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(

@@ -60,6 +60,9 @@ pub enum Ended {
     SpoolFailed,
 }
 
+/// Hands each item of the input to a request task, up to `max_concurrency` at once, until the
+/// input ends or a stop comes; then waits for every task's record. (About 90 lines: the three
+/// kinds of item and the stop's leftovers are one loop, read top to bottom.)
 pub async fn dispatch(
     shared: Arc<Shared>,
     mut batches: mpsc::Receiver<Vec<Item>>,

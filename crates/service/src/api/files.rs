@@ -50,36 +50,12 @@ pub async fn create(
         ))
     })?;
     let id = ids::file_id();
-    let (mut purpose, mut anchor, mut seconds) = (None, None, None);
-    let mut upload = None;
-    while let Some(field) = multipart.next_field().await.map_err(bad_multipart)? {
-        match field.name().unwrap_or_default() {
-            "file" => {
-                if upload.is_some() {
-                    return Err(ApiError::invalid("Only one 'file' part is allowed").param("file"));
-                }
-                let name = clean_filename(field.file_name().unwrap_or("upload"));
-                upload = Some((receive(&app, &id, field).await?, name));
-            }
-            "purpose" => once(&mut purpose, "purpose", small_text(field).await?)?,
-            "expires_after[anchor]" => {
-                once(
-                    &mut anchor,
-                    "expires_after[anchor]",
-                    small_text(field).await?,
-                )?;
-            }
-            "expires_after[seconds]" => {
-                once(
-                    &mut seconds,
-                    "expires_after[seconds]",
-                    small_text(field).await?,
-                )?;
-            }
-            // Fields the SDK's `extra_body` may add are ignored, as OpenAI does.
-            _ => {}
-        }
-    }
+    let Form {
+        purpose,
+        anchor,
+        seconds,
+        upload,
+    } = read_form(&app, &id, &mut multipart).await?;
     let purpose = purpose.ok_or_else(|| {
         ApiError::invalid("Missing required parameter: 'purpose'").param("purpose")
     })?;
@@ -124,6 +100,49 @@ pub async fn create(
         return Err(e.into());
     }
     Ok(Json(FileObject::from(&row)))
+}
+
+/// The fields of an upload's form, the file's content already received.
+#[derive(Default)]
+struct Form {
+    purpose: Option<String>,
+    anchor: Option<String>,
+    seconds: Option<String>,
+    upload: Option<((crate::blobs::Incoming, Vec<u8>), String)>,
+}
+
+/// Reads the upload's form, streaming the `file` part into the blob store as it comes.
+async fn read_form(app: &AppState, id: &str, multipart: &mut Multipart) -> Result<Form, ApiError> {
+    let mut form = Form::default();
+    while let Some(field) = multipart.next_field().await.map_err(bad_multipart)? {
+        match field.name().unwrap_or_default() {
+            "file" => {
+                if form.upload.is_some() {
+                    return Err(ApiError::invalid("Only one 'file' part is allowed").param("file"));
+                }
+                let name = clean_filename(field.file_name().unwrap_or("upload"));
+                form.upload = Some((receive(app, id, field).await?, name));
+            }
+            "purpose" => once(&mut form.purpose, "purpose", small_text(field).await?)?,
+            "expires_after[anchor]" => {
+                once(
+                    &mut form.anchor,
+                    "expires_after[anchor]",
+                    small_text(field).await?,
+                )?;
+            }
+            "expires_after[seconds]" => {
+                once(
+                    &mut form.seconds,
+                    "expires_after[seconds]",
+                    small_text(field).await?,
+                )?;
+            }
+            // Fields the SDK's `extra_body` may add are ignored, as OpenAI does.
+            _ => {}
+        }
+    }
+    Ok(form)
 }
 
 /// Sets a form field that may appear only once: a second one is an error, not a silent
