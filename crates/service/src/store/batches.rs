@@ -1,0 +1,176 @@
+//! Batches as the API and the scheduler see them: create, read, list, cancel, and the counts
+//! behind the metrics.
+
+use super::*;
+
+impl Store {
+    pub async fn insert_batch(&self, b: &BatchRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO batches (id, owner, endpoint, input_file_id, input_blob, \
+             completion_window, status, created_at, expires_at, metadata, \
+             output_expires_seconds, model) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(&b.id)
+        .bind(&b.owner)
+        .bind(&b.endpoint)
+        .bind(&b.input_file_id)
+        .bind(&b.input_blob)
+        .bind(&b.completion_window)
+        .bind(b.status)
+        .bind(b.created_at)
+        .bind(b.expires_at)
+        .bind(&b.metadata)
+        .bind(b.output_expires_seconds)
+        .bind(&b.model)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A batch its owner can see.
+    pub async fn batch(&self, owner: &str, id: &str) -> Result<Option<BatchRow>> {
+        let row = sqlx::query_as::<_, BatchRow>(sql(format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND owner = $2"
+        )))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    /// A batch by id alone (for its worker).
+    pub async fn batch_by_id(&self, id: &str) -> Result<Option<BatchRow>> {
+        let row = sqlx::query_as::<_, BatchRow>(sql(format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row)
+    }
+
+    /// Up to `limit` batches after the cursor, newest first.
+    pub async fn batches(
+        &self,
+        owner: &str,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<BatchRow>> {
+        let text = match after {
+            Some(_) => format!(
+                "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = $1 AND id < $3 \
+                 ORDER BY id DESC LIMIT $2"
+            ),
+            None => format!(
+                "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = $1 ORDER BY id DESC LIMIT $2"
+            ),
+        };
+        let mut q = sqlx::query_as::<_, BatchRow>(sql(text))
+            .bind(owner)
+            .bind(limit);
+        if let Some(after) = after {
+            q = q.bind(after);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        Ok(rows)
+    }
+
+    /// Moves a validating or running batch to `cancelling`; other statuses are left as they are.
+    pub async fn request_cancel(&self, owner: &str, id: &str, now: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE batches SET status = 'cancelling', cancelling_at = $3 WHERE id = $1 \
+             AND owner = $2 AND status IN ('validating', 'in_progress')",
+        )
+        .bind(id)
+        .bind(owner)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    // ----- leases -----
+
+    /// Which of `ids` are being cancelled (one query, however many).
+    pub async fn cancelling_among(&self, ids: &[&str]) -> Result<Vec<String>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let text = format!(
+            "SELECT id FROM batches WHERE status = 'cancelling' AND id IN ({})",
+            params.join(", ")
+        );
+        let mut query = sqlx::query_scalar(sql(text));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
+    /// Batches failed by their workers' crashes whose results were never published (the
+    /// service stopped between failing the batch and publishing), with when they failed.
+    pub async fn failed_without_results(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT id, failed_at FROM batches WHERE status = 'failed' AND output_file_id IS NULL \
+             AND error_file_id IS NULL AND errors LIKE '%\"worker_failed\"%'",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let failed_at: Option<i64> = r.try_get("failed_at")?;
+                Ok((r.try_get("id")?, failed_at.unwrap_or(0)))
+            })
+            .collect()
+    }
+
+    /// A batch's status alone (a worker's cheap look for a cancel).
+    pub async fn status(&self, id: &str) -> Result<Option<BatchStatus>> {
+        Ok(
+            sqlx::query_scalar("SELECT status FROM batches WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Batches by status.
+    pub async fn status_counts(&self) -> Result<Vec<(BatchStatus, i64)>> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM batches GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Unfinished batches no worker holds: the queue.
+    pub async fn queue_depth(&self, now_ms: i64) -> Result<i64> {
+        Ok(sqlx::query_scalar(sql(format!(
+            "SELECT COUNT(*) FROM batches WHERE status IN {} AND lease_until < $1",
+            BatchStatus::sql_list(&BatchStatus::UNFINISHED)
+        )))
+        .bind(now_ms)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Requests by outcome over every batch, and every batch's progress detail.
+    pub async fn request_totals(&self) -> Result<(i64, i64, Vec<String>)> {
+        let rows = sqlx::query("SELECT completed, failed, progress FROM batches")
+            .fetch_all(&self.pool)
+            .await?;
+        let (mut completed, mut failed, mut progress) = (0, 0, Vec::new());
+        for r in &rows {
+            completed += r.try_get::<i64, _>("completed")?;
+            failed += r.try_get::<i64, _>("failed")?;
+            if let Some(p) = r.try_get::<Option<String>, _>("progress")? {
+                progress.push(p);
+            }
+        }
+        Ok((completed, failed, progress))
+    }
+}
