@@ -1,0 +1,128 @@
+//! The worker's validation of a batch's input: the problems a user sees in `errors`, and the
+//! model that picks the engines.
+
+use super::*;
+
+impl Worker {
+    /// The checks of a batch's input: the extra endpoints the service allows, and errors listed
+    /// in full up to 1,000 (all are counted).
+    pub(super) fn validate_options(&self) -> ValidateOptions {
+        ValidateOptions {
+            rules: batch_format::RulesConfig {
+                extra_urls: self.settings.extra_endpoints.clone(),
+            },
+            max_listed_errors: 1000,
+            ..ValidateOptions::default()
+        }
+    }
+
+    /// The `validating` phase: the whole file against every rule, the batch's endpoint, and an
+    /// engine for its model. Returns the model and the validation (for the pipeline), or how
+    /// the batch ended.
+    pub(super) async fn validate(
+        &self,
+        batch: &BatchRow,
+        input: &Path,
+    ) -> Result<Result<(String, Validation), WorkerEnd>, WorkerError> {
+        let (path, options) = (input.to_owned(), self.validate_options());
+        let validation = tokio::task::spawn_blocking(move || validate_file(&path, &options))
+            .await
+            .map_err(|e| io("validation")(std::io::Error::other(e)))?;
+        let validation = match validation {
+            Ok(v) => v,
+            Err(e) => {
+                let error = batch_error("invalid_file", e.to_string(), None, None);
+                return Ok(Err(self.fail_with(vec![error]).await?));
+            }
+        };
+        let report = &validation.report;
+        let mut errors: Vec<BatchError> = report
+            .errors
+            .iter()
+            .map(|e| {
+                batch_error(
+                    e.code,
+                    e.message.clone(),
+                    e.param.map(str::to_owned),
+                    e.line,
+                )
+            })
+            .collect();
+        if report.errors_not_listed > 0 {
+            errors.push(batch_error(
+                "too_many_errors",
+                format!("and {} more problems not listed", report.errors_not_listed),
+                None,
+                None,
+            ));
+        }
+        if report.requests == 0 && errors.is_empty() {
+            errors.push(batch_error(
+                "empty_file",
+                "The input file has no request lines".into(),
+                None,
+                None,
+            ));
+        }
+        if let Some(endpoint) = &report.endpoint
+            && endpoint != &batch.endpoint
+        {
+            errors.push(batch_error(
+                "url_mismatch",
+                format!(
+                    "The requests use the url {endpoint:?} but the batch was created for the \
+                     endpoint {:?}; create the batch with endpoint {endpoint:?}",
+                    batch.endpoint
+                ),
+                Some("url".into()),
+                None,
+            ));
+        }
+        let model = report.model.clone().unwrap_or_default();
+        if errors.is_empty() && self.settings.engines_for(&model).is_none() {
+            errors.push(no_engine(&model));
+        }
+        if !errors.is_empty() {
+            return Ok(Err(self.fail_with(errors).await?));
+        }
+        match self
+            .store
+            .start(
+                &self.batch,
+                self.fence,
+                report.requests as i64,
+                Some(&model),
+            )
+            .await?
+        {
+            Ok(()) => Ok(Ok((model, validation))),
+            Err(LeaseLost) => Ok(Err(WorkerEnd::GaveUp)),
+        }
+    }
+}
+
+pub(super) fn batch_error(
+    code: &str,
+    message: String,
+    param: Option<String>,
+    line: Option<u64>,
+) -> BatchError {
+    BatchError {
+        code: code.into(),
+        message,
+        param,
+        line,
+    }
+}
+
+pub(super) fn no_engine(model: &str) -> BatchError {
+    batch_error(
+        "model_not_found",
+        format!(
+            "No engine serves the model {model:?}: start the service with --model-engine \
+             '{model}=URL' or a default --engine-url"
+        ),
+        Some("model".into()),
+        None,
+    )
+}
