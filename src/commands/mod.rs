@@ -78,6 +78,17 @@ impl From<&crate::cli::RulesArgs> for batch_job::ValidateOptions {
 }
 
 /// A multi-threaded runtime for the async subcommands.
+/// Hands `f` a new runtime; one that cannot start is logged and ends the command.
+pub fn with_runtime<T>(f: impl FnOnce(tokio::runtime::Runtime) -> T) -> Result<T, Exit> {
+    match runtime() {
+        Ok(rt) => Ok(f(rt)),
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            Err(Exit::Runtime)
+        }
+    }
+}
+
 pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

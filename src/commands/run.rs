@@ -5,7 +5,7 @@ use std::path::Path;
 use batch_job::{JobStatus, Phase, RunSummary, StopReason, StopSignal};
 
 use super::run_options::build;
-use super::{Exit, Signals, runtime};
+use super::{Exit, Signals, with_runtime};
 use crate::cli::RunArgs;
 
 /// First signal: stop sending and let requests in flight finish; second: stop at once.
@@ -52,7 +52,7 @@ pub fn run(args: RunArgs) -> Exit {
             }
         };
     }
-    let result = runtime().map_err(|e| e.to_string()).map(|rt| {
+    let result = with_runtime(|rt| {
         let result = rt.block_on(async {
             let stop = StopSignal::new();
             let watcher = tokio::spawn(watch_signals(stop.clone(), on_signal, grace));
@@ -66,10 +66,7 @@ pub fn run(args: RunArgs) -> Exit {
         result
     });
     match result {
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            Exit::Runtime
-        }
+        Err(exit) => exit,
         Ok(Err(e)) => {
             tracing::error!("{e}");
             if e.is_usage() {

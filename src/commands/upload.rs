@@ -3,7 +3,7 @@
 use batch_job::{has_pending, upload_pending};
 use batch_storage::HttpOptions;
 
-use super::{Exit, runtime};
+use super::{Exit, with_runtime};
 use crate::cli::UploadArgs;
 
 pub fn run(args: UploadArgs) -> Exit {
@@ -16,18 +16,15 @@ pub fn run(args: UploadArgs) -> Exit {
         return Exit::Invalid;
     }
     let s3 = batch_storage::S3Options::from(&args.s3);
-    let result = runtime().map(|rt| {
+    let delivered = with_runtime(|rt| {
         rt.block_on(upload_pending(
             &args.state_dir,
             &HttpOptions::default(),
             &s3,
         ))
     });
-    match result {
-        Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
-            Exit::Runtime
-        }
+    match delivered {
+        Err(exit) => exit,
         Ok(Err(e)) => {
             tracing::error!("{e}");
             Exit::Runtime

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::store::{BatchRow, BatchStatus, FileRow};
+use crate::store::{BatchRow, BatchStatus, FileRow, StatusTimes};
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct FileObject {
@@ -126,14 +126,9 @@ pub struct Batch {
     pub output_file_id: Option<String>,
     pub error_file_id: Option<String>,
     pub created_at: i64,
-    pub in_progress_at: Option<i64>,
     pub expires_at: Option<i64>,
-    pub finalizing_at: Option<i64>,
-    pub completed_at: Option<i64>,
-    pub failed_at: Option<i64>,
-    pub expired_at: Option<i64>,
-    pub cancelling_at: Option<i64>,
-    pub cancelled_at: Option<i64>,
+    #[serde(flatten)]
+    pub times: StatusTimes,
     pub request_counts: RequestCounts,
     pub usage: BatchUsage,
     pub metadata: Option<BTreeMap<String, String>>,
@@ -179,14 +174,8 @@ impl From<&BatchRow> for Batch {
             output_file_id: b.output_file_id.clone(),
             error_file_id: b.error_file_id.clone(),
             created_at: b.created_at,
-            in_progress_at: b.in_progress_at,
             expires_at: Some(b.expires_at),
-            finalizing_at: b.finalizing_at,
-            completed_at: b.completed_at,
-            failed_at: b.failed_at,
-            expired_at: b.expired_at,
-            cancelling_at: b.cancelling_at,
-            cancelled_at: b.cancelled_at,
+            times: b.times.clone(),
             request_counts: RequestCounts {
                 total: b.total,
                 completed: b.completed,

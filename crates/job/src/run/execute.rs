@@ -55,17 +55,9 @@ pub async fn execute(
     ready: Ready,
     observe: impl FnOnce(Arc<Stats>),
 ) -> Result<Executed, RunError> {
-    let Ready {
-        validation,
-        report,
-        planned,
-        opened,
-        mirror,
-        seeded,
-        names,
-        fresh,
-    } = ready;
-    let needed = opened.done.count() < planned;
+    // The two parts used most, by name; the rest are read as `ready.…`.
+    let (validation, opened) = (ready.validation, ready.opened);
+    let needed = opened.done.count() < ready.planned;
     let model = validation.settled.as_ref().map(|s| s.model.as_str());
     let starting = start_engines(options, needed, model);
     let engines_started = tokio::select! {
@@ -76,10 +68,10 @@ pub async fn execute(
     let (engines, launched) = engines_started.map_err(|e| match e {
         RunError::StoppedBeforeStart | RunError::Launch(_) => e,
         // Nothing was done: leave no state behind (but keep a failed engine's log, above).
-        e => fresh.abandon(e),
+        e => ready.fresh.abandon(e),
     })?;
     let stats = Arc::new(Stats::for_job(
-        planned,
+        ready.planned,
         &opened.counts,
         opened.manifest.totals,
     ));
@@ -90,8 +82,8 @@ pub async fn execute(
         options,
         opened.spool,
         opened.manifest,
-        mirror.clone(),
-        seeded,
+        ready.mirror.clone(),
+        ready.seeded,
     )
     .await?;
     let beside = Beside::start(options, stop, &sink, &stats, deadline).await?;
@@ -147,7 +139,7 @@ pub async fn execute(
     )))?;
     read.map_err(|e| match Changed::in_error(&e) {
         Some(what) => RunError::InputChanged {
-            input: names.input.clone(),
+            input: ready.names.input.clone(),
             what: what.to_owned(),
             state_dir: options.state_dir.display().to_string(),
         },
@@ -157,13 +149,13 @@ pub async fn execute(
         return Err(RunError::EngineGaveUp(message));
     }
     Ok(Executed {
-        status: status_of(ended, stats.done(), planned, options)?,
+        status: status_of(ended, stats.done(), ready.planned, options)?,
         stats,
         positions,
         fingerprint: validation.fingerprint.current,
-        mirror,
-        names,
-        lines: report.lines,
+        mirror: ready.mirror,
+        names: ready.names,
+        lines: ready.report.lines,
     })
 }
 

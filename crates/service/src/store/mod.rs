@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
-pub use crate::status::BatchStatus;
+pub use crate::status::{BatchStatus, StatusTimes};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -69,13 +69,8 @@ pub struct BatchRow {
     pub status: BatchStatus,
     pub created_at: i64,
     pub expires_at: i64,
-    pub in_progress_at: Option<i64>,
-    pub finalizing_at: Option<i64>,
-    pub completed_at: Option<i64>,
-    pub failed_at: Option<i64>,
-    pub expired_at: Option<i64>,
-    pub cancelling_at: Option<i64>,
-    pub cancelled_at: Option<i64>,
+    #[sqlx(flatten)]
+    pub times: StatusTimes,
     pub output_file_id: Option<String>,
     pub error_file_id: Option<String>,
     pub total: i64,

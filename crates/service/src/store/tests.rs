@@ -214,7 +214,7 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
         .expect("batch");
     assert_eq!(b.status, BatchStatus::Completed);
     assert_eq!(b.output_file_id.as_deref(), Some("file-out"));
-    assert!(b.completed_at.is_some() && b.finalizing_at.is_some());
+    assert!(b.times.completed_at.is_some() && b.times.finalizing_at.is_some());
     assert!(claimable().await.is_empty());
 }
 
@@ -331,7 +331,7 @@ pub async fn cancel_moves_only_running_batches(store: &Store) {
         .expect("cancel");
     let b = store.batch_by_id("batch_k").await.expect("get").expect("b");
     assert_eq!(
-        (b.status.as_str(), b.cancelling_at),
+        (b.status.as_str(), b.times.cancelling_at),
         ("cancelling", Some(5))
     );
 }

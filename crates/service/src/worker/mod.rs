@@ -191,7 +191,7 @@ impl Worker {
             .local_copy(&batch.input_blob, &work.input())
             .await?;
         if batch.status == BatchStatus::Cancelling
-            && batch.in_progress_at.is_none()
+            && batch.times.in_progress_at.is_none()
             && !state.exists()
         {
             return self.cancel_unsent(batch, work, &input).await;
