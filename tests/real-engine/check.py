@@ -20,7 +20,8 @@ The scenario, each step recorded in the report whether it passed or not:
  6. serve: the OpenAI Files + Batches API driven by the openai SDK against the engine;
  7. launch: `run --engine transformers` starts its own engine, which is killed (SIGKILL)
     mid-run; the runner restarts it and finishes;
- 8. the physical anchor (transformers only): offline.py, in-process continuous batching.
+ 8. the physical anchor (transformers only): offline.py, in-process continuous batching;
+    with --anchor-rounds N, also N rounds of the anchor and `run` at 1,024 in turns.
 """
 import argparse
 import json
@@ -364,6 +365,40 @@ class Check:
         anchor["best_run_over_offline"] = ratio(best, anchor["requests_per_second"]) if best else None
         return anchor
 
+    def anchor_rounds(self):
+        """The anchor and `run` over HTTP in turns, on one GPU: each round the in-process figure,
+        then a fresh engine with a warm-up and `run` at fixed and adaptive 1,024 (every request
+        queued at once, the most the server batches), the order reversed every other round."""
+        if self.args.engine != "transformers":
+            return "skipped: needs the GPU"
+        rows = {"offline": [], "run fixed 1024": [], "run adaptive max 1024": []}
+
+        def offline():
+            p = subprocess.run([sys.executable, os.path.join(HERE, "offline.py"), MODEL, self.path("chat.jsonl")],
+                               capture_output=True, text=True, timeout=600)
+            if p.returncode != 0:
+                raise RuntimeError(p.stderr[-3000:])
+            rows["offline"].append(json.loads(p.stdout.strip().splitlines()[-1])["requests_per_second"])
+
+        def served():
+            self.start_engine()
+            try:
+                self.timed_run(["--max-concurrency", "256"])  # warm-up, not timed
+                for name, how in (("run fixed 1024", ["--max-concurrency", "1024"]),
+                                  ("run adaptive max 1024", ["--concurrency", "adaptive", "--max-concurrency", "1024"])):
+                    rows[name].append(self.timed_run(how)["requests_per_second"])
+            finally:
+                self.stop_engine()
+
+        for round_no in range(self.args.anchor_rounds):
+            for part in (offline, served) if round_no % 2 == 0 else (served, offline):
+                part()
+        median = {name: statistics.median(v) for name, v in rows.items()}
+        return {"rounds": rows, "median_requests_per_second": median,
+                "per_round_fixed_over_offline": [ratio(a, b) for a, b in zip(rows["run fixed 1024"], rows["offline"])],
+                "fixed_over_offline_medians": ratio(median["run fixed 1024"], median["offline"]),
+                "adaptive_over_offline_medians": ratio(median["run adaptive max 1024"], median["offline"])}
+
     def main(self):
         os.makedirs(self.work, exist_ok=True)
         self.step("environment", self.environment)
@@ -379,6 +414,8 @@ class Check:
         for name in ("launch_with_crash", "offline_anchor"):
             if name not in self.args.skip:
                 self.step(name, getattr(self, name))
+        if self.args.anchor_rounds:
+            self.step("anchor_rounds", self.anchor_rounds)
         steps = self.report["steps"]
         self.report["passed"] = [k for k, v in steps.items() if v["ok"]]
         self.report["failed"] = [k for k, v in steps.items() if not v["ok"]]
@@ -548,6 +585,8 @@ def main():
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1, help="rounds of the throughput comparison")
     ap.add_argument("--skip", nargs="*", default=[], help="steps to leave out")
+    ap.add_argument("--anchor-rounds", type=int, default=0,
+                    help="rounds of the anchor against `run` at 1,024, the engine restarted each round")
     ap.add_argument("--no-sdk", action="store_true", help="leave the openai SDK client out of the throughput step")
     args = ap.parse_args()
     args.bin = os.path.abspath(args.bin)
