@@ -241,6 +241,18 @@ fn hostile_requests_get_clear_4xx_and_the_service_keeps_serving() {
     let r = request(&service.addr, "GET", "/v1/files", &[big], b"");
     assert_eq!(r.status, 431, "{}", r.text());
     r.error();
+    // Past the HTTP server's own read buffer too (it answers before any handler runs).
+    let huge = format!("X-Padding: {}", "x".repeat(600_000));
+    let r = request(&service.addr, "GET", "/v1/files", &[huge], b"");
+    assert_eq!(r.status, 431, "{}", r.text());
+    assert!(
+        r.error()["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("32 KB")),
+        "{}",
+        r.text()
+    );
+    assert_eq!(service.call("GET", "/health", None).status, 200);
     // The auth scheme is case-insensitive.
     let r = request(
         &service.addr,

@@ -83,6 +83,49 @@ impl ApiError {
         )
     }
 
+    /// 503 for a connection over the service's cap, answered before any request is read.
+    pub fn too_many_connections() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "The server has too many open connections; retry shortly",
+        )
+        .code("too_many_connections")
+    }
+
+    /// The error as a complete HTTP/1.1 response that closes the connection, for the places
+    /// that answer below the router (the connection cap, a request head too large to parse).
+    pub fn raw_response(&self) -> Vec<u8> {
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
+            self.status.as_u16(),
+            self.status.canonical_reason().unwrap_or(""),
+            body.len()
+        );
+        if self.status.is_client_error() {
+            out.push_str("x-should-retry: false\r\n");
+        } else {
+            out.push_str("retry-after: 1\r\n");
+        }
+        out.push_str("\r\n");
+        let mut out = out.into_bytes();
+        out.extend_from_slice(&body);
+        out
+    }
+
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorDetail {
+                message: self.message.clone(),
+                kind: self.kind.to_owned(),
+                param: self.param.map(str::to_owned),
+                code: self.code.map(str::to_owned),
+            },
+        }
+    }
+
     pub fn method_not_allowed(method: &str, path: &str) -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -120,15 +163,7 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody {
-            error: ErrorDetail {
-                message: self.message,
-                kind: self.kind.to_owned(),
-                param: self.param.map(str::to_owned),
-                code: self.code.map(str::to_owned),
-            },
-        };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = (self.status, axum::Json(self.body())).into_response();
         // A client error will not go away by itself: tell the SDK not to retry it.
         if self.status.is_client_error() {
             response

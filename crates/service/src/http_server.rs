@@ -28,9 +28,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
+
+use crate::error::ApiError;
 
 /// File descriptors kept for everything but client connections: the database, blobs, worker
 /// pipes and logs.
@@ -128,7 +130,10 @@ async fn serve_connection(
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+        .serve_connection(
+            TokioIo::new(HeadTooLarge::new(stream)),
+            TowerToHyperService::new(service),
+        );
     let mut connection = std::pin::pin!(connection);
     let closed = async move {
         // (The guard `wait_for` returns must not live across an await.)
@@ -145,14 +150,9 @@ async fn serve_connection(
 
 /// Answers a connection over the cap with 503 and closes it.
 async fn refuse(mut stream: TcpStream) {
-    const BODY: &str = r#"{"error":{"message":"The server has too many open connections; retry shortly","type":"server_error","param":null,"code":"too_many_connections"}}"#;
-    let response = format!(
-        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: \
-         {}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n{BODY}",
-        BODY.len()
-    );
+    let response = ApiError::too_many_connections().raw_response();
     let write = async {
-        stream.write_all(response.as_bytes()).await?;
+        stream.write_all(&response).await?;
         stream.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(5), write).await;
@@ -211,5 +211,79 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A connection whose bare `431` (hyper's answer to a request head larger than its read buffer,
+/// about 400 KB, written before any handler runs) is replaced by one with an OpenAI error body.
+/// Smaller oversized heads get theirs from the router's header limit.
+struct HeadTooLarge<S> {
+    inner: S,
+    /// The replacement being written, and how much of it is out.
+    replacing: Option<(Vec<u8>, usize)>,
+}
+
+impl<S> HeadTooLarge<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            replacing: None,
+        }
+    }
+
+    fn is_bare_431(buf: &[u8]) -> bool {
+        buf.starts_with(b"HTTP/1.1 431 ")
+            && buf
+                .windows(CONTENT_LENGTH_0.len())
+                .any(|w| w.eq_ignore_ascii_case(CONTENT_LENGTH_0))
+    }
+}
+
+const CONTENT_LENGTH_0: &[u8] = b"\r\ncontent-length: 0\r\n";
+
+impl<S: AsyncRead + Unpin> AsyncRead for HeadTooLarge<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for HeadTooLarge<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.replacing.is_none() && Self::is_bare_431(buf) {
+            let message = "The request headers are larger than this service accepts (32 KB in \
+                           all); send fewer or smaller headers";
+            let answer = ApiError::headers_too_large(message).raw_response();
+            self.replacing = Some((answer, 0));
+        }
+        let this = &mut *self;
+        let Some((answer, written)) = this.replacing.as_mut() else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
+        };
+        while *written < answer.len() {
+            match Pin::new(&mut this.inner).poll_write(cx, &answer[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other,
+            }
+        }
+        // Hyper's answer counts as written; the connection closes after a 431, and anything
+        // hyper wrote after it would be dropped too.
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
