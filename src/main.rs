@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         cli::Command::Upload(args) => commands::upload::run(args),
         cli::Command::Serve(args) => commands::serve::run(*args),
         cli::Command::Worker(args) => commands::worker::run(args),
+        cli::Command::Webhooks(args) => commands::webhooks::run(args),
         cli::Command::WorkerPool(args) => commands::serve::run_pool(*args),
     };
     ExitCode::from(code as u8)

@@ -47,6 +47,8 @@ pub enum Command {
     /// Claim and run batches of a shared service database without serving the API (for hosts
     /// next to the engines); takes the engine and worker flags of `serve`.
     WorkerPool(Box<WorkerPoolArgs>),
+    /// List the service's webhook events and send again those that were given up.
+    Webhooks(WebhooksArgs),
     /// (internal) Runs one batch of the service; started by `serve`.
     #[command(hide = true)]
     Worker(WorkerArgs),

@@ -308,6 +308,18 @@ pub struct RunArgs {
     #[arg(help_heading = "Reporting", long, value_name = "PATH")]
     pub summary_json: Option<PathBuf>,
 
+    /// POST an OpenAI-shaped webhook event here when the job ends (batch.completed, .expired,
+    /// .cancelled or .failed, with the summary in data); repeatable. A notification that
+    /// cannot be delivered (six attempts, about a minute) is logged and changes nothing else.
+    #[arg(help_heading = "Reporting", long, value_name = "URL")]
+    pub notify_url: Vec<String>,
+
+    /// Sign notifications with this secret (whsec_<base64>), as OpenAI signs webhooks; the
+    /// official SDK's client.webhooks.unwrap() verifies them.
+    #[arg(help_heading = "Reporting", long, value_name = "SECRET", env = "BATCH_RUNNER_NOTIFY_SECRET",
+        hide_env_values = true, value_parser = clap::value_parser!(batch_job::Secret))]
+    pub notify_secret: Option<batch_job::Secret>,
+
     /// Serve Prometheus metrics at http://ADDR/metrics while the job runs.
     #[arg(
         help_heading = "Reporting",

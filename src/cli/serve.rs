@@ -58,6 +58,28 @@ pub struct ServeArgs {
     #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub body_stall_timeout: Duration,
 
+    /// Webhook endpoints, one 'OWNER URL SECRET' per line (URL '-' for an owner who names URLs
+    /// per batch; SECRET is whsec_<base64>): batch.completed, .failed, .expired and .cancelled
+    /// events are sent there, signed as OpenAI signs them. Read again on SIGHUP.
+    #[arg(
+        help_heading = "Webhooks",
+        long,
+        value_name = "PATH",
+        env = "BATCH_RUNNER_WEBHOOK_FILE"
+    )]
+    pub webhook_file: Option<PathBuf>,
+
+    /// Send webhooks to loopback, private and link-local addresses too (refused by default, so
+    /// a batch's webhook_url cannot reach the service's own network).
+    #[arg(help_heading = "Webhooks", long)]
+    pub webhook_allow_private: bool,
+
+    /// The wait before a failed webhook delivery is tried again; each later wait is twice the
+    /// one before (with jitter, at most an hour, longer when the receiver's Retry-After says
+    /// so), for a day.
+    #[arg(help_heading = "Webhooks", long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub webhook_first_retry: Duration,
+
     #[command(flatten)]
     pub exec: ExecArgs,
 }
@@ -193,4 +215,47 @@ pub struct WorkerArgs {
     /// the other end of the pipe.
     #[arg(long)]
     pub lifeline_stdin: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WebhooksArgs {
+    /// The service's data directory.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "batch-runner-data",
+        env = "BATCH_RUNNER_DATA_DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// The service's database [default: sqlite://DATA_DIR/batch-runner.db].
+    #[arg(long, value_name = "URL", env = "BATCH_RUNNER_DATABASE")]
+    pub database: Option<String>,
+
+    #[command(subcommand)]
+    pub action: WebhooksAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksAction {
+    /// Events, newest first, as JSON lines: id, batch, type, state, attempts, last status and
+    /// error.
+    List {
+        /// Only events in this state: pending, delivered, failed, no_endpoint.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+        /// At most this many.
+        #[arg(long, value_name = "N", default_value_t = 100)]
+        limit: i64,
+    },
+    /// Send again an event that was given up (or had nowhere to go), or every such event; each
+    /// is retried for another day, under the same webhook-id.
+    Resend {
+        /// The event (evt_…).
+        #[arg(required_unless_present = "all_failed", conflicts_with = "all_failed")]
+        event: Option<String>,
+        /// Every event given up or without an endpoint.
+        #[arg(long)]
+        all_failed: bool,
+    },
 }

@@ -8,6 +8,7 @@ pub mod sim;
 pub mod status;
 pub mod upload;
 pub mod validate;
+pub mod webhooks;
 pub mod worker;
 
 /// The documented exit codes.

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use batch_job::{JobStatus, Phase, RunSummary, StopReason, StopSignal};
+use batch_job::{Event, JobStatus, Phase, RunError, RunSummary, Secret, StopReason, StopSignal};
 
 use super::run_options::build;
 use super::{Exit, Signals, with_runtime};
@@ -24,7 +24,61 @@ async fn watch_signals(stop: StopSignal, reason: StopReason, grace: std::time::D
     }
 }
 
+/// Where and how `--notify-url` tells that the job ended.
+struct Notifications {
+    urls: Vec<String>,
+    secret: Option<Secret>,
+    /// The job's output, named in the event: a receiver may run several jobs.
+    output: String,
+}
+
+impl Notifications {
+    /// The event of a job that ended; none for one that is only interrupted (it resumes).
+    fn event(&self, result: &Result<RunSummary, RunError>) -> Option<Event> {
+        let (kind, data) = match result {
+            Ok(summary) => {
+                let kind = match summary.status {
+                    JobStatus::Completed | JobStatus::AlreadyComplete => "batch.completed",
+                    JobStatus::Expired => "batch.expired",
+                    JobStatus::Cancelled => "batch.cancelled",
+                    JobStatus::Interrupted => return None,
+                };
+                let summary = serde_json::to_value(summary).unwrap_or_default();
+                (
+                    kind,
+                    serde_json::json!({"id": self.output, "summary": summary}),
+                )
+            }
+            Err(e) if e.is_resumable() => return None,
+            Err(e) => (
+                "batch.failed",
+                serde_json::json!({"id": self.output, "error": e.to_string()}),
+            ),
+        };
+        Some(Event::new(
+            batch_job::new_event_id(),
+            kind,
+            batch_job::unix_now(),
+            data,
+        ))
+    }
+
+    async fn send(&self, result: &Result<RunSummary, RunError>) {
+        if self.urls.is_empty() {
+            return;
+        }
+        if let Some(event) = self.event(result) {
+            batch_job::notify(&self.urls, self.secret.as_ref(), &event).await;
+        }
+    }
+}
+
 pub fn run(args: RunArgs) -> Exit {
+    let notifications = Notifications {
+        urls: args.notify_url.clone(),
+        secret: args.notify_secret.clone(),
+        output: args.output.clone(),
+    };
     let print_launch = args.print_launch;
     let summary_json = args.summary_json.clone();
     let on_signal = if args.cancel_on_signal {
@@ -58,6 +112,7 @@ pub fn run(args: RunArgs) -> Exit {
             let watcher = tokio::spawn(watch_signals(stop.clone(), on_signal, grace));
             let result = batch_job::run(options, stop).await;
             watcher.abort();
+            notifications.send(&result).await;
             result
         });
         // A validation stopped by a signal may still be blocked on a read that never returns

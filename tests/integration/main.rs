@@ -15,3 +15,4 @@ mod run;
 mod service;
 mod sim_engine;
 mod validate;
+mod webhooks;

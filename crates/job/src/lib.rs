@@ -14,7 +14,9 @@
 //!   final files of a job that cannot run any more (`salvage`), remote inputs and results;
 //! - [`report`]: metrics, progress, the summary, a job's status read from its state directory;
 //! - [`run`]: wires the stages together, and ends a job early (`stop`, `deadline`);
-//! - [`launch`]: starting, guarding and restarting an engine for the job.
+//! - [`launch`]: starting, guarding and restarting an engine for the job;
+//! - [`notify`]: webhooks, signed as OpenAI signs them (`run --notify-url`, the service's
+//!   outbox).
 //!
 //! The modules are private: what the command line, the service and the fuzz targets use is
 //! re-exported below, by stage.
@@ -25,6 +27,7 @@ mod duration;
 mod extsort;
 mod input;
 mod launch;
+mod notify;
 mod output;
 mod report;
 mod run;
@@ -40,6 +43,10 @@ pub use input::{Recording, Verified};
 pub use launch::LaunchSpec;
 pub use launch::guard::{GuardOptions, run_guard};
 pub use launch::preset::Preset;
+pub use notify::{
+    Attempt, Event, Secret, SecretError, backoff, client as send_event_client, new_event_id,
+    notify, send as send_event, unix_now,
+};
 pub use output::finalize::{Destination, Order};
 pub use output::remote::{FINAL_DIR, Remote, UPLOADS, has_pending, upload_pending};
 pub use output::retry_failed::Previous;

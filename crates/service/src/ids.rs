@@ -21,6 +21,11 @@ pub fn batch_id() -> String {
     format!("batch_{}", sortable())
 }
 
+/// A new `evt_…` id for one webhook event.
+pub fn event_id() -> String {
+    format!("evt_{}", sortable())
+}
+
 /// A new `req_…` id for one API request.
 pub fn request_id() -> String {
     format!("req_{}", sortable())

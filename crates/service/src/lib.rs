@@ -15,6 +15,7 @@ pub mod settings;
 pub mod status;
 pub mod store;
 pub mod sweeper;
+pub mod webhooks;
 pub mod window;
 pub mod worker;
 
@@ -41,6 +42,8 @@ pub struct ServeConfig {
     pub sweep_every: Duration,
     /// Connection cap and timeouts of the HTTP server.
     pub limits: http_server::Limits,
+    /// Where batch events are sent (see [`webhooks`]).
+    pub webhooks: webhooks::WebhookConfig,
 }
 
 /// The database, storage, engines and workers of a `serve` or a `worker-pool`.
@@ -62,6 +65,8 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Storage(String),
+    #[error("{0}")]
+    Webhooks(String),
 }
 
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -122,6 +127,15 @@ pub async fn serve(
         }
         .logs(),
     ));
+    let endpoints = webhooks::Endpoints::load(config.webhooks).map_err(ServeError::Webhooks)?;
+    let webhook_counters = Arc::new(webhooks::deliver::Counters::default());
+    let deliverer = tokio::spawn(webhooks::deliver::run(
+        store.clone(),
+        endpoints.clone(),
+        webhook_counters.clone(),
+        stop.subscribe(),
+    ));
+    let reloader = tokio::spawn(reload_on_sighup(endpoints.clone()));
     let state = AppState {
         store,
         blobs,
@@ -132,12 +146,16 @@ pub async fn serve(
             root: config.exec.data_dir,
         }
         .work(),
+        endpoints,
+        webhook_counters,
     };
     let served = http_server::serve(listener, api::router(state), config.limits, shutdown)
         .await
         .map_err(io("the HTTP server failed"));
     sweeper.abort();
+    reloader.abort();
     let _ = stop.send(true);
+    let _ = deliverer.await;
     if let Some(task) = scheduler {
         let _ = task.await;
     }
@@ -166,4 +184,16 @@ pub async fn run_pool(
         let _ = task.await;
     }
     Ok(())
+}
+
+/// Reads the webhook endpoints again on each SIGHUP.
+async fn reload_on_sighup(endpoints: webhooks::Endpoints) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the webhook file is read only at start");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        endpoints.reload();
+    }
 }

@@ -108,6 +108,45 @@ pub struct BatchProgress {
     pub worker_restarts: u64,
     /// Where the results so far can be read while the batch runs.
     pub partial_results_path: Option<String>,
+    /// The batch's own webhook URL, when its create request named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_url: Option<String>,
+    /// The delivery of the webhook event of a batch that ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookDelivery>,
+}
+
+/// Where the webhook event of an ended batch stands.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookDelivery {
+    /// The event's id (`evt_…`), also its `webhook-id` header.
+    pub event_id: String,
+    /// `pending`, `delivered`, `failed` (given up after a day of retries, or a refused URL) or
+    /// `no_endpoint` (nowhere to send it).
+    pub state: String,
+    pub attempts: i64,
+    /// Unix seconds.
+    pub last_attempt_at: Option<i64>,
+    /// The receiver's last HTTP status.
+    pub last_status: Option<i64>,
+    pub last_error: Option<String>,
+    /// Unix seconds.
+    pub next_attempt_at: Option<i64>,
+}
+
+impl From<&crate::store::WebhookEvent> for WebhookDelivery {
+    fn from(e: &crate::store::WebhookEvent) -> Self {
+        Self {
+            event_id: e.id.clone(),
+            state: e.state.clone(),
+            attempts: e.attempts,
+            last_attempt_at: e.last_attempt_at.map(|ms| ms / 1000),
+            last_status: e.last_status,
+            last_error: e.last_error.clone(),
+            next_attempt_at: (e.state == "pending" && e.next_attempt_at > 0)
+                .then_some(e.next_attempt_at / 1000),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -152,6 +191,7 @@ impl From<&BatchRow> for Batch {
             .and_then(|p| serde_json::from_str(p).ok())
             .unwrap_or_default();
         progress.worker_restarts = b.crashes.max(0) as u64;
+        progress.webhook_url = b.webhook_url.clone();
         if matches!(
             b.status,
             BatchStatus::InProgress | BatchStatus::Finalizing | BatchStatus::Cancelling

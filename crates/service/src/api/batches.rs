@@ -16,8 +16,9 @@ use super::range::serve_prefix;
 use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::ids;
-use crate::model::{Batch, List};
+use crate::model::{Batch, List, WebhookDelivery};
 use crate::store::{BatchRow, BatchStatus, now_secs};
+use crate::webhooks::target;
 use crate::window::parse_window;
 
 /// OpenAI's metadata limits.
@@ -40,6 +41,16 @@ pub struct CreateBatch {
     metadata: Option<serde_json::Value>,
     #[serde(default)]
     output_expires_after: Option<ExpiresAfter>,
+    /// batch-runner's extension: `{"webhook_url": "https://…"}` sends this batch's event there
+    /// (signed with its owner's secret) instead of to the owner's endpoint.
+    #[serde(default)]
+    x_batch_runner: Option<CreateExtension>,
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct CreateExtension {
+    #[serde(default)]
+    webhook_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -102,6 +113,18 @@ fn parse_create(body: &[u8]) -> Result<CreateBatch, ApiError> {
                 "'output_expires_after' must be {\"anchor\": \"created_at\", \"seconds\": N}",
             )
             .param("output_expires_after"));
+        }
+    }
+    if let Some(x) = object.get("x_batch_runner").filter(|x| !x.is_null()) {
+        let good = x.as_object().is_some_and(|x| {
+            x.get("webhook_url")
+                .is_none_or(|u| u.is_string() || u.is_null())
+        });
+        if !good {
+            return Err(ApiError::invalid(
+                "'x_batch_runner' must be an object such as {\"webhook_url\": \"https://…\"}",
+            )
+            .param("x_batch_runner"));
         }
     }
     serde_json::from_value(value).map_err(|e| ApiError::invalid(format!("Invalid body: {e}")))
@@ -176,6 +199,10 @@ pub async fn create(
         Ok(head) => first_model(&head),
         Err(e) => return Err(ApiError::internal("cannot read the input file", e)),
     };
+    let webhook_url = match request.x_batch_runner.and_then(|x| x.webhook_url) {
+        Some(url) => Some(check_webhook_url(&app, &owner, &url).await?),
+        None => None,
+    };
     let created_at = now_secs();
     let row = BatchRow {
         id: ids::batch_id(),
@@ -190,11 +217,30 @@ pub async fn create(
         metadata: metadata.map(|m| serde_json::Value::from(m).to_string()),
         output_expires_seconds,
         model,
+        webhook_url,
         ..BatchRow::default()
     };
     app.store.insert_batch(&row).await?;
     app.wake.notify_one();
     Ok(Json(Batch::from(&row)))
+}
+
+/// A batch's own webhook URL: one the service may send to, for an owner with a secret to sign
+/// with.
+async fn check_webhook_url(app: &AppState, owner: &Owner, url: &str) -> Result<String, ApiError> {
+    const PARAM: &str = "x_batch_runner.webhook_url";
+    if app.endpoints.of(&owner.0).is_none() {
+        return Err(ApiError::invalid(
+            "This key's owner has no webhook secret to sign events with; ask the operator to \
+             add the owner to the service's --webhook-file",
+        )
+        .param(PARAM));
+    }
+    let parsed = target::parse(url).map_err(|m| ApiError::invalid(m).param(PARAM))?;
+    target::resolve(&parsed, app.endpoints.allow_private())
+        .await
+        .map_err(|m| ApiError::invalid(m).param(PARAM))?;
+    Ok(parsed.to_string())
 }
 
 /// The `body.model` of the first line that has one, within the bytes given.
@@ -285,7 +331,11 @@ pub async fn retrieve(
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Json<Batch>, ApiError> {
-    Ok(Json(Batch::from(&owned(&app, &owner, &id).await?)))
+    let mut batch = Batch::from(&owned(&app, &owner, &id).await?);
+    if let Some(event) = app.store.event_of(&id).await? {
+        batch.x_batch_runner.webhook = Some(WebhookDelivery::from(&event));
+    }
+    Ok(Json(batch))
 }
 
 #[utoipa::path(post, path = "/v1/batches/{id}/cancel", tag = "batches", operation_id = "cancelBatch", params(("id" = String, Path, description = "The batch's id (`batch_…`)")),

@@ -61,6 +61,9 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Where workers keep each batch's job state (`WORK_DIR/BATCH_ID/state`).
     pub work_dir: PathBuf,
+    /// Each owner's webhook endpoint (a batch's own URL is signed with its owner's secret).
+    pub endpoints: crate::webhooks::Endpoints,
+    pub webhook_counters: Arc<crate::webhooks::deliver::Counters>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -1,6 +1,7 @@
 //! `/health`, `/metrics` (Prometheus text) and `/openapi.json` (generated from the handlers).
 
 use std::fmt::Write;
+use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::extract::State;
@@ -100,5 +101,36 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
          batch_runner_engine_latency_seconds_sum {sum}\n\
          batch_runner_engine_latency_seconds_count {count}"
     );
+    webhook_metrics(&app, &mut out).await?;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// The outbox by state (every replica's events), and this process's deliveries.
+async fn webhook_metrics(app: &AppState, out: &mut String) -> Result<(), ApiError> {
+    let _ = writeln!(
+        out,
+        "# HELP batch_runner_webhook_events Webhook events by delivery state.\n\
+         # TYPE batch_runner_webhook_events gauge"
+    );
+    let counts = app.store.event_counts().await?;
+    for state in ["pending", "delivered", "failed", "no_endpoint"] {
+        let n = counts
+            .iter()
+            .find(|(s, _)| s == state)
+            .map_or(0, |(_, n)| *n);
+        let _ = writeln!(out, "batch_runner_webhook_events{{state=\"{state}\"}} {n}");
+    }
+    let c = &app.webhook_counters;
+    let _ = writeln!(
+        out,
+        "# HELP batch_runner_webhook_deliveries_total Webhook delivery attempts of this process \
+         by result.\n# TYPE batch_runner_webhook_deliveries_total counter\n\
+         batch_runner_webhook_deliveries_total{{result=\"delivered\"}} {}\n\
+         batch_runner_webhook_deliveries_total{{result=\"failed\"}} {}\n\
+         batch_runner_webhook_deliveries_total{{result=\"given_up\"}} {}",
+        c.delivered.load(Ordering::Relaxed),
+        c.failed_attempts.load(Ordering::Relaxed),
+        c.given_up.load(Ordering::Relaxed)
+    );
+    Ok(())
 }

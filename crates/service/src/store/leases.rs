@@ -3,6 +3,7 @@
 //! row and learns it has lost the batch.
 
 use super::files::insert_file;
+use super::webhooks::insert_event;
 use super::*;
 
 impl Store {
@@ -138,8 +139,12 @@ impl Store {
         .bind(errors)
         .execute(&mut *tx)
         .await?;
+        let failed = failed.rows_affected() == 1;
+        if failed {
+            insert_event(&mut *tx, id, BatchStatus::Failed).await?;
+        }
         tx.commit().await?;
-        Ok(failed.rows_affected() == 1)
+        Ok(failed)
     }
 
     // ----- a worker's writes, all fenced -----
@@ -222,17 +227,25 @@ impl Store {
         fence: i64,
         errors: &str,
     ) -> Result<std::result::Result<(), LeaseLost>> {
-        let done = sqlx::query(
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(sql(format!(
             "UPDATE batches SET status = 'failed', failed_at = $3, errors = $4, lease_until = 0 \
-             WHERE id = $1 AND fence = $2",
-        )
+             WHERE id = $1 AND fence = $2 AND status NOT IN {}",
+            BatchStatus::sql_list(&BatchStatus::TERMINAL)
+        )))
         .bind(id)
         .bind(fence)
         .bind(now_secs())
         .bind(errors)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        Ok(fenced(done.rows_affected()))
+        if done.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(Err(LeaseLost));
+        }
+        insert_event(&mut *tx, id, BatchStatus::Failed).await?;
+        tx.commit().await?;
+        Ok(Ok(()))
     }
 
     /// Ends the batch: its result files and terminal status in one transaction, so a worker
@@ -278,6 +291,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(Err(LeaseLost));
         }
+        insert_event(&mut *tx, id, finish.status).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }

@@ -11,6 +11,7 @@ mod batches;
 mod files;
 mod leases;
 mod schema;
+mod webhooks;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -18,6 +19,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 pub use crate::status::{BatchStatus, StatusTimes};
+pub use webhooks::{RETRY_FOR_MS, Recorded, WebhookEvent};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -88,6 +90,8 @@ pub struct BatchRow {
     pub fence: i64,
     pub crashes: i64,
     pub last_error: Option<String>,
+    /// The batch's own webhook URL (an extension of the create request).
+    pub webhook_url: Option<String>,
 }
 
 impl BatchRow {
@@ -127,7 +131,7 @@ const BATCH_COLUMNS: &str = "id, owner, endpoint, input_file_id, input_blob, com
     status, created_at, expires_at, in_progress_at, finalizing_at, completed_at, failed_at, \
     expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, total, completed, \
     failed, input_tokens, cached_tokens, output_tokens, reasoning_tokens, model, metadata, errors, \
-    output_expires_seconds, progress, fence, crashes, last_error";
+    output_expires_seconds, progress, fence, crashes, last_error, webhook_url";
 
 /// Builds a statement from pieces known when the program is compiled (column lists, fixed
 /// clauses); never from request data, which is always bound.

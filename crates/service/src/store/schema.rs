@@ -2,10 +2,11 @@
 //! SQLite and PostgreSQL read alike (TEXT, BIGINT, `$N` parameters), so one store serves both.
 
 /// `(version, statements)`; a version is applied in one transaction and recorded.
-pub const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        "CREATE TABLE files (
+pub const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            "CREATE TABLE files (
             id TEXT PRIMARY KEY,
             owner TEXT NOT NULL,
             filename TEXT NOT NULL,
@@ -17,8 +18,8 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             deleted BIGINT NOT NULL DEFAULT 0,
             blob TEXT NOT NULL
         )",
-        "CREATE INDEX files_by_owner ON files (owner, id)",
-        "CREATE TABLE batches (
+            "CREATE INDEX files_by_owner ON files (owner, id)",
+            "CREATE TABLE batches (
             id TEXT PRIMARY KEY,
             owner TEXT NOT NULL,
             endpoint TEXT NOT NULL,
@@ -57,7 +58,39 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[(
             crashes BIGINT NOT NULL DEFAULT 0,
             last_error TEXT
         )",
-        "CREATE INDEX batches_by_owner ON batches (owner, id)",
-        "CREATE INDEX batches_by_status ON batches (status, lease_until)",
-    ],
-)];
+            "CREATE INDEX batches_by_owner ON batches (owner, id)",
+            "CREATE INDEX batches_by_status ON batches (status, lease_until)",
+        ],
+    ),
+    (
+        2,
+        &[
+            // A batch's own webhook URL (the extension field of its create request).
+            "ALTER TABLE batches ADD COLUMN webhook_url TEXT",
+            // The outbox: one event per batch that ended, written in the transaction that ends it,
+            // delivered by whichever replica claims it (the same lease and fence as batches).
+            "CREATE TABLE webhook_events (
+            id TEXT PRIMARY KEY,
+            batch_id TEXT NOT NULL,
+            owner TEXT NOT NULL,
+            type TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            -- The batch's own URL; none: the owner's endpoint.
+            url TEXT,
+            -- pending, delivered, failed (retried until retry_until), no_endpoint
+            state TEXT NOT NULL DEFAULT 'pending',
+            attempts BIGINT NOT NULL DEFAULT 0,
+            next_attempt_at BIGINT NOT NULL DEFAULT 0,
+            retry_until BIGINT NOT NULL,
+            lease_until BIGINT NOT NULL DEFAULT 0,
+            fence BIGINT NOT NULL DEFAULT 0,
+            last_attempt_at BIGINT,
+            last_status BIGINT,
+            last_error TEXT,
+            delivered_at BIGINT
+        )",
+            "CREATE INDEX webhook_events_due ON webhook_events (state, next_attempt_at)",
+            "CREATE INDEX webhook_events_by_batch ON webhook_events (batch_id)",
+        ],
+    ),
+];

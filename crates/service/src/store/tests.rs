@@ -336,6 +336,118 @@ pub async fn cancel_moves_only_running_batches(store: &Store) {
     );
 }
 
+/// Ending a batch writes exactly one event in the same transaction; two replicas claiming at
+/// once never both get an event; a result recorded under a stale fence is refused.
+pub async fn events_are_written_with_the_end_and_claimed_once(store: &Store) {
+    store
+        .insert_batch(&batch("batch_ev", "file-in"))
+        .await
+        .expect("batch");
+    let fence = store
+        .claim("batch_ev", 0, "w1", Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("claimed");
+    assert!(store.event_of("batch_ev").await.expect("event").is_none());
+    let finish = Finish {
+        total: Some(1),
+        status: BatchStatus::Completed,
+        counts: Counts::default(),
+        progress: "{}".into(),
+        output: None,
+        errors: None,
+    };
+    assert_eq!(
+        store
+            .finish("batch_ev", fence, &finish)
+            .await
+            .expect("finish"),
+        Ok(())
+    );
+    // A second finish (a stale worker) neither ends the batch again nor adds an event.
+    assert_eq!(
+        store
+            .finish("batch_ev", fence - 1, &finish)
+            .await
+            .expect("finish"),
+        Err(LeaseLost)
+    );
+    let event = store
+        .event_of("batch_ev")
+        .await
+        .expect("event")
+        .expect("one event");
+    assert_eq!(
+        (event.kind.as_str(), event.state.as_str()),
+        ("batch.completed", "pending")
+    );
+    assert!(event.id.starts_with("evt_"));
+
+    let now = now_ms();
+    let (a, b) = tokio::join!(
+        store.claim_events(now, 60_000, 100),
+        store.claim_events(now, 60_000, 100)
+    );
+    let (a, b) = (a.expect("claim a"), b.expect("claim b"));
+    let mine = |v: &[WebhookEvent]| v.iter().filter(|e| e.batch_id == "batch_ev").count();
+    assert_eq!(
+        mine(&a) + mine(&b),
+        1,
+        "exactly one replica holds the event"
+    );
+    let held = a
+        .iter()
+        .chain(&b)
+        .find(|e| e.batch_id == "batch_ev")
+        .expect("held")
+        .clone();
+    // Held: nobody else gets it until the lease ends.
+    assert_eq!(
+        mine(&store.claim_events(now, 60_000, 100).await.expect("claim")),
+        0
+    );
+    let retry = Recorded::Retry {
+        status: Some(500),
+        error: "answered 500".into(),
+        next_attempt_at: now + 1,
+    };
+    assert!(
+        !store
+            .record_attempt(&held.id, held.fence - 1, &retry)
+            .await
+            .expect("stale")
+    );
+    assert!(
+        store
+            .record_attempt(&held.id, held.fence, &retry)
+            .await
+            .expect("record")
+    );
+    let again = store
+        .claim_events(now + 2, 60_000, 100)
+        .await
+        .expect("claim");
+    let again = again.iter().find(|e| e.id == held.id).expect("due again");
+    assert_eq!((again.attempts, again.last_status), (1, Some(500)));
+    let delivered = Recorded::Delivered { status: 204 };
+    assert!(
+        store
+            .record_attempt(&again.id, again.fence, &delivered)
+            .await
+            .expect("record")
+    );
+    let done = store
+        .event_of("batch_ev")
+        .await
+        .expect("event")
+        .expect("event");
+    assert_eq!((done.state.as_str(), done.attempts), ("delivered", 2));
+    assert_eq!(
+        store.resend_events(Some(&done.id)).await.expect("resend"),
+        0
+    );
+}
+
 #[tokio::test]
 async fn sqlite_passes_the_store_suite() {
     let (_dir, store) = sqlite().await;
@@ -344,6 +456,7 @@ async fn sqlite_passes_the_store_suite() {
     crashes_fail_a_batch_after_the_limit(&store).await;
     cancel_moves_only_running_batches(&store).await;
     pools_claim_only_their_models(&store).await;
+    events_are_written_with_the_end_and_claimed_once(&store).await;
 }
 
 /// The PostgreSQL the machine runs (`BATCH_RUNNER_TEST_POSTGRES`, default the local `test`
@@ -377,6 +490,7 @@ async fn postgres_passes_the_store_suite() {
     crashes_fail_a_batch_after_the_limit(&store).await;
     cancel_moves_only_running_batches(&store).await;
     pools_claim_only_their_models(&store).await;
+    events_are_written_with_the_end_and_claimed_once(&store).await;
     sqlx::query(sql(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&store.pool)
         .await

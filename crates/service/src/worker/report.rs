@@ -115,11 +115,12 @@ fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts
         eta_seconds: (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64),
         latency_count,
         latency_sum_seconds: latency_sum,
-        worker_restarts: 0,
-        partial_results_path: None,
+        // Set when the batch is read: restarts, paths and the webhook come from its row.
+        ..BatchProgress::default()
     };
     (counts, progress)
 }
+
 /// The progress an earlier worker of the batch last reported (default: none).
 pub(super) fn earlier_progress(batch: &BatchRow) -> BatchProgress {
     batch
