@@ -236,12 +236,20 @@ class Check:
         out = self.path("tp-out.jsonl")
         clean(out)
         summary = self.path("tp-summary.json")
+        engine_cpu = cpu_seconds(self.engine.pid) if self.engine else None
+        runner_cpu = children_cpu_seconds()
         rc, err, secs = self.runner("run", self.path("chat.jsonl"), "--output", out, "--engine-url", self.engine_url,
                                     "--progress", "off", "--summary-json", summary, *extra)
         s = load_json(summary) or {}
         if rc != 0 or s.get("succeeded") != self.args.requests:
             raise RuntimeError(f"run {extra} exit {rc}, summary {s}: {err}")
+        # Where the time goes: CPU seconds per wall second of the engine's process (its HTTP
+        # layer and scheduler are Python: near 1.0 means one core is saturated) and of the runner.
+        engine_load = (round((cpu_seconds(self.engine.pid) - engine_cpu) / secs, 2)
+                       if engine_cpu is not None else None)
         return {"requests_per_second": round(self.args.requests / secs, 2), "wall_seconds": secs,
+                "engine_cpu_per_second": engine_load,
+                "runner_cpu_per_second": round((children_cpu_seconds() - runner_cpu) / secs, 2),
                 "summary_requests_per_second": s.get("requests_per_second"),
                 "output_tokens": s.get("usage", {}).get("output_tokens"), "retries": s.get("retries"),
                 "adaptive_log": [l[-160:] for l in err.splitlines() if "adaptive limit" in l][:5]}
@@ -372,6 +380,7 @@ class Check:
         if self.args.engine != "transformers":
             return "skipped: needs the GPU"
         rows = {"offline": [], "run fixed 1024": [], "run adaptive max 1024": []}
+        loads = {}
 
         def offline():
             p = subprocess.run([sys.executable, os.path.join(HERE, "offline.py"), MODEL, self.path("chat.jsonl")],
@@ -386,7 +395,10 @@ class Check:
                 self.timed_run(["--max-concurrency", "256"])  # warm-up, not timed
                 for name, how in (("run fixed 1024", ["--max-concurrency", "1024"]),
                                   ("run adaptive max 1024", ["--concurrency", "adaptive", "--max-concurrency", "1024"])):
-                    rows[name].append(self.timed_run(how)["requests_per_second"])
+                    run = self.timed_run(how)
+                    rows[name].append(run["requests_per_second"])
+                    loads.setdefault(name, []).append(
+                        {k: run[k] for k in ("engine_cpu_per_second", "runner_cpu_per_second")})
             finally:
                 self.stop_engine()
 
@@ -394,7 +406,7 @@ class Check:
             for part in (offline, served) if round_no % 2 == 0 else (served, offline):
                 part()
         median = {name: statistics.median(v) for name, v in rows.items()}
-        return {"rounds": rows, "median_requests_per_second": median,
+        return {"rounds": rows, "cpu": loads, "median_requests_per_second": median,
                 "per_round_fixed_over_offline": [ratio(a, b) for a, b in zip(rows["run fixed 1024"], rows["offline"])],
                 "fixed_over_offline_medians": ratio(median["run fixed 1024"], median["offline"]),
                 "adaptive_over_offline_medians": ratio(median["run adaptive max 1024"], median["offline"])}
@@ -533,6 +545,22 @@ def tail(path, n=1500):
             return f.read()[-n:]
     except OSError:
         return ""
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process so far (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def children_cpu_seconds():
+    import resource
+    u = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return u.ru_utime + u.ru_stime
 
 
 def ratio(a, b):
