@@ -55,22 +55,30 @@ pub async fn run(
         breakers: Mutex::new(HashMap::new()),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut busy = false;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return,
+        // After a full round more are due: the next round starts at once.
+        if !busy {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+        } else if *stop.borrow() {
+            return;
         }
-        let due = match deliverer
+        let claimed = deliverer
             .store
             .claim_events(now_ms(), LEASE_MS, PER_ROUND)
-            .await
-        {
+            .await;
+        let due = match claimed {
             Ok(due) => due,
             Err(e) => {
                 tracing::warn!("cannot look for webhook events to deliver: {e}");
+                busy = false;
                 continue;
             }
         };
+        busy = due.len() as i64 == PER_ROUND;
         let rounds = due.iter().map(|event| deliverer.deliver(event));
         futures_util::future::join_all(rounds).await;
     }
