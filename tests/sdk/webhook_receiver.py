@@ -69,7 +69,11 @@ def main():
         def log_message(self, *_):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    class Server(http.server.ThreadingHTTPServer):
+        # Many deliveries connect at once; the default backlog of 5 would drop their SYNs.
+        request_queue_size = 256
+
+    server = Server(("127.0.0.1", args.port), Handler)
     print(f"listening on {server.server_address[1]}", flush=True)
     server.serve_forever()
 

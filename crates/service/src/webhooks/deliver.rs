@@ -5,19 +5,22 @@
 //! that keeps failing: after five failures in a row its events wait a minute untried.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use batch_job::{Attempt, Event};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tracing::Instrument;
 
 use super::{Endpoints, target};
 use crate::store::{Recorded, Store, WebhookEvent, now_ms};
 
-/// How long a claim lasts: longer than an attempt takes (10 s) with room to record it.
-const LEASE_MS: i64 = 60_000;
+/// How long a claim lasts: longer than a round can take (its events queue for their endpoint
+/// in waves of [`PER_ENDPOINT`], each attempt at most [`ATTEMPT_TIMEOUT`]).
+const LEASE_MS: i64 = 120_000;
+/// Deliveries in flight to one URL at once: a receiver is not flooded by a burst of events.
+const PER_ENDPOINT: usize = 16;
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Events claimed per round; they are sent concurrently.
 const PER_ROUND: i64 = 64;
@@ -37,7 +40,7 @@ pub struct Counters {
 pub async fn run(
     store: Store,
     endpoints: Endpoints,
-    counters: std::sync::Arc<Counters>,
+    counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
 ) {
     let client = match batch_job::send_event_client(ATTEMPT_TIMEOUT) {
@@ -53,6 +56,7 @@ pub async fn run(
         client,
         counters,
         breakers: Mutex::new(HashMap::new()),
+        in_flight: Mutex::new(HashMap::new()),
     };
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut busy = false;
@@ -88,9 +92,11 @@ struct Deliverer {
     store: Store,
     endpoints: Endpoints,
     client: reqwest::Client,
-    counters: std::sync::Arc<Counters>,
+    counters: Arc<Counters>,
     /// Per URL: failures in a row, and until when it is skipped.
     breakers: Mutex<HashMap<String, (u32, Option<Instant>)>>,
+    /// Per URL: room for [`PER_ENDPOINT`] deliveries at once.
+    in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl Deliverer {
@@ -165,6 +171,13 @@ impl Deliverer {
                 error,
             };
         }
+        let room = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            let room = in_flight.entry(url.clone());
+            room.or_insert_with(|| Arc::new(Semaphore::new(PER_ENDPOINT)))
+                .clone()
+        };
+        let _slot = room.acquire_owned().await;
         let body = Event::new(
             event.id.clone(),
             &event.kind,
