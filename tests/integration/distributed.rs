@@ -299,3 +299,48 @@ fn each_pool_runs_only_the_models_its_engines_serve() {
     assert_eq!(beta.metric("sglang:num_requests_total"), 50.0);
     drop(pools);
 }
+
+/// Two replicas deliver webhooks from one PostgreSQL outbox: each event reaches the receiver
+/// once, whichever replica claims it.
+#[test]
+fn two_replicas_deliver_each_webhook_event_once() {
+    use crate::webhooks::{Receiver, SECRET};
+    let cluster = Cluster::start();
+    let receiver = Receiver::start(cluster.dir.path(), 0, 0);
+    let hooks = cluster.dir.path().join("hooks");
+    std::fs::write(&hooks, format!("a {} {SECRET}\n", receiver.url())).expect("write");
+    let sim = Sim::start(&["--ttft-ms", "1", "--ms-per-token", "0"]);
+    let hooks = hooks.to_str().expect("utf-8");
+    let replica = |name: &str| {
+        let mut extra = one_engine(&sim).to_vec();
+        extra.extend_from_slice(&[
+            "--webhook-file",
+            hooks,
+            "--webhook-allow-private",
+            "--max-concurrent-batches",
+            "4",
+        ]);
+        let flags = cluster.flags(&extra);
+        Service::start_with(&cluster.data_dir(name), &refs(&flags), &cluster.moto.env())
+    };
+    let (a, b) = (replica("a"), replica("b"));
+    let file = a.upload("in.jsonl", &jsonl(&numbered_lines("w-", 2)));
+    let ids: Vec<String> = (0..30)
+        .map(|i| [&a, &b][i % 2].create_batch(&file, "24h"))
+        .collect();
+    for id in &ids {
+        a.wait_status(id, &["completed"], LONG);
+    }
+    let got = receiver.wait_verified(ids.len());
+    // Time for a second delivery of any event to show up, had there been one.
+    std::thread::sleep(Duration::from_secs(3));
+    let got_after = receiver.wait_verified(got.len());
+    let mut delivered: Vec<String> = got_after
+        .iter()
+        .map(|e| e["data"]["id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    delivered.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(delivered, want, "each batch's event exactly once");
+}

@@ -13,7 +13,7 @@ use crate::common::service::Service;
 use crate::common::{Sim, chat_line, jsonl, numbered_lines, run_cmd, wait_for};
 
 const LONG: Duration = Duration::from_secs(120);
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn python() -> String {
     std::env::var("BATCH_RUNNER_TEST_PYTHON").unwrap_or_else(|_| {
@@ -22,7 +22,7 @@ fn python() -> String {
 }
 
 /// The SDK receiver, killed when dropped.
-struct Receiver {
+pub struct Receiver {
     child: Child,
     port: u16,
     out: PathBuf,
@@ -30,7 +30,7 @@ struct Receiver {
 
 impl Receiver {
     /// `port` 0 picks a free one; the first `fail` deliveries are answered 500.
-    fn start(dir: &Path, port: u16, fail: u32) -> Receiver {
+    pub fn start(dir: &Path, port: u16, fail: u32) -> Receiver {
         let out = dir.join(format!("received-{port}-{fail}.jsonl"));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/webhook_receiver.py");
         let mut child = Command::new(python())
@@ -53,7 +53,7 @@ impl Receiver {
         Receiver { child, port, out }
     }
 
-    fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}/hook", self.port)
     }
 
@@ -66,7 +66,7 @@ impl Receiver {
     }
 
     /// The verified deliveries, once `n` have come.
-    fn wait_verified(&self, n: usize) -> Vec<Value> {
+    pub fn wait_verified(&self, n: usize) -> Vec<Value> {
         wait_for(LONG, || {
             let got: Vec<Value> = self
                 .entries()
