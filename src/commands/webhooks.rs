@@ -40,15 +40,15 @@ pub fn run(args: WebhooksArgs) -> Exit {
                         .map_err(|e| e.to_string())?;
                     eprintln!("{n} events will be sent again");
                     if n == 0 && event.is_some() {
-                        return Err(
+                        tracing::error!(
                             "no such event given up or without an endpoint (list them with \
                              `webhooks list --state failed`)"
-                                .to_owned(),
                         );
+                        return Ok(Exit::Invalid);
                     }
                 }
             }
-            Ok::<(), String>(())
+            Ok::<Exit, String>(Exit::Success)
         })
     });
     match done {
@@ -57,6 +57,6 @@ pub fn run(args: WebhooksArgs) -> Exit {
             tracing::error!("{e}");
             Exit::Runtime
         }
-        Ok(Ok(())) => Exit::Success,
+        Ok(Ok(exit)) => exit,
     }
 }

@@ -31,7 +31,9 @@ pub struct Receiver {
 impl Receiver {
     /// `port` 0 picks a free one; the first `fail` deliveries are answered 500.
     pub fn start(dir: &Path, port: u16, fail: u32) -> Receiver {
-        let out = dir.join(format!("received-{port}-{fail}.jsonl"));
+        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = dir.join(format!("received-{n}.jsonl"));
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/webhook_receiver.py");
         let mut child = Command::new(python())
             .arg(script)
@@ -364,4 +366,86 @@ fn run_notifies_when_the_job_ends() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot notify"), "{err}");
+}
+
+#[test]
+fn the_operator_lists_resends_and_reloads_endpoints() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start(dir.path(), 0, 0);
+    let hooks = webhook_file(dir.path(), &receiver.url());
+    let sim = Sim::start(&["--ttft-ms", "1", "--ms-per-token", "0"]);
+    let data = dir.path().join("data");
+    let hooks_flag = hooks.to_str().expect("utf-8").to_owned();
+    let strict = [
+        "--engine-url",
+        &sim.url,
+        "--webhook-file",
+        &hooks_flag,
+        "--webhook-first-retry",
+        "200ms",
+    ];
+    // Without --webhook-allow-private the loopback receiver is refused: the event is given up
+    // at once, saying why.
+    let mut service = Service::start(&data, &strict);
+    let first = service.submit("f-", 1);
+    let b = wait_for(LONG, || {
+        let b = service.batch(&first);
+        (b["x_batch_runner"]["webhook"]["state"] == "failed").then_some(b)
+    });
+    let error = b["x_batch_runner"]["webhook"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("--webhook-allow-private"), "{b}");
+    let event = b["x_batch_runner"]["webhook"]["event_id"]
+        .as_str()
+        .expect("event id")
+        .to_owned();
+    let webhooks = |args: &[&str]| {
+        let mut all = vec!["webhooks", "--data-dir", data.to_str().expect("utf-8")];
+        all.extend_from_slice(args);
+        run_cmd(&all)
+    };
+    let listed = webhooks(&["list", "--state", "failed"]);
+    assert!(listed.status.success());
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(
+        listed.contains(&event) && listed.contains("\"failed\""),
+        "{listed}"
+    );
+
+    // Allowed now: resent, it arrives under the same id.
+    let _ = service.child.kill();
+    let _ = service.child.wait();
+    let mut allowed = strict.to_vec();
+    allowed.push("--webhook-allow-private");
+    service = Service::start(&data, &allowed);
+    let resent = webhooks(&["resend", "--all-failed"]);
+    assert!(
+        resent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resent.stderr)
+    );
+    let got = receiver.wait_verified(1);
+    assert_eq!(got[0]["webhook_id"], event.as_str());
+    assert_eq!(webhooks(&["resend", "evt_nothing"]).status.code(), Some(2));
+
+    // SIGHUP: the file is read again and the next event goes to the new endpoint.
+    let second = Receiver::start(dir.path(), 0, 0);
+    webhook_file(dir.path(), &second.url());
+    let hup = Command::new("kill")
+        .args(["-HUP", &service.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    std::thread::sleep(Duration::from_millis(300));
+    let next = service.submit("s-", 1);
+    let got = second.wait_verified(1);
+    assert_eq!(
+        got[0]["data"]["id"],
+        next.as_str(),
+        "first {first}: {:?} / {:?}",
+        receiver.entries(),
+        second.entries()
+    );
+    assert_eq!(receiver.wait_verified(0).len(), 1);
 }
