@@ -31,6 +31,11 @@ pub struct Receiver {
 impl Receiver {
     /// `port` 0 picks a free one; the first `fail` deliveries are answered 500.
     pub fn start(dir: &Path, port: u16, fail: u32) -> Receiver {
+        Receiver::answering(dir, port, fail, 500)
+    }
+
+    /// [`Receiver::start`], the first `fail` deliveries answered `status`.
+    fn answering(dir: &Path, port: u16, fail: u32, status: u16) -> Receiver {
         static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out = dir.join(format!("received-{n}.jsonl"));
@@ -40,6 +45,7 @@ impl Receiver {
             .args(["--secret", SECRET, "--out"])
             .arg(&out)
             .args(["--port", &port.to_string(), "--fail", &fail.to_string()])
+            .args(["--status", &status.to_string()])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn the receiver");
@@ -320,7 +326,8 @@ fn a_batch_url_is_signed_with_its_owner_secret_and_private_ones_are_refused() {
 #[test]
 fn run_notifies_when_the_job_ends() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let receiver = Receiver::start(dir.path(), 0, 1);
+    // The first attempt is redirected: not followed, tried again.
+    let receiver = Receiver::answering(dir.path(), 0, 1, 302);
     let sim = Sim::start(&["--ttft-ms", "1", "--ms-per-token", "0"]);
     let input = dir.path().join("in.jsonl");
     std::fs::write(&input, jsonl(&numbered_lines("n-", 5))).expect("write");
@@ -346,6 +353,12 @@ fn run_notifies_when_the_job_ends() {
     assert_eq!(got[0]["type"], "batch.completed");
     assert_eq!(got[0]["data"]["summary"]["succeeded"], 5, "{}", got[0]);
     assert_eq!(got[0]["tamper_refused"], true);
+    let entries = receiver.entries();
+    assert!(entries.iter().any(|e| e["refused"] == 302), "{entries:?}");
+    assert!(
+        entries.iter().all(|e| e.get("followed").is_none()),
+        "{entries:?}"
+    );
 
     // A receiver that never answers changes nothing about the job.
     let output = dir.path().join("out2.jsonl");

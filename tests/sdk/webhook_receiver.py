@@ -5,7 +5,8 @@
     webhook_receiver.py --secret whsec_... --out events.jsonl [--port N] [--fail N] [--status 500]
 
 Prints `listening on PORT` once it listens. The first --fail deliveries are answered --status
-(default 500) and recorded as {"refused": STATUS}; later ones are verified: a valid one is
+(default 500; a 3xx names /redirected as its location) and recorded as {"refused": STATUS};
+any request that follows such a redirect is recorded as {"followed": PATH}; later ones are verified: a valid one is
 recorded as {"webhook_id", "type", "data", "id", "tamper_refused"} (the SDK must also refuse
 the same delivery with one byte of its body changed) and answered 200; an invalid one is
 recorded as {"rejected": REASON} and answered 400.
@@ -43,7 +44,8 @@ def main():
                 fail = left["fail"] > 0
                 left["fail"] -= 1 if fail else 0
             if fail:
-                record({"refused": args.status, "webhook_id": headers.get("webhook-id")})
+                record({"refused": args.status, "webhook_id": headers.get("webhook-id"),
+                        "path": self.path})
                 return self.answer(args.status)
             try:
                 event = client.webhooks.unwrap(body, headers)
@@ -61,8 +63,15 @@ def main():
                     "data": raw["data"], "tamper_refused": tamper_refused})
             self.answer(200)
 
+        def do_GET(self):
+            # Only a client that follows a redirect comes here.
+            record({"followed": self.path})
+            self.answer(200)
+
         def answer(self, status):
             self.send_response(status)
+            if 300 <= status < 400:
+                self.send_header("location", "/redirected")
             self.send_header("content-length", "0")
             self.end_headers()
 
