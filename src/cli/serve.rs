@@ -84,9 +84,9 @@ pub struct ServeArgs {
     pub exec: ExecArgs,
 }
 
-/// What `serve` and `worker-pool` share: where the state is, the engines, and how workers run.
+/// Where a service keeps its state: shared by `serve`, `worker-pool` and `webhooks`.
 #[derive(Debug, Args)]
-pub struct ExecArgs {
+pub struct StateArgs {
     /// Where the service keeps its database (SQLite), files and the state of running batches.
     #[arg(
         long,
@@ -100,6 +100,13 @@ pub struct ExecArgs {
     /// several replicas and worker hosts.
     #[arg(long, value_name = "URL", env = "BATCH_RUNNER_DATABASE")]
     pub database: Option<String>,
+}
+
+/// What `serve` and `worker-pool` share: where the state is, the engines, and how workers run.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub state: StateArgs,
 
     /// Keep files and the job states of running batches in object storage
     /// (s3://bucket/prefix) instead of DATA_DIR, so every replica and worker host sees them.
@@ -219,18 +226,8 @@ pub struct WorkerArgs {
 
 #[derive(Debug, Args)]
 pub struct WebhooksArgs {
-    /// The service's data directory.
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "batch-runner-data",
-        env = "BATCH_RUNNER_DATA_DIR"
-    )]
-    pub data_dir: PathBuf,
-
-    /// The service's database [default: sqlite://DATA_DIR/batch-runner.db].
-    #[arg(long, value_name = "URL", env = "BATCH_RUNNER_DATABASE")]
-    pub database: Option<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
 
     #[command(subcommand)]
     pub action: WebhooksAction,

@@ -138,10 +138,11 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             ));
         }
     }
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| format!("cannot create {}: {e}", args.data_dir.display()))?;
-    let data_dir = std::fs::canonicalize(&args.data_dir)
-        .map_err(|e| format!("cannot resolve {}: {e}", args.data_dir.display()))?;
+    let state = &args.state;
+    std::fs::create_dir_all(&state.data_dir)
+        .map_err(|e| format!("cannot create {}: {e}", state.data_dir.display()))?;
+    let data_dir = std::fs::canonicalize(&state.data_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", state.data_dir.display()))?;
     if args.engine_urls.is_empty() && model_engines.is_empty() && args.max_concurrent_batches > 0 {
         tracing::warn!(
             "no --engine-url or --model-engine given: every batch this process runs will fail \
@@ -151,7 +152,7 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
     if let Some(url) = &args.storage_url {
         batch_storage::object::parse(url).map_err(|e| format!("--storage-url: {e}"))?;
     }
-    let database = args
+    let database = state
         .database
         .clone()
         .unwrap_or_else(|| DataDir::default_database(&data_dir));

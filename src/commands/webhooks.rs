@@ -9,9 +9,10 @@ use crate::cli::{WebhooksAction, WebhooksArgs};
 
 pub fn run(args: WebhooksArgs) -> Exit {
     let database = args
+        .state
         .database
         .clone()
-        .unwrap_or_else(|| DataDir::default_database(&args.data_dir));
+        .unwrap_or_else(|| DataDir::default_database(&args.state.data_dir));
     let done = with_runtime(|rt| {
         rt.block_on(async {
             let store = Store::open(&database, false)
