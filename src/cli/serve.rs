@@ -162,6 +162,16 @@ pub struct ExecArgs {
     )]
     pub max_concurrent_batches: usize,
 
+    /// An owner's share of the worker slots, as OWNER=WEIGHT (default 1 each; repeatable):
+    /// each free slot goes to the owner holding the fewest for its weight, and within an owner
+    /// to the batch whose window ends first.
+    #[arg(help_heading = "Workers", long, value_name = "OWNER=WEIGHT", value_parser = owner_weight)]
+    pub owner_weight: Vec<(String, f64)>,
+
+    /// Worker slots one owner may hold at once, across every replica and pool.
+    #[arg(help_heading = "Workers", long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub owner_max_batches: Option<u32>,
+
     /// The command that starts a worker, run with 'sh -c' (start it with 'exec' so that the
     /// service holds the worker, not a shell). Placeholders: {exe} (this program), {data_dir},
     /// {batch}, {fence}. E.g. to run workers in containers: 'exec docker run -i --rm
@@ -255,4 +265,14 @@ pub enum WebhooksAction {
         #[arg(long)]
         all_failed: bool,
     },
+}
+
+fn owner_weight(text: &str) -> Result<(String, f64), String> {
+    let bad = || format!("{text:?}: write OWNER=WEIGHT with a weight above 0, e.g. team-a=2");
+    let (owner, weight) = text.split_once('=').ok_or_else(bad)?;
+    let weight: f64 = weight.trim().parse().map_err(|_| bad())?;
+    if owner.trim().is_empty() || !weight.is_finite() || weight <= 0.0 {
+        return Err(bad());
+    }
+    Ok((owner.trim().to_owned(), weight))
 }

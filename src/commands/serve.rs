@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use batch_service::api::ApiConfig;
 use batch_service::auth::Keys;
+use batch_service::fair_share::Shares;
 use batch_service::http_server::Limits;
 use batch_service::scheduler::SchedulerConfig;
 use batch_service::settings::{WorkerSettings, parse_model_engine};
@@ -191,6 +192,10 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             engine_api_key: args.engine_api_key.clone(),
             stop_grace: args.grace + Duration::from_secs(10),
             only_models: None,
+            shares: Shares {
+                weights: args.owner_weight.iter().cloned().collect(),
+                max_batches: args.owner_max_batches.map(|n| n as usize),
+            },
         },
         data_dir: PathBuf::from(&data_dir),
     })

@@ -12,6 +12,7 @@ mod outage;
 mod profiles;
 mod remote;
 mod run;
+mod scheduling;
 mod service;
 mod sim_engine;
 mod validate;

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod blobs;
 pub mod data_dir;
 pub mod error;
+pub mod fair_share;
 pub mod http_server;
 pub mod ids;
 pub mod model;

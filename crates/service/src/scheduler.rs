@@ -22,6 +22,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::BatchWork;
 use crate::blobs::Blobs;
+use crate::fair_share::{self, Shares, Turns};
 use crate::store::{Store, now_ms};
 
 /// The default worker command. `exec` makes the worker the process this one started (not a
@@ -58,6 +59,8 @@ pub struct SchedulerConfig {
     pub stop_grace: Duration,
     /// Claim only batches of these models (a pool without a default engine); `None`: any.
     pub only_models: Option<Vec<String>>,
+    /// How owners share the worker slots.
+    pub shares: Shares,
 }
 
 struct Running {
@@ -78,6 +81,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut running: HashMap<String, Running> = HashMap::new();
+    let mut turns = Turns::default();
     let mut stranded_check = tokio::time::Instant::now();
     publish_stranded(&store, &blobs, &config).await;
     loop {
@@ -87,7 +91,7 @@ pub async fn run(
         }
         reap(&store, &blobs, &config, &mut running).await;
         poke_cancelled(&store, &mut running).await;
-        claim(&store, &config, &mut running).await;
+        claim(&store, &config, &mut running, &mut turns).await;
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(config.poll) => {}
@@ -207,15 +211,21 @@ async fn poke_cancelled(store: &Store, running: &mut HashMap<String, Running>) {
 
 /// Claims batches while there is room and starts their workers. A cancelled batch does not
 /// wait for room: its worker only writes the cancellation and ends.
-async fn claim(store: &Store, config: &SchedulerConfig, running: &mut HashMap<String, Running>) {
-    claim_from(store, config, running, true).await;
-    claim_from(store, config, running, false).await;
+async fn claim(
+    store: &Store,
+    config: &SchedulerConfig,
+    running: &mut HashMap<String, Running>,
+    turns: &mut Turns,
+) {
+    claim_from(store, config, running, turns, true).await;
+    claim_from(store, config, running, turns, false).await;
 }
 
 async fn claim_from(
     store: &Store,
     config: &SchedulerConfig,
     running: &mut HashMap<String, Running>,
+    turns: &mut Turns,
     cancels_only: bool,
 ) {
     let room = if cancels_only {
@@ -226,56 +236,83 @@ async fn claim_from(
     if room == 0 {
         return;
     }
-    // A worker of ours that froze may have let its lease run out: skip batches we still run.
-    let candidates = match store
-        .claimable(
-            now_ms(),
-            (room + running.len()) as i64,
-            config.only_models.as_deref(),
-            cancels_only,
-        )
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!("cannot look for batches to run: {e}");
-            return;
-        }
-    };
-    for (id, fence) in candidates {
-        if !cancels_only && running.len() >= config.max_concurrent {
-            break;
-        }
-        if running.contains_key(&id) {
-            continue;
-        }
-        let fence = match store.claim(&id, fence, &config.holder, config.lease).await {
-            Ok(Some(f)) => f,
-            Ok(None) => continue, // someone else was quicker
-            Err(e) => {
-                tracing::warn!("cannot claim {id}: {e}");
-                continue;
-            }
-        };
-        match spawn(config, &id, fence) {
-            Ok(worker) => {
-                tracing::info!("batch {id}: worker started (fence {fence})");
-                running.insert(id, worker);
-            }
-            Err(e) => {
-                let message = format!("cannot start the worker command: {e}");
-                tracing::error!("batch {id}: {message}");
-                let cause = "the worker could not be started";
-                let _ = store
-                    .record_crash(&id, fence, config.max_crashes, cause, &message)
-                    .await;
+    match candidates(store, config, turns, running.len() + room, cancels_only).await {
+        Ok(candidates) => {
+            for batch in candidates {
+                if !cancels_only && running.len() >= config.max_concurrent {
+                    break;
+                }
+                // A worker of ours that froze may have let its lease run out: skip batches we
+                // still run.
+                if running.contains_key(&batch.id) {
+                    continue;
+                }
+                if start(store, config, running, &batch.id, batch.fence).await && !cancels_only {
+                    turns.served(&batch.owner);
+                }
             }
         }
+        Err(e) => tracing::warn!("cannot look for batches to run: {e}"),
     }
+}
+
+/// The batches to try, in the order their claims should be tried: a cancel's worker is quick,
+/// so cancels go by deadline alone; the rest as the owners' shares say ([`fair_share`]).
+async fn candidates(
+    store: &Store,
+    config: &SchedulerConfig,
+    turns: &Turns,
+    per_owner: usize,
+    cancels_only: bool,
+) -> Result<Vec<crate::store::Claimable>, crate::store::StoreError> {
+    let now = now_ms();
+    let models = config.only_models.as_deref();
+    let waiting = store
+        .claimable(now, per_owner as i64, models, cancels_only)
+        .await?;
+    if cancels_only {
+        return Ok(waiting);
+    }
+    let held = store.running_by_owner(now).await?;
+    Ok(fair_share::order(waiting, &held, &config.shares, turns))
 }
 
 /// Cancelled batches taken at one pass beyond the running limit.
 const CANCELS_AT_ONCE: usize = 16;
+
+/// Claims one batch and starts its worker; whether it runs now.
+async fn start(
+    store: &Store,
+    config: &SchedulerConfig,
+    running: &mut HashMap<String, Running>,
+    id: &str,
+    fence: i64,
+) -> bool {
+    let fence = match store.claim(id, fence, &config.holder, config.lease).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return false, // someone else was quicker
+        Err(e) => {
+            tracing::warn!("cannot claim {id}: {e}");
+            return false;
+        }
+    };
+    match spawn(config, id, fence) {
+        Ok(worker) => {
+            tracing::info!("batch {id}: worker started (fence {fence})");
+            running.insert(id.to_owned(), worker);
+            true
+        }
+        Err(e) => {
+            let message = format!("cannot start the worker command: {e}");
+            tracing::error!("batch {id}: {message}");
+            let cause = "the worker could not be started";
+            let _ = store
+                .record_crash(id, fence, config.max_crashes, cause, &message)
+                .await;
+            false
+        }
+    }
+}
 
 /// The worker command for one batch, each value quoted for `sh`.
 pub fn command_line(config: &SchedulerConfig, batch: &str, fence: i64) -> String {
@@ -383,6 +420,7 @@ mod tests {
             engine_api_key: None,
             stop_grace: Duration::from_secs(1),
             only_models: None,
+            shares: Shares::default(),
         };
         assert_eq!(
             command_line(&config, "batch_1", 7),

@@ -81,8 +81,13 @@ impl Service {
 
     /// A request as owner A.
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Response {
+        self.call_as(KEY_A, method, path, body)
+    }
+
+    /// A request with the API key `key`.
+    pub fn call_as(&self, key: &str, method: &str, path: &str, body: Option<&Value>) -> Response {
         let body = body.map(|b| b.to_string().into_bytes());
-        let mut headers = vec![format!("Authorization: Bearer {KEY_A}")];
+        let mut headers = vec![format!("Authorization: Bearer {key}")];
         if body.is_some() {
             headers.push("Content-Type: application/json".into());
         }
@@ -97,7 +102,14 @@ impl Service {
 
     /// Uploads `content` as a `purpose=batch` file of owner A; returns its id.
     pub fn upload(&self, name: &str, content: &[u8]) -> String {
-        let r = self.post_file(&[("purpose", None, b"batch"), ("file", Some(name), content)]);
+        self.upload_as(KEY_A, name, content)
+    }
+
+    /// Uploads `content` as a `purpose=batch` file with the API key `key`; returns its id.
+    pub fn upload_as(&self, key: &str, name: &str, content: &[u8]) -> String {
+        let parts: [(&str, Option<&str>, &[u8]); 2] =
+            [("purpose", None, b"batch"), ("file", Some(name), content)];
+        let r = self.post_file_as(key, &parts);
         assert_eq!(r.status, 200, "upload: {}", r.text());
         r.json()["id"].as_str().expect("file id").to_owned()
     }
@@ -105,9 +117,13 @@ impl Service {
     /// POST /v1/files as owner A with these multipart `parts` (name, filename, content), however
     /// wrong they are; the answer as it comes.
     pub fn post_file(&self, parts: &[(&str, Option<&str>, &[u8])]) -> Response {
+        self.post_file_as(KEY_A, parts)
+    }
+
+    fn post_file_as(&self, key: &str, parts: &[(&str, Option<&str>, &[u8])]) -> Response {
         let (content_type, body) = multipart(parts);
         let headers = [
-            format!("Authorization: Bearer {KEY_A}"),
+            format!("Authorization: Bearer {key}"),
             format!("Content-Type: {content_type}"),
         ];
         request(&self.addr, "POST", "/v1/files", &headers, &body)

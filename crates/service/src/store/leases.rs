@@ -4,18 +4,21 @@
 
 use super::files::insert_file;
 use super::webhooks::insert_event;
+use std::collections::HashMap;
+
 use super::*;
 
 impl Store {
-    /// Unfinished batches nobody holds a live lease on, oldest first: `(id, fence)`; with
-    /// `models`, only batches of those models.
+    /// Unfinished batches nobody holds a live lease on: each owner's `per_owner` with the
+    /// earliest deadlines (ties by creation), all in deadline order; with `models`, only
+    /// batches of those models.
     pub async fn claimable(
         &self,
         now_ms: i64,
-        limit: i64,
+        per_owner: i64,
         models: Option<&[String]>,
         cancels_only: bool,
-    ) -> Result<Vec<(String, i64)>> {
+    ) -> Result<Vec<Claimable>> {
         let statuses = if cancels_only {
             BatchStatus::sql_list(&[BatchStatus::Cancelling])
         } else {
@@ -30,18 +33,33 @@ impl Store {
                 format!(" AND model IN ({})", params.join(", "))
             }
         };
-        let mut query = sqlx::query(sql(format!(
-            "SELECT id, fence FROM batches WHERE status IN {statuses} AND lease_until < $1\
-             {filter} ORDER BY id LIMIT $2"
+        let mut query = sqlx::query_as::<_, Claimable>(sql(format!(
+            "SELECT id, fence, owner, expires_at FROM (SELECT id, fence, owner, expires_at, \
+             ROW_NUMBER() OVER (PARTITION BY owner ORDER BY expires_at, id) AS place \
+             FROM batches WHERE status IN {statuses} AND lease_until < $1{filter}) ranked \
+             WHERE place <= $2 ORDER BY expires_at, id"
         )))
         .bind(now_ms)
-        .bind(limit);
+        .bind(per_owner);
         for model in models.unwrap_or_default() {
             query = query.bind(model);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        Ok(query.fetch_all(&self.pool).await?)
+    }
+
+    /// Unfinished batches under a live lease, per owner: the worker slots each owner holds
+    /// across every replica and pool.
+    pub async fn running_by_owner(&self, now_ms: i64) -> Result<HashMap<String, i64>> {
+        let rows = sqlx::query(sql(format!(
+            "SELECT owner, COUNT(*) AS n FROM batches WHERE status IN {} AND lease_until >= $1 \
+             GROUP BY owner",
+            BatchStatus::sql_list(&BatchStatus::UNFINISHED)
+        )))
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("id")?, r.try_get("fence")?)))
+            .map(|r| Ok((r.try_get("owner")?, r.try_get("n")?)))
             .collect()
     }
 

@@ -122,6 +122,16 @@ pub struct Finish {
     pub errors: Option<FileRow>,
 }
 
+/// A batch waiting for a worker, as the scheduler chooses among them.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Claimable {
+    pub id: String,
+    pub fence: i64,
+    pub owner: String,
+    /// Unix seconds: the end of its completion window.
+    pub expires_at: i64,
+}
+
 /// Why a claimed batch is no longer the caller's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseLost;

@@ -112,7 +112,8 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
             .expect("claimable");
         found
             .into_iter()
-            .filter(|(id, _)| id == "batch_x")
+            .filter(|c| c.id == "batch_x")
+            .map(|c| (c.id, c.fence))
             .collect::<Vec<_>>()
     };
     assert_eq!(claimable().await, [("batch_x".to_owned(), 0)]);
@@ -222,7 +223,7 @@ pub async fn pools_claim_only_their_models(store: &Store) {
     let mut b = batch("batch_m", "file-in");
     b.model = Some("llama".into());
     store.insert_batch(&b).await.expect("batch");
-    let ids = |found: Vec<(String, i64)>| found.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let ids = |found: Vec<Claimable>| found.into_iter().map(|c| c.id).collect::<Vec<_>>();
     let llama = ["llama".to_owned(), "qwen".to_owned()];
     let found = store
         .claimable(now_ms(), 100, Some(&llama), false)
@@ -448,6 +449,48 @@ pub async fn events_are_written_with_the_end_and_claimed_once(store: &Store) {
     );
 }
 
+/// Each owner's earliest deadlines come first, `per_owner` of each, all in deadline order;
+/// the slots held are counted per owner.
+pub async fn waiting_batches_go_by_deadline_per_owner(store: &Store) {
+    for (id, owner, expires_at) in [
+        ("batch_d1", "d", 5000),
+        ("batch_d2", "d", 300),
+        ("batch_d3", "d", 400),
+        ("batch_e1", "e", 350),
+    ] {
+        let mut b = batch(id, "file-in");
+        b.owner = owner.into();
+        b.expires_at = expires_at;
+        store.insert_batch(&b).await.expect("batch");
+    }
+    let mine = |found: Vec<Claimable>| {
+        found
+            .into_iter()
+            .filter(|c| c.owner == "d" || c.owner == "e")
+            .map(|c| c.id)
+            .collect::<Vec<_>>()
+    };
+    let now = now_ms();
+    let all = store
+        .claimable(now, 10, None, false)
+        .await
+        .expect("claimable");
+    assert_eq!(mine(all), ["batch_d2", "batch_e1", "batch_d3", "batch_d1"]);
+    let two = store
+        .claimable(now, 2, None, false)
+        .await
+        .expect("claimable");
+    assert_eq!(mine(two), ["batch_d2", "batch_e1", "batch_d3"]);
+    let fence = store
+        .claim("batch_d1", 0, "w", Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("claimed");
+    let held = store.running_by_owner(now_ms()).await.expect("running");
+    assert_eq!((held.get("d"), held.get("e")), (Some(&1), None));
+    store.release("batch_d1", fence).await.expect("release");
+}
+
 #[tokio::test]
 async fn sqlite_passes_the_store_suite() {
     let (_dir, store) = sqlite().await;
@@ -457,6 +500,7 @@ async fn sqlite_passes_the_store_suite() {
     cancel_moves_only_running_batches(&store).await;
     pools_claim_only_their_models(&store).await;
     events_are_written_with_the_end_and_claimed_once(&store).await;
+    waiting_batches_go_by_deadline_per_owner(&store).await;
 }
 
 /// The PostgreSQL the machine runs (`BATCH_RUNNER_TEST_POSTGRES`, default the local `test`
@@ -491,6 +535,7 @@ async fn postgres_passes_the_store_suite() {
     cancel_moves_only_running_batches(&store).await;
     pools_claim_only_their_models(&store).await;
     events_are_written_with_the_end_and_claimed_once(&store).await;
+    waiting_batches_go_by_deadline_per_owner(&store).await;
     sqlx::query(sql(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&store.pool)
         .await
