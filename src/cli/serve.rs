@@ -39,6 +39,13 @@ pub struct ServeArgs {
     #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
     pub batch_file_retention: Duration,
 
+    /// A batch that cannot finish inside its completion_window, on its model's measured
+    /// throughput and the work queued ahead of it: warn (accept it, marked at_risk) or reject
+    /// (429 window_infeasible, naming the earliest window that can be met). Until a model's
+    /// throughput has been measured, every batch is accepted.
+    #[arg(help_heading = "Limits", long, value_enum, default_value_t = AdmissionArg::Warn)]
+    pub admission: AdmissionArg,
+
     /// How often expired files are deleted.
     #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
@@ -275,4 +282,19 @@ fn owner_weight(text: &str) -> Result<(String, f64), String> {
         return Err(bad());
     }
     Ok((owner.trim().to_owned(), weight))
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AdmissionArg {
+    Warn,
+    Reject,
+}
+
+impl From<AdmissionArg> for batch_service::planning::Admission {
+    fn from(a: AdmissionArg) -> Self {
+        match a {
+            AdmissionArg::Warn => Self::Warn,
+            AdmissionArg::Reject => Self::Reject,
+        }
+    }
 }

@@ -108,6 +108,7 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
             },
             extra_endpoints: args.exec.allow_url.clone(),
             batch_file_ttl: Some(args.batch_file_retention.as_secs()).filter(|&s| s > 0),
+            admission: args.admission.into(),
         },
         keys,
         sweep_every: args.sweep_interval,

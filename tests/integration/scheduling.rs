@@ -63,3 +63,85 @@ fn a_free_slot_goes_to_the_owner_waiting_longest_then_to_the_closest_deadline() 
         "start times (B's, A's urgent, A's older, A's newer): {order:?}"
     );
 }
+
+fn refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Once a model's throughput is measured, a batch's ETA counts the work queued ahead of it; a
+/// batch that cannot finish in its window is refused at create with `--admission reject`, and
+/// accepted but marked at risk with `warn`; the measurement survives a restart.
+#[test]
+fn windows_that_cannot_be_met_are_refused_or_flagged() {
+    let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let flags = |admission: &'static str| {
+        vec![
+            "--engine-url".to_owned(),
+            sim.url.clone(),
+            "--max-concurrency".into(),
+            "4".into(),
+            "--min-completion-window".into(),
+            "1s".into(),
+            "--report-interval".into(),
+            "200ms".into(),
+            "--admission".into(),
+            admission.into(),
+        ]
+    };
+    let strict = flags("reject");
+    let mut service = Service::start(&data, &refs(&strict));
+    // Nothing measured yet: a batch that could never finish in 1 s is accepted.
+    let big = service.upload("big.jsonl", &jsonl(&numbered_lines("big-", 3000)));
+    let create = |service: &Service, file: &str, window: &str| {
+        let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                          "completion_window": window});
+        service.call("POST", "/v1/batches", Some(&body))
+    };
+    let r = create(&service, &big, "1s");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A batch long enough to measure the engine (4 at a time, about 20 ms each).
+    let measuring = service.submit("m-", 800);
+    crate::common::wait_for(LONG, || {
+        let metrics = service.call("GET", "/metrics", None).text();
+        metrics
+            .contains("batch_runner_model_throughput_requests_per_second{model=\"sim-model\"}")
+            .then_some(())
+    });
+    service.wait_status(&measuring, &["completed"], LONG);
+
+    let r = create(&service, &big, "2s");
+    assert_eq!(r.status, 429, "{}", r.text());
+    let error = r.error();
+    assert_eq!(error["code"], "window_infeasible", "{error}");
+    assert_eq!(error["param"], "completion_window", "{error}");
+    let message = error["message"].as_str().unwrap_or_default();
+    assert!(message.contains("earliest window"), "{message}");
+    let small = service.upload("small.jsonl", &jsonl(&numbered_lines("s-", 10)));
+    let r = create(&service, &small, "24h");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ok = r.json()["id"].as_str().expect("id").to_owned();
+    let b = service.batch(&ok);
+    if b["status"] != "completed" {
+        assert_eq!(b["x_batch_runner"]["at_risk"], false, "{b}");
+        assert!(
+            b["x_batch_runner"]["estimated_finish_at"]
+                .as_i64()
+                .is_some(),
+            "{b}"
+        );
+    }
+
+    // Restarted with warn: the throughput is remembered, the batch accepted and flagged.
+    let _ = service.child.kill();
+    let _ = service.child.wait();
+    let lenient = flags("warn");
+    service = Service::start(&data, &refs(&lenient));
+    let r = create(&service, &big, "2s");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let b = service.batch(&id);
+    assert_eq!(b["x_batch_runner"]["at_risk"], true, "{b}");
+    assert!(b["x_batch_runner"]["eta_seconds"].as_u64() > Some(2), "{b}");
+}

@@ -83,6 +83,15 @@ impl ApiError {
         )
     }
 
+    /// 429: the request is refused for now (a window that cannot be met, a quota).
+    pub fn rate_limited(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "invalid_request_error",
+            message,
+        )
+    }
+
     /// 503 for a connection over the service's cap, answered before any request is read.
     pub fn too_many_connections() -> Self {
         Self::new(

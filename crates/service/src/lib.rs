@@ -11,6 +11,7 @@ pub mod fair_share;
 pub mod http_server;
 pub mod ids;
 pub mod model;
+pub mod planning;
 pub mod scheduler;
 pub mod settings;
 pub mod status;

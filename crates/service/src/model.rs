@@ -111,6 +111,13 @@ pub struct BatchProgress {
     /// The batch's own webhook URL, when its create request named one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_url: Option<String>,
+    /// Unix seconds at which the batch should end, on its model's measured throughput and
+    /// the work queued ahead of it (set with `eta_seconds`, which it then replaces).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_finish_at: Option<i64>,
+    /// Whether that is after the batch's window ends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_risk: Option<bool>,
     /// The delivery of the webhook event of a batch that ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookDelivery>,

@@ -82,6 +82,7 @@ pub async fn run(
 ) {
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut turns = Turns::default();
+    let mut sampler = crate::planning::Sampler::default();
     let mut stranded_check = tokio::time::Instant::now();
     publish_stranded(&store, &blobs, &config).await;
     loop {
@@ -92,6 +93,7 @@ pub async fn run(
         reap(&store, &blobs, &config, &mut running).await;
         poke_cancelled(&store, &mut running).await;
         claim(&store, &config, &mut running, &mut turns).await;
+        sampler.sample(&store).await;
         tokio::select! {
             () = wake.notified() => {}
             () = tokio::time::sleep(config.poll) => {}

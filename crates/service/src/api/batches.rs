@@ -1,5 +1,7 @@
 //! `/v1/batches`: create, list, retrieve, cancel, and the extension `partial_results`.
 
+use std::time::Duration;
+
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
@@ -17,6 +19,7 @@ use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::ids;
 use crate::model::{Batch, List, WebhookDelivery};
+use crate::planning::{self, Admission};
 use crate::store::{BatchRow, BatchStatus, now_secs};
 use crate::webhooks::target;
 use crate::window::parse_window;
@@ -195,8 +198,11 @@ pub async fn create(
     }
     // The model is known before validation, so a worker pool serving only some models can
     // tell which batches are its own; validation confirms it.
-    let model = match app.blobs.head(&input.blob, MODEL_PROBE_BYTES).await {
-        Ok(head) => first_model(&head),
+    let (model, estimated_lines) = match app.blobs.head(&input.blob, MODEL_PROBE_BYTES).await {
+        Ok(head) => (
+            first_model(&head),
+            planning::estimate_lines(&head, input.bytes.max(0) as u64),
+        ),
         Err(e) => return Err(ApiError::internal("cannot read the input file", e)),
     };
     let webhook_url = match request.x_batch_runner.and_then(|x| x.webhook_url) {
@@ -204,8 +210,13 @@ pub async fn create(
         None => None,
     };
     let created_at = now_secs();
+    let id = ids::batch_id();
+    let expires_at = created_at + window as i64;
+    if let Some(model) = &model {
+        admit(&app, model, &id, expires_at, estimated_lines, window).await?;
+    }
     let row = BatchRow {
-        id: ids::batch_id(),
+        id,
         owner: owner.0,
         endpoint: request.endpoint,
         input_file_id: input.id,
@@ -213,7 +224,8 @@ pub async fn create(
         completion_window: request.completion_window,
         status: BatchStatus::Validating,
         created_at,
-        expires_at: created_at + window as i64,
+        expires_at,
+        estimated_lines,
         metadata: metadata.map(|m| serde_json::Value::from(m).to_string()),
         output_expires_seconds,
         model,
@@ -223,6 +235,47 @@ pub async fn create(
     app.store.insert_batch(&row).await?;
     app.wake.notify_one();
     Ok(Json(Batch::from(&row)))
+}
+
+/// Refuses (with `--admission reject`) a batch that cannot finish inside its window on its
+/// model's measured throughput, given the work queued ahead of it; without a measured
+/// throughput every batch is admitted.
+async fn admit(
+    app: &AppState,
+    model: &str,
+    id: &str,
+    expires_at: i64,
+    lines: i64,
+    window: u64,
+) -> Result<(), ApiError> {
+    if app.config.admission != Admission::Reject {
+        return Ok(());
+    }
+    let Some(rate) = app
+        .store
+        .throughputs()
+        .await?
+        .get(model)
+        .copied()
+        .filter(|r| *r > 0.0)
+    else {
+        return Ok(());
+    };
+    let ahead = app.store.work_ahead(model, expires_at, id).await?;
+    let plan = planning::plan_for(ahead + lines, rate, expires_at);
+    if !plan.at_risk {
+        return Ok(());
+    }
+    let needed = batch_job::format_duration(Duration::from_secs(plan.eta_seconds.max(window)));
+    Err(ApiError::rate_limited(format!(
+        "This batch cannot finish within its completion_window: with {ahead} requests of \
+         {model} queued ahead of its {lines}, at the {rate:.1} requests/s measured, it would \
+         take about {needed}. The earliest window that can be met now is {}s; retry with a \
+         longer completion_window or later.",
+        plan.eta_seconds
+    ))
+    .code("window_infeasible")
+    .param("completion_window"))
 }
 
 /// A batch's own webhook URL: one the service may send to, for an owner with a secret to sign
@@ -331,7 +384,14 @@ pub async fn retrieve(
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Json<Batch>, ApiError> {
-    let mut batch = Batch::from(&owned(&app, &owner, &id).await?);
+    let row = owned(&app, &owner, &id).await?;
+    let mut batch = Batch::from(&row);
+    if let Some(plan) = planning::plan(&app.store, &row).await? {
+        let x = &mut batch.x_batch_runner;
+        x.eta_seconds = Some(plan.eta_seconds);
+        x.estimated_finish_at = Some(plan.estimated_finish_at);
+        x.at_risk = Some(plan.at_risk);
+    }
     if let Some(event) = app.store.event_of(&id).await? {
         batch.x_batch_runner.webhook = Some(WebhookDelivery::from(&event));
     }

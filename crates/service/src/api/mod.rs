@@ -37,6 +37,8 @@ pub struct ApiConfig {
     /// How long a `purpose=batch` upload is kept when it names no `expires_after` (OpenAI: 30
     /// days); `None` keeps it until deleted.
     pub batch_file_ttl: Option<u64>,
+    /// What a batch whose window cannot be met on the measured throughput gets at create.
+    pub admission: crate::planning::Admission,
 }
 
 impl Default for ApiConfig {
@@ -46,6 +48,7 @@ impl Default for ApiConfig {
             windows: WindowBounds::default(),
             extra_endpoints: Vec::new(),
             batch_file_ttl: Some(30 * 86400),
+            admission: crate::planning::Admission::default(),
         }
     }
 }

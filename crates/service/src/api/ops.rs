@@ -101,6 +101,24 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
          batch_runner_engine_latency_seconds_sum {sum}\n\
          batch_runner_engine_latency_seconds_count {count}"
     );
+    let _ = writeln!(
+        out,
+        "# HELP batch_runner_model_throughput_requests_per_second Measured results per second \
+         of each model's batches (a decaying average; what ETAs and admission use).\n\
+         # TYPE batch_runner_model_throughput_requests_per_second gauge"
+    );
+    let mut rates: Vec<(String, f64)> = app.store.throughputs().await?.into_iter().collect();
+    rates.sort_by(|a, b| a.0.cmp(&b.0));
+    for (model, rate) in rates {
+        let model = model
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = writeln!(
+            out,
+            "batch_runner_model_throughput_requests_per_second{{model=\"{model}\"}} {rate}"
+        );
+    }
     webhook_metrics(&app, &mut out).await?;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out))
 }

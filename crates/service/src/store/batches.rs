@@ -8,8 +8,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO batches (id, owner, endpoint, input_file_id, input_blob, \
              completion_window, status, created_at, expires_at, metadata, \
-             output_expires_seconds, model, webhook_url) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+             output_expires_seconds, model, webhook_url, estimated_lines) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -24,6 +24,7 @@ impl Store {
         .bind(b.output_expires_seconds)
         .bind(&b.model)
         .bind(&b.webhook_url)
+        .bind(b.estimated_lines)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -10,6 +10,7 @@
 mod batches;
 mod files;
 mod leases;
+mod planning;
 mod schema;
 mod webhooks;
 
@@ -19,6 +20,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 pub use crate::status::{BatchStatus, StatusTimes};
+pub use planning::ModelProgress;
 pub use webhooks::{RETRY_FOR_MS, Recorded, WebhookEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,8 @@ pub struct BatchRow {
     pub last_error: Option<String>,
     /// The batch's own webhook URL (an extension of the create request).
     pub webhook_url: Option<String>,
+    /// Its requests, estimated from its file at create (`total` is exact once validated).
+    pub estimated_lines: i64,
 }
 
 impl BatchRow {
@@ -141,7 +145,7 @@ const BATCH_COLUMNS: &str = "id, owner, endpoint, input_file_id, input_blob, com
     status, created_at, expires_at, in_progress_at, finalizing_at, completed_at, failed_at, \
     expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, total, completed, \
     failed, input_tokens, cached_tokens, output_tokens, reasoning_tokens, model, metadata, errors, \
-    output_expires_seconds, progress, fence, crashes, last_error, webhook_url";
+    output_expires_seconds, progress, fence, crashes, last_error, webhook_url, estimated_lines";
 
 /// Builds a statement from pieces known when the program is compiled (column lists, fixed
 /// clauses); never from request data, which is always bound.

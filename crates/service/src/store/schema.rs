@@ -93,4 +93,19 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX webhook_events_by_batch ON webhook_events (batch_id)",
         ],
     ),
+    (
+        3,
+        &[
+            // Requests a batch holds, estimated at create from its file (the exact count,
+            // `total`, comes with validation): the planner's work for batches not validated yet.
+            "ALTER TABLE batches ADD COLUMN estimated_lines BIGINT NOT NULL DEFAULT 0",
+            // Measured throughput per model (results per second, in thousandths), a decaying
+            // average kept across restarts.
+            "CREATE TABLE throughput (
+                model TEXT PRIMARY KEY,
+                milli_rps BIGINT NOT NULL,
+                updated_at BIGINT NOT NULL
+            )",
+        ],
+    ),
 ];

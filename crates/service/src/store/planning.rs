@@ -1,0 +1,82 @@
+//! What the planner reads and keeps: results done per model (to measure throughput), the
+//! measured throughput itself, and the work queued ahead of a batch.
+
+use std::collections::HashMap;
+
+use super::*;
+
+/// A model's progress at one moment: results written over all its batches, and how many of
+/// its batches a worker runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelProgress {
+    pub done: i64,
+    pub running: i64,
+}
+
+/// Requests a batch still has to run: its exact count less its results once validated, its
+/// estimate before.
+const REMAINING: &str =
+    "CASE WHEN total > 0 THEN total - completed - failed ELSE estimated_lines END";
+
+impl Store {
+    pub async fn progress_by_model(&self, now_ms: i64) -> Result<HashMap<String, ModelProgress>> {
+        let rows = sqlx::query(
+            "SELECT model, COALESCE(SUM(completed + failed), 0) AS done, \
+             COALESCE(SUM(CASE WHEN status = 'in_progress' AND lease_until >= $1 THEN 1 ELSE 0 \
+             END), 0) AS running FROM batches WHERE model IS NOT NULL GROUP BY model",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let progress = ModelProgress {
+                    done: r.try_get("done")?,
+                    running: r.try_get("running")?,
+                };
+                Ok((r.try_get("model")?, progress))
+            })
+            .collect()
+    }
+
+    /// Measured results per second of each model.
+    pub async fn throughputs(&self) -> Result<HashMap<String, f64>> {
+        let rows = sqlx::query("SELECT model, milli_rps FROM throughput")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let milli: i64 = r.try_get("milli_rps")?;
+                Ok((r.try_get("model")?, milli as f64 / 1000.0))
+            })
+            .collect()
+    }
+
+    pub async fn set_throughput(&self, model: &str, per_second: f64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO throughput (model, milli_rps, updated_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (model) DO UPDATE SET milli_rps = $2, updated_at = $3",
+        )
+        .bind(model)
+        .bind((per_second * 1000.0).round() as i64)
+        .bind(now_secs())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Requests still to run in the unfinished batches of `model` that go before a batch
+    /// ending at `expires_at` (an earlier deadline; the same one and an id not after `id`).
+    pub async fn work_ahead(&self, model: &str, expires_at: i64, id: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(sql(format!(
+            "SELECT COALESCE(SUM({REMAINING}), 0) FROM batches WHERE model = $1 \
+             AND status IN {} AND (expires_at < $2 OR (expires_at = $2 AND id <= $3))",
+            BatchStatus::sql_list(&BatchStatus::UNFINISHED)
+        )))
+        .bind(model)
+        .bind(expires_at)
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+}
