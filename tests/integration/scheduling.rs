@@ -145,3 +145,60 @@ fn windows_that_cannot_be_met_are_refused_or_flagged() {
     assert_eq!(b["x_batch_runner"]["at_risk"], true, "{b}");
     assert!(b["x_batch_runner"]["eta_seconds"].as_u64() > Some(2), "{b}");
 }
+
+/// Usage per owner and model, for operator keys only, counted once per request however the
+/// batches ended; the same sums in the metrics.
+#[test]
+fn operators_see_usage_per_owner_and_model() {
+    let sim = Sim::start(&["--ttft-ms", "1", "--ms-per-token", "0"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = format!("{KEY_A} a,{KEY_B} b,sk-op ops operator");
+    let service = Service::start_with(
+        dir.path(),
+        &["--engine-url", &sim.url],
+        &[("BATCH_RUNNER_API_KEYS", keys)],
+    );
+    let a = service.submit("a-", 7);
+    let file = service.upload_as(KEY_B, "in.jsonl", &jsonl(&numbered_lines("b-", 3)));
+    let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"});
+    let r = service.call_as(KEY_B, "POST", "/v1/batches", Some(&body));
+    let b = r.json()["id"].as_str().expect("id").to_owned();
+    service.wait_status(&a, &["completed"], LONG);
+    crate::common::wait_for(LONG, || {
+        let r = service.call_as(KEY_B, "GET", &format!("/v1/batches/{b}"), None);
+        (r.json()["status"] == "completed").then_some(())
+    });
+
+    let r = service.call("GET", "/v1/x/usage", None);
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.error()["code"], "operator_only");
+    let r = service.call_as("sk-op", "GET", "/v1/x/usage", None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rows = r.json()["data"].as_array().cloned().unwrap_or_default();
+    let of = |owner: &str| {
+        rows.iter()
+            .find(|u| u["owner"] == owner)
+            .cloned()
+            .unwrap_or_else(|| panic!("no usage row of {owner}: {rows:?}"))
+    };
+    let (ua, ub) = (of("a"), of("b"));
+    assert_eq!(
+        (ua["model"].clone(), ua["completed"].clone()),
+        (json!("sim-model"), json!(7))
+    );
+    assert_eq!(
+        (ub["batches"].clone(), ub["completed"].clone()),
+        (json!(1), json!(3))
+    );
+    assert!(ua["input_tokens"].as_i64() > Some(0) && ua["output_tokens"].as_i64() > Some(0));
+    let r = service.call_as("sk-op", "GET", "/v1/x/usage?owner=b&from=0", None);
+    let only: Vec<Value> = r.json()["data"].as_array().cloned().unwrap_or_default();
+    assert!(only.len() == 1 && only[0]["owner"] == "b", "{only:?}");
+    let r = service.call_as("sk-op", "GET", "/v1/x/usage?from=soon", None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    let metrics = service.call("GET", "/metrics", None).text();
+    let series =
+        "batch_runner_usage_requests{owner=\"a\",model=\"sim-model\",outcome=\"completed\"} 7";
+    assert!(metrics.contains(series), "{metrics}");
+}

@@ -1,6 +1,7 @@
 //! API keys: each maps to an owner, and every file and batch belongs to one owner. Keys come
 //! from `--api-key-file` (one `KEY OWNER` per line) and/or `BATCH_RUNNER_API_KEYS` (the same,
-//! entries separated by newlines or commas).
+//! entries separated by newlines or commas). A third word `operator` (`KEY OWNER operator`)
+//! gives the key the operator's routes too (`/v1/x/usage`); as an owner it sees only its own.
 
 use std::collections::HashMap;
 
@@ -10,11 +11,16 @@ pub const ANONYMOUS: &str = "anonymous";
 #[derive(Debug, Clone, Default)]
 pub struct Keys {
     owners: HashMap<String, String>,
+    operators: std::collections::HashSet<String>,
 }
 
 /// The owner a request acts for, put in its extensions by the auth layer.
 #[derive(Debug, Clone)]
 pub struct Owner(pub String);
+
+/// Whether the request's key is an operator's, put in its extensions by the auth layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Operator(pub bool);
 
 impl Keys {
     /// Parses `KEY OWNER` entries; `source` names where they came from in error messages.
@@ -30,12 +36,27 @@ impl Keys {
                 continue;
             }
             let mut parts = entry.split_whitespace();
-            let (Some(key), Some(owner), None) = (parts.next(), parts.next(), parts.next()) else {
+            let (Some(key), Some(owner), role, None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
                 return Err(format!(
-                    "{source}, entry {}: expected 'KEY OWNER' (two words), e.g. 'sk-team-a team-a'",
+                    "{source}, entry {}: expected 'KEY OWNER' (two words, or three with \
+                     'operator'), e.g. 'sk-team-a team-a'",
                     i + 1
                 ));
             };
+            match role {
+                None => {}
+                Some("operator") => {
+                    self.operators.insert(key.to_owned());
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "{source}, entry {}: unknown role {other:?}; the only role is 'operator'",
+                        i + 1
+                    ));
+                }
+            }
             if let Some(other) = self.owners.insert(key.to_owned(), owner.to_owned())
                 && other != owner
             {
@@ -59,8 +80,14 @@ impl Keys {
 
     /// The owner of `Authorization: Bearer KEY`, or why the request is refused.
     pub fn owner(&self, authorization: Option<&str>) -> Result<Owner, &'static str> {
+        self.identify(authorization).map(|(owner, _)| owner)
+    }
+
+    /// The owner of `Authorization: Bearer KEY` and whether the key is an operator's (without
+    /// keys, the one anonymous owner is its own operator).
+    pub fn identify(&self, authorization: Option<&str>) -> Result<(Owner, Operator), &'static str> {
         if self.owners.is_empty() {
-            return Ok(Owner(ANONYMOUS.into()));
+            return Ok((Owner(ANONYMOUS.into()), Operator(true)));
         }
         // The scheme is case-insensitive (RFC 9110): `bearer` and `BEARER` are `Bearer`.
         let key = authorization
@@ -72,11 +99,11 @@ impl Keys {
         let mut found = None;
         for (k, owner) in &self.owners {
             if constant_time_eq(k.as_bytes(), key.as_bytes()) {
-                found = Some(owner);
+                found = Some((k, owner));
             }
         }
         found
-            .map(|o| Owner(o.clone()))
+            .map(|(k, o)| (Owner(o.clone()), Operator(self.operators.contains(k))))
             .ok_or("Incorrect API key provided")
     }
 }
@@ -113,6 +140,18 @@ mod tests {
             "team-d"
         );
         assert!(keys.owner(Some("Bearer sk-x")).is_err());
+        keys.add_entries("sk-op ops operator", "keys.txt", false)
+            .expect("accepted");
+        let (owner, operator) = keys.identify(Some("Bearer sk-op")).expect("accepted");
+        assert_eq!((owner.0.as_str(), operator), ("ops", Operator(true)));
+        assert_eq!(
+            keys.identify(Some("Bearer sk-a")).expect("a").1,
+            Operator(false)
+        );
+        let err = keys
+            .add_entries("sk-q q admin", "keys.txt", false)
+            .expect_err("refused");
+        assert!(err.contains("unknown role \"admin\""), "{err}");
         assert!(keys.owner(None).is_err());
         let err = keys
             .add_entries("lonely", "keys.txt", false)

@@ -83,6 +83,11 @@ impl ApiError {
         )
     }
 
+    /// 403: the key may not use this route.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "invalid_request_error", message)
+    }
+
     /// 429: the request is refused for now (a window that cannot be met, a quota).
     pub fn rate_limited(message: impl Into<String>) -> Self {
         Self::new(

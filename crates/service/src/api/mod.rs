@@ -5,6 +5,7 @@ mod batches;
 mod files;
 mod ops;
 pub(crate) mod range;
+mod usage;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
             "/batches/{id}/partial_results",
             get(batches::partial_results),
         )
+        .route("/x/usage", get(usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn(remember_route));
     Router::new()
@@ -171,9 +173,10 @@ async fn authenticate(State(app): State<AppState>, mut request: Request, next: N
         .headers()
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok());
-    match app.keys.owner(header) {
-        Ok(owner) => {
+    match app.keys.identify(header) {
+        Ok((owner, operator)) => {
             request.extensions_mut().insert(owner);
+            request.extensions_mut().insert(operator);
             next.run(request).await
         }
         Err(message) => ApiError::unauthorized(message).into_response(),

@@ -21,7 +21,7 @@ use crate::store::{BatchStatus, now_ms};
         super::files::create, super::files::list, super::files::retrieve, super::files::content,
         super::files::delete, super::batches::create, super::batches::list,
         super::batches::retrieve, super::batches::cancel, super::batches::partial_results,
-        health, metrics, openapi,
+        super::usage::usage, health, metrics, openapi,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -110,17 +110,46 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
     let mut rates: Vec<(String, f64)> = app.store.throughputs().await?.into_iter().collect();
     rates.sort_by(|a, b| a.0.cmp(&b.0));
     for (model, rate) in rates {
-        let model = model
-            .replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('\n', "\\n");
+        let model = label(&model);
         let _ = writeln!(
             out,
             "batch_runner_model_throughput_requests_per_second{{model=\"{model}\"}} {rate}"
         );
     }
+    usage_metrics(&app, &mut out).await?;
     webhook_metrics(&app, &mut out).await?;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+/// A Prometheus label value, escaped.
+fn label(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Requests and tokens per owner and model, over every batch.
+async fn usage_metrics(app: &AppState, out: &mut String) -> Result<(), ApiError> {
+    let _ = writeln!(
+        out,
+        "# HELP batch_runner_usage_requests Requests of all batches by owner, model and outcome.\n\
+         # TYPE batch_runner_usage_requests gauge\n\
+         # HELP batch_runner_usage_tokens Tokens of all batches by owner, model and kind.\n\
+         # TYPE batch_runner_usage_tokens gauge"
+    );
+    for u in app.store.usage(None, None, None).await? {
+        let (owner, model) = (label(&u.owner), label(u.model.as_deref().unwrap_or("")));
+        let at = format!("owner=\"{owner}\",model=\"{model}\"");
+        let _ = writeln!(
+            out,
+            "batch_runner_usage_requests{{{at},outcome=\"completed\"}} {}\n\
+             batch_runner_usage_requests{{{at},outcome=\"failed\"}} {}\n\
+             batch_runner_usage_tokens{{{at},kind=\"input\"}} {}\n\
+             batch_runner_usage_tokens{{{at},kind=\"output\"}} {}",
+            u.completed, u.failed, u.input_tokens, u.output_tokens
+        );
+    }
+    Ok(())
 }
 
 /// The outbox by state (every replica's events), and this process's deliveries.

@@ -18,7 +18,45 @@ pub struct ModelProgress {
 const REMAINING: &str =
     "CASE WHEN total > 0 THEN total - completed - failed ELSE estimated_lines END";
 
+/// What one owner's batches of one model used.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct UsageRow {
+    pub owner: String,
+    /// `null` for batches whose input named no model.
+    pub model: Option<String>,
+    pub batches: i64,
+    /// Requests with a 2xx answer, and the others (errors, engine failures).
+    pub completed: i64,
+    pub failed: i64,
+    pub input_tokens: i64,
+    pub output_tokens: i64,
+}
+
 impl Store {
+    /// Usage per owner and model over the batches created in `[from, to)` (Unix seconds),
+    /// of one owner when given. Each batch's counts are its results (final once it ends, never
+    /// counted twice across worker restarts), so summing them counts each request once.
+    pub async fn usage(
+        &self,
+        owner: Option<&str>,
+        from: Option<i64>,
+        to: Option<i64>,
+    ) -> Result<Vec<UsageRow>> {
+        let rows = sqlx::query_as::<_, UsageRow>(
+            "SELECT owner, model, COUNT(*) AS batches, COALESCE(SUM(completed), 0) AS completed, \
+             COALESCE(SUM(failed), 0) AS failed, COALESCE(SUM(input_tokens), 0) AS input_tokens, \
+             COALESCE(SUM(output_tokens), 0) AS output_tokens FROM batches \
+             WHERE ($1 = '' OR owner = $1) AND created_at >= $2 AND created_at < $3 \
+             GROUP BY owner, model ORDER BY owner, model",
+        )
+        .bind(owner.unwrap_or(""))
+        .bind(from.unwrap_or(i64::MIN))
+        .bind(to.unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     pub async fn progress_by_model(&self, now_ms: i64) -> Result<HashMap<String, ModelProgress>> {
         let rows = sqlx::query(
             "SELECT model, COALESCE(SUM(completed + failed), 0) AS done, \
