@@ -46,6 +46,10 @@ pub struct ServeArgs {
     #[arg(help_heading = "Limits", long, value_enum, default_value_t = AdmissionArg::Warn)]
     pub admission: AdmissionArg,
 
+    /// Batches one owner may create per hour; past it, creates get 429 rate_limit_exceeded.
+    #[arg(help_heading = "Limits", long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub owner_max_batches_per_hour: Option<u32>,
+
     /// How often expired files are deleted.
     #[arg(help_heading = "Limits", long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
@@ -114,6 +118,12 @@ pub struct StateArgs {
 pub struct ExecArgs {
     #[command(flatten)]
     pub state: StateArgs,
+
+    /// Prompt tokens (estimated from file sizes, 4 bytes each) one owner's batches past
+    /// validation may hold; a batch that would go over fails validation with
+    /// token_limit_exceeded, as OpenAI's enqueued-token limit does.
+    #[arg(help_heading = "Workers", long, value_name = "TOKENS")]
+    pub owner_max_enqueued_tokens: Option<u64>,
 
     /// Keep files and the job states of running batches in object storage
     /// (s3://bucket/prefix) instead of DATA_DIR, so every replica and worker host sees them.

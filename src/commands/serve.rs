@@ -109,6 +109,7 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
             extra_endpoints: args.exec.allow_url.clone(),
             batch_file_ttl: Some(args.batch_file_retention.as_secs()).filter(|&s| s > 0),
             admission: args.admission.into(),
+            owner_max_batches_per_hour: args.owner_max_batches_per_hour,
         },
         keys,
         sweep_every: args.sweep_interval,
@@ -179,6 +180,7 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             extra_endpoints: args.allow_url.clone(),
             storage_url: args.storage_url.clone(),
             s3: batch_storage::S3Options::from(&args.s3),
+            owner_max_enqueued_tokens: args.owner_max_enqueued_tokens,
         },
         scheduler: SchedulerConfig {
             template: args.worker_command.clone(),

@@ -202,3 +202,46 @@ fn operators_see_usage_per_owner_and_model() {
         "batch_runner_usage_requests{owner=\"a\",model=\"sim-model\",outcome=\"completed\"} 7";
     assert!(metrics.contains(series), "{metrics}");
 }
+
+/// An owner's batches per hour are capped at create (429), and a batch that would take the
+/// owner's enqueued prompt tokens over the limit fails validation with token_limit_exceeded.
+#[test]
+fn quotas_cap_batches_per_hour_and_enqueued_tokens() {
+    let sim = Sim::start(&["--ttft-ms", "1", "--ms-per-token", "0"]);
+    let (_dir, service) = Service::with_engine(
+        &sim,
+        &[
+            "--owner-max-batches-per-hour",
+            "3",
+            "--owner-max-enqueued-tokens",
+            "2000",
+        ],
+    );
+    let small = service.upload("small.jsonl", &jsonl(&numbered_lines("s-", 10)));
+    let big = service.upload("big.jsonl", &jsonl(&numbered_lines("b-", 100)));
+    let first = service.create_batch(&small, "24h");
+    service.wait_status(&first, &["completed"], LONG);
+    let over = service.create_batch(&big, "24h");
+    let failed = service.wait_status(&over, &["failed", "completed"], LONG);
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert_eq!(
+        failed["errors"]["data"][0]["code"], "token_limit_exceeded",
+        "{failed}"
+    );
+    service.create_batch(&small, "24h");
+    let body = json!({"input_file_id": small, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"});
+    let r = service.call("POST", "/v1/batches", Some(&body));
+    assert_eq!(r.status, 429, "{}", r.text());
+    assert_eq!(r.error()["code"], "rate_limit_exceeded");
+    // Another owner has its own count.
+    let theirs = service.upload_as(KEY_B, "small.jsonl", &jsonl(&numbered_lines("s-", 10)));
+    let body = json!({"input_file_id": theirs, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"});
+    assert_eq!(
+        service
+            .call_as(KEY_B, "POST", "/v1/batches", Some(&body))
+            .status,
+        200
+    );
+}

@@ -40,6 +40,10 @@ pub struct WorkerSettings {
     /// (`work/`), shared by every replica and worker host; `None`: the local data directory.
     pub storage_url: Option<String>,
     pub s3: S3Options,
+    /// An owner's batches past validation may hold at most this many prompt tokens (estimated
+    /// from their files' sizes); a batch that would go over fails `token_limit_exceeded`.
+    #[serde(default)]
+    pub owner_max_enqueued_tokens: Option<u64>,
 }
 
 impl WorkerSettings {
@@ -161,6 +165,7 @@ mod tests {
             extra_endpoints: Vec::new(),
             storage_url: None,
             s3: S3Options::default(),
+            owner_max_enqueued_tokens: Some(5),
         };
         // The file round-trips, without the engines' API key.
         let text = serde_json::to_string(&written).expect("serializable");

@@ -210,6 +210,16 @@ pub async fn create(
         None => None,
     };
     let created_at = now_secs();
+    if let Some(limit) = app.config.owner_max_batches_per_hour {
+        let recent = app.store.created_since(&owner.0, created_at - 3600).await?;
+        if recent >= i64::from(limit) {
+            return Err(ApiError::rate_limited(format!(
+                "This key's owner created {recent} batches in the last hour, the service's \
+                 limit; retry later"
+            ))
+            .code("rate_limit_exceeded"));
+        }
+    }
     let id = ids::batch_id();
     let expires_at = created_at + window as i64;
     if let Some(model) = &model {
@@ -226,6 +236,8 @@ pub async fn create(
         created_at,
         expires_at,
         estimated_lines,
+        // About four bytes of a JSON request line per prompt token.
+        estimated_tokens: input.bytes.max(0) / 4,
         metadata: metadata.map(|m| serde_json::Value::from(m).to_string()),
         output_expires_seconds,
         model,

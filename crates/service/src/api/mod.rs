@@ -40,6 +40,8 @@ pub struct ApiConfig {
     pub batch_file_ttl: Option<u64>,
     /// What a batch whose window cannot be met on the measured throughput gets at create.
     pub admission: crate::planning::Admission,
+    /// Batches one owner may create per hour (429 past it).
+    pub owner_max_batches_per_hour: Option<u32>,
 }
 
 impl Default for ApiConfig {
@@ -50,6 +52,7 @@ impl Default for ApiConfig {
             extra_endpoints: Vec::new(),
             batch_file_ttl: Some(30 * 86400),
             admission: crate::planning::Admission::default(),
+            owner_max_batches_per_hour: None,
         }
     }
 }

@@ -8,8 +8,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO batches (id, owner, endpoint, input_file_id, input_blob, \
              completion_window, status, created_at, expires_at, metadata, \
-             output_expires_seconds, model, webhook_url, estimated_lines) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             output_expires_seconds, model, webhook_url, estimated_lines, estimated_tokens) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -25,6 +25,7 @@ impl Store {
         .bind(&b.model)
         .bind(&b.webhook_url)
         .bind(b.estimated_lines)
+        .bind(b.estimated_tokens)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -147,6 +148,37 @@ impl Store {
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
             .collect()
+    }
+
+    /// Batches `owner` created at or after `since` (Unix seconds).
+    pub async fn created_since(&self, owner: &str, since: i64) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar(
+                "SELECT COUNT(*) FROM batches WHERE owner = $1 AND created_at >= $2",
+            )
+            .bind(owner)
+            .bind(since)
+            .fetch_one(&self.pool)
+            .await?,
+        )
+    }
+
+    /// The estimated prompt tokens of `owner`'s unfinished batches that have passed
+    /// validation (those a worker runs or will run), other than `except`.
+    pub async fn enqueued_tokens(&self, owner: &str, except: &str) -> Result<i64> {
+        Ok(sqlx::query_scalar(sql(format!(
+            "SELECT COALESCE(SUM(estimated_tokens), 0) FROM batches WHERE owner = $1 \
+             AND id <> $2 AND status IN {}",
+            BatchStatus::sql_list(&[
+                BatchStatus::InProgress,
+                BatchStatus::Finalizing,
+                BatchStatus::Cancelling
+            ])
+        )))
+        .bind(owner)
+        .bind(except)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Unfinished batches no worker holds: the queue.

@@ -96,6 +96,8 @@ pub struct BatchRow {
     pub webhook_url: Option<String>,
     /// Its requests, estimated from its file at create (`total` is exact once validated).
     pub estimated_lines: i64,
+    /// Its prompt tokens, estimated from its file's size at create.
+    pub estimated_tokens: i64,
 }
 
 impl BatchRow {
@@ -145,7 +147,8 @@ const BATCH_COLUMNS: &str = "id, owner, endpoint, input_file_id, input_blob, com
     status, created_at, expires_at, in_progress_at, finalizing_at, completed_at, failed_at, \
     expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, total, completed, \
     failed, input_tokens, cached_tokens, output_tokens, reasoning_tokens, model, metadata, errors, \
-    output_expires_seconds, progress, fence, crashes, last_error, webhook_url, estimated_lines";
+    output_expires_seconds, progress, fence, crashes, last_error, webhook_url, estimated_lines, \
+    estimated_tokens";
 
 /// Builds a statement from pieces known when the program is compiled (column lists, fixed
 /// clauses); never from request data, which is always bound.

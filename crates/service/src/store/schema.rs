@@ -99,6 +99,9 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             // Requests a batch holds, estimated at create from its file (the exact count,
             // `total`, comes with validation): the planner's work for batches not validated yet.
             "ALTER TABLE batches ADD COLUMN estimated_lines BIGINT NOT NULL DEFAULT 0",
+            // Its prompt tokens, estimated from its file's size: what `--owner-max-enqueued-
+            // tokens` counts.
+            "ALTER TABLE batches ADD COLUMN estimated_tokens BIGINT NOT NULL DEFAULT 0",
             // Measured throughput per model (results per second, in thousandths), a decaying
             // average kept across restarts.
             "CREATE TABLE throughput (

@@ -82,6 +82,25 @@ impl Worker {
         if errors.is_empty() && self.settings.engines_for(&model).is_none() {
             errors.push(no_engine(&model));
         }
+        if errors.is_empty()
+            && let Some(limit) = self.settings.owner_max_enqueued_tokens
+        {
+            let others = self.store.enqueued_tokens(&batch.owner, &batch.id).await?;
+            let total = others + batch.estimated_tokens;
+            if total > i64::try_from(limit).unwrap_or(i64::MAX) {
+                errors.push(batch_error(
+                    "token_limit_exceeded",
+                    format!(
+                        "Enqueued token limit reached: this batch holds about {} prompt tokens \
+                         and your other batches in progress {others}, over the limit of \
+                         {limit}. Wait for some to finish before creating more.",
+                        batch.estimated_tokens
+                    ),
+                    None,
+                    None,
+                ));
+            }
+        }
         if !errors.is_empty() {
             return Ok(Err(self.fail_with(errors).await?));
         }
