@@ -235,19 +235,23 @@ fn a_damaged_checkpoint_costs_re_sent_requests_not_the_batch() {
     let service = cluster.api("api");
     let (_frozen, batch) = frozen_mid_batch(&cluster, &service, &sim, 100);
 
-    // Cut the frozen claim's largest output segment in half, as a lost or truncated object
-    // would: its state no longer adds up.
-    let (segment, size) = cluster
+    // Cut every output segment of the frozen claim in half, as lost or truncated objects
+    // would: its state no longer adds up. (Every one: the largest alone may be a segment the
+    // worker uploaded but had not yet recorded in its manifest when it froze, which a restore
+    // rightly ignores.)
+    let segments: Vec<_> = cluster
         .moto
         .objects(&format!("svc/work/{batch}/fence-1"))
         .into_iter()
-        .filter(|(path, _)| path.as_ref().ends_with(".output"))
-        .max_by_key(|(_, size)| *size)
-        .expect("an output segment");
-    let bytes = cluster.moto.get_at(&segment).expect("segment");
-    cluster
-        .moto
-        .replace(&segment, bytes[..(size / 2) as usize].to_vec());
+        .filter(|(path, size)| path.as_ref().ends_with(".output") && *size > 1)
+        .collect();
+    assert!(!segments.is_empty(), "no output segment");
+    for (segment, size) in segments {
+        let bytes = cluster.moto.get_at(&segment).expect("segment");
+        cluster
+            .moto
+            .replace(&segment, bytes[..(size / 2) as usize].to_vec());
+    }
 
     // The next claim finds the damage, starts the batch over instead of failing it, and
     // finishes it with one result per line.

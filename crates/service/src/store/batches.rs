@@ -167,7 +167,8 @@ impl Store {
     /// validation (those a worker runs or will run), other than `except`.
     pub async fn enqueued_tokens(&self, owner: &str, except: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(sql(format!(
-            "SELECT COALESCE(SUM(estimated_tokens), 0) FROM batches WHERE owner = $1 \
+            "SELECT CAST(COALESCE(SUM(estimated_tokens), 0) AS BIGINT) FROM batches \
+             WHERE owner = $1 \
              AND id <> $2 AND status IN {}",
             BatchStatus::sql_list(&[
                 BatchStatus::InProgress,

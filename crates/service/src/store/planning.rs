@@ -43,9 +43,11 @@ impl Store {
         to: Option<i64>,
     ) -> Result<Vec<UsageRow>> {
         let rows = sqlx::query_as::<_, UsageRow>(
-            "SELECT owner, model, COUNT(*) AS batches, COALESCE(SUM(completed), 0) AS completed, \
-             COALESCE(SUM(failed), 0) AS failed, COALESCE(SUM(input_tokens), 0) AS input_tokens, \
-             COALESCE(SUM(output_tokens), 0) AS output_tokens FROM batches \
+            "SELECT owner, model, COUNT(*) AS batches, \
+             CAST(COALESCE(SUM(completed), 0) AS BIGINT) AS completed, \
+             CAST(COALESCE(SUM(failed), 0) AS BIGINT) AS failed, \
+             CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens FROM batches \
              WHERE ($1 = '' OR owner = $1) AND created_at >= $2 AND created_at < $3 \
              GROUP BY owner, model ORDER BY owner, model",
         )
@@ -59,9 +61,9 @@ impl Store {
 
     pub async fn progress_by_model(&self, now_ms: i64) -> Result<HashMap<String, ModelProgress>> {
         let rows = sqlx::query(
-            "SELECT model, COALESCE(SUM(completed + failed), 0) AS done, \
-             COALESCE(SUM(CASE WHEN status = 'in_progress' AND lease_until >= $1 THEN 1 ELSE 0 \
-             END), 0) AS running FROM batches WHERE model IS NOT NULL GROUP BY model",
+            "SELECT model, CAST(COALESCE(SUM(completed + failed), 0) AS BIGINT) AS done, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'in_progress' AND lease_until >= $1 THEN 1 ELSE 0 \
+             END), 0) AS BIGINT) AS running FROM batches WHERE model IS NOT NULL GROUP BY model",
         )
         .bind(now_ms)
         .fetch_all(&self.pool)
@@ -107,7 +109,7 @@ impl Store {
     /// ending at `expires_at` (an earlier deadline; the same one and an id not after `id`).
     pub async fn work_ahead(&self, model: &str, expires_at: i64, id: &str) -> Result<i64> {
         Ok(sqlx::query_scalar(sql(format!(
-            "SELECT COALESCE(SUM({REMAINING}), 0) FROM batches WHERE model = $1 \
+            "SELECT CAST(COALESCE(SUM({REMAINING}), 0) AS BIGINT) FROM batches WHERE model = $1 \
              AND status IN {} AND (expires_at < $2 OR (expires_at = $2 AND id <= $3))",
             BatchStatus::sql_list(&BatchStatus::UNFINISHED)
         )))

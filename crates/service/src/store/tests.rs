@@ -491,6 +491,102 @@ pub async fn waiting_batches_go_by_deadline_per_owner(store: &Store) {
     store.release("batch_d1", fence).await.expect("release");
 }
 
+/// The planner's and accounting's sums read alike on every backend (PostgreSQL's SUM of a
+/// BIGINT is NUMERIC, which the `Any` driver cannot read unless cast back).
+pub async fn planning_sums_read_alike(store: &Store) {
+    let mut b = batch("batch_p1", "file-in");
+    (b.owner, b.model, b.total, b.expires_at) = ("p".into(), Some("pm".into()), 10, 100);
+    b.estimated_tokens = 40;
+    store.insert_batch(&b).await.expect("batch");
+    let mut b2 = batch("batch_p2", "file-in");
+    (b2.owner, b2.model, b2.estimated_lines, b2.expires_at) =
+        ("p".into(), Some("pm".into()), 7, 200);
+    store.insert_batch(&b2).await.expect("batch");
+    assert_eq!(
+        store
+            .work_ahead("pm", 200, "batch_p2")
+            .await
+            .expect("ahead"),
+        7
+    );
+    let fence = store
+        .claim("batch_p1", 0, "w", Duration::from_secs(60))
+        .await
+        .expect("claim")
+        .expect("claimed");
+    store
+        .start("batch_p1", fence, 10, Some("pm"))
+        .await
+        .expect("start")
+        .expect("fenced");
+    let counts = Counts {
+        completed: 3,
+        failed: 1,
+        input_tokens: 30,
+        output_tokens: 9,
+    };
+    store
+        .report("batch_p1", fence, &counts, "{}")
+        .await
+        .expect("report")
+        .expect("fenced");
+    assert_eq!(
+        store
+            .work_ahead("pm", 200, "batch_p2")
+            .await
+            .expect("ahead"),
+        6 + 7
+    );
+    assert_eq!(
+        store
+            .work_ahead("pm", 100, "batch_p1")
+            .await
+            .expect("ahead"),
+        6
+    );
+    let progress = store.progress_by_model(now_ms()).await.expect("progress");
+    assert_eq!(
+        progress.get("pm"),
+        Some(&ModelProgress {
+            done: 4,
+            running: 1
+        })
+    );
+    assert_eq!(
+        store
+            .enqueued_tokens("p", "batch_p2")
+            .await
+            .expect("tokens"),
+        40
+    );
+    assert_eq!(
+        store
+            .enqueued_tokens("p", "batch_p1")
+            .await
+            .expect("tokens"),
+        0
+    );
+    assert_eq!(store.created_since("p", 0).await.expect("count"), 2);
+    let usage = store.usage(Some("p"), None, None).await.expect("usage");
+    assert_eq!(usage.len(), 1);
+    assert_eq!(
+        (
+            usage[0].batches,
+            usage[0].completed,
+            usage[0].failed,
+            usage[0].input_tokens
+        ),
+        (2, 3, 1, 30)
+    );
+    store.set_throughput("pm", 12.5).await.expect("set");
+    store.set_throughput("pm", 25.25).await.expect("set again");
+    assert_eq!(
+        store.throughputs().await.expect("rates").get("pm"),
+        Some(&25.25)
+    );
+    store.release("batch_p1", fence).await.expect("release");
+}
+
 #[tokio::test]
 async fn sqlite_passes_the_store_suite() {
     let (_dir, store) = sqlite().await;
@@ -501,6 +597,7 @@ async fn sqlite_passes_the_store_suite() {
     pools_claim_only_their_models(&store).await;
     events_are_written_with_the_end_and_claimed_once(&store).await;
     waiting_batches_go_by_deadline_per_owner(&store).await;
+    planning_sums_read_alike(&store).await;
 }
 
 /// The PostgreSQL the machine runs (`BATCH_RUNNER_TEST_POSTGRES`, default the local `test`
@@ -536,6 +633,7 @@ async fn postgres_passes_the_store_suite() {
     pools_claim_only_their_models(&store).await;
     events_are_written_with_the_end_and_claimed_once(&store).await;
     waiting_batches_go_by_deadline_per_owner(&store).await;
+    planning_sums_read_alike(&store).await;
     sqlx::query(sql(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&store.pool)
         .await
