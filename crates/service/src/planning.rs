@@ -45,17 +45,39 @@ pub async fn plan(store: &Store, batch: &BatchRow) -> Result<Option<Plan>, Store
     if batch.is_terminal() {
         return Ok(None);
     }
-    let Some(rate) = store
-        .throughputs()
-        .await?
-        .get(model)
-        .copied()
-        .filter(|r| *r > 0.0)
-    else {
+    let queued = queued(store, model, batch.expires_at, &batch.id, 0).await?;
+    Ok(queued.map(|q| q.plan))
+}
+
+/// A batch's place in its model's queue.
+#[derive(Debug, Clone, Copy)]
+pub struct Queued {
+    pub plan: Plan,
+    /// Requests that go before it (its own included once it is stored).
+    pub ahead: i64,
+    /// The model's measured results per second.
+    pub rate: f64,
+}
+
+/// The queue of a batch `id` of `model` due at `expires_at`, with `own` requests of its own
+/// not stored yet; none until the model's throughput is measured.
+pub async fn queued(
+    store: &Store,
+    model: &str,
+    expires_at: i64,
+    id: &str,
+    own: i64,
+) -> Result<Option<Queued>, StoreError> {
+    let rates = store.throughputs().await?;
+    let Some(rate) = rates.get(model).copied().filter(|r| *r > 0.0) else {
         return Ok(None);
     };
-    let ahead = store.work_ahead(model, batch.expires_at, &batch.id).await?;
-    Ok(Some(plan_for(ahead, rate, batch.expires_at)))
+    let ahead = store.work_ahead(model, expires_at, id).await?;
+    Ok(Some(Queued {
+        plan: plan_for(ahead + own, rate, expires_at),
+        ahead,
+        rate,
+    }))
 }
 
 /// `work` requests at `rate` per second, due at `expires_at`.

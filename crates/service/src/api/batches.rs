@@ -263,18 +263,11 @@ async fn admit(
     if app.config.admission != Admission::Reject {
         return Ok(());
     }
-    let Some(rate) = app
-        .store
-        .throughputs()
-        .await?
-        .get(model)
-        .copied()
-        .filter(|r| *r > 0.0)
+    let Some(planning::Queued { plan, ahead, rate }) =
+        planning::queued(&app.store, model, expires_at, id, lines).await?
     else {
         return Ok(());
     };
-    let ahead = app.store.work_ahead(model, expires_at, id).await?;
-    let plan = planning::plan_for(ahead + lines, rate, expires_at);
     if !plan.at_risk {
         return Ok(());
     }
