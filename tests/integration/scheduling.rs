@@ -144,6 +144,13 @@ fn windows_that_cannot_be_met_are_refused_or_flagged() {
     let b = service.batch(&id);
     assert_eq!(b["x_batch_runner"]["at_risk"], true, "{b}");
     assert!(b["x_batch_runner"]["eta_seconds"].as_u64() > Some(2), "{b}");
+    // The list shows the same.
+    let listed = service.call("GET", "/v1/batches?limit=100", None).json();
+    let entry = listed["data"]
+        .as_array()
+        .and_then(|d| d.iter().find(|b| b["id"] == id.as_str()).cloned())
+        .expect("listed");
+    assert_eq!(entry["x_batch_runner"]["at_risk"], true, "{entry}");
 }
 
 /// Usage per owner and model, for operator keys only, counted once per request however the

@@ -369,8 +369,23 @@ pub async fn list(
         .store
         .batches(&owner.0, q.after.as_deref(), limit + 1)
         .await?;
-    let batches = rows.iter().map(Batch::from).collect();
+    let mut batches = Vec::with_capacity(rows.len());
+    for row in &rows {
+        batches.push(with_plan(&app, row).await?);
+    }
     Ok(Json(List::page(batches, limit as usize, |b: &Batch| &b.id)))
+}
+
+/// The API object of `row`, with its ETA when its model's throughput is known.
+async fn with_plan(app: &AppState, row: &BatchRow) -> Result<Batch, ApiError> {
+    let mut batch = Batch::from(row);
+    if let Some(plan) = planning::plan(&app.store, row).await? {
+        let x = &mut batch.x_batch_runner;
+        x.eta_seconds = Some(plan.eta_seconds);
+        x.estimated_finish_at = Some(plan.estimated_finish_at);
+        x.at_risk = Some(plan.at_risk);
+    }
+    Ok(batch)
 }
 
 async fn owned(app: &AppState, owner: &Owner, id: &str) -> Result<BatchRow, ApiError> {
@@ -389,14 +404,7 @@ pub async fn retrieve(
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Json<Batch>, ApiError> {
-    let row = owned(&app, &owner, &id).await?;
-    let mut batch = Batch::from(&row);
-    if let Some(plan) = planning::plan(&app.store, &row).await? {
-        let x = &mut batch.x_batch_runner;
-        x.eta_seconds = Some(plan.eta_seconds);
-        x.estimated_finish_at = Some(plan.estimated_finish_at);
-        x.at_risk = Some(plan.at_risk);
-    }
+    let mut batch = with_plan(&app, &owned(&app, &owner, &id).await?).await?;
     if let Some(event) = app.store.event_of(&id).await? {
         batch.x_batch_runner.webhook = Some(WebhookDelivery::from(&event));
     }
