@@ -12,6 +12,12 @@ change, to compare), and prints one line per scenario and binary:
   can be met, but only if the short ones go first. Reports how many batches expired.
 - fairness: owner A creates 10 batches of 200 requests, then owner B one. B's time to its last
   result, against its fair-share time (half the engine: 200 requests at 80/s, 2.5 s).
+- overload (BINARY only): the throughput is measured first (one batch of 800), then 12 batches
+  of 200 with 10 s windows are created together: 1.5x what the engine can do in 10 s. With
+  --admission reject: how many were refused at create, and whether every accepted one met its
+  window; with warn: how many of the batches that expired had been flagged at_risk.
+- eta (BINARY only): 6 batches of 300 run one at a time; at 25% of each batch's progress its
+  eta_seconds against the time it then took to end: the median error.
 """
 import json
 import os
@@ -19,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 KEYS = {"a": "sk-a", "b": "sk-b", "c": "sk-c"}
@@ -71,13 +78,13 @@ def wait_all(base, ids, limit=180):
     return ended
 
 
-def service(binary, work, sim_url):
+def service(binary, work, sim_url, extra=(), slots=2):
     data = os.path.join(work, "data")
     shutil.rmtree(data, ignore_errors=True)
     keys = ",".join(f"{k} {o}" for o, k in KEYS.items())
     p, url = start([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data, "--engine-url", sim_url,
-                    "--max-concurrent-batches", "2", "--max-concurrency", "16", "--min-completion-window", "1s",
-                    "--report-interval", "200ms"], {"BATCH_RUNNER_API_KEYS": keys})
+                    "--max-concurrent-batches", str(slots), "--max-concurrency", "16", "--min-completion-window", "1s",
+                    "--report-interval", "200ms", *extra], {"BATCH_RUNNER_API_KEYS": keys})
     return p, url + "/v1"
 
 
@@ -111,6 +118,77 @@ def fairness(binary, work, sim_url):
         p.kill()
 
 
+def measured(base):
+    """Runs one batch of 800 so the service measures the engine; waits for the measurement."""
+    f = upload(base, KEYS["a"], 800, "m")
+    b = create(base, "a", f, "24h")
+    wait_all(base, [("a", b)])
+    return f
+
+
+def overload(binary, work, sim_url):
+    out = []
+    for policy in ("reject", "warn"):
+        p, base = service(binary, work, sim_url, ("--admission", policy))
+        try:
+            measured(base)
+            f = upload(base, KEYS["b"], 200, "o")
+            ids, refused = [], 0
+            for _ in range(12):
+                body = {"input_file_id": f, "endpoint": "/v1/chat/completions", "completion_window": "10s"}
+                try:
+                    ids.append(("b", call(base, KEYS["b"], "POST", "/batches", body)["id"]))
+                except urllib.error.HTTPError as e:
+                    assert e.code == 429, e.code
+                    refused += 1
+            flagged = {bid for o, bid in ids
+                       if call(base, KEYS[o], "GET", f"/batches/{bid}")["x_batch_runner"].get("at_risk")}
+            ended = wait_all(base, ids)
+            expired = {bid for bid, (st, _) in ended.items() if st == "expired"}
+            if policy == "reject":
+                out.append(f"reject: {refused} of 12 refused at create, {len(expired)} of the "
+                           f"{len(ids)} accepted expired")
+            else:
+                hit = len(expired & flagged)
+                out.append(f"warn: {len(expired)} of 12 expired, {hit} of them flagged at_risk at "
+                           f"create ({len(flagged)} flagged in all)")
+        finally:
+            p.kill()
+    return "; ".join(out)
+
+
+def eta(binary, work, sim_url):
+    # One slot: the batches run one after another, each alone on the engine.
+    p, base = service(binary, work, sim_url, slots=1)
+    try:
+        measured(base)
+        f = upload(base, KEYS["a"], 300, "e")
+        ids = [create(base, "a", f, "24h") for _ in range(6)]
+        at25, ended, errors = {}, {}, []
+        t0 = time.time()
+        while len(ended) < len(ids) and time.time() - t0 < 180:
+            for bid in ids:
+                if bid in ended:
+                    continue
+                b = call(base, KEYS["a"], "GET", f"/batches/{bid}")
+                total = b["request_counts"]["total"] or 1
+                done = b["request_counts"]["completed"] + b["request_counts"]["failed"]
+                if bid not in at25 and done >= total / 4 and b["x_batch_runner"].get("eta_seconds"):
+                    at25[bid] = (time.time(), b["x_batch_runner"]["eta_seconds"])
+                if b["status"] == "completed":
+                    ended[bid] = time.time()
+            time.sleep(0.05)
+        for bid, (t, predicted) in at25.items():
+            actual = ended[bid] - t
+            errors.append(abs(predicted - actual) / actual)
+        errors.sort()
+        median = errors[len(errors) // 2] if errors else float("nan")
+        return (f"median |ETA error| at 25% progress {median:.0%} over {len(errors)} batches "
+                f"(each: {', '.join(f'{e:.0%}' for e in errors)})")
+    finally:
+        p.kill()
+
+
 def main():
     binary, work = sys.argv[1], sys.argv[-1]
     before = sys.argv[2] if len(sys.argv) == 4 else None
@@ -122,6 +200,8 @@ def main():
             for label, b in (("before", before), ("after", binary)):
                 if b:
                     print(f"{name} [{label}]: {fn(b, work, sim_url)}", flush=True)
+        for name, fn in (("overload", overload), ("eta", eta)):
+            print(f"{name}: {fn(binary, work, sim_url)}", flush=True)
     finally:
         sim.kill()
 
