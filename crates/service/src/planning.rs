@@ -1,9 +1,9 @@
 //! Planning for deadlines: each model's measured throughput, the ETA of every unfinished batch
 //! given the work queued ahead of it, and admission at create.
 //!
-//! Throughput is measured, never configured: while batches of a model run, the results they
-//! write per second (over all of them) are sampled, and a decaying average is kept in the
-//! store, so a restart does not forget it. A batch's queue is the work of the unfinished
+//! Throughput is measured, never configured: while batches of a model run, the rates their
+//! workers report (results per second over each one's run) are summed and sampled, and a
+//! decaying average is kept in the store, so a restart does not forget it. A batch's queue is the work of the unfinished
 //! batches of its model that go before it (earlier deadlines: the order workers take them in
 //! within an owner), plus its own; requests left are exact once a batch is validated and
 //! estimated from its file before.
@@ -11,9 +11,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::store::{BatchRow, ModelProgress, Store, StoreError, now_ms, now_secs};
+use crate::model::BatchProgress;
+use crate::store::{BatchRow, Store, StoreError, now_ms, now_secs};
 
-/// Shortest span a throughput sample covers.
+/// Time between two throughput samples.
 const SAMPLE_SPAN: Duration = Duration::from_secs(2);
 /// Weight of a new sample in the average.
 const NEW_SAMPLE_WEIGHT: f64 = 0.3;
@@ -106,11 +107,11 @@ pub fn estimate_lines(head: &[u8], bytes: u64) -> i64 {
     i64::try_from(lines).unwrap_or(i64::MAX)
 }
 
-/// Samples each model's throughput while its batches run.
+/// Samples each model's throughput while its batches run: the sum of the rates their workers
+/// report (each over its own run, start-up included), so a model's figure is what its batches
+/// together achieve, whatever the phase of their reports.
 #[derive(Debug, Default)]
 pub struct Sampler {
-    /// Per model: results done and when, since which its batches have run without a gap.
-    anchors: HashMap<String, (i64, Instant)>,
     last: Option<Instant>,
 }
 
@@ -121,38 +122,27 @@ impl Sampler {
             return;
         }
         self.last = Some(Instant::now());
-        match self.measure(store).await {
-            Ok(()) => {}
-            Err(e) => tracing::warn!("cannot measure throughput: {e}"),
+        if let Err(e) = measure(store).await {
+            tracing::warn!("cannot measure throughput: {e}");
         }
     }
+}
 
-    async fn measure(&mut self, store: &Store) -> Result<(), StoreError> {
-        let progress: HashMap<String, ModelProgress> = store.progress_by_model(now_ms()).await?;
-        let known = store.throughputs().await?;
-        for (model, now) in progress {
-            if now.running == 0 {
-                self.anchors.remove(&model);
-                continue;
-            }
-            let Some(&(done, since)) = self.anchors.get(&model) else {
-                self.anchors.insert(model, (now.done, Instant::now()));
-                continue;
-            };
-            let span = since.elapsed();
-            if now.done <= done || span < SAMPLE_SPAN {
-                continue;
-            }
-            let rate = (now.done - done) as f64 / span.as_secs_f64();
-            let average = match known.get(&model) {
-                Some(old) => old * (1.0 - NEW_SAMPLE_WEIGHT) + rate * NEW_SAMPLE_WEIGHT,
-                None => rate,
-            };
-            store.set_throughput(&model, average).await?;
-            self.anchors.insert(model, (now.done, Instant::now()));
-        }
-        Ok(())
+async fn measure(store: &Store) -> Result<(), StoreError> {
+    let mut rates: HashMap<String, f64> = HashMap::new();
+    for (model, progress) in store.running_progress(now_ms()).await? {
+        let progress: BatchProgress = serde_json::from_str(&progress).unwrap_or_default();
+        *rates.entry(model).or_default() += progress.requests_per_second;
     }
+    let known = store.throughputs().await?;
+    for (model, rate) in rates.into_iter().filter(|(_, r)| *r > 0.0) {
+        let average = match known.get(&model) {
+            Some(old) => old * (1.0 - NEW_SAMPLE_WEIGHT) + rate * NEW_SAMPLE_WEIGHT,
+            None => rate,
+        };
+        store.set_throughput(&model, average).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

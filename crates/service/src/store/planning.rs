@@ -5,14 +5,6 @@ use std::collections::HashMap;
 
 use super::*;
 
-/// A model's progress at one moment: results written over all its batches, and how many of
-/// its batches a worker runs now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ModelProgress {
-    pub done: i64,
-    pub running: i64,
-}
-
 /// Requests a batch still has to run: its exact count less its results once validated, its
 /// estimate before.
 const REMAINING: &str =
@@ -59,23 +51,18 @@ impl Store {
         Ok(rows)
     }
 
-    pub async fn progress_by_model(&self, now_ms: i64) -> Result<HashMap<String, ModelProgress>> {
+    /// The progress detail of every batch a worker runs now, with its model: what the
+    /// workers measure of their own rates.
+    pub async fn running_progress(&self, now_ms: i64) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query(
-            "SELECT model, CAST(COALESCE(SUM(completed + failed), 0) AS BIGINT) AS done, \
-             CAST(COALESCE(SUM(CASE WHEN status = 'in_progress' AND lease_until >= $1 THEN 1 ELSE 0 \
-             END), 0) AS BIGINT) AS running FROM batches WHERE model IS NOT NULL GROUP BY model",
+            "SELECT model, progress FROM batches WHERE status = 'in_progress' \
+             AND lease_until >= $1 AND model IS NOT NULL AND progress IS NOT NULL",
         )
         .bind(now_ms)
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                let progress = ModelProgress {
-                    done: r.try_get("done")?,
-                    running: r.try_get("running")?,
-                };
-                Ok((r.try_get("model")?, progress))
-            })
+            .map(|r| Ok((r.try_get("model")?, r.try_get("progress")?)))
             .collect()
     }
 
