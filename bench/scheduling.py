@@ -16,7 +16,7 @@ change, to compare), and prints one line per scenario and binary:
   of 200 with 10 s windows are created together: 1.5x what the engine can do in 10 s. With
   --admission reject: how many were refused at create, and whether every accepted one met its
   window; with warn: how many of the batches that expired had been flagged at_risk.
-- eta (BINARY only): 6 batches of 300 run one at a time; at 25% of each batch's progress its
+- eta (BINARY only): 3 batches of 2,000 run one at a time; at 25% of each batch's progress its
   eta_seconds against the time it then took to end: the median error.
 """
 import json
@@ -162,8 +162,9 @@ def eta(binary, work, sim_url):
     p, base = service(binary, work, sim_url, slots=1)
     try:
         measured(base)
-        f = upload(base, KEYS["a"], 300, "e")
-        ids = [create(base, "a", f, "24h") for _ in range(6)]
+        # Long enough (about 13 s each) that the whole seconds of eta_seconds do not decide.
+        f = upload(base, KEYS["a"], 2000, "e")
+        ids = [create(base, "a", f, "24h") for _ in range(3)]
         at25, ended, errors = {}, {}, []
         t0 = time.time()
         while len(ended) < len(ids) and time.time() - t0 < 180:
