@@ -252,3 +252,55 @@ fn quotas_cap_batches_per_hour_and_enqueued_tokens() {
         200
     );
 }
+
+/// Every slot held by one owner's flood: another owner's batch does not wait for one of them to
+/// end. A worker of the flood gives its batch back (checkpointed) and the batch resumes later,
+/// each of its lines once.
+#[test]
+fn a_waiting_owner_gets_a_slot_back_from_a_flood() {
+    let sim = Sim::start(&["--ttft-ms", "20", "--ms-per-token", "0"]);
+    let (_dir, service) = Service::with_engine(
+        &sim,
+        &[
+            "--max-concurrent-batches",
+            "2",
+            "--max-concurrency",
+            "2",
+            "--grace",
+            "1s",
+            "--checkpoint-interval",
+            "200ms",
+            "--report-interval",
+            "200ms",
+        ],
+    );
+    let flood: Vec<String> = (0..3)
+        .map(|i| service.submit(&format!("a{i}-"), 400))
+        .collect();
+    service.wait_status(&flood[0], &["in_progress"], LONG);
+    service.wait_status(&flood[1], &["in_progress"], LONG);
+    let file = service.upload_as(KEY_B, "in.jsonl", &jsonl(&numbered_lines("b-", 20)));
+    let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h"});
+    let r = service.call_as(KEY_B, "POST", "/v1/batches", Some(&body));
+    let b = r.json()["id"].as_str().expect("id").to_owned();
+    crate::common::wait_for(LONG, || {
+        let r = service.call_as(KEY_B, "GET", &format!("/v1/batches/{b}"), None);
+        (r.json()["status"] == "completed").then_some(())
+    });
+    // B's 20 requests ended while the flood's first two (4 s each) had not.
+    let statuses: Vec<Value> = flood[..2]
+        .iter()
+        .map(|id| service.batch(id)["status"].clone())
+        .collect();
+    assert!(
+        statuses.iter().all(|s| s != "completed"),
+        "B's batch waited for the flood: {statuses:?}"
+    );
+    for id in &flood {
+        let done = service.wait_status(id, &["completed"], LONG);
+        let output = service.content(done["output_file_id"].as_str().expect("output"));
+        let unique = crate::common::service::unique_ids(&output).len();
+        assert_eq!(unique, 400, "{done}");
+    }
+}

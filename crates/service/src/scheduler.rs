@@ -66,6 +66,10 @@ pub struct SchedulerConfig {
 struct Running {
     child: Child,
     fence: i64,
+    owner: String,
+    started: tokio::time::Instant,
+    /// Told to give its batch back so that a waiting owner gets the slot.
+    yielded: bool,
     /// Held open while the worker should run; dropped, it tells the worker to stop.
     lifeline: Option<ChildStdin>,
     /// The worker was told its batch was cancelled.
@@ -236,6 +240,9 @@ async fn claim_from(
         config.max_concurrent.saturating_sub(running.len())
     };
     if room == 0 {
+        if !cancels_only {
+            make_room(store, config, running).await;
+        }
         return;
     }
     match candidates(store, config, turns, running.len() + room, cancels_only).await {
@@ -249,7 +256,8 @@ async fn claim_from(
                 if running.contains_key(&batch.id) {
                     continue;
                 }
-                if start(store, config, running, &batch.id, batch.fence).await && !cancels_only {
+                let started = start(store, config, running, &batch.id, batch.fence, &batch.owner);
+                if started.await && !cancels_only {
                     turns.served(&batch.owner);
                 }
             }
@@ -279,6 +287,51 @@ async fn candidates(
     Ok(fair_share::order(waiting, &held, &config.shares, turns))
 }
 
+/// With every slot taken: when an owner with batches waiting holds no slot anywhere while an
+/// owner of one of this scheduler's workers holds several, that worker gives its batch back
+/// (it checkpoints and exits; the batch resumes later), so the waiting owner is not held up by
+/// another's flood for longer than a batch's drain. One at a time.
+async fn make_room(
+    store: &Store,
+    config: &SchedulerConfig,
+    running: &mut HashMap<String, Running>,
+) {
+    if running.values().any(|w| w.yielded) {
+        return;
+    }
+    let now = now_ms();
+    let models = config.only_models.as_deref();
+    let (waiting, held) = match tokio::try_join!(
+        store.claimable(now, 1, models, false),
+        store.running_by_owner(now)
+    ) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!("cannot look for batches to run: {e}");
+            return;
+        }
+    };
+    let holds = |owner: &str| held.get(owner).copied().unwrap_or(0);
+    let Some(starved) = waiting.iter().find(|c| holds(&c.owner) == 0) else {
+        return;
+    };
+    let victim = running
+        .iter_mut()
+        .filter(|(_, w)| !w.poked && holds(&w.owner) >= 2)
+        .max_by_key(|(_, w)| (holds(&w.owner), w.started));
+    if let Some((id, worker)) = victim {
+        tracing::info!(
+            "batch {id}: given back for now, so that owner {}'s waiting batch gets a slot \
+             (owner {} holds {})",
+            starved.owner,
+            worker.owner,
+            holds(&worker.owner)
+        );
+        worker.yielded = true;
+        worker.lifeline = None;
+    }
+}
+
 /// Cancelled batches taken at one pass beyond the running limit.
 const CANCELS_AT_ONCE: usize = 16;
 
@@ -289,6 +342,7 @@ async fn start(
     running: &mut HashMap<String, Running>,
     id: &str,
     fence: i64,
+    owner: &str,
 ) -> bool {
     let fence = match store.claim(id, fence, &config.holder, config.lease).await {
         Ok(Some(f)) => f,
@@ -298,7 +352,7 @@ async fn start(
             return false;
         }
     };
-    match spawn(config, id, fence) {
+    match spawn(config, id, fence, owner) {
         Ok(worker) => {
             tracing::info!("batch {id}: worker started (fence {fence})");
             running.insert(id.to_owned(), worker);
@@ -329,7 +383,12 @@ pub fn command_line(config: &SchedulerConfig, batch: &str, fence: i64) -> String
         .replace("{fence}", &fence.to_string())
 }
 
-fn spawn(config: &SchedulerConfig, batch: &str, fence: i64) -> std::io::Result<Running> {
+fn spawn(
+    config: &SchedulerConfig,
+    batch: &str,
+    fence: i64,
+    owner: &str,
+) -> std::io::Result<Running> {
     let work = BatchWork::new(&config.work_root, batch);
     std::fs::create_dir_all(work.dir())?;
     let log = std::fs::OpenOptions::new()
@@ -352,6 +411,9 @@ fn spawn(config: &SchedulerConfig, batch: &str, fence: i64) -> std::io::Result<R
     Ok(Running {
         child,
         fence,
+        owner: owner.to_owned(),
+        started: tokio::time::Instant::now(),
+        yielded: false,
         lifeline,
         poked: false,
     })
