@@ -1140,3 +1140,24 @@ fn a_batch_story_can_be_followed_in_the_logs() {
     }
     assert!(!dir.path().join("data/work").join(&batch).exists());
 }
+
+/// Only a connection's first answer can be hyper's bare 431: a stored file that starts like
+/// one is served as it is.
+#[test]
+fn a_file_that_starts_like_an_answer_is_served_as_it_is() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(&dir.path().join("data"), &[]);
+    let mut lookalike =
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\n\r\n".to_vec();
+    lookalike.extend(std::iter::repeat_n(b'x', 256 * 1024));
+    let r = service.post_file(&[
+        ("purpose", None, b"assistants"),
+        ("file", Some("odd.bin"), &lookalike),
+    ]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    assert!(
+        service.content(&id) == lookalike,
+        "the content changed on the way"
+    );
+}

@@ -221,6 +221,9 @@ struct HeadTooLarge<S> {
     inner: S,
     /// The replacement being written, and how much of it is out.
     replacing: Option<(Vec<u8>, usize)>,
+    /// Bytes went out already: only a connection's first answer is looked at, so the body of a
+    /// later one (a stored file that happens to start like a 431) is never taken for one.
+    answered: bool,
 }
 
 impl<S> HeadTooLarge<S> {
@@ -228,6 +231,7 @@ impl<S> HeadTooLarge<S> {
         Self {
             inner,
             replacing: None,
+            answered: false,
         }
     }
 
@@ -257,7 +261,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeadTooLarge<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.replacing.is_none() && Self::is_bare_431(buf) {
+        if !self.answered && self.replacing.is_none() && Self::is_bare_431(buf) {
             let message = "The request headers are larger than this service accepts (32 KB in \
                            all); send fewer or smaller headers";
             let answer = ApiError::headers_too_large(message).raw_response();
@@ -265,7 +269,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for HeadTooLarge<S> {
         }
         let this = &mut *self;
         let Some((answer, written)) = this.replacing.as_mut() else {
-            return Pin::new(&mut this.inner).poll_write(cx, buf);
+            let sent = Pin::new(&mut this.inner).poll_write(cx, buf);
+            if matches!(sent, Poll::Ready(Ok(n)) if n > 0) {
+                this.answered = true;
+            }
+            return sent;
         };
         while *written < answer.len() {
             match Pin::new(&mut this.inner).poll_write(cx, &answer[*written..]) {
