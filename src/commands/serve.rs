@@ -120,11 +120,14 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
             header_read_timeout: args.header_read_timeout,
             body_stall_timeout: args.body_stall_timeout,
         },
-        webhooks: batch_service::webhooks::WebhookConfig {
-            file: args.webhook_file.clone(),
-            allow_private: args.webhook_allow_private,
-            first_retry: args.webhook_first_retry,
-        },
+        // Read before the service announces itself: a bad file stops it at once.
+        webhooks: batch_service::webhooks::Endpoints::load(
+            batch_service::webhooks::WebhookConfig {
+                file: args.webhook_file.clone(),
+                allow_private: args.webhook_allow_private,
+                first_retry: args.webhook_first_retry,
+            },
+        )?,
         exec: execution(&args.exec)?,
     })
 }

@@ -462,3 +462,36 @@ fn the_operator_lists_resends_and_reloads_endpoints() {
     );
     assert_eq!(receiver.wait_verified(0).len(), 1);
 }
+
+#[test]
+fn a_bad_webhook_file_stops_serve_before_it_listens() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hooks = dir.path().join("hooks");
+    std::fs::write(
+        &hooks,
+        format!("a https://hooks.example/x {SECRET}\nb nope\n"),
+    )
+    .expect("write");
+    let out = run_cmd(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().join("data").to_str().expect("utf-8"),
+        "--webhook-file",
+        hooks.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("line 2: expected OWNER URL SECRET"), "{err}");
+}

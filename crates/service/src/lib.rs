@@ -44,8 +44,8 @@ pub struct ServeConfig {
     pub sweep_every: Duration,
     /// Connection cap and timeouts of the HTTP server.
     pub limits: http_server::Limits,
-    /// Where batch events are sent (see [`webhooks`]).
-    pub webhooks: webhooks::WebhookConfig,
+    /// Where batch events are sent (see [`webhooks`]), the file already read.
+    pub webhooks: webhooks::Endpoints,
 }
 
 /// The database, storage, engines and workers of a `serve` or a `worker-pool`.
@@ -67,8 +67,6 @@ pub enum ServeError {
     },
     #[error("{0}")]
     Storage(String),
-    #[error("{0}")]
-    Webhooks(String),
 }
 
 fn io(context: &str) -> impl FnOnce(std::io::Error) -> ServeError {
@@ -129,7 +127,7 @@ pub async fn serve(
         }
         .logs(),
     ));
-    let endpoints = webhooks::Endpoints::load(config.webhooks).map_err(ServeError::Webhooks)?;
+    let endpoints = config.webhooks;
     let webhook_counters = Arc::new(webhooks::deliver::Counters::default());
     let deliverer = tokio::spawn(webhooks::deliver::run(
         store.clone(),
