@@ -38,15 +38,22 @@ pub struct Plan {
     pub at_risk: bool,
 }
 
+/// Measured results per second per model ([`Store::throughputs`]), read once per request.
+pub type Rates = HashMap<String, f64>;
+
 /// The plan of `batch`, when its model's throughput is known and it is unfinished.
-pub async fn plan(store: &Store, batch: &BatchRow) -> Result<Option<Plan>, StoreError> {
+pub async fn plan(
+    store: &Store,
+    rates: &Rates,
+    batch: &BatchRow,
+) -> Result<Option<Plan>, StoreError> {
     let Some(model) = batch.model.as_deref() else {
         return Ok(None);
     };
     if batch.is_terminal() {
         return Ok(None);
     }
-    let queued = queued(store, model, batch.expires_at, &batch.id, 0).await?;
+    let queued = queued(store, rates, model, batch.expires_at, &batch.id, 0).await?;
     Ok(queued.map(|q| q.plan))
 }
 
@@ -64,12 +71,12 @@ pub struct Queued {
 /// not stored yet; none until the model's throughput is measured.
 pub async fn queued(
     store: &Store,
+    rates: &Rates,
     model: &str,
     expires_at: i64,
     id: &str,
     own: i64,
 ) -> Result<Option<Queued>, StoreError> {
-    let rates = store.throughputs().await?;
     let Some(rate) = rates.get(model).copied().filter(|r| *r > 0.0) else {
         return Ok(None);
     };

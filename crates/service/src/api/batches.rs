@@ -263,8 +263,15 @@ async fn admit(
     if app.config.admission != Admission::Reject {
         return Ok(());
     }
-    let Some(planning::Queued { plan, ahead, rate }) =
-        planning::queued(&app.store, model, expires_at, id, lines).await?
+    let Some(planning::Queued { plan, ahead, rate }) = planning::queued(
+        &app.store,
+        &app.store.throughputs().await?,
+        model,
+        expires_at,
+        id,
+        lines,
+    )
+    .await?
     else {
         return Ok(());
     };
@@ -369,17 +376,22 @@ pub async fn list(
         .store
         .batches(&owner.0, q.after.as_deref(), limit + 1)
         .await?;
+    let rates = app.store.throughputs().await?;
     let mut batches = Vec::with_capacity(rows.len());
     for row in &rows {
-        batches.push(with_plan(&app, row).await?);
+        batches.push(with_plan(&app, &rates, row).await?);
     }
     Ok(Json(List::page(batches, limit as usize, |b: &Batch| &b.id)))
 }
 
 /// The API object of `row`, with its ETA when its model's throughput is known.
-async fn with_plan(app: &AppState, row: &BatchRow) -> Result<Batch, ApiError> {
+async fn with_plan(
+    app: &AppState,
+    rates: &planning::Rates,
+    row: &BatchRow,
+) -> Result<Batch, ApiError> {
     let mut batch = Batch::from(row);
-    if let Some(plan) = planning::plan(&app.store, row).await? {
+    if let Some(plan) = planning::plan(&app.store, rates, row).await? {
         let x = &mut batch.x_batch_runner;
         x.eta_seconds = Some(plan.eta_seconds);
         x.estimated_finish_at = Some(plan.estimated_finish_at);
@@ -404,7 +416,12 @@ pub async fn retrieve(
     Extension(owner): Extension<Owner>,
     Path(id): Path<String>,
 ) -> Result<Json<Batch>, ApiError> {
-    let mut batch = with_plan(&app, &owned(&app, &owner, &id).await?).await?;
+    let mut batch = with_plan(
+        &app,
+        &app.store.throughputs().await?,
+        &owned(&app, &owner, &id).await?,
+    )
+    .await?;
     if let Some(event) = app.store.event_of(&id).await? {
         batch.x_batch_runner.webhook = Some(WebhookDelivery::from(&event));
     }
