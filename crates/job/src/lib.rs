@@ -68,7 +68,27 @@ pub use state::{MANIFEST, ResultFile, results_so_far};
 /// Twelve hex digits that differ between processes and between calls: names that must never
 /// collide with an earlier run's (result ids, object names of the mirrored state).
 pub(crate) fn random_tag() -> String {
+    format!("{:012x}", random_u64() & 0xffff_ffff_ffff)
+}
+
+/// 64 bits that differ between processes and calls (unique names, jitter; not secrets).
+pub(crate) fn random_u64() -> u64 {
     use std::hash::BuildHasher;
-    let n = std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now());
-    format!("{:012x}", n & 0xffff_ffff_ffff)
+    std::collections::hash_map::RandomState::new().hash_one(std::time::Instant::now())
+}
+
+/// An error with its causes, each once, e.g. "error sending request: connection refused"
+/// (an HTTP client's own text often stops at the first).
+pub(crate) fn error_with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !text.contains(&s_text) {
+            text.push_str(": ");
+            text.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    text
 }

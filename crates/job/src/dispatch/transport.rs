@@ -106,17 +106,7 @@ fn reqwest_error(e: &reqwest::Error) -> TransportError {
     if e.is_timeout() {
         return TransportError::Timeout;
     }
-    // The error with its causes, e.g. "error sending request: connection refused".
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let s_text = s.to_string();
-        if !text.contains(&s_text) {
-            text.push_str(": ");
-            text.push_str(&s_text);
-        }
-        source = s.source();
-    }
+    let text = crate::error_with_causes(e);
     if e.is_connect() {
         TransportError::Connect(text)
     } else {

@@ -9,7 +9,7 @@
 
 mod sign;
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub use sign::{Secret, SecretError};
 
@@ -105,7 +105,7 @@ pub async fn send(
                 }
             }
         }
-        Err(e) => Attempt::Failed(error_chain(&e)),
+        Err(e) => Attempt::Failed(crate::error_with_causes(&e)),
     }
 }
 
@@ -129,21 +129,10 @@ pub fn backoff(
     retry_after: Option<Duration>,
 ) -> Duration {
     let doubled = base.saturating_mul(1u32 << attempt.min(20)).min(cap);
-    let jitter = doubled.mul_f64(f64::from(random_below(1000)) / 5000.0);
+    let jitter = doubled.mul_f64(f64::from((crate::random_u64() % 1000) as u32) / 5000.0);
     (doubled + jitter)
         .max(retry_after.unwrap_or_default())
         .min(cap)
-}
-
-fn random_below(n: u32) -> u32 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    (h.finish() % u64::from(n.max(1))) as u32
 }
 
 /// A fresh `evt_…` id for an event of `run`.
@@ -152,21 +141,7 @@ pub fn new_event_id() -> String {
 }
 
 pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// A reqwest error with its causes (its `Display` alone often says only "error sending request").
-fn error_chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    (crate::state::unix_now_ms() / 1000) as i64
 }
 
 /// What `run --notify-url` sends when the job ends, to each URL, with bounded retries (about
