@@ -149,6 +149,17 @@ impl Deliverer {
     /// One attempt at `event`, as the outbox records it.
     async fn attempt(&self, event: &WebhookEvent) -> Recorded {
         let Some(endpoint) = self.endpoints.of(&event.owner) else {
+            if event.url.is_some() {
+                // The batch named a URL, but its owner's secret has left the file since.
+                let error = format!(
+                    "owner {} has no line in the webhook file any more: nothing to sign with",
+                    event.owner
+                );
+                return Recorded::GaveUp {
+                    status: None,
+                    error,
+                };
+            }
             return Recorded::NoEndpoint;
         };
         let Some(url) = event.url.clone().or(endpoint.url) else {
