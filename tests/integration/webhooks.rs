@@ -495,3 +495,34 @@ fn a_bad_webhook_file_stops_serve_before_it_listens() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2: expected OWNER URL SECRET"), "{err}");
 }
+
+#[test]
+fn a_batch_url_whose_owner_left_the_file_is_given_up_with_the_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let receiver = Receiver::start(dir.path(), 0, 0);
+    let hooks = webhook_file(dir.path(), "-");
+    let sim = Sim::start(&["--ttft-ms", "1500", "--ms-per-token", "0"]);
+    let service = service_with_hooks(dir.path(), &sim, &hooks, &[]);
+    let file = service.upload("in.jsonl", &jsonl(&[chat_line("only", json!({}))]));
+    let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                      "completion_window": "24h", "x_batch_runner": {"webhook_url": receiver.url()}});
+    let r = service.call("POST", "/v1/batches", Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    // Owner a leaves the file while its batch runs.
+    std::fs::write(&hooks, format!("b - {SECRET}\n")).expect("write");
+    let hup = Command::new("kill")
+        .args(["-HUP", &service.child.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(hup.success());
+    let b = wait_for(LONG, || {
+        let b = service.batch(&id);
+        (b["x_batch_runner"]["webhook"]["state"] == "failed").then_some(b)
+    });
+    let error = b["x_batch_runner"]["webhook"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(error.contains("no line in the webhook file"), "{b}");
+    assert!(receiver.entries().is_empty());
+}
