@@ -166,6 +166,14 @@ pub struct RunArgs {
     #[arg(help_heading = "Engines", long)]
     pub no_model_check: bool,
 
+    /// Before sending anything, count every line's prompt with the engine's tokenizer
+    /// (POST /tokenize or /v1/tokenize; estimated at 4 bytes per token where neither is
+    /// served), report input and worst-case output tokens, and put lines over the model's
+    /// context length (max_model_len) in the error file as context_length_exceeded instead of
+    /// sending them.
+    #[arg(help_heading = "Engines", long)]
+    pub preflight: bool,
+
     /// Stop (resumable, exit 75) when no engine has answered for this long, instead of
     /// probing dead engines for hours; 0 waits as long as the completion window allows.
     #[arg(help_heading = "Engines", long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]

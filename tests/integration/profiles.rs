@@ -229,3 +229,65 @@ fn serve_runs_a_batch_on_each_server() {
         );
     }
 }
+
+#[test]
+fn preflight_counts_with_each_servers_tokenizer_and_refuses_lines_over_the_context() {
+    for profile in PROFILES {
+        let sim = engine(profile, &[]);
+        let mut lines = numbered_lines("ok-", 10);
+        // 80 words: over the context of 64 on its own.
+        let long = json!({"messages": [{"role": "user", "content": "word ".repeat(80)}]});
+        lines.push(chat_line("long", long));
+        // 50 words fit, but not with 20 more to generate (SGLang itself would accept it).
+        let tight = json!({"messages": [{"role": "user", "content": "word ".repeat(50)}],
+                           "max_tokens": 20});
+        lines.push(chat_line("tight", tight));
+        let job = Job::new();
+        let input = job.input(&lines).display().to_string();
+        let out = cmd()
+            .args(run_args(&job, &input, &[&sim.url], &["--preflight"]))
+            .output()
+            .expect("run");
+        let err = stderr(&out);
+        let summary: Value =
+            serde_json::from_slice(&std::fs::read(job.path("summary.json")).expect("summary"))
+                .expect("summary json");
+        let preflight = &summary["preflight"];
+        let failed = results_by_id(&job.path("out.errors.jsonl"));
+        if profile == "transformers" {
+            // No tokenizer there: estimated, and nothing refused on an estimate.
+            assert_eq!(preflight["counted_by_engine"], 0, "{preflight}");
+            assert_eq!(preflight["estimated"], 12);
+            assert_eq!(preflight["over_context"], 0);
+            assert!(preflight["source"].as_str().unwrap().contains("estimated"));
+            assert!(failed.is_empty(), "{err}");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(1), "{profile}: {err}");
+        assert_eq!(preflight["counted_by_engine"], 12, "{profile}: {preflight}");
+        assert_eq!(preflight["context_length"], 64);
+        assert_eq!(preflight["over_context"], 2);
+        // Ten prompts of three words, each asking for at most 4 tokens.
+        assert_eq!(preflight["input_tokens"], 30, "{profile}: {preflight}");
+        assert_eq!(preflight["worst_case_output_tokens"], 40);
+        let route = if profile == "sglang" {
+            "/v1/tokenize"
+        } else {
+            "/tokenize"
+        };
+        assert!(preflight["source"].as_str().unwrap().ends_with(route));
+        assert!(err.contains("pre-flight: 12 requests"), "{err}");
+        assert_eq!(failed.len(), 2, "{profile}: only the refused lines fail");
+        for id in ["long", "tight"] {
+            let record = &failed[id];
+            assert_eq!(
+                record["response"],
+                Value::Null,
+                "{profile}: {id} was never sent"
+            );
+            assert_eq!(record["error"]["code"], "context_length_exceeded");
+        }
+        let tight = failed["tight"]["error"]["message"].as_str().unwrap();
+        assert!(tight.contains("lower max_tokens to at most 14"), "{tight}");
+    }
+}

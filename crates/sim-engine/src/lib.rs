@@ -157,6 +157,19 @@ impl Engine {
                 Some(text) => Ok(respond::text(StatusCode::OK, &text)),
                 None => Ok(profile.not_found(&method, &path)),
             },
+            (&Method::POST, _, None)
+                if profile.tokenize_route().is_some_and(|(p, _)| p == path) =>
+            {
+                let messages = profile.tokenize_route().is_some_and(|(_, m)| m);
+                let body = match req.into_body().collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(_) => return Err(DropConnection),
+                };
+                match serde_json::from_slice::<serde_json::Value>(&body) {
+                    Ok(request) => Ok(profile.tokenize(&self.config, &request, messages)),
+                    Err(e) => Ok(profile.bad_json(&e.to_string())),
+                }
+            }
             (&Method::POST, _, Some(endpoint)) => {
                 let request_id = req
                     .headers()

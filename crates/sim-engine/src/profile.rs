@@ -189,6 +189,33 @@ impl Profile {
         )
     }
 
+    /// Where the server counts a prompt's tokens, and whether it takes chat messages there:
+    /// vLLM's `/tokenize` takes a prompt or messages, SGLang's `/v1/tokenize` a prompt only;
+    /// transformers serve has none.
+    pub fn tokenize_route(self) -> Option<(&'static str, bool)> {
+        match self {
+            Self::Generic | Self::Vllm => Some(("/tokenize", true)),
+            Self::Sglang => Some(("/v1/tokenize", false)),
+            Self::Transformers => None,
+        }
+    }
+
+    /// The answer of the tokenize route (see [`Profile::tokenize_route`]).
+    pub fn tokenize(self, config: &SimConfig, request: &Value, messages: bool) -> Reply {
+        match respond::tokenize(request, messages) {
+            Some(count) => respond::json(
+                StatusCode::OK,
+                &json!({"count": count, "max_model_len": config.context_length,
+                        "tokens": (0..count).collect::<Vec<u64>>()}),
+                None,
+            ),
+            None => self.error(
+                StatusCode::BAD_REQUEST,
+                "the body must have a prompt (or, on this server, messages)",
+            ),
+        }
+    }
+
     /// Which metric families `/metrics` serves: SGLang's, vLLM's, or none (404).
     pub fn metric_families(self) -> (bool, bool) {
         match self {

@@ -189,6 +189,20 @@ pub fn answer(
     }
 }
 
+/// The prompt's token count as `POST /tokenize` tells it: the count generation uses (a chat's
+/// messages each counted, a prompt or input as text, token ids one each). `None`: the body has
+/// nothing to count, or messages where `messages` is false (SGLang's tokenizer takes text only).
+pub fn tokenize(request: &Value, messages: bool) -> Option<u64> {
+    if let Some(Value::Array(items)) = request.get("messages") {
+        return messages.then(|| items.iter().map(|m| words(&text_of(m))).sum());
+    }
+    match request.get("prompt")? {
+        Value::Array(ids) if ids.iter().all(Value::is_number) => Some(ids.len() as u64),
+        Value::Array(texts) => Some(texts.iter().map(|t| words(&text_of(t))).sum()),
+        other => Some(words(&text_of(other))),
+    }
+}
+
 /// The shared part of a chat request (every message but the last): its cache key and tokens.
 fn chat_prefix(model: &str, messages: Option<&Value>) -> (u64, u64) {
     let Some(Value::Array(items)) = messages else {

@@ -13,6 +13,7 @@ pub mod priority;
 pub mod rate;
 pub mod retry;
 mod send;
+pub mod tokenize;
 pub mod transport;
 
 use std::sync::atomic::AtomicBool;

@@ -110,6 +110,8 @@ pub struct Validation {
     pub ids: IdDigest,
     /// Where the validated bytes can be read again: the input itself, or the copy of a stream.
     pub source: PathBuf,
+    /// The pre-flight count of the lines, when one was made (see `run::preflight`).
+    pub preflight: Option<crate::run::preflight::Preflight>,
     /// A copy of a stream in the temporary directory lives as long as the validation.
     _temporary: Option<tempfile::TempPath>,
 }
@@ -247,6 +249,7 @@ pub fn validate(
         blocks,
         ids,
         source: read_from,
+        preflight: None,
         _temporary: temporary,
     })
 }

@@ -55,6 +55,9 @@ pub struct RunSummary {
     pub finalize_seconds: f64,
     pub requests_per_second: f64,
     pub output_tokens_per_second: f64,
+    /// The pre-flight count (`--preflight`), when one was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::run::preflight::PreflightReport>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -122,6 +125,7 @@ impl RunSummary {
             // Expired, cancelled and invalid lines were never sent: they are not throughput.
             requests_per_second: stats.sent_now() as f64 / secs,
             output_tokens_per_second: stats.output_tokens_now() as f64 / secs,
+            preflight: None,
         }
     }
 
@@ -190,6 +194,10 @@ impl RunSummary {
             self.requests_per_second,
             self.output_tokens_per_second,
         );
+        if let Some(preflight) = &self.preflight {
+            text.push_str(&preflight.describe());
+            text.push('\n');
+        }
         if self.status == JobStatus::Interrupted {
             text.push_str(&format!(
                 "results so far are kept in {}; run the same command again to resume\n",

@@ -30,6 +30,7 @@ pub async fn deliver_job(
         mirror,
         names,
         lines,
+        preflight,
     } = executed;
     let finalize_time = if status == JobStatus::Interrupted {
         Duration::ZERO
@@ -43,6 +44,7 @@ pub async fn deliver_job(
     };
     let mut summary = RunSummary::new(names.paths(), status, lines, &stats, started.elapsed());
     summary.finalize_seconds = finalize_time.as_secs_f64();
+    summary.preflight = preflight;
     Ok(summary)
 }
 

@@ -39,14 +39,9 @@ impl Shared {
         self.sink.append(record);
     }
 
-    fn invalid(&self, line: u64, custom_id: Option<&str>, message: &str) -> Record {
-        self.ids.error(
-            line,
-            custom_id,
-            LineOutcome::InvalidRequest,
-            "invalid_request",
-            message,
-        )
+    fn invalid(&self, line: u64, custom_id: Option<&str>, code: &str, message: &str) -> Record {
+        self.ids
+            .error(line, custom_id, LineOutcome::InvalidRequest, code, message)
     }
 }
 
@@ -82,8 +77,9 @@ pub async fn dispatch(
                 Item::Invalid {
                     line,
                     custom_id,
+                    code,
                     message,
-                } => shared.deliver(shared.invalid(line, custom_id.as_deref(), &message)),
+                } => shared.deliver(shared.invalid(line, custom_id.as_deref(), code, &message)),
                 Item::Request {
                     line,
                     custom_id,
@@ -173,8 +169,9 @@ fn close_out(shared: &Shared, item: Item, reason: StopReason) {
         Item::Invalid {
             line,
             custom_id,
+            code,
             message,
-        } => Some(shared.invalid(line, custom_id.as_deref(), &message)),
+        } => Some(shared.invalid(line, custom_id.as_deref(), code, &message)),
         Item::Request {
             line, custom_id, ..
         } => shared.ids.stopped(line, &custom_id, reason),

@@ -2,6 +2,7 @@
 //! progress and stop timers running, the feed thread reading the input again while the
 //! dispatcher sends, and everything stopped in order once the input ends or the job is stopped.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,12 +15,14 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::dispatcher::{Ended, Shared, dispatch};
 use super::feed::{Feed, Item};
+use super::preflight::{self, Preflight, PreflightReport};
 use super::prepare::{Names, Ready};
 use super::request::Ids;
 use super::supervise::Supervisor;
 use super::{RunError, RunOptions};
 use crate::bitset::BitSet;
 use crate::dispatch::{Engines, ProbeResult};
+use crate::input::validate::Validation;
 use crate::input::{Blocks, Changed};
 use crate::launch::Launched;
 use crate::report::metrics::{self, Stats};
@@ -43,6 +46,7 @@ pub struct Executed {
     pub names: Names,
     /// The input's line count.
     pub lines: u64,
+    pub preflight: Option<PreflightReport>,
 }
 
 /// Runs the job's requests until the input ends or the job stops; the live counters go to
@@ -56,7 +60,7 @@ pub async fn execute(
     observe: impl FnOnce(Arc<Stats>),
 ) -> Result<Executed, RunError> {
     // The two parts used most, by name; the rest are read as `ready.…`.
-    let (validation, opened) = (ready.validation, ready.opened);
+    let (mut validation, opened) = (ready.validation, ready.opened);
     let needed = opened.done.count() < ready.planned;
     let model = validation.settled.as_ref().map(|s| s.model.as_str());
     let starting = start_engines(options, needed, model);
@@ -70,6 +74,13 @@ pub async fn execute(
         // Nothing was done: leave no state behind (but keep a failed engine's log, above).
         e => ready.fresh.abandon(e),
     })?;
+    let preflight = match validation.preflight.take() {
+        Some(made) => Some(made),
+        None if options.preflight && needed => {
+            Some(count_tokens(options, stop, &engines, &validation, &opened.done).await?)
+        }
+        None => None,
+    };
     let stats = Arc::new(Stats::for_job(
         ready.planned,
         &opened.counts,
@@ -98,7 +109,12 @@ pub async fn execute(
     });
     let (batch_tx, batches) = mpsc::channel(8);
     let rules = LineRules::settled(options.validate.rules.clone(), validation.settled);
-    let judged = (validation.invalid, validation.blocks);
+    let rejected = preflight.as_ref().map(|p| p.rejected.clone());
+    let judged = (
+        validation.invalid,
+        validation.blocks,
+        rejected.unwrap_or_default(),
+    );
     let reader = spawn_feed(
         options,
         validation.source.clone(),
@@ -156,7 +172,38 @@ pub async fn execute(
         mirror: ready.mirror,
         names: ready.names,
         lines: ready.report.lines,
+        preflight: preflight.map(|p| p.report),
     })
+}
+
+/// The pre-flight pass over the lines still to run (see [`preflight`]), logged; a stop
+/// meanwhile ends the job before anything is sent.
+async fn count_tokens(
+    options: &RunOptions,
+    stop: &StopSignal,
+    engines: &Engines,
+    validation: &Validation,
+    done: &BitSet,
+) -> Result<Preflight, RunError> {
+    let lines = preflight::Lines {
+        path: validation.source.clone(),
+        blocks: validation.blocks.clone(),
+        max_line_bytes: options.validate.max_line_bytes,
+        rules: options.validate.rules.clone(),
+        settled: validation.settled.clone(),
+        invalid: validation.invalid.clone(),
+        done: done.clone(),
+    };
+    let counted = tokio::select! {
+        counted = preflight::preflight(engines, lines) => counted,
+        () = stop.stopping() => return Err(RunError::StoppedBeforeStart),
+    };
+    let counted = counted.map_err(RunError::io(format!(
+        "cannot read {} for the pre-flight count",
+        options.input.display()
+    )))?;
+    tracing::info!("{}", counted.report.describe());
+    Ok(counted)
 }
 
 /// The spool as the request tasks share it. The carried-over results (and, for a state in object
@@ -251,13 +298,13 @@ fn spawn_feed(
     options: &RunOptions,
     source: PathBuf,
     rules: LineRules,
-    judged: (BitSet, Blocks),
+    judged: (BitSet, Blocks, BTreeMap<u64, String>),
     done: BitSet,
     batches: mpsc::Sender<Vec<Item>>,
 ) -> JoinHandle<std::io::Result<()>> {
     let (max_line_bytes, group_window) = (options.validate.max_line_bytes, options.group_window);
     std::thread::spawn(move || {
-        let (invalid, blocks) = judged;
+        let (invalid, blocks, rejected) = judged;
         let feed = Feed {
             path: &source,
             blocks: &blocks,
@@ -265,6 +312,7 @@ fn spawn_feed(
             rules,
             invalid: &invalid,
             done: &done,
+            rejected: &rejected,
             group_window,
         };
         feed.run(&batches)

@@ -1,6 +1,7 @@
 //! The reader thread of the dispatch pass: streams the input again and turns each line that
 //! still needs a result into an [`Item`], judging it exactly as the validation pass did.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::path::Path;
 
@@ -26,6 +27,9 @@ pub enum Item {
     Invalid {
         line: u64,
         custom_id: Option<String>,
+        /// The error code of its record: `invalid_request`, or `context_length_exceeded` for a
+        /// line the pre-flight pass refused.
+        code: &'static str,
         message: String,
     },
 }
@@ -50,6 +54,8 @@ pub struct Feed<'a> {
     pub invalid: &'a BitSet,
     /// Lines that already have a result (a resumed job).
     pub done: &'a BitSet,
+    /// Lines the pre-flight pass refused, with why.
+    pub rejected: &'a BTreeMap<u64, String>,
     /// `--order-dispatch prefix`: lines grouped by prompt prefix within windows of this many.
     pub group_window: Option<usize>,
 }
@@ -113,6 +119,12 @@ impl Feed<'_> {
             Content::Text(text) => text,
         };
         match self.rules.check(line, text) {
+            Ok(request) if self.rejected.contains_key(&line) => Item::Invalid {
+                line,
+                custom_id: Some(request.custom_id.into_owned()),
+                code: "context_length_exceeded",
+                message: format!("line {line}: {}", self.rejected[&line]),
+            },
             Ok(request) if !self.invalid.contains(line) => Item::Request {
                 line,
                 custom_id: request.custom_id.into_owned(),
@@ -143,6 +155,7 @@ impl Item {
         Item::Invalid {
             line,
             custom_id: custom_id.map(str::to_owned),
+            code: "invalid_request",
             message: format!("line {line}: {why}"),
         }
     }

@@ -23,6 +23,7 @@ mod execute;
 mod feed;
 mod grouping;
 mod options;
+pub mod preflight;
 mod prepare;
 mod request;
 pub mod stop;

@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub engine_down_timeout: Option<Duration>,
     /// Refuse to start when every engine lists its models and none is the batch's.
     pub model_check: bool,
+    /// `--preflight`: count every line with the engine's tokenizer before sending any, and
+    /// refuse those over the context length (see `preflight`).
+    pub preflight: bool,
 }
 
 impl RunOptions {
@@ -88,6 +91,7 @@ impl RunOptions {
             group_window: None,
             engine_down_timeout: None,
             model_check: true,
+            preflight: false,
         }
     }
 }
