@@ -259,7 +259,12 @@ fn preflight_counts_with_each_servers_tokenizer_and_refuses_lines_over_the_conte
             assert_eq!(preflight["counted_by_engine"], 0, "{preflight}");
             assert_eq!(preflight["estimated"], 12);
             assert_eq!(preflight["over_context"], 0);
-            assert!(preflight["source"].as_str().unwrap().contains("estimated"));
+            assert!(
+                preflight["source"]
+                    .as_str()
+                    .expect("a string")
+                    .contains("estimated")
+            );
             assert!(failed.is_empty(), "{err}");
             continue;
         }
@@ -275,7 +280,12 @@ fn preflight_counts_with_each_servers_tokenizer_and_refuses_lines_over_the_conte
         } else {
             "/tokenize"
         };
-        assert!(preflight["source"].as_str().unwrap().ends_with(route));
+        assert!(
+            preflight["source"]
+                .as_str()
+                .expect("a string")
+                .ends_with(route)
+        );
         assert!(err.contains("pre-flight: 12 requests"), "{err}");
         assert_eq!(failed.len(), 2, "{profile}: only the refused lines fail");
         for id in ["long", "tight"] {
@@ -287,7 +297,9 @@ fn preflight_counts_with_each_servers_tokenizer_and_refuses_lines_over_the_conte
             );
             assert_eq!(record["error"]["code"], "context_length_exceeded");
         }
-        let tight = failed["tight"]["error"]["message"].as_str().unwrap();
+        let tight = failed["tight"]["error"]["message"]
+            .as_str()
+            .expect("a string");
         assert!(tight.contains("lower max_tokens to at most 14"), "{tight}");
     }
 }

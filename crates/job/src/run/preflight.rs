@@ -212,9 +212,13 @@ mod tests {
     #[test]
     fn a_line_is_refused_at_the_context_length_or_over_it_with_its_max_tokens() {
         assert!(too_long(4095, None, 4096).is_none());
-        assert!(too_long(4096, None, 4096).unwrap().contains("reaches"));
+        assert!(
+            too_long(4096, None, 4096)
+                .expect("refused")
+                .contains("reaches")
+        );
         assert!(too_long(4000, Some(96), 4096).is_none());
-        let why = too_long(4000, Some(97), 4096).unwrap();
+        let why = too_long(4000, Some(97), 4096).expect("refused");
         assert!(why.contains("at most 96"), "{why}");
     }
 }
