@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::service::{KEY_A, KEY_B, Service};
-use crate::common::{Sim, jsonl, numbered_lines};
+use crate::common::{Sim, chat_line, jsonl, numbered_lines};
 
 const LONG: Duration = Duration::from_secs(120);
 
@@ -303,4 +303,46 @@ fn a_waiting_owner_gets_a_slot_back_from_a_flood() {
         let unique = crate::common::service::unique_ids(&output).len();
         assert_eq!(unique, 400, "{done}");
     }
+}
+
+/// A batch created with `x_batch_runner.preflight` is counted by the engine's tokenizer in
+/// validation: the enqueued-token quota reads the exact count (the same file estimated from its
+/// size is over the limit), and a line over the context length fails without being sent.
+#[test]
+fn a_preflight_batch_is_counted_exactly_and_refuses_lines_over_the_context() {
+    let sim = Sim::instant(&["--profile", "vllm", "--context-length", "64"]);
+    let (_dir, service) =
+        Service::with_engine(&sim, &["--owner-max-enqueued-tokens", "300"]);
+    let mut lines = numbered_lines("p-", 10);
+    lines.push(chat_line(
+        "long",
+        json!({"messages": [{"role": "user", "content": "word ".repeat(80)}]}),
+    ));
+    let file = service.upload("in.jsonl", &jsonl(&lines));
+    let create = |preflight: bool| {
+        let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
+                          "completion_window": "24h",
+                          "x_batch_runner": {"preflight": preflight}});
+        let r = service.call("POST", "/v1/batches", Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["id"].as_str().expect("id").to_owned()
+    };
+    // About 2,300 bytes: some 580 tokens by the size estimate.
+    let estimated = create(false);
+    let failed = service.wait_status(&estimated, &["failed", "completed"], LONG);
+    assert_eq!(failed["errors"]["data"][0]["code"], "token_limit_exceeded", "{failed}");
+    let counted = create(true);
+    let done = service.wait_status(&counted, &["failed", "completed"], LONG);
+    assert_eq!(done["status"], "completed", "{done}");
+    let preflight = &done["x_batch_runner"]["preflight"];
+    assert_eq!(preflight["input_tokens"], 30, "{preflight}");
+    assert_eq!(preflight["worst_case_output_tokens"], 40);
+    assert_eq!(preflight["over_context"], 1);
+    assert_eq!(preflight["context_length"], 64);
+    assert_eq!(done["request_counts"], json!({"total": 11, "completed": 10, "failed": 1}));
+    let errors = service.content(done["error_file_id"].as_str().expect("an error file"));
+    let record: Value = serde_json::from_slice(errors.trim_ascii()).expect("one error line");
+    assert_eq!(record["custom_id"], "long");
+    assert_eq!(record["error"]["code"], "context_length_exceeded", "{record}");
+    assert_eq!(record["response"], Value::Null);
 }

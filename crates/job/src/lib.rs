@@ -56,6 +56,7 @@ pub use report::progress::{ProgressMode, StderrAboveBar, format_duration};
 pub use report::status::{JobProgress, read_progress};
 pub use report::summary::{JobStatus, RunSummary};
 pub use run::deadline::{Deadline, parse_rfc3339};
+pub use run::preflight::{Preflight, PreflightReport, preflight_input};
 pub use run::stop::{Phase, RESUMABLE_EXIT, StopReason, StopSignal};
 pub use run::{
     CANCELLED_MESSAGE, JobFiles, RunError, RunOptions, default_state_dir, run, run_observed,

@@ -118,6 +118,11 @@ pub struct BatchProgress {
     /// Whether that is after the batch's window ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub at_risk: Option<bool>,
+    /// The pre-flight count (`x_batch_runner.preflight` at create), once validation made it:
+    /// requests, input_tokens, worst_case_output_tokens, context_length, over_context, ….
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub preflight: Option<serde_json::Value>,
     /// The delivery of the webhook event of a batch that ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookDelivery>,
@@ -199,6 +204,10 @@ impl From<&BatchRow> for Batch {
             .unwrap_or_default();
         progress.worker_restarts = b.crashes.max(0) as u64;
         progress.webhook_url = b.webhook_url.clone();
+        progress.preflight = b
+            .preflight_report
+            .as_deref()
+            .and_then(|r| serde_json::from_str(r).ok());
         if matches!(
             b.status,
             BatchStatus::InProgress | BatchStatus::Finalizing | BatchStatus::Cancelling

@@ -185,15 +185,7 @@ async fn count_tokens(
     validation: &Validation,
     done: &BitSet,
 ) -> Result<Preflight, RunError> {
-    let lines = preflight::Lines {
-        path: validation.source.clone(),
-        blocks: validation.blocks.clone(),
-        max_line_bytes: options.validate.max_line_bytes,
-        rules: options.validate.rules.clone(),
-        settled: validation.settled.clone(),
-        invalid: validation.invalid.clone(),
-        done: done.clone(),
-    };
+    let lines = preflight::Lines::of(validation, &options.validate, done.clone());
     let counted = tokio::select! {
         counted = preflight::preflight(engines, lines) => counted,
         () = stop.stopping() => return Err(RunError::StoppedBeforeStart),

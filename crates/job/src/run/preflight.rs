@@ -18,9 +18,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::bitset::BitSet;
-use crate::dispatch::Engines;
+use crate::dispatch::{EngineOptions, Engines};
 use crate::dispatch::tokenize::{Count, Tokenizer, prompt_of};
 use crate::input::Blocks;
+use crate::input::validate::{ValidateOptions, Validation};
 use crate::run::feed::{Feed, Item};
 
 /// Lines counted at once: the tokenizer is cheap next to generation, but it runs in the
@@ -66,6 +67,33 @@ pub struct Lines {
     pub settled: Option<Settled>,
     pub invalid: BitSet,
     pub done: BitSet,
+}
+
+impl Lines {
+    /// The lines of a validated input that have no result in `done`.
+    pub fn of(validation: &Validation, options: &ValidateOptions, done: BitSet) -> Self {
+        Self {
+            path: validation.source.clone(),
+            blocks: validation.blocks.clone(),
+            max_line_bytes: options.max_line_bytes,
+            rules: options.rules.clone(),
+            settled: validation.settled.clone(),
+            invalid: validation.invalid.clone(),
+            done,
+        }
+    }
+}
+
+/// The pre-flight count of a validated input, for a caller whose engines are not set up (the
+/// service's worker, validating a batch before its job starts).
+pub async fn preflight_input(
+    engines: &EngineOptions,
+    validation: &Validation,
+    options: &ValidateOptions,
+) -> Result<Preflight, String> {
+    let engines = Engines::new(engines).map_err(|e| e.to_string())?;
+    let lines = Lines::of(validation, options, BitSet::default());
+    preflight(&engines, lines).await.map_err(|e| e.to_string())
 }
 
 /// Counts every line of `lines` that is valid and without a result, `CONCURRENCY` at a time,

@@ -45,7 +45,10 @@ pub struct CreateBatch {
     #[serde(default)]
     output_expires_after: Option<ExpiresAfter>,
     /// batch-runner's extension: `{"webhook_url": "https://…"}` sends this batch's event there
-    /// (signed with its owner's secret) instead of to the owner's endpoint.
+    /// (signed with its owner's secret) instead of to the owner's endpoint; `{"preflight":
+    /// true}` counts every line with the engine's tokenizer during validation (lines over the
+    /// model's context length fail as `context_length_exceeded` without being sent; the
+    /// enqueued-token quota counts the exact tokens).
     #[serde(default)]
     x_batch_runner: Option<CreateExtension>,
 }
@@ -54,6 +57,8 @@ pub struct CreateBatch {
 pub struct CreateExtension {
     #[serde(default)]
     webhook_url: Option<String>,
+    #[serde(default)]
+    preflight: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -122,10 +127,13 @@ fn parse_create(body: &[u8]) -> Result<CreateBatch, ApiError> {
         let good = x.as_object().is_some_and(|x| {
             x.get("webhook_url")
                 .is_none_or(|u| u.is_string() || u.is_null())
+                && x.get("preflight")
+                    .is_none_or(|p| p.is_boolean() || p.is_null())
         });
         if !good {
             return Err(ApiError::invalid(
-                "'x_batch_runner' must be an object such as {\"webhook_url\": \"https://…\"}",
+                "'x_batch_runner' must be an object such as {\"webhook_url\": \"https://…\", \
+                 \"preflight\": true}",
             )
             .param("x_batch_runner"));
         }
@@ -205,7 +213,8 @@ pub async fn create(
         ),
         Err(e) => return Err(ApiError::internal("cannot read the input file", e)),
     };
-    let webhook_url = match request.x_batch_runner.and_then(|x| x.webhook_url) {
+    let extension = request.x_batch_runner.unwrap_or_default();
+    let webhook_url = match extension.webhook_url {
         Some(url) => Some(check_webhook_url(&app, &owner, &url).await?),
         None => None,
     };
@@ -242,6 +251,7 @@ pub async fn create(
         output_expires_seconds,
         model,
         webhook_url,
+        preflight: i64::from(extension.preflight.unwrap_or(false)),
         ..BatchRow::default()
     };
     app.store.insert_batch(&row).await?;

@@ -8,8 +8,9 @@ impl Store {
         sqlx::query(
             "INSERT INTO batches (id, owner, endpoint, input_file_id, input_blob, \
              completion_window, status, created_at, expires_at, metadata, \
-             output_expires_seconds, model, webhook_url, estimated_lines, estimated_tokens) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+             output_expires_seconds, model, webhook_url, estimated_lines, estimated_tokens, \
+             preflight) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .bind(&b.id)
         .bind(&b.owner)
@@ -26,6 +27,7 @@ impl Store {
         .bind(&b.webhook_url)
         .bind(b.estimated_lines)
         .bind(b.estimated_tokens)
+        .bind(b.preflight)
         .execute(&self.pool)
         .await?;
         Ok(())

@@ -174,16 +174,21 @@ impl Store {
         fence: i64,
         total: i64,
         model: Option<&str>,
+        preflight: Option<(&str, i64)>,
     ) -> Result<std::result::Result<(), LeaseLost>> {
         let done = sqlx::query(
             "UPDATE batches SET total = $3, model = $4, status = CASE WHEN status = 'validating' \
-             THEN 'in_progress' ELSE status END, in_progress_at = $5 WHERE id = $1 AND fence = $2",
+             THEN 'in_progress' ELSE status END, in_progress_at = $5, \
+             preflight_report = COALESCE($6, preflight_report), \
+             estimated_tokens = COALESCE($7, estimated_tokens) WHERE id = $1 AND fence = $2",
         )
         .bind(id)
         .bind(fence)
         .bind(total)
         .bind(model)
         .bind(now_secs())
+        .bind(preflight.map(|(report, _)| report))
+        .bind(preflight.map(|(_, tokens)| tokens))
         .execute(&self.pool)
         .await?;
         Ok(fenced(done.rows_affected()))

@@ -96,8 +96,13 @@ pub struct BatchRow {
     pub webhook_url: Option<String>,
     /// Its requests, estimated from its file at create (`total` is exact once validated).
     pub estimated_lines: i64,
-    /// Its prompt tokens, estimated from its file's size at create.
+    /// Its tokens: estimated from its file's size at create; with a pre-flight count, its
+    /// prompt tokens plus the most its requests may generate.
     pub estimated_tokens: i64,
+    /// 1 when the create request asked for a pre-flight count.
+    pub preflight: i64,
+    /// What the pre-flight count found (JSON), once validation made it.
+    pub preflight_report: Option<String>,
 }
 
 impl BatchRow {
@@ -148,7 +153,7 @@ const BATCH_COLUMNS: &str = "id, owner, endpoint, input_file_id, input_blob, com
     expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, total, completed, \
     failed, input_tokens, cached_tokens, output_tokens, reasoning_tokens, model, metadata, errors, \
     output_expires_seconds, progress, fence, crashes, last_error, webhook_url, estimated_lines, \
-    estimated_tokens";
+    estimated_tokens, preflight, preflight_report";
 
 /// Builds a statement from pieces known when the program is compiled (column lists, fixed
 /// clauses); never from request data, which is always bound.

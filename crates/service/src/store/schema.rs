@@ -111,4 +111,14 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             )",
         ],
     ),
+    (
+        4,
+        &[
+            // The create request asked for a pre-flight count (`x_batch_runner.preflight`):
+            // 1 or 0.
+            "ALTER TABLE batches ADD COLUMN preflight BIGINT NOT NULL DEFAULT 0",
+            // What it found (JSON), once validation made it.
+            "ALTER TABLE batches ADD COLUMN preflight_report TEXT",
+        ],
+    ),
 ];

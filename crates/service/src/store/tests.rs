@@ -127,7 +127,7 @@ pub async fn claims_are_exclusive_and_fenced(store: &Store) {
     assert!(claimable().await.is_empty());
     assert_eq!(
         store
-            .start("batch_x", 1, 3, Some("m"))
+            .start("batch_x", 1, 3, Some("m"), None)
             .await
             .expect("start"),
         Ok(())
@@ -515,10 +515,14 @@ pub async fn planning_sums_read_alike(store: &Store) {
         .expect("claim")
         .expect("claimed");
     store
-        .start("batch_p1", fence, 10, Some("pm"))
+        .start("batch_p1", fence, 10, Some("pm"), Some(("{}", 77)))
         .await
         .expect("start")
         .expect("fenced");
+    // A pre-flight count replaces the estimate the quota reads.
+    let started = store.batch("p", "batch_p1").await.expect("read").expect("row");
+    assert_eq!(started.preflight_report.as_deref(), Some("{}"));
+    assert_eq!(started.estimated_tokens, 77);
     let counts = Counts {
         completed: 3,
         failed: 1,
@@ -554,7 +558,7 @@ pub async fn planning_sums_read_alike(store: &Store) {
             .enqueued_tokens("p", "batch_p2")
             .await
             .expect("tokens"),
-        40
+        77
     );
     assert_eq!(
         store

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::Instrument;
 
 use batch_job::{
-    Deadline, JobFiles, JobStatus, Remote, RunError, RunOptions, RunSummary, Stats, StopReason,
-    StopSignal, ValidateOptions, Validation, run_observed, validate_file,
+    Deadline, JobFiles, JobStatus, Preflight, Remote, RunError, RunOptions, RunSummary, Stats,
+    StopReason, StopSignal, ValidateOptions, Validation, preflight_input, run_observed,
+    validate_file,
 };
 use serde::{Deserialize, Serialize};
 
@@ -252,6 +253,8 @@ impl Worker {
             state_remote,
             // Pools already route batches by the models their engines list.
             model_check: false,
+            // A worker restarted after validation counts the lines left again.
+            preflight: batch.preflight != 0,
             ..RunOptions::new(files, engines, self.settings.grace)
         }
     }

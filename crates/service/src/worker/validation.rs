@@ -28,7 +28,7 @@ impl Worker {
         let validation = tokio::task::spawn_blocking(move || validate_file(&path, &options))
             .await
             .map_err(|e| io("validation")(std::io::Error::other(e)))?;
-        let validation = match validation {
+        let mut validation = match validation {
             Ok(v) => v,
             Err(e) => {
                 let error = batch_error("invalid_file", e.to_string(), None, None);
@@ -82,19 +82,32 @@ impl Worker {
         if errors.is_empty() && self.settings.engines_for(&model).is_none() {
             errors.push(no_engine(&model));
         }
+        let mut counted = None;
+        if errors.is_empty() && batch.preflight != 0 {
+            validation.preflight = self.preflight(&model, &validation).await;
+            counted = validation.preflight.as_ref().map(|p| {
+                let tokens = p.report.input_tokens + p.report.worst_case_output_tokens;
+                let json = serde_json::to_string(&p.report).unwrap_or_default();
+                (json, i64::try_from(tokens).unwrap_or(i64::MAX))
+            });
+        }
+        let tokens = counted.as_ref().map_or(batch.estimated_tokens, |c| c.1);
         if errors.is_empty()
             && let Some(limit) = self.settings.owner_max_enqueued_tokens
         {
             let others = self.store.enqueued_tokens(&batch.owner, &batch.id).await?;
-            let total = others + batch.estimated_tokens;
-            if total > i64::try_from(limit).unwrap_or(i64::MAX) {
+            if others + tokens > i64::try_from(limit).unwrap_or(i64::MAX) {
+                let what = match counted {
+                    Some(_) => "tokens (prompts counted by the engine plus the most they may \
+                                generate)",
+                    None => "prompt tokens (estimated from the file's size)",
+                };
                 errors.push(batch_error(
                     "token_limit_exceeded",
                     format!(
-                        "Enqueued token limit reached: this batch holds about {} prompt tokens \
+                        "Enqueued token limit reached: this batch holds about {tokens} {what} \
                          and your other batches in progress {others}, over the limit of \
-                         {limit}. Wait for some to finish before creating more.",
-                        batch.estimated_tokens
+                         {limit}. Wait for some to finish before creating more."
                     ),
                     None,
                     None,
@@ -104,6 +117,7 @@ impl Worker {
         if !errors.is_empty() {
             return Ok(Err(self.fail_with(errors).await?));
         }
+        let report = &validation.report;
         match self
             .store
             .start(
@@ -111,11 +125,31 @@ impl Worker {
                 self.fence,
                 report.requests as i64,
                 Some(&model),
+                counted.as_ref().map(|(json, tokens)| (json.as_str(), *tokens)),
             )
             .await?
         {
             Ok(()) => Ok(Ok((model, validation))),
             Err(LeaseLost) => Ok(Err(WorkerEnd::GaveUp)),
+        }
+    }
+}
+
+impl Worker {
+    /// The pre-flight count of a batch that asked for one, with its model's engines; none
+    /// (the job goes on without it, its quota on the estimate) when it cannot be made.
+    async fn preflight(&self, model: &str, validation: &Validation) -> Option<Preflight> {
+        let urls = self.settings.engines_for(model)?;
+        let engines = self.settings.engine_options(urls);
+        match preflight_input(&engines, validation, &self.validate_options()).await {
+            Ok(counted) => {
+                tracing::info!("{}", counted.report.describe());
+                Some(counted)
+            }
+            Err(e) => {
+                tracing::warn!("no pre-flight count: {e}");
+                None
+            }
         }
     }
 }
