@@ -157,16 +157,31 @@ fn windows_that_cannot_be_met_are_refused_or_flagged() {
 /// batches ended; the same sums in the metrics.
 #[test]
 fn operators_see_usage_per_owner_and_model() {
-    let sim = Sim::start(&["--ttft-ms", "1", "--ms-per-token", "0"]);
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "1",
+        "--ms-per-token",
+        "0",
+        "--prefix-cache-tokens",
+        "10000",
+    ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = format!("{KEY_A} a,{KEY_B} b,sk-op ops operator");
     let service = Service::start_with(
         dir.path(),
-        &["--engine-url", &sim.url],
+        &["--engine-url", &sim.url, "--max-concurrency", "1"],
         &[("BATCH_RUNNER_API_KEYS", keys)],
     );
     let a = service.submit("a-", 7);
-    let file = service.upload_as(KEY_B, "in.jsonl", &jsonl(&numbered_lines("b-", 3)));
+    // B's requests share a system prompt: the engine's prefix cache serves it after the first.
+    let shared: Vec<Value> = (0..3)
+        .map(|i| {
+            let messages = json!([{"role": "system", "content": "you answer briefly and well"},
+                                  {"role": "user", "content": format!("question {i}")}]);
+            chat_line(&format!("b-{i}"), json!({"messages": messages}))
+        })
+        .collect();
+    let file = service.upload_as(KEY_B, "in.jsonl", &jsonl(&shared));
     let body = json!({"input_file_id": file, "endpoint": "/v1/chat/completions",
                       "completion_window": "24h"});
     let r = service.call_as(KEY_B, "POST", "/v1/batches", Some(&body));
@@ -199,6 +214,19 @@ fn operators_see_usage_per_owner_and_model() {
         (json!(1), json!(3))
     );
     assert!(ua["input_tokens"].as_i64() > Some(0) && ua["output_tokens"].as_i64() > Some(0));
+    // Two of B's requests read the 5-token system prompt from the cache.
+    assert_eq!(ub["cached_tokens"], 10, "{ub}");
+    assert_eq!(
+        (ua["cached_tokens"].clone(), ua["reasoning_tokens"].clone()),
+        (json!(0), json!(0))
+    );
+    let batch = service
+        .call_as(KEY_B, "GET", &format!("/v1/batches/{b}"), None)
+        .json();
+    assert_eq!(
+        batch["usage"]["input_tokens_details"]["cached_tokens"], 10,
+        "{batch}"
+    );
     let r = service.call_as("sk-op", "GET", "/v1/x/usage?owner=b&from=0", None);
     let only: Vec<Value> = r.json()["data"].as_array().cloned().unwrap_or_default();
     assert!(only.len() == 1 && only[0]["owner"] == "b", "{only:?}");
@@ -207,6 +235,8 @@ fn operators_see_usage_per_owner_and_model() {
     let metrics = service.call("GET", "/metrics", None).text();
     let series =
         "batch_runner_usage_requests{owner=\"a\",model=\"sim-model\",outcome=\"completed\"} 7";
+    assert!(metrics.contains(series), "{metrics}");
+    let series = "batch_runner_usage_tokens{owner=\"b\",model=\"sim-model\",kind=\"cached\"} 10";
     assert!(metrics.contains(series), "{metrics}");
 }
 
@@ -311,8 +341,7 @@ fn a_waiting_owner_gets_a_slot_back_from_a_flood() {
 #[test]
 fn a_preflight_batch_is_counted_exactly_and_refuses_lines_over_the_context() {
     let sim = Sim::instant(&["--profile", "vllm", "--context-length", "64"]);
-    let (_dir, service) =
-        Service::with_engine(&sim, &["--owner-max-enqueued-tokens", "300"]);
+    let (_dir, service) = Service::with_engine(&sim, &["--owner-max-enqueued-tokens", "300"]);
     let mut lines = numbered_lines("p-", 10);
     lines.push(chat_line(
         "long",
@@ -330,7 +359,10 @@ fn a_preflight_batch_is_counted_exactly_and_refuses_lines_over_the_context() {
     // About 2,300 bytes: some 580 tokens by the size estimate.
     let estimated = create(false);
     let failed = service.wait_status(&estimated, &["failed", "completed"], LONG);
-    assert_eq!(failed["errors"]["data"][0]["code"], "token_limit_exceeded", "{failed}");
+    assert_eq!(
+        failed["errors"]["data"][0]["code"], "token_limit_exceeded",
+        "{failed}"
+    );
     let counted = create(true);
     let done = service.wait_status(&counted, &["failed", "completed"], LONG);
     assert_eq!(done["status"], "completed", "{done}");
@@ -339,10 +371,16 @@ fn a_preflight_batch_is_counted_exactly_and_refuses_lines_over_the_context() {
     assert_eq!(preflight["worst_case_output_tokens"], 40);
     assert_eq!(preflight["over_context"], 1);
     assert_eq!(preflight["context_length"], 64);
-    assert_eq!(done["request_counts"], json!({"total": 11, "completed": 10, "failed": 1}));
+    assert_eq!(
+        done["request_counts"],
+        json!({"total": 11, "completed": 10, "failed": 1})
+    );
     let errors = service.content(done["error_file_id"].as_str().expect("an error file"));
     let record: Value = serde_json::from_slice(errors.trim_ascii()).expect("one error line");
     assert_eq!(record["custom_id"], "long");
-    assert_eq!(record["error"]["code"], "context_length_exceeded", "{record}");
+    assert_eq!(
+        record["error"]["code"], "context_length_exceeded",
+        "{record}"
+    );
     assert_eq!(record["response"], Value::Null);
 }

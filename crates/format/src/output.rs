@@ -79,13 +79,18 @@ pub struct ResponseInfo {
 }
 
 /// Token counts from a response's `usage`, under either the chat/completions names
-/// (`prompt_tokens`, `completion_tokens`) or the Responses API names (`input_tokens`,
-/// `output_tokens`).
+/// (`prompt_tokens`, `completion_tokens`, `prompt_tokens_details.cached_tokens`,
+/// `completion_tokens_details.reasoning_tokens`) or the Responses API names (`input_tokens`,
+/// `output_tokens`, `input_tokens_details`, `output_tokens_details`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Usage {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub total_tokens: u64,
+    /// Of the input tokens, those read from the engine's prefix cache.
+    pub cached_tokens: u64,
+    /// Of the output tokens, those spent reasoning.
+    pub reasoning_tokens: u64,
 }
 
 impl std::ops::AddAssign for Usage {
@@ -93,6 +98,23 @@ impl std::ops::AddAssign for Usage {
         self.input_tokens += rhs.input_tokens;
         self.output_tokens += rhs.output_tokens;
         self.total_tokens += rhs.total_tokens;
+        self.cached_tokens += rhs.cached_tokens;
+        self.reasoning_tokens += rhs.reasoning_tokens;
+    }
+}
+
+impl Usage {
+    /// `self` less `earlier`, field by field (never below zero): what was added since.
+    pub fn since(self, earlier: Self) -> Self {
+        Self {
+            input_tokens: self.input_tokens.saturating_sub(earlier.input_tokens),
+            output_tokens: self.output_tokens.saturating_sub(earlier.output_tokens),
+            total_tokens: self.total_tokens.saturating_sub(earlier.total_tokens),
+            cached_tokens: self.cached_tokens.saturating_sub(earlier.cached_tokens),
+            reasoning_tokens: self
+                .reasoning_tokens
+                .saturating_sub(earlier.reasoning_tokens),
+        }
     }
 }
 
@@ -110,6 +132,17 @@ struct RawUsage {
     input_tokens: Option<u64>,
     output_tokens: Option<u64>,
     total_tokens: Option<u64>,
+    // Engines send `null` for details they do not count: both shapes read as "none".
+    prompt_tokens_details: Option<Details>,
+    input_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+}
+
+#[derive(Deserialize, Default)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -260,10 +293,14 @@ impl From<RawUsage> for Usage {
     fn from(u: RawUsage) -> Self {
         let input_tokens = u.prompt_tokens.or(u.input_tokens).unwrap_or(0);
         let output_tokens = u.completion_tokens.or(u.output_tokens).unwrap_or(0);
+        let input_details = u.prompt_tokens_details.or(u.input_tokens_details);
+        let output_details = u.completion_tokens_details.or(u.output_tokens_details);
         Self {
             input_tokens,
             output_tokens,
             total_tokens: u.total_tokens.unwrap_or(input_tokens + output_tokens),
+            cached_tokens: input_details.and_then(|d| d.cached_tokens).unwrap_or(0),
+            reasoning_tokens: output_details.and_then(|d| d.reasoning_tokens).unwrap_or(0),
         }
     }
 }
@@ -299,7 +336,8 @@ mod tests {
             Usage {
                 input_tokens: 3,
                 output_tokens: 4,
-                total_tokens: 7
+                total_tokens: 7,
+                ..Default::default()
             }
         );
         let mut buf = Vec::new();
@@ -399,5 +437,32 @@ mod tests {
         assert_eq!(info.usage.output_tokens, 2);
         let (_, info) = ResponseBody::parse(b"[1,2]").expect("json array is still JSON");
         assert_eq!(info, ResponseInfo::default());
+    }
+
+    #[test]
+    fn cached_and_reasoning_tokens_are_read_under_both_names_and_null_is_none() {
+        let chat = br#"{"usage":{"prompt_tokens":9,"completion_tokens":4,"total_tokens":13,
+            "prompt_tokens_details":{"cached_tokens":6},
+            "completion_tokens_details":{"reasoning_tokens":3}}}"#;
+        let (_, info) = ResponseBody::parse(chat).expect("json");
+        assert_eq!(
+            (info.usage.cached_tokens, info.usage.reasoning_tokens),
+            (6, 3)
+        );
+        let responses = br#"{"usage":{"input_tokens":9,"output_tokens":4,
+            "input_tokens_details":{"cached_tokens":2},
+            "output_tokens_details":{"reasoning_tokens":1}}}"#;
+        let (_, info) = ResponseBody::parse(responses).expect("json");
+        assert_eq!(
+            (info.usage.cached_tokens, info.usage.reasoning_tokens),
+            (2, 1)
+        );
+        // SGLang and vLLM send null details when they do not count them.
+        let nulls = br#"{"usage":{"prompt_tokens":9,"completion_tokens":4,
+            "prompt_tokens_details":null,"completion_tokens_details":null}}"#;
+        let (_, info) = ResponseBody::parse(nulls).expect("json");
+        assert_eq!((info.usage.input_tokens, info.usage.cached_tokens), (9, 0));
+        let line = br#"{"response":{"body":{"usage":{"prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":1}}}}}"#;
+        assert_eq!(usage_of_result(line).cached_tokens, 1);
     }
 }

@@ -307,7 +307,8 @@ mod tests {
                 usage: batch_format::output::Usage {
                     input_tokens: 3,
                     output_tokens: 4,
-                    total_tokens: 7
+                    total_tokens: 7,
+                    ..Default::default()
                 }
             }
         );

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use batch_format::output::Usage;
 use tokio::net::TcpListener;
 
 pub use crate::state::outcome::LineOutcome;
@@ -26,11 +27,8 @@ pub struct Stats {
     /// Results that an earlier run of the job had already produced (a resume): excluded from
     /// rates, so they describe this run.
     pub carried_over: AtomicU64,
-    /// Output tokens of the carried-over results.
-    pub carried_output_tokens: AtomicU64,
-    /// Input and total tokens of the carried-over results.
-    pub carried_input_tokens: AtomicU64,
-    pub carried_total_tokens: AtomicU64,
+    /// Tokens of the carried-over results.
+    pub carried_usage: Usage,
     /// Carried-over results that had been sent to an engine (not expired, cancelled or
     /// invalid lines).
     pub carried_sent: AtomicU64,
@@ -47,6 +45,8 @@ pub struct Stats {
     pub input_tokens: AtomicU64,
     pub output_tokens: AtomicU64,
     pub total_tokens: AtomicU64,
+    pub cached_tokens: AtomicU64,
+    pub reasoning_tokens: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
@@ -56,28 +56,18 @@ impl Stats {
     /// Counters for a job of `planned` results, starting from what a resumed job already has
     /// (`counts` by outcome, `totals` from its manifest).
     pub fn for_job(planned: u64, counts: &[u64], totals: crate::state::Totals) -> Self {
-        let stats = Self::default();
+        let stats = Self {
+            carried_usage: totals.usage(),
+            ..Self::default()
+        };
         stats.planned.store(planned, Ordering::Relaxed);
         for o in LineOutcome::ALL {
             stats.add(o, counts.get(o.index()).copied().unwrap_or(0));
         }
         stats.carried_over.store(stats.done(), Ordering::Relaxed);
-        stats
-            .carried_output_tokens
-            .store(totals.output_tokens, Ordering::Relaxed);
-        stats
-            .carried_input_tokens
-            .store(totals.input_tokens, Ordering::Relaxed);
-        stats
-            .carried_total_tokens
-            .store(totals.total_tokens, Ordering::Relaxed);
         stats.carried_sent.store(stats.sent(), Ordering::Relaxed);
         stats.retries.store(totals.retries, Ordering::Relaxed);
-        stats.add_usage(batch_format::output::Usage {
-            input_tokens: totals.input_tokens,
-            output_tokens: totals.output_tokens,
-            total_tokens: totals.total_tokens,
-        });
+        stats.add_usage(totals.usage());
         stats
     }
 
@@ -100,7 +90,18 @@ impl Stats {
 
     /// Output tokens generated for this run.
     pub fn output_tokens_now(&self) -> u64 {
-        Self::load(&self.output_tokens).saturating_sub(Self::load(&self.carried_output_tokens))
+        self.usage().since(self.carried_usage).output_tokens
+    }
+
+    /// Tokens of every result so far, carried-over ones included.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: Self::load(&self.input_tokens),
+            output_tokens: Self::load(&self.output_tokens),
+            total_tokens: Self::load(&self.total_tokens),
+            cached_tokens: Self::load(&self.cached_tokens),
+            reasoning_tokens: Self::load(&self.reasoning_tokens),
+        }
     }
 
     /// Results produced by this run.
@@ -129,13 +130,13 @@ impl Stats {
         self.done() - self.count(LineOutcome::Succeeded)
     }
 
-    pub fn add_usage(&self, usage: batch_format::output::Usage) {
-        self.input_tokens
-            .fetch_add(usage.input_tokens, Ordering::Relaxed);
-        self.output_tokens
-            .fetch_add(usage.output_tokens, Ordering::Relaxed);
-        self.total_tokens
-            .fetch_add(usage.total_tokens, Ordering::Relaxed);
+    pub fn add_usage(&self, usage: Usage) {
+        let add = |counter: &AtomicU64, n| counter.fetch_add(n, Ordering::Relaxed);
+        add(&self.input_tokens, usage.input_tokens);
+        add(&self.output_tokens, usage.output_tokens);
+        add(&self.total_tokens, usage.total_tokens);
+        add(&self.cached_tokens, usage.cached_tokens);
+        add(&self.reasoning_tokens, usage.reasoning_tokens);
     }
 
     pub fn observe_latency(&self, d: Duration) {
@@ -223,9 +224,13 @@ impl Stats {
             "# HELP batch_runner_tokens_total Tokens reported in the engines' usage.\n\
              # TYPE batch_runner_tokens_total counter\n\
              batch_runner_tokens_total{{kind=\"input\"}} {}\n\
-             batch_runner_tokens_total{{kind=\"output\"}} {}",
+             batch_runner_tokens_total{{kind=\"output\"}} {}\n\
+             batch_runner_tokens_total{{kind=\"cached\"}} {}\n\
+             batch_runner_tokens_total{{kind=\"reasoning\"}} {}",
             Self::load(&self.input_tokens),
-            Self::load(&self.output_tokens)
+            Self::load(&self.output_tokens),
+            Self::load(&self.cached_tokens),
+            Self::load(&self.reasoning_tokens)
         );
         let _ = writeln!(
             out,

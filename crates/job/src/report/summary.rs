@@ -65,6 +65,22 @@ pub struct UsageTotals {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub total_tokens: u64,
+    /// Of the input tokens, those the engines read from their prefix cache.
+    pub cached_tokens: u64,
+    /// Of the output tokens, those spent reasoning.
+    pub reasoning_tokens: u64,
+}
+
+impl From<batch_format::output::Usage> for UsageTotals {
+    fn from(u: batch_format::output::Usage) -> Self {
+        Self {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+            total_tokens: u.total_tokens,
+            cached_tokens: u.cached_tokens,
+            reasoning_tokens: u.reasoning_tokens,
+        }
+    }
 }
 
 pub struct Paths<'a> {
@@ -93,7 +109,6 @@ impl RunSummary {
         .collect();
         let expired = stats.count(LineOutcome::Expired);
         let cancelled = stats.count(LineOutcome::Cancelled);
-        let output_tokens = Stats::load(&stats.output_tokens);
         Self {
             status,
             input: paths.input.to_owned(),
@@ -108,18 +123,8 @@ impl RunSummary {
             expired,
             cancelled,
             retries: Stats::load(&stats.retries),
-            usage: UsageTotals {
-                input_tokens: Stats::load(&stats.input_tokens),
-                output_tokens,
-                total_tokens: Stats::load(&stats.total_tokens),
-            },
-            usage_this_run: UsageTotals {
-                input_tokens: Stats::load(&stats.input_tokens)
-                    .saturating_sub(Stats::load(&stats.carried_input_tokens)),
-                output_tokens: stats.output_tokens_now(),
-                total_tokens: Stats::load(&stats.total_tokens)
-                    .saturating_sub(Stats::load(&stats.carried_total_tokens)),
-            },
+            usage: stats.usage().into(),
+            usage_this_run: stats.usage().since(stats.carried_usage).into(),
             wall_seconds: wall.as_secs_f64(),
             finalize_seconds: 0.0,
             // Expired, cancelled and invalid lines were never sent: they are not throughput.
@@ -180,9 +185,21 @@ impl RunSummary {
                 u.input_tokens, u.output_tokens, u.total_tokens
             )
         };
+        let detail = |n: u64, what: &str| {
+            if n > 0 {
+                format!(" ({n} {what})")
+            } else {
+                String::new()
+            }
+        };
+        let (cached, reasoning) = (
+            detail(self.usage.cached_tokens, "cached"),
+            detail(self.usage.reasoning_tokens, "reasoning"),
+        );
         let mut text = format!(
             "{headline}: {} results in {}: {} succeeded, {} failed{reasons}{stopped}, {} retries\n\
-             tokens: {} input, {} output, {} total{this_run} | {:.1} req/s, {:.0} output tok/s\n",
+             tokens: {} input{cached}, {} output{reasoning}, {} total{this_run} | {:.1} req/s, \
+             {:.0} output tok/s\n",
             self.results,
             format_duration(Duration::from_secs_f64(self.wall_seconds)),
             self.succeeded,
@@ -227,6 +244,8 @@ mod tests {
             input_tokens: 10,
             output_tokens: 20,
             total_tokens: 30,
+            cached_tokens: 6,
+            reasoning_tokens: 2,
         });
         stats.record(LineOutcome::Expired);
         let paths = Paths {
@@ -245,6 +264,10 @@ mod tests {
         assert!(text.starts_with("EXPIRED"), "{text}");
         assert!(
             text.contains("2 succeeded, 1 failed (engine_unavailable 1), 1 expired"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tokens: 10 input (6 cached), 20 output (2 reasoning), 30 total"),
             "{text}"
         );
     }

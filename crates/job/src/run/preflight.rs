@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::bitset::BitSet;
-use crate::dispatch::{EngineOptions, Engines};
 use crate::dispatch::tokenize::{Count, Tokenizer, prompt_of};
+use crate::dispatch::{EngineOptions, Engines};
 use crate::input::Blocks;
 use crate::input::validate::{ValidateOptions, Validation};
 use crate::run::feed::{Feed, Item};

@@ -16,6 +16,7 @@ use std::io;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use batch_format::output::Usage;
 use serde::{Deserialize, Serialize};
 
 use crate::bitset::BitSet;
@@ -33,6 +34,32 @@ pub struct Totals {
     pub input_tokens: u64,
     pub output_tokens: u64,
     pub total_tokens: u64,
+    /// Added after the first manifests: absent in theirs (none counted then).
+    #[serde(default)]
+    pub cached_tokens: u64,
+    #[serde(default)]
+    pub reasoning_tokens: u64,
+}
+
+impl Totals {
+    /// The tokens of the results counted so far.
+    pub fn usage(&self) -> Usage {
+        Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+            total_tokens: self.total_tokens,
+            cached_tokens: self.cached_tokens,
+            reasoning_tokens: self.reasoning_tokens,
+        }
+    }
+
+    pub fn add_usage(&mut self, usage: Usage) {
+        self.input_tokens += usage.input_tokens;
+        self.output_tokens += usage.output_tokens;
+        self.total_tokens += usage.total_tokens;
+        self.cached_tokens += usage.cached_tokens;
+        self.reasoning_tokens += usage.reasoning_tokens;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -133,9 +133,7 @@ impl Sink {
             Ok(()) => {
                 a.totals.retries += record.retries;
                 if record.outcome.is_success() {
-                    a.totals.input_tokens += record.usage.input_tokens;
-                    a.totals.output_tokens += record.usage.output_tokens;
-                    a.totals.total_tokens += record.usage.total_tokens;
+                    a.totals.add_usage(record.usage);
                 }
                 a.since_checkpoint += 1;
                 if self.policy.every_results > 0 && a.since_checkpoint == self.policy.every_results
@@ -247,6 +245,8 @@ mod tests {
                 input_tokens: 1,
                 output_tokens: 2,
                 total_tokens: 3,
+                cached_tokens: 1,
+                reasoning_tokens: 1,
             },
             retries: 1,
         }
@@ -291,6 +291,8 @@ mod tests {
             resumed.manifest.totals.output_tokens, 2,
             "only successes count usage"
         );
+        let totals = resumed.manifest.totals;
+        assert_eq!((totals.cached_tokens, totals.reasoning_tokens), (1, 1));
         assert!(resumed.done.contains(2) && !resumed.done.contains(3));
     }
 }

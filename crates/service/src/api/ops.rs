@@ -145,8 +145,15 @@ async fn usage_metrics(app: &AppState, out: &mut String) -> Result<(), ApiError>
             "batch_runner_usage_requests{{{at},outcome=\"completed\"}} {}\n\
              batch_runner_usage_requests{{{at},outcome=\"failed\"}} {}\n\
              batch_runner_usage_tokens{{{at},kind=\"input\"}} {}\n\
-             batch_runner_usage_tokens{{{at},kind=\"output\"}} {}",
-            u.completed, u.failed, u.input_tokens, u.output_tokens
+             batch_runner_usage_tokens{{{at},kind=\"output\"}} {}\n\
+             batch_runner_usage_tokens{{{at},kind=\"cached\"}} {}\n\
+             batch_runner_usage_tokens{{{at},kind=\"reasoning\"}} {}",
+            u.completed,
+            u.failed,
+            u.input_tokens,
+            u.output_tokens,
+            u.cached_tokens,
+            u.reasoning_tokens
         );
     }
     Ok(())

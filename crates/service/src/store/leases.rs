@@ -212,6 +212,9 @@ impl Store {
              ELSE input_tokens END, \
              output_tokens = CASE WHEN $6 > COALESCE(output_tokens, 0) THEN $6 \
              ELSE output_tokens END, \
+             cached_tokens = CASE WHEN $8 > cached_tokens THEN $8 ELSE cached_tokens END, \
+             reasoning_tokens = CASE WHEN $9 > reasoning_tokens THEN $9 \
+             ELSE reasoning_tokens END, \
              progress = $7 WHERE id = $1 AND fence = $2",
         )
         .bind(id)
@@ -221,6 +224,8 @@ impl Store {
         .bind(counts.input_tokens)
         .bind(counts.output_tokens)
         .bind(progress)
+        .bind(counts.cached_tokens)
+        .bind(counts.reasoning_tokens)
         .execute(&self.pool)
         .await?;
         if done.rows_affected() != 1 {
@@ -293,6 +298,7 @@ impl Store {
             "UPDATE batches SET status = $3, {column} = $4, output_file_id = $5, \
              error_file_id = $6, completed = $7, failed = $8, input_tokens = $9, \
              output_tokens = $10, progress = $11, lease_until = 0, total = COALESCE($12, total), \
+             cached_tokens = $13, reasoning_tokens = $14, \
              finalizing_at = CASE WHEN $3 = 'completed' THEN COALESCE(finalizing_at, $4) \
              ELSE finalizing_at END WHERE id = $1 AND fence = $2"
         )))
@@ -308,6 +314,8 @@ impl Store {
         .bind(finish.counts.output_tokens)
         .bind(&finish.progress)
         .bind(finish.total)
+        .bind(finish.counts.cached_tokens)
+        .bind(finish.counts.reasoning_tokens)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {

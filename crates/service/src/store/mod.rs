@@ -118,6 +118,10 @@ pub struct Counts {
     pub failed: i64,
     pub input_tokens: i64,
     pub output_tokens: i64,
+    /// Of the input tokens, those read from the engine's prefix cache.
+    pub cached_tokens: i64,
+    /// Of the output tokens, those spent reasoning.
+    pub reasoning_tokens: i64,
 }
 
 /// How a worker ends its batch: the terminal status and the result files it created.

@@ -21,7 +21,11 @@ pub struct UsageRow {
     pub completed: i64,
     pub failed: i64,
     pub input_tokens: i64,
+    /// Of the input tokens, those read from the engines' prefix caches.
+    pub cached_tokens: i64,
     pub output_tokens: i64,
+    /// Of the output tokens, those spent reasoning.
+    pub reasoning_tokens: i64,
 }
 
 impl Store {
@@ -39,7 +43,9 @@ impl Store {
              CAST(COALESCE(SUM(completed), 0) AS BIGINT) AS completed, \
              CAST(COALESCE(SUM(failed), 0) AS BIGINT) AS failed, \
              CAST(COALESCE(SUM(input_tokens), 0) AS BIGINT) AS input_tokens, \
-             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens FROM batches \
+             CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT) AS output_tokens, \
+             CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT) AS cached_tokens, \
+             CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT) AS reasoning_tokens FROM batches \
              WHERE ($1 = '' OR owner = $1) AND created_at >= $2 AND created_at < $3 \
              GROUP BY owner, model ORDER BY owner, model",
         )

@@ -520,7 +520,11 @@ pub async fn planning_sums_read_alike(store: &Store) {
         .expect("start")
         .expect("fenced");
     // A pre-flight count replaces the estimate the quota reads.
-    let started = store.batch("p", "batch_p1").await.expect("read").expect("row");
+    let started = store
+        .batch("p", "batch_p1")
+        .await
+        .expect("read")
+        .expect("row");
     assert_eq!(started.preflight_report.as_deref(), Some("{}"));
     assert_eq!(started.estimated_tokens, 77);
     let counts = Counts {
@@ -528,6 +532,8 @@ pub async fn planning_sums_read_alike(store: &Store) {
         failed: 1,
         input_tokens: 30,
         output_tokens: 9,
+        cached_tokens: 12,
+        reasoning_tokens: 4,
     };
     store
         .report("batch_p1", fence, &counts, "{}")
@@ -575,9 +581,11 @@ pub async fn planning_sums_read_alike(store: &Store) {
             usage[0].batches,
             usage[0].completed,
             usage[0].failed,
-            usage[0].input_tokens
+            usage[0].input_tokens,
+            usage[0].cached_tokens,
+            usage[0].reasoning_tokens
         ),
-        (2, 3, 1, 30)
+        (2, 3, 1, 30, 12, 4)
     );
     store.set_throughput("pm", 12.5).await.expect("set");
     store.set_throughput("pm", 25.25).await.expect("set again");

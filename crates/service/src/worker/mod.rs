@@ -378,6 +378,8 @@ impl Worker {
             failed: 0,
             input_tokens: 0,
             output_tokens: 0,
+            cached_tokens: 0,
+            reasoning_tokens: 0,
             progress: BatchProgress::default(),
         };
         write_outcome(&work.outcome(), &outcome)?;
@@ -404,6 +406,8 @@ impl Worker {
                 failed: outcome.failed,
                 input_tokens: outcome.input_tokens,
                 output_tokens: outcome.output_tokens,
+                cached_tokens: outcome.cached_tokens,
+                reasoning_tokens: outcome.reasoning_tokens,
             },
             progress: serde_json::to_string(&outcome.progress).unwrap_or_default(),
             output,

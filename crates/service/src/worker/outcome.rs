@@ -14,6 +14,11 @@ pub(super) struct BatchOutcome {
     pub(super) failed: i64,
     pub(super) input_tokens: i64,
     pub(super) output_tokens: i64,
+    /// Added after the first outcome files (absent: none counted).
+    #[serde(default)]
+    pub(super) cached_tokens: i64,
+    #[serde(default)]
+    pub(super) reasoning_tokens: i64,
     pub(super) progress: BatchProgress,
 }
 
@@ -30,6 +35,8 @@ pub(super) fn outcome_of(
         failed: summary.failed as i64,
         input_tokens: summary.usage.input_tokens as i64,
         output_tokens: summary.usage.output_tokens as i64,
+        cached_tokens: summary.usage.cached_tokens as i64,
+        reasoning_tokens: summary.usage.reasoning_tokens as i64,
         progress: BatchProgress {
             retried: summary.retries,
             not_run: summary.expired + summary.cancelled,

@@ -97,6 +97,8 @@ fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts
         failed: (stats.failed() - not_run) as i64,
         input_tokens: Stats::load(&stats.input_tokens) as i64,
         output_tokens: Stats::load(&stats.output_tokens) as i64,
+        cached_tokens: Stats::load(&stats.cached_tokens) as i64,
+        reasoning_tokens: Stats::load(&stats.reasoning_tokens) as i64,
     };
     let elapsed = started.elapsed().unwrap_or_default().as_secs_f64();
     // Requests sent, not expired or cancelled lines written at the end.

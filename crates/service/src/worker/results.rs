@@ -74,6 +74,8 @@ pub async fn publish_failed(
         failed: salvaged.failed as i64,
         input_tokens: batch.input_tokens,
         output_tokens: batch.output_tokens,
+        cached_tokens: batch.cached_tokens,
+        reasoning_tokens: batch.reasoning_tokens,
     };
     // Nothing is in flight any more; the latency seen so far stays in the metrics.
     let mut progress = earlier_progress(&batch);

@@ -98,8 +98,10 @@ impl Worker {
             let others = self.store.enqueued_tokens(&batch.owner, &batch.id).await?;
             if others + tokens > i64::try_from(limit).unwrap_or(i64::MAX) {
                 let what = match counted {
-                    Some(_) => "tokens (prompts counted by the engine plus the most they may \
-                                generate)",
+                    Some(_) => {
+                        "tokens (prompts counted by the engine plus the most they may \
+                                generate)"
+                    }
                     None => "prompt tokens (estimated from the file's size)",
                 };
                 errors.push(batch_error(
@@ -125,7 +127,9 @@ impl Worker {
                 self.fence,
                 report.requests as i64,
                 Some(&model),
-                counted.as_ref().map(|(json, tokens)| (json.as_str(), *tokens)),
+                counted
+                    .as_ref()
+                    .map(|(json, tokens)| (json.as_str(), *tokens)),
             )
             .await?
         {
