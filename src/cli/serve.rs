@@ -125,6 +125,12 @@ pub struct ExecArgs {
     #[arg(help_heading = "Workers", long, value_name = "TOKENS")]
     pub owner_max_enqueued_tokens: Option<u64>,
 
+    /// Requests one owner's running batches may keep in flight at once, all together; each
+    /// of its batches gets an equal share (at least 1), adjusted as its batches start and end.
+    /// Without it each batch has --max-concurrency.
+    #[arg(help_heading = "Workers", long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub owner_max_in_flight: Option<u64>,
+
     /// Keep files and the job states of running batches in object storage
     /// (s3://bucket/prefix) instead of DATA_DIR, so every replica and worker host sees them.
     /// Credentials and region come from the AWS_* environment variables.

@@ -142,6 +142,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         state_dir: places.state_dir,
         state_remote: places.state_remote,
         model_check: !args.no_model_check,
+        in_flight_cap: None,
         preflight: args.preflight,
         engine_down_timeout: (!args.engine_down_timeout.is_zero())
             .then_some(args.engine_down_timeout),

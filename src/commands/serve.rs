@@ -184,6 +184,7 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             storage_url: args.storage_url.clone(),
             s3: batch_storage::S3Options::from(&args.s3),
             owner_max_enqueued_tokens: args.owner_max_enqueued_tokens,
+            owner_max_in_flight: args.owner_max_in_flight,
         },
         scheduler: SchedulerConfig {
             template: args.worker_command.clone(),

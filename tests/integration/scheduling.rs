@@ -384,3 +384,46 @@ fn a_preflight_batch_is_counted_exactly_and_refuses_lines_over_the_context() {
     );
     assert_eq!(record["response"], Value::Null);
 }
+
+/// `--owner-max-in-flight`: an owner's running batches keep at most that many requests at the
+/// engine together (each an equal share), where each alone could keep --max-concurrency.
+#[test]
+fn an_owners_batches_share_its_in_flight_cap() {
+    let sim = Sim::start(&["--ttft-ms", "150", "--ms-per-token", "0"]);
+    let (_dir, service) = Service::with_engine(
+        &sim,
+        &[
+            "--max-concurrent-batches",
+            "3",
+            "--max-concurrency",
+            "8",
+            "--owner-max-in-flight",
+            "6",
+            "--report-interval",
+            "100ms",
+        ],
+    );
+    let ids: Vec<String> = (0..3)
+        .map(|i| service.submit(&format!("f{i}-"), 40))
+        .collect();
+    crate::common::wait_for(LONG, || {
+        ids.iter()
+            .all(|id| service.batch(id)["status"] == "in_progress")
+            .then_some(())
+    });
+    // Shares settle within a report interval (plus the requests already sent, 150 ms).
+    std::thread::sleep(Duration::from_millis(600));
+    let mut most = 0.0f64;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        let at_engine = sim.metric("sglang:num_running_reqs") + sim.metric("sglang:num_queue_reqs");
+        most = most.max(at_engine);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Three batches of 8 would keep 24 in flight; the owner's cap of 6 is 2 each.
+    assert!((4.0..=6.0).contains(&most), "at most {most} in flight");
+    for id in &ids {
+        let done = service.wait_status(id, &["completed"], LONG);
+        assert_eq!(done["request_counts"]["completed"], 40, "{done}");
+    }
+}

@@ -44,6 +44,17 @@ pub struct WorkerSettings {
     /// from their files' sizes); a batch that would go over fails `token_limit_exceeded`.
     #[serde(default)]
     pub owner_max_enqueued_tokens: Option<u64>,
+    /// An owner's running batches keep at most this many requests in flight together, in
+    /// equal shares.
+    #[serde(default)]
+    pub owner_max_in_flight: Option<u64>,
+}
+
+/// A batch's share of its owner's in-flight cap when the owner runs `running` batches (this
+/// one included): an equal part, at least 1.
+pub fn in_flight_share(cap: u64, running: i64) -> usize {
+    let share = cap / u64::try_from(running.max(1)).unwrap_or(1);
+    usize::try_from(share.max(1)).unwrap_or(usize::MAX)
 }
 
 impl WorkerSettings {
@@ -166,12 +177,23 @@ mod tests {
             storage_url: None,
             s3: S3Options::default(),
             owner_max_enqueued_tokens: Some(5),
+            owner_max_in_flight: Some(10),
         };
         // The file round-trips, without the engines' API key.
         let text = serde_json::to_string(&written).expect("serializable");
         assert!(!text.contains("secret"), "{text}");
         let mut s: WorkerSettings = serde_json::from_str(&text).expect("accepted");
         assert_eq!(s.engine.priority, Some(-10));
+        // Ten in flight for the owner: 3 each of three batches, 1 each of twenty.
+        let cap = s.owner_max_in_flight.expect("kept");
+        assert_eq!(
+            (
+                in_flight_share(cap, 1),
+                in_flight_share(cap, 3),
+                in_flight_share(cap, 20)
+            ),
+            (10, 3, 1)
+        );
         assert_eq!(
             s.engine.concurrency,
             batch_job::Concurrency::Adaptive { min: 4, max: 64 }

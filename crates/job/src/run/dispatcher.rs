@@ -8,10 +8,11 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
 use super::feed::Item;
+use super::in_flight_cap::CappedSlots;
 use super::request::{Ids, Request, execute};
 use crate::dispatch::{Engines, Target};
 use crate::report::metrics::Stats;
@@ -62,9 +63,10 @@ pub async fn dispatch(
     shared: Arc<Shared>,
     mut batches: mpsc::Receiver<Vec<Item>>,
     max_concurrency: usize,
+    cap: Option<watch::Receiver<usize>>,
 ) -> Ended {
-    let limit = max_concurrency.max(1);
-    let slots = Arc::new(Semaphore::new(limit));
+    let capped = CappedSlots::new(max_concurrency, cap);
+    let slots = capped.slots.clone();
     // Items received but not yet dispatched when a stop came.
     let mut leftover: Vec<Item> = Vec::new();
     'input: while let Some(batch) = next_batch(&mut batches, &shared.stop).await {
@@ -128,7 +130,7 @@ pub async fn dispatch(
         }
     }
     // Every slot back means every request task has finished and delivered its record.
-    let _ = slots.acquire_many(limit as u32).await;
+    capped.all_back().await;
     if shared.sink.failed() {
         return Ended::SpoolFailed;
     }

@@ -132,7 +132,13 @@ pub async fn execute(
     let load = tokio::spawn(watch_load(shared.clone()).in_current_span());
     let watch_down =
         tokio::spawn(watch_engines(shared.clone(), options.engine_down_timeout).in_current_span());
-    let ended = dispatch(shared, batches, max_in_flight).await;
+    let ended = dispatch(
+        shared,
+        batches,
+        max_in_flight,
+        options.in_flight_cap.clone(),
+    )
+    .await;
     load.abort();
     watch_down.abort();
     let engines_down = watch_down.await.ok().flatten();

@@ -22,6 +22,7 @@ mod error;
 mod execute;
 mod feed;
 mod grouping;
+mod in_flight_cap;
 mod options;
 pub mod preflight;
 mod prepare;

@@ -56,6 +56,10 @@ pub struct RunOptions {
     /// `--preflight`: count every line with the engine's tokenizer before sending any, and
     /// refuse those over the context length (see `preflight`).
     pub preflight: bool,
+    /// A live cap on the requests in flight, below the engines' concurrency (the service's
+    /// share of an owner's `--owner-max-in-flight`, which changes as the owner's batches
+    /// start and end); `None`: no cap.
+    pub in_flight_cap: Option<tokio::sync::watch::Receiver<usize>>,
 }
 
 impl RunOptions {
@@ -92,6 +96,7 @@ impl RunOptions {
             engine_down_timeout: None,
             model_check: true,
             preflight: false,
+            in_flight_cap: None,
         }
     }
 }

@@ -29,9 +29,9 @@ use batch_storage::{StorageError, absent_is_fine};
 use crate::blobs::Blobs;
 use crate::ids;
 use crate::model::{BatchError, BatchProgress};
-use crate::settings::WorkerSettings;
+use crate::settings::{WorkerSettings, in_flight_share};
 use crate::store::{
-    BatchRow, BatchStatus, Counts, FileRow, Finish, LeaseLost, Store, StoreError, now_secs,
+    BatchRow, BatchStatus, Counts, FileRow, Finish, LeaseLost, Store, StoreError, now_ms, now_secs,
 };
 use crate::{BatchWork, DataDir};
 
@@ -41,7 +41,7 @@ mod results;
 mod validation;
 
 use outcome::{BatchOutcome, outcome_of, read_outcome, write_outcome};
-use report::{LatencyBase, heartbeat, report_loop};
+use report::{LatencyBase, follow_in_flight_share, heartbeat, report_loop};
 use results::adopt;
 pub use results::{Ending, FAILED_MESSAGE, final_files, publish_failed};
 use validation::no_engine;
@@ -272,6 +272,24 @@ impl Worker {
         let observed = Arc::new(std::sync::OnceLock::new());
         let keep = observed.clone();
         let latency = LatencyBase::of(batch);
+        let mut options = options;
+        let sharer = match self.settings.owner_max_in_flight {
+            Some(cap) => {
+                let running = self.store.running_by_owner(now_ms()).await?;
+                let now = running.get(&batch.owner).copied().unwrap_or(1);
+                let (tx, rx) = tokio::sync::watch::channel(in_flight_share(cap, now));
+                options.in_flight_cap = Some(rx);
+                let every = self.settings.report_every;
+                let follow = follow_in_flight_share(
+                    self.store.clone(),
+                    batch.owner.clone(),
+                    (cap, every),
+                    tx,
+                );
+                Some(tokio::spawn(follow.in_current_span()))
+            }
+            None => None,
+        };
         let reporter = tokio::spawn(
             report_loop(
                 self.store.clone(),
@@ -289,6 +307,9 @@ impl Worker {
         })
         .await;
         reporter.abort();
+        if let Some(sharer) = sharer {
+            sharer.abort();
+        }
         let summary = match result {
             Ok(summary) => summary,
             Err(e) if e.is_resumable() => return Ok(None),

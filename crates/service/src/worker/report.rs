@@ -33,6 +33,30 @@ pub(super) async fn heartbeat(
     }
 }
 
+/// Keeps the job's cap on requests in flight at this batch's share of its owner's
+/// `--owner-max-in-flight`, read again every `every` as the owner's batches start and end.
+pub(super) async fn follow_in_flight_share(
+    store: Store,
+    owner: String,
+    (cap, every): (u64, Duration),
+    share: tokio::sync::watch::Sender<usize>,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        match store.running_by_owner(now_ms()).await {
+            Ok(running) => {
+                let running = running.get(&owner).copied().unwrap_or(1);
+                share.send_if_modified(|now| {
+                    let new = in_flight_share(cap, running);
+                    std::mem::replace(now, new) != new
+                });
+            }
+            Err(e) => tracing::warn!("cannot read the running batches of {owner}: {e}"),
+        }
+    }
+}
+
 /// Writes the live counters every `every`; a cancel seen in the answer starts the cancel.
 pub(super) async fn report_loop(
     store: Store,
