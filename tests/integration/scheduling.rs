@@ -238,6 +238,10 @@ fn operators_see_usage_per_owner_and_model() {
     assert!(metrics.contains(series), "{metrics}");
     let series = "batch_runner_usage_tokens{owner=\"b\",model=\"sim-model\",kind=\"cached\"} 10";
     assert!(metrics.contains(series), "{metrics}");
+    // Each completed batch's own time (worker start, validation, finalizing) is measured.
+    let overhead =
+        crate::common::prometheus_value(&metrics, "batch_runner_model_batch_overhead_seconds");
+    assert!(overhead.is_some_and(|s| s > 0.0 && s < 30.0), "{metrics}");
 }
 
 /// An owner's batches per hour are capped at create (429), and a batch that would take the

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::model::BatchProgress;
-use crate::store::{BatchRow, Store, StoreError, now_ms, now_secs};
+use crate::store::{BatchRow, BatchStatus, Store, StoreError, Throughput, now_ms, now_secs};
 
 /// Time between two throughput samples.
 const SAMPLE_SPAN: Duration = Duration::from_secs(2);
@@ -38,8 +38,8 @@ pub struct Plan {
     pub at_risk: bool,
 }
 
-/// Measured results per second per model ([`Store::throughputs`]), read once per request.
-pub type Rates = HashMap<String, f64>;
+/// What was measured per model ([`Store::throughputs`]), read once per request.
+pub type Rates = HashMap<String, Throughput>;
 
 /// The plan of `batch`, when its model's throughput is known and it is unfinished.
 pub async fn plan(
@@ -53,7 +53,13 @@ pub async fn plan(
     if batch.is_terminal() {
         return Ok(None);
     }
-    let queued = queued(store, rates, model, batch.expires_at, &batch.id, 0).await?;
+    let mine = Mine {
+        id: &batch.id,
+        expires_at: batch.expires_at,
+        unstored: 0,
+        started: batch.status != BatchStatus::Validating,
+    };
+    let queued = queued(store, rates, model, mine).await?;
     Ok(queued.map(|q| q.plan))
 }
 
@@ -67,30 +73,47 @@ pub struct Queued {
     pub rate: f64,
 }
 
-/// The queue of a batch `id` of `model` due at `expires_at`, with `own` requests of its own
-/// not stored yet; none until the model's throughput is measured.
+/// The batch whose queue is asked for.
+#[derive(Debug, Clone, Copy)]
+pub struct Mine<'a> {
+    pub id: &'a str,
+    /// Unix seconds: the end of its window.
+    pub expires_at: i64,
+    /// Its requests when it is not stored yet (at create), else 0.
+    pub unstored: i64,
+    /// Whether its worker has validated it: before, the batch's overhead is still ahead.
+    pub started: bool,
+}
+
+/// The queue of `mine`, a batch of `model`; none until the model's throughput is measured.
+/// The batches ahead run beside each other, so their start-ups overlap with other work; the
+/// batch's own start-up and finalizing do not, and are added while it has not started.
 pub async fn queued(
     store: &Store,
     rates: &Rates,
     model: &str,
-    expires_at: i64,
-    id: &str,
-    own: i64,
+    mine: Mine<'_>,
 ) -> Result<Option<Queued>, StoreError> {
-    let Some(rate) = rates.get(model).copied().filter(|r| *r > 0.0) else {
+    let Some(measured) = rates.get(model).copied().filter(|r| r.per_second > 0.0) else {
         return Ok(None);
     };
-    let ahead = store.work_ahead(model, expires_at, id).await?;
+    let ahead = store.work_ahead(model, mine.expires_at, mine.id).await?;
+    let overhead = if mine.started {
+        0.0
+    } else {
+        measured.overhead_seconds
+    };
+    let rate = measured.per_second;
     Ok(Some(Queued {
-        plan: plan_for(ahead + own, rate, expires_at),
+        plan: plan_for(ahead + mine.unstored, rate, overhead, mine.expires_at),
         ahead,
         rate,
     }))
 }
 
-/// `work` requests at `rate` per second, due at `expires_at`.
-pub fn plan_for(work: i64, rate: f64, expires_at: i64) -> Plan {
-    let eta_seconds = (work.max(0) as f64 / rate).ceil() as u64;
+/// `work` requests at `rate` per second after `overhead` seconds, due at `expires_at`.
+pub fn plan_for(work: i64, rate: f64, overhead: f64, expires_at: i64) -> Plan {
+    let eta_seconds = (work.max(0) as f64 / rate + overhead).ceil() as u64;
     let estimated_finish_at = now_secs() + eta_seconds as i64;
     Plan {
         eta_seconds,
@@ -143,8 +166,8 @@ async fn measure(store: &Store) -> Result<(), StoreError> {
     }
     let known = store.throughputs().await?;
     for (model, rate) in rates.into_iter().filter(|(_, r)| *r > 0.0) {
-        let average = match known.get(&model) {
-            Some(old) => old * (1.0 - NEW_SAMPLE_WEIGHT) + rate * NEW_SAMPLE_WEIGHT,
+        let average = match known.get(&model).filter(|k| k.per_second > 0.0) {
+            Some(old) => old.per_second * (1.0 - NEW_SAMPLE_WEIGHT) + rate * NEW_SAMPLE_WEIGHT,
             None => rate,
         };
         store.set_throughput(&model, average).await?;
@@ -168,9 +191,12 @@ mod tests {
     #[test]
     fn a_plan_past_the_window_is_at_risk() {
         let now = now_secs();
-        let plan = plan_for(1000, 10.0, now + 50);
+        let plan = plan_for(1000, 10.0, 0.0, now + 50);
         assert_eq!(plan.eta_seconds, 100);
         assert!(plan.at_risk);
-        assert!(!plan_for(100, 10.0, now + 50).at_risk);
+        assert!(!plan_for(100, 10.0, 0.0, now + 50).at_risk);
+        // The batch's own start-up and finalizing count too.
+        assert_eq!(plan_for(100, 10.0, 2.5, now + 50).eta_seconds, 13);
+        assert!(plan_for(450, 10.0, 5.5, now + 50).at_risk);
     }
 }

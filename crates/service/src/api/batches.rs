@@ -273,15 +273,15 @@ async fn admit(
     if app.config.admission != Admission::Reject {
         return Ok(());
     }
-    let Some(planning::Queued { plan, ahead, rate }) = planning::queued(
-        &app.store,
-        &app.store.throughputs().await?,
-        model,
-        expires_at,
+    let mine = planning::Mine {
         id,
-        lines,
-    )
-    .await?
+        expires_at,
+        unstored: lines,
+        started: false,
+    };
+    let rates = app.store.throughputs().await?;
+    let Some(planning::Queued { plan, ahead, rate }) =
+        planning::queued(&app.store, &rates, model, mine).await?
     else {
         return Ok(());
     };

@@ -107,13 +107,28 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
          of each model's batches (a decaying average; what ETAs and admission use).\n\
          # TYPE batch_runner_model_throughput_requests_per_second gauge"
     );
-    let mut rates: Vec<(String, f64)> = app.store.throughputs().await?.into_iter().collect();
+    let mut rates: Vec<_> = app.store.throughputs().await?.into_iter().collect();
     rates.sort_by(|a, b| a.0.cmp(&b.0));
-    for (model, rate) in rates {
-        let model = label(&model);
+    for (model, measured) in &rates {
+        let model = label(model);
         let _ = writeln!(
             out,
-            "batch_runner_model_throughput_requests_per_second{{model=\"{model}\"}} {rate}"
+            "batch_runner_model_throughput_requests_per_second{{model=\"{model}\"}} {}",
+            measured.per_second
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP batch_runner_model_batch_overhead_seconds A batch's own time besides its \
+         requests (worker start, validation, finalizing), a decaying average per model.\n\
+         # TYPE batch_runner_model_batch_overhead_seconds gauge"
+    );
+    for (model, measured) in &rates {
+        let model = label(model);
+        let _ = writeln!(
+            out,
+            "batch_runner_model_batch_overhead_seconds{{model=\"{model}\"}} {}",
+            measured.overhead_seconds
         );
     }
     usage_metrics(&app, &mut out).await?;

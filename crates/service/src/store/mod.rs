@@ -20,7 +20,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 pub use crate::status::{BatchStatus, StatusTimes};
-pub use planning::UsageRow;
+pub use planning::{Throughput, UsageRow};
 pub use webhooks::{RETRY_FOR_MS, Recorded, WebhookEvent};
 
 #[derive(Debug, thiserror::Error)]

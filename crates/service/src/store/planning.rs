@@ -10,6 +10,15 @@ use super::*;
 const REMAINING: &str =
     "CASE WHEN total > 0 THEN total - completed - failed ELSE estimated_lines END";
 
+/// What the service measured of one model's batches.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Throughput {
+    /// Results per second of its batches together (0: not measured yet).
+    pub per_second: f64,
+    /// A batch's own time besides its requests: its worker starting, validating, finalizing.
+    pub overhead_seconds: f64,
+}
+
 /// What one owner's batches of one model used.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct UsageRow {
@@ -72,17 +81,40 @@ impl Store {
             .collect()
     }
 
-    /// Measured results per second of each model.
-    pub async fn throughputs(&self) -> Result<HashMap<String, f64>> {
-        let rows = sqlx::query("SELECT model, milli_rps FROM throughput")
+    /// What was measured of each model.
+    pub async fn throughputs(&self) -> Result<HashMap<String, Throughput>> {
+        let rows = sqlx::query("SELECT model, milli_rps, overhead_ms FROM throughput")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|r| {
                 let milli: i64 = r.try_get("milli_rps")?;
-                Ok((r.try_get("model")?, milli as f64 / 1000.0))
+                let overhead: i64 = r.try_get("overhead_ms")?;
+                let measured = Throughput {
+                    per_second: milli as f64 / 1000.0,
+                    overhead_seconds: overhead as f64 / 1000.0,
+                };
+                Ok((r.try_get("model")?, measured))
             })
             .collect()
+    }
+
+    /// Adds a completed batch's overhead (`seconds` of its own besides its requests) to its
+    /// model's decaying average.
+    pub async fn note_overhead(&self, model: &str, seconds: f64) -> Result<()> {
+        let ms = (seconds * 1000.0).round() as i64;
+        sqlx::query(
+            "INSERT INTO throughput (model, milli_rps, updated_at, overhead_ms) \
+             VALUES ($1, 0, $3, $2) ON CONFLICT (model) DO UPDATE SET overhead_ms = \
+             CASE WHEN throughput.overhead_ms = 0 THEN $2 \
+             ELSE (throughput.overhead_ms * 7 + $2 * 3) / 10 END",
+        )
+        .bind(model)
+        .bind(ms)
+        .bind(now_secs())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     pub async fn set_throughput(&self, model: &str, per_second: f64) -> Result<()> {

@@ -121,4 +121,13 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE batches ADD COLUMN preflight_report TEXT",
         ],
     ),
+    (
+        5,
+        &[
+            // Per model: a batch's own time besides its requests (its worker starting,
+            // validating, finalizing and registering its files), in milliseconds, a decaying
+            // average of the batches that completed.
+            "ALTER TABLE throughput ADD COLUMN overhead_ms BIGINT NOT NULL DEFAULT 0",
+        ],
+    ),
 ];

@@ -590,8 +590,21 @@ pub async fn planning_sums_read_alike(store: &Store) {
     store.set_throughput("pm", 12.5).await.expect("set");
     store.set_throughput("pm", 25.25).await.expect("set again");
     assert_eq!(
-        store.throughputs().await.expect("rates").get("pm"),
-        Some(&25.25)
+        store.throughputs().await.expect("rates")["pm"].per_second,
+        25.25
+    );
+    store.note_overhead("pm", 2.0).await.expect("overhead");
+    store.note_overhead("pm", 1.0).await.expect("overhead");
+    store
+        .note_overhead("new", 0.5)
+        .await
+        .expect("a model not measured yet");
+    let measured = store.throughputs().await.expect("rates");
+    assert_eq!(measured["pm"].overhead_seconds, 1.7);
+    assert_eq!(measured["pm"].per_second, 25.25);
+    assert_eq!(
+        (measured["new"].per_second, measured["new"].overhead_seconds),
+        (0.0, 0.5)
     );
     store.release("batch_p1", fence).await.expect("release");
 }

@@ -181,6 +181,7 @@ impl Worker {
         work: &BatchWork,
         stop: StopSignal,
     ) -> Result<WorkerEnd, WorkerError> {
+        let started = Instant::now();
         let outcome_path = work.outcome();
         if let Some(outcome) = read_outcome(&outcome_path)? {
             return self.register(batch, work, outcome).await;
@@ -221,11 +222,25 @@ impl Worker {
             state_dir: state,
         };
         let options = self.run_options(batch, files, urls, state_remote);
-        let Some(outcome) = self.run_job(batch, options, validated, stop).await? else {
+        let job = self
+            .run_job(batch, options, validated, stop, started)
+            .await?;
+        let Some(outcome) = job else {
             return Ok(WorkerEnd::GaveUp);
         };
         write_outcome(&outcome_path, &outcome)?;
-        self.register(batch, work, outcome).await
+        let (status, overhead) = (outcome.status, outcome.overhead_seconds);
+        let registering = Instant::now();
+        let end = self.register(batch, work, outcome).await?;
+        if status == BatchStatus::Completed
+            && let Some(seconds) = overhead
+        {
+            let seconds = seconds + registering.elapsed().as_secs_f64();
+            if let Err(e) = self.store.note_overhead(&model, seconds).await {
+                tracing::warn!("cannot record the batch's overhead: {e}");
+            }
+        }
+        Ok(end)
     }
 
     /// The job's options for this batch: the service's settings, its engines, and its window.
@@ -267,10 +282,13 @@ impl Worker {
         options: RunOptions,
         validated: Option<Validation>,
         stop: StopSignal,
+        started: Instant,
     ) -> Result<Option<BatchOutcome>, WorkerError> {
         let (stats_tx, stats_rx) = tokio::sync::oneshot::channel::<Arc<Stats>>();
         let observed = Arc::new(std::sync::OnceLock::new());
         let keep = observed.clone();
+        let dispatching = Arc::new(std::sync::OnceLock::new());
+        let dispatch_at = dispatching.clone();
         let latency = LatencyBase::of(batch);
         let mut options = options;
         let sharer = match self.settings.owner_max_in_flight {
@@ -302,6 +320,7 @@ impl Worker {
             .in_current_span(),
         );
         let result = run_observed(options, validated, stop, move |stats| {
+            let _ = dispatch_at.set(Instant::now());
             let _ = keep.set(stats.clone());
             let _ = stats_tx.send(stats);
         })
@@ -322,7 +341,12 @@ impl Worker {
             JobStatus::Interrupted => return Ok(None),
         };
         let latency = latency.with(observed.get().map(Arc::as_ref));
-        Ok(Some(outcome_of(status, &summary, latency)))
+        let mut outcome = outcome_of(status, &summary, latency);
+        // The batch's own time besides its requests: up to its first request, and finalizing.
+        outcome.overhead_seconds = dispatching
+            .get()
+            .map(|at| at.duration_since(started).as_secs_f64() + summary.finalize_seconds);
+        Ok(Some(outcome))
     }
 
     /// With object storage, each claim keeps its job state under its own prefix
@@ -401,6 +425,7 @@ impl Worker {
             output_tokens: 0,
             cached_tokens: 0,
             reasoning_tokens: 0,
+            overhead_seconds: None,
             progress: BatchProgress::default(),
         };
         write_outcome(&work.outcome(), &outcome)?;

@@ -19,6 +19,9 @@ pub(super) struct BatchOutcome {
     pub(super) cached_tokens: i64,
     #[serde(default)]
     pub(super) reasoning_tokens: i64,
+    /// This worker's start-up (to its first request) and finalizing, in seconds.
+    #[serde(default)]
+    pub(super) overhead_seconds: Option<f64>,
     pub(super) progress: BatchProgress,
 }
 
@@ -37,6 +40,7 @@ pub(super) fn outcome_of(
         output_tokens: summary.usage.output_tokens as i64,
         cached_tokens: summary.usage.cached_tokens as i64,
         reasoning_tokens: summary.usage.reasoning_tokens as i64,
+        overhead_seconds: None,
         progress: BatchProgress {
             retried: summary.retries,
             not_run: summary.expired + summary.cancelled,
