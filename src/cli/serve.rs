@@ -46,6 +46,12 @@ pub struct ServeArgs {
     #[arg(help_heading = "Limits", long, value_enum, default_value_t = AdmissionArg::Warn)]
     pub admission: AdmissionArg,
 
+    /// The last part of each completion window that admission (and at_risk) keeps spare, in
+    /// percent: a batch whose estimated end falls in it is refused or flagged. The estimate
+    /// comes from measured rates, and small batches lose some of each to starting and ending.
+    #[arg(help_heading = "Limits", long, value_name = "PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=90))]
+    pub admission_margin: u8,
+
     /// Batches one owner may create per hour; past it, creates get 429 rate_limit_exceeded.
     #[arg(help_heading = "Limits", long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub owner_max_batches_per_hour: Option<u32>,

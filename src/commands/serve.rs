@@ -109,6 +109,7 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
             extra_endpoints: args.exec.allow_url.clone(),
             batch_file_ttl: Some(args.batch_file_retention.as_secs()).filter(|&s| s > 0),
             admission: args.admission.into(),
+            admission_margin: f64::from(args.admission_margin) / 100.0,
             owner_max_batches_per_hour: args.owner_max_batches_per_hour,
         },
         keys,

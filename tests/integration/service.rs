@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::service::{
-    KEY_A, Service, multipart, request, request_raw, unique_ids, worker_pids,
+    KEY_A, KEY_B, Service, multipart, request, request_raw, unique_ids, worker_pids,
 };
 use crate::common::{Sim, chat_line, jsonl, numbered_lines, run_cmd, stderr, wait_for};
 
@@ -1160,4 +1160,97 @@ fn a_file_that_starts_like_an_answer_is_served_as_it_is() {
         service.content(&id) == lookalike,
         "the content changed on the way"
     );
+}
+
+/// The list's filters (extensions: status, created_after, created_before) and deleting a batch
+/// that has ended, with its result files; a batch still running is refused, another owner's
+/// id is unknown.
+#[test]
+fn batches_are_listed_by_status_and_time_and_ended_ones_deleted() {
+    let sim = Sim::start(&["--ttft-ms", "300", "--ms-per-token", "0"]);
+    let (dir, service) = Service::with_engine(&sim, &["--max-concurrency", "1"]);
+    let done = service.submit("d-", 2);
+    let finished = service.wait_status(&done, &["completed"], Duration::from_secs(60));
+    let running = service.submit("r-", 40);
+    service.wait_status(&running, &["in_progress"], Duration::from_secs(60));
+    let ids = |query: &str| -> Vec<String> {
+        let r = service.call("GET", &format!("/v1/batches{query}"), None);
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        r.json()["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|b| b["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    assert_eq!(ids(""), [running.clone(), done.clone()]);
+    assert_eq!(ids("?status=completed"), std::slice::from_ref(&done));
+    assert_eq!(
+        ids("?status=validating,in_progress"),
+        std::slice::from_ref(&running)
+    );
+    let created = finished["created_at"].as_i64().expect("created_at");
+    assert_eq!(
+        ids(&format!("?created_before={created}")),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(&format!("?created_after={}", created + 3600)),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        ids(&format!("?created_after={created}&limit=1")),
+        std::slice::from_ref(&running)
+    );
+    let r = service.call("GET", "/v1/batches?status=done", None);
+    assert_eq!(
+        (r.status, r.error()["param"].clone()),
+        (400, json!("status"))
+    );
+
+    let r = service.call("DELETE", &format!("/v1/batches/{running}"), None);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error()["code"], "batch_not_finished");
+    let r = service.call_as(KEY_B, "DELETE", &format!("/v1/batches/{done}"), None);
+    assert_eq!(r.status, 404, "another owner's batch");
+    let output = finished["output_file_id"]
+        .as_str()
+        .expect("output")
+        .to_owned();
+    let blob = dir.path().join("files").join(&output);
+    assert!(blob.exists());
+    let r = service.call("DELETE", &format!("/v1/batches/{done}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json(),
+        json!({"id": done, "object": "batch.deleted", "deleted": true})
+    );
+    assert_eq!(
+        service
+            .call("GET", &format!("/v1/batches/{done}"), None)
+            .status,
+        404
+    );
+    assert_eq!(
+        service
+            .call("GET", &format!("/v1/files/{output}"), None)
+            .status,
+        404
+    );
+    let input = finished["input_file_id"].as_str().expect("input");
+    assert_eq!(
+        service
+            .call("GET", &format!("/v1/files/{input}"), None)
+            .status,
+        200
+    );
+    wait_for(Duration::from_secs(10), || (!blob.exists()).then_some(()));
+    assert_eq!(
+        service
+            .call("DELETE", &format!("/v1/batches/{done}"), None)
+            .status,
+        404
+    );
+    assert_eq!(ids(""), std::slice::from_ref(&running));
+    service.call("POST", &format!("/v1/batches/{running}/cancel"), None);
 }

@@ -99,6 +99,14 @@ pub struct BatchProgress {
     pub not_run: u64,
     /// Results per second over the worker's current run.
     pub requests_per_second: f64,
+    /// Output tokens per second over the worker's current run.
+    #[serde(default)]
+    pub output_tokens_per_second: f64,
+    /// Tokens (input and output) its requests left should take: from the tokens per request
+    /// of its results so far, or estimated from its file (or counted by its pre-flight) before
+    /// any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remaining_tokens: Option<u64>,
     /// Seconds left at the current rate; null until there is a rate.
     pub eta_seconds: Option<u64>,
     /// Engine latency over every answered request: count and sum, for the service's metrics.

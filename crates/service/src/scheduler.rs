@@ -100,6 +100,9 @@ pub async fn run(
         sampler.sample(&store).await;
         tokio::select! {
             () = wake.notified() => {}
+            // A worker that exits frees its slot for the next batch at once, not at the next
+            // poll (with batches ending together, the engine would wait for it).
+            () = any_exit(&mut running) => {}
             () = tokio::time::sleep(config.poll) => {}
             _ = shutdown.changed() => break,
         }
@@ -108,6 +111,16 @@ pub async fn run(
         }
     }
     stop_all(&store, &config, running).await;
+}
+
+/// Returns once one of the workers has exited (never when none runs); `reap` then sees it.
+async fn any_exit(running: &mut HashMap<String, Running>) {
+    if running.is_empty() {
+        return std::future::pending().await;
+    }
+    // `Child::wait` is cancel-safe: the other workers are waited for again next time.
+    let waits = running.values_mut().map(|w| Box::pin(w.child.wait()));
+    let _ = futures_util::future::select_all(waits).await;
 }
 
 /// Notices workers that exited.

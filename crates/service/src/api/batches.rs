@@ -18,7 +18,7 @@ use super::range::serve_prefix;
 use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::ids;
-use crate::model::{Batch, List, WebhookDelivery};
+use crate::model::{Batch, WebhookDelivery};
 use crate::planning::{self, Admission};
 use crate::store::{BatchRow, BatchStatus, now_secs};
 use crate::webhooks::target;
@@ -275,13 +275,14 @@ async fn admit(
     }
     let mine = planning::Mine {
         id,
+        created_at: expires_at - window as i64,
         expires_at,
         unstored: lines,
-        started: false,
     };
     let rates = app.store.throughputs().await?;
+    let margin = app.config.admission_margin;
     let Some(planning::Queued { plan, ahead, rate }) =
-        planning::queued(&app.store, &rates, model, mine).await?
+        planning::queued(&app.store, &rates, model, mine, margin).await?
     else {
         return Ok(());
     };
@@ -359,49 +360,17 @@ fn check_metadata(
     Ok(map)
 }
 
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListBatches {
-    after: Option<String>,
-    /// 1 to 100; default 20.
-    limit: Option<i64>,
-}
-
-#[utoipa::path(get, path = "/v1/batches", tag = "batches", operation_id = "listBatches", params(ListBatches),
-    description = "Newest first.",
-    responses((status = 200, description = "A page of the caller's batches.", body = List<Batch>),
-        (status = 400, description = "An invalid query parameter.", body = crate::error::ErrorBody),
-        (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody)))]
-pub async fn list(
-    State(app): State<AppState>,
-    Extension(owner): Extension<Owner>,
-    query: Result<Query<ListBatches>, QueryRejection>,
-) -> Result<Json<List<Batch>>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let limit = q.limit.unwrap_or(20);
-    if !(1..=100).contains(&limit) {
-        return Err(ApiError::invalid("limit must be from 1 to 100").param("limit"));
-    }
-    let rows = app
-        .store
-        .batches(&owner.0, q.after.as_deref(), limit + 1)
-        .await?;
-    let rates = app.store.throughputs().await?;
-    let mut batches = Vec::with_capacity(rows.len());
-    for row in &rows {
-        batches.push(with_plan(&app, &rates, row).await?);
-    }
-    Ok(Json(List::page(batches, limit as usize, |b: &Batch| &b.id)))
-}
-
 /// The API object of `row`, with its ETA when its model's throughput is known.
-async fn with_plan(
+pub(super) async fn with_plan(
     app: &AppState,
     rates: &planning::Rates,
     row: &BatchRow,
 ) -> Result<Batch, ApiError> {
     let mut batch = Batch::from(row);
-    if let Some(plan) = planning::plan(&app.store, rates, row).await? {
+    if !row.is_terminal() {
+        batch.x_batch_runner.remaining_tokens = Some(planning::remaining_tokens(row));
+    }
+    if let Some(plan) = planning::plan(&app.store, rates, row, app.config.admission_margin).await? {
         let x = &mut batch.x_batch_runner;
         x.eta_seconds = Some(plan.eta_seconds);
         x.estimated_finish_at = Some(plan.estimated_finish_at);
@@ -410,7 +379,7 @@ async fn with_plan(
     Ok(batch)
 }
 
-async fn owned(app: &AppState, owner: &Owner, id: &str) -> Result<BatchRow, ApiError> {
+pub(super) async fn owned(app: &AppState, owner: &Owner, id: &str) -> Result<BatchRow, ApiError> {
     app.store
         .batch(&owner.0, id)
         .await?

@@ -390,8 +390,7 @@ pub async fn delete(
         return Err(ApiError::not_found("File", &id));
     }
     // The content goes now unless a running batch still reads it (then when it ends).
-    let (store, blobs) = (app.store.clone(), app.blobs.clone());
-    tokio::spawn(async move { crate::sweeper::collect(&store, &blobs).await });
+    app.collect_soon();
     Ok(Json(FileDeleted {
         id,
         object: "file".into(),

@@ -1,6 +1,7 @@
 //! The HTTP API: OpenAI's Files and Batches routes, plus `/health`, `/metrics` and
 //! `/openapi.json`. Every error is an OpenAI error body (see [`crate::error`]).
 
+mod batch_list;
 mod batches;
 mod files;
 mod ops;
@@ -40,6 +41,8 @@ pub struct ApiConfig {
     pub batch_file_ttl: Option<u64>,
     /// What a batch whose window cannot be met on the measured throughput gets at create.
     pub admission: crate::planning::Admission,
+    /// The last part of a window kept spare by admission and `at_risk` (a fraction).
+    pub admission_margin: f64,
     /// Batches one owner may create per hour (429 past it).
     pub owner_max_batches_per_hour: Option<u32>,
 }
@@ -52,6 +55,7 @@ impl Default for ApiConfig {
             extra_endpoints: Vec::new(),
             batch_file_ttl: Some(30 * 86400),
             admission: crate::planning::Admission::default(),
+            admission_margin: 0.1,
             owner_max_batches_per_hour: None,
         }
     }
@@ -73,6 +77,15 @@ pub struct AppState {
     pub webhook_counters: Arc<crate::webhooks::deliver::Counters>,
 }
 
+impl AppState {
+    /// Removes the content of deleted files in the background, now rather than at the
+    /// sweeper's next round (a file a running batch still reads goes when the batch ends).
+    fn collect_soon(&self) {
+        let (store, blobs) = (self.store.clone(), self.blobs.clone());
+        tokio::spawn(async move { crate::sweeper::collect(&store, &blobs).await });
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         // Uploads are streamed and limited by `max_upload_bytes` with a proper 413; JSON bodies
@@ -85,8 +98,11 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/files/{id}", get(files::retrieve).delete(files::delete))
         .route("/files/{id}/content", get(files::content))
-        .route("/batches", post(batches::create).get(batches::list))
-        .route("/batches/{id}", get(batches::retrieve))
+        .route("/batches", post(batches::create).get(batch_list::list))
+        .route(
+            "/batches/{id}",
+            get(batches::retrieve).delete(batch_list::delete),
+        )
         .route("/batches/{id}/cancel", post(batches::cancel))
         .route(
             "/batches/{id}/partial_results",

@@ -12,15 +12,16 @@ use utoipa::OpenApi;
 use super::AppState;
 use crate::error::ApiError;
 use crate::model::BatchProgress;
-use crate::store::{BatchStatus, now_ms};
+use crate::store::{BatchStatus, Throughput, now_ms};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "batch-runner", description = "OpenAI-compatible Files and Batches API of batch-runner's service."),
     paths(
         super::files::create, super::files::list, super::files::retrieve, super::files::content,
-        super::files::delete, super::batches::create, super::batches::list,
-        super::batches::retrieve, super::batches::cancel, super::batches::partial_results,
+        super::files::delete, super::batches::create, super::batch_list::list,
+        super::batches::retrieve, super::batch_list::delete, super::batches::cancel,
+        super::batches::partial_results,
         super::usage::usage, health, metrics, openapi,
     ),
     modifiers(&BearerAuth),
@@ -101,35 +102,39 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
          batch_runner_engine_latency_seconds_sum {sum}\n\
          batch_runner_engine_latency_seconds_count {count}"
     );
-    let _ = writeln!(
-        out,
-        "# HELP batch_runner_model_throughput_requests_per_second Measured results per second \
-         of each model's batches (a decaying average; what ETAs and admission use).\n\
-         # TYPE batch_runner_model_throughput_requests_per_second gauge"
-    );
     let mut rates: Vec<_> = app.store.throughputs().await?.into_iter().collect();
     rates.sort_by(|a, b| a.0.cmp(&b.0));
-    for (model, measured) in &rates {
-        let model = label(model);
-        let _ = writeln!(
-            out,
-            "batch_runner_model_throughput_requests_per_second{{model=\"{model}\"}} {}",
-            measured.per_second
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP batch_runner_model_batch_overhead_seconds A batch's own time besides its \
-         requests (worker start, validation, finalizing), a decaying average per model.\n\
-         # TYPE batch_runner_model_batch_overhead_seconds gauge"
-    );
-    for (model, measured) in &rates {
-        let model = label(model);
-        let _ = writeln!(
-            out,
-            "batch_runner_model_batch_overhead_seconds{{model=\"{model}\"}} {}",
-            measured.overhead_seconds
-        );
+    /// A gauge per model: its name, its help, and its value.
+    type PerModel = (&'static str, &'static str, fn(&Throughput) -> f64);
+    let per_model: [PerModel; 3] = [
+        (
+            "batch_runner_model_throughput_requests_per_second",
+            "Measured results per second of each model's batches (a decaying average; what \
+             ETAs and admission use).",
+            |m| m.per_second,
+        ),
+        (
+            "batch_runner_model_throughput_tokens_per_second",
+            "Measured output tokens per second of each model's batches (a decaying average).",
+            |m| m.tokens_per_second,
+        ),
+        (
+            "batch_runner_model_batch_overhead_seconds",
+            "A batch's own time besides its requests (worker start, validation, finalizing), \
+             a decaying average per model.",
+            |m| m.overhead_seconds,
+        ),
+    ];
+    for (name, help, value) in per_model {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (model, measured) in &rates {
+            let _ = writeln!(
+                out,
+                "{name}{{model=\"{}\"}} {}",
+                label(model),
+                value(measured)
+            );
+        }
     }
     usage_metrics(&app, &mut out).await?;
     webhook_metrics(&app, &mut out).await?;

@@ -57,29 +57,71 @@ impl Store {
     }
 
     /// Up to `limit` batches after the cursor, newest first.
+    /// A page of an owner's batches, newest first, as `filter` narrows them.
     pub async fn batches(
         &self,
         owner: &str,
-        after: Option<&str>,
+        filter: &BatchFilter<'_>,
         limit: i64,
     ) -> Result<Vec<BatchRow>> {
-        let text = match after {
-            Some(_) => format!(
-                "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = $1 AND id < $3 \
-                 ORDER BY id DESC LIMIT $2"
-            ),
-            None => format!(
-                "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = $1 ORDER BY id DESC LIMIT $2"
-            ),
+        // The status list is made of the enum's own names, never of request text.
+        let statuses = match filter.statuses.is_empty() {
+            true => String::new(),
+            false => format!(" AND status IN {}", BatchStatus::sql_list(&filter.statuses)),
         };
-        let mut q = sqlx::query_as::<_, BatchRow>(sql(text))
-            .bind(owner)
-            .bind(limit);
-        if let Some(after) = after {
-            q = q.bind(after);
-        }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = sqlx::query_as::<_, BatchRow>(sql(format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE owner = $1 AND ($3 = '' OR id < $3) \
+             AND created_at >= $4 AND created_at < $5{statuses} ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(owner)
+        .bind(limit)
+        .bind(filter.after.unwrap_or(""))
+        .bind(filter.created_after.unwrap_or(i64::MIN))
+        .bind(filter.created_before.unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows)
+    }
+
+    /// Deletes an owner's ended batch, its result files (their content goes with the next
+    /// collection) and its webhook event. `Ok(None)`: no such batch; `Ok(Some(false))`: it has
+    /// not ended.
+    pub async fn delete_batch(&self, owner: &str, id: &str) -> Result<Option<bool>> {
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query_as::<_, BatchRow>(sql(format!(
+            "SELECT {BATCH_COLUMNS} FROM batches WHERE id = $1 AND owner = $2"
+        )))
+        .bind(id)
+        .bind(owner)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            return Ok(None);
+        };
+        if !row.is_terminal() {
+            return Ok(Some(false));
+        }
+        for file in [&row.output_file_id, &row.error_file_id]
+            .into_iter()
+            .flatten()
+        {
+            sqlx::query("UPDATE files SET deleted = 1 WHERE id = $1 AND owner = $2")
+                .bind(file)
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM webhook_events WHERE batch_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM batches WHERE id = $1 AND owner = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(Some(true))
     }
 
     /// Moves a validating or running batch to `cancelling`; other statuses are left as they are.

@@ -20,7 +20,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 pub use crate::status::{BatchStatus, StatusTimes};
-pub use planning::{Throughput, UsageRow};
+pub use planning::{Throughput, UsageRow, WorkAhead};
 pub use webhooks::{RETRY_FOR_MS, Recorded, WebhookEvent};
 
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,18 @@ impl BatchRow {
     pub fn is_terminal(&self) -> bool {
         self.status.is_terminal()
     }
+}
+
+/// Which of an owner's batches a list shows (every one by default).
+#[derive(Debug, Clone, Default)]
+pub struct BatchFilter<'a> {
+    /// Only batches older than this id (the page before was up to it).
+    pub after: Option<&'a str>,
+    /// Only batches in one of these statuses; empty: any.
+    pub statuses: Vec<BatchStatus>,
+    /// Only batches created at or after / before these Unix seconds.
+    pub created_after: Option<i64>,
+    pub created_before: Option<i64>,
 }
 
 /// Counters a worker reports while it runs.

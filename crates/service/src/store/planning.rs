@@ -10,11 +10,20 @@ use super::*;
 const REMAINING: &str =
     "CASE WHEN total > 0 THEN total - completed - failed ELSE estimated_lines END";
 
+/// The work queued ahead of a batch ([`Store::work_ahead`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct WorkAhead {
+    pub requests: i64,
+    pub unstarted: i64,
+}
+
 /// What the service measured of one model's batches.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Throughput {
     /// Results per second of its batches together (0: not measured yet).
     pub per_second: f64,
+    /// Output tokens per second of its batches together.
+    pub tokens_per_second: f64,
     /// A batch's own time besides its requests: its worker starting, validating, finalizing.
     pub overhead_seconds: f64,
 }
@@ -66,6 +75,25 @@ impl Store {
         Ok(rows)
     }
 
+    /// Per model: the results of all its batches so far, and whether some are unfinished
+    /// (the model has work). (A scan of every batch with a model, once per sample.)
+    pub async fn results_by_model(&self) -> Result<HashMap<String, (i64, bool)>> {
+        let rows = sqlx::query(sql(format!(
+            "SELECT model, CAST(COALESCE(SUM(completed + failed), 0) AS BIGINT) AS done, \
+             CAST(SUM(CASE WHEN status IN {} THEN 1 ELSE 0 END) AS BIGINT) AS running \
+             FROM batches WHERE model IS NOT NULL GROUP BY model",
+            BatchStatus::sql_list(&BatchStatus::UNFINISHED)
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let running: i64 = r.try_get("running")?;
+                Ok((r.try_get("model")?, (r.try_get("done")?, running > 0)))
+            })
+            .collect()
+    }
+
     /// The progress detail of every batch a worker runs now, with its model: what the
     /// workers measure of their own rates.
     pub async fn running_progress(&self, now_ms: i64) -> Result<Vec<(String, String)>> {
@@ -83,15 +111,17 @@ impl Store {
 
     /// What was measured of each model.
     pub async fn throughputs(&self) -> Result<HashMap<String, Throughput>> {
-        let rows = sqlx::query("SELECT model, milli_rps, overhead_ms FROM throughput")
+        let rows = sqlx::query("SELECT model, milli_rps, milli_tps, overhead_ms FROM throughput")
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
             .map(|r| {
                 let milli: i64 = r.try_get("milli_rps")?;
                 let overhead: i64 = r.try_get("overhead_ms")?;
+                let tokens: i64 = r.try_get("milli_tps")?;
                 let measured = Throughput {
                     per_second: milli as f64 / 1000.0,
+                    tokens_per_second: tokens as f64 / 1000.0,
                     overhead_seconds: overhead as f64 / 1000.0,
                 };
                 Ok((r.try_get("model")?, measured))
@@ -117,24 +147,31 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_throughput(&self, model: &str, per_second: f64) -> Result<()> {
+    /// Keeps `measured`'s rates for `model` (its overhead is kept by [`Store::note_overhead`]).
+    pub async fn set_throughput(&self, model: &str, measured: &Throughput) -> Result<()> {
+        let milli = |rate: f64| (rate * 1000.0).round() as i64;
         sqlx::query(
-            "INSERT INTO throughput (model, milli_rps, updated_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (model) DO UPDATE SET milli_rps = $2, updated_at = $3",
+            "INSERT INTO throughput (model, milli_rps, milli_tps, updated_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (model) DO UPDATE SET milli_rps = $2, milli_tps = $3, updated_at = $4",
         )
         .bind(model)
-        .bind((per_second * 1000.0).round() as i64)
+        .bind(milli(measured.per_second))
+        .bind(milli(measured.tokens_per_second))
         .bind(now_secs())
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Requests still to run in the unfinished batches of `model` that go before a batch
-    /// ending at `expires_at` (an earlier deadline; the same one and an id not after `id`).
-    pub async fn work_ahead(&self, model: &str, expires_at: i64, id: &str) -> Result<i64> {
-        Ok(sqlx::query_scalar(sql(format!(
-            "SELECT CAST(COALESCE(SUM({REMAINING}), 0) AS BIGINT) FROM batches WHERE model = $1 \
+    /// The unfinished batches of `model` that go before a batch ending at `expires_at` (an
+    /// earlier deadline; the same one and an id not after `id`): their requests still to run,
+    /// and how many of them have not started (each has its overhead ahead).
+    pub async fn work_ahead(&self, model: &str, expires_at: i64, id: &str) -> Result<WorkAhead> {
+        Ok(sqlx::query_as::<_, WorkAhead>(sql(format!(
+            "SELECT CAST(COALESCE(SUM({REMAINING}), 0) AS BIGINT) AS requests, \
+             CAST(COALESCE(SUM(CASE WHEN status = 'validating' THEN 1 ELSE 0 END), 0) AS BIGINT) \
+             AS unstarted FROM batches WHERE model = $1 \
              AND status IN {} AND (expires_at < $2 OR (expires_at = $2 AND id <= $3))",
             BatchStatus::sql_list(&BatchStatus::UNFINISHED)
         )))

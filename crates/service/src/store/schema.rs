@@ -128,6 +128,8 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             // validating, finalizing and registering its files), in milliseconds, a decaying
             // average of the batches that completed.
             "ALTER TABLE throughput ADD COLUMN overhead_ms BIGINT NOT NULL DEFAULT 0",
+            // Output tokens per second, in thousandths, beside the results per second.
+            "ALTER TABLE throughput ADD COLUMN milli_tps BIGINT NOT NULL DEFAULT 0",
         ],
     ),
 ];

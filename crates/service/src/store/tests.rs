@@ -507,7 +507,10 @@ pub async fn planning_sums_read_alike(store: &Store) {
             .work_ahead("pm", 200, "batch_p2")
             .await
             .expect("ahead"),
-        7
+        WorkAhead {
+            requests: 7,
+            unstarted: 2
+        }
     );
     let fence = store
         .claim("batch_p1", 0, "w", Duration::from_secs(60))
@@ -545,14 +548,20 @@ pub async fn planning_sums_read_alike(store: &Store) {
             .work_ahead("pm", 200, "batch_p2")
             .await
             .expect("ahead"),
-        6 + 7
+        WorkAhead {
+            requests: 6 + 7,
+            unstarted: 1
+        }
     );
     assert_eq!(
         store
             .work_ahead("pm", 100, "batch_p1")
             .await
             .expect("ahead"),
-        6
+        WorkAhead {
+            requests: 6,
+            unstarted: 0
+        }
     );
     let running = store.running_progress(now_ms()).await.expect("progress");
     assert!(
@@ -587,8 +596,16 @@ pub async fn planning_sums_read_alike(store: &Store) {
         ),
         (2, 3, 1, 30, 12, 4)
     );
-    store.set_throughput("pm", 12.5).await.expect("set");
-    store.set_throughput("pm", 25.25).await.expect("set again");
+    let rate = |per_second: f64| Throughput {
+        per_second,
+        tokens_per_second: per_second * 10.0,
+        ..Throughput::default()
+    };
+    store.set_throughput("pm", &rate(12.5)).await.expect("set");
+    store
+        .set_throughput("pm", &rate(25.25))
+        .await
+        .expect("set again");
     assert_eq!(
         store.throughputs().await.expect("rates")["pm"].per_second,
         25.25
@@ -602,6 +619,7 @@ pub async fn planning_sums_read_alike(store: &Store) {
     let measured = store.throughputs().await.expect("rates");
     assert_eq!(measured["pm"].overhead_seconds, 1.7);
     assert_eq!(measured["pm"].per_second, 25.25);
+    assert_eq!(measured["pm"].tokens_per_second, 252.5);
     assert_eq!(
         (measured["new"].per_second, measured["new"].overhead_seconds),
         (0.0, 0.5)

@@ -342,10 +342,14 @@ impl Worker {
         };
         let latency = latency.with(observed.get().map(Arc::as_ref));
         let mut outcome = outcome_of(status, &summary, latency);
-        // The batch's own time besides its requests: up to its first request, and finalizing.
+        // The batch's own time besides its requests: up to its first request, the first
+        // answer's wait (the engine's pipeline filling: one request's mean latency), and
+        // finalizing.
+        let progress = &outcome.progress;
+        let fill = progress.latency_sum_seconds / progress.latency_count.max(1) as f64;
         outcome.overhead_seconds = dispatching
             .get()
-            .map(|at| at.duration_since(started).as_secs_f64() + summary.finalize_seconds);
+            .map(|at| at.duration_since(started).as_secs_f64() + fill + summary.finalize_seconds);
         Ok(Some(outcome))
     }
 

@@ -138,6 +138,11 @@ fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts
         retried: Stats::load(&stats.retries),
         not_run,
         requests_per_second: (rate * 10.0).round() / 10.0,
+        output_tokens_per_second: if elapsed > 0.0 {
+            (stats.output_tokens_now() as f64 / elapsed).round()
+        } else {
+            0.0
+        },
         eta_seconds: (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64),
         latency_count,
         latency_sum_seconds: latency_sum,
