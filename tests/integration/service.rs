@@ -1254,3 +1254,136 @@ fn batches_are_listed_by_status_and_time_and_ended_ones_deleted() {
     assert_eq!(ids(""), std::slice::from_ref(&running));
     service.call("POST", &format!("/v1/batches/{running}/cancel"), None);
 }
+
+/// A batch created without an upload (extension `requests`): its requests become its input file
+/// as they stream in and run like an uploaded batch; an `Idempotency-Key` makes a retried create
+/// return the first one's batch (and leaves no second file); a body that misuses them is a 400
+/// naming the field.
+#[test]
+fn batches_are_created_inline_and_a_retried_create_makes_one_batch() {
+    let sim = Sim::instant(&[]);
+    let (_dir, service) = Service::with_engine(&sim, &[]);
+    let post = |body: &Value, key: Option<&str>| {
+        let mut headers = vec![
+            format!("Authorization: Bearer {KEY_A}"),
+            "Content-Type: application/json".to_owned(),
+        ];
+        headers.extend(key.map(|k| format!("Idempotency-Key: {k}")));
+        request(
+            &service.addr,
+            "POST",
+            "/v1/batches",
+            &headers,
+            body.to_string().as_bytes(),
+        )
+    };
+    let inline = |n: usize| {
+        json!({"completion_window": "24h", "endpoint": "/v1/chat/completions",
+               "metadata": {"team": "x"}, "requests": numbered_lines("in-", n)})
+    };
+    let first = post(&inline(3), Some("key-1"));
+    assert_eq!(first.status, 200, "{}", first.text());
+    let batch = first.json();
+    let id = batch["id"].as_str().expect("id").to_owned();
+    // The same create again (a client's retry): the same batch, no second one.
+    let again = post(&inline(3), Some("key-1"));
+    assert_eq!((again.status, again.json()["id"].clone()), (200, json!(id)));
+    // The key with another body is refused.
+    let other = post(&inline(4), Some("key-1"));
+    assert_eq!(other.status, 400, "{}", other.text());
+    assert_eq!(other.error()["code"], "idempotency_key_reused");
+    let done = service.wait_status(&id, &["completed", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 3);
+    assert_eq!(done["metadata"]["team"], "x");
+    let input = done["input_file_id"].as_str().expect("input file");
+    let file = service
+        .call("GET", &format!("/v1/files/{input}"), None)
+        .json();
+    assert_eq!(
+        (file["purpose"].clone(), file["filename"].clone()),
+        (json!("batch"), json!("requests.jsonl"))
+    );
+    let lines: Vec<Value> = String::from_utf8(service.content(input))
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines, numbered_lines("in-", 3));
+    let files = service.call("GET", "/v1/files?purpose=batch", None).json();
+    assert_eq!(
+        files["data"].as_array().map(Vec::len),
+        Some(1),
+        "only the first create's file: {files}"
+    );
+    // Without a key every create is a batch of its own.
+    let b1 = post(&inline(2), None).json()["id"].clone();
+    let b2 = post(&inline(2), None).json()["id"].clone();
+    assert_ne!(b1, b2);
+
+    let refused = |body: Value, param: &str| {
+        let r = post(&body, None);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert_eq!(r.error()["param"], param, "{}", r.text());
+    };
+    let mut both = inline(1);
+    both["input_file_id"] = json!("file-x");
+    refused(both, "input_file_id");
+    refused(
+        json!({"completion_window": "24h", "endpoint": "/v1/chat/completions",
+                   "requests": []}),
+        "requests",
+    );
+    refused(
+        json!({"completion_window": "24h", "requests": numbered_lines("n-", 1)}),
+        "endpoint",
+    );
+    let r = post(
+        &json!({"completion_window": "24h", "endpoint": "/v1/chat/completions",
+                         "requests": [1, 2]}),
+        None,
+    );
+    assert_eq!(r.status, 400);
+    assert!(
+        r.error()["message"]
+            .as_str()
+            .expect("message")
+            .contains("requests[0]")
+    );
+    // A line that is not a valid request fails validation as an uploaded one would.
+    let bad = post(
+        &json!({"completion_window": "24h", "endpoint": "/v1/chat/completions",
+                           "requests": [{"custom_id": "a", "method": "POST"}]}),
+        None,
+    );
+    let bad = bad.json()["id"].as_str().expect("id").to_owned();
+    let failed = service.wait_status(&bad, &["failed"], Duration::from_secs(60));
+    assert_eq!(failed["errors"]["data"][0]["line"], 1, "{failed}");
+}
+
+/// A large inline create streams into its file: 40,000 requests (about 8 MB) in one body.
+#[test]
+fn a_large_inline_batch_is_streamed_into_its_file() {
+    let sim = Sim::instant(&[]);
+    let (_dir, service) = Service::with_engine(&sim, &[]);
+    let body = json!({"completion_window": "24h", "endpoint": "/v1/chat/completions",
+                      "requests": numbered_lines("big-", 40_000)});
+    let headers = [
+        format!("Authorization: Bearer {KEY_A}"),
+        "Content-Type: application/json".to_owned(),
+    ];
+    let r = request(
+        &service.addr,
+        "POST",
+        "/v1/batches",
+        &headers,
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let input = r.json()["input_file_id"].as_str().expect("file").to_owned();
+    let file = service
+        .call("GET", &format!("/v1/files/{input}"), None)
+        .json();
+    let lines = crate::common::count_lines(&service.content(&input));
+    assert_eq!(lines, 40_000, "{file}");
+}

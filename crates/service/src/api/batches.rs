@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use axum::Extension;
 use axum::Json;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -14,13 +14,14 @@ use serde::Deserialize;
 
 use super::AppState;
 use super::files::EXPIRY_SECONDS;
+use super::inline;
 use super::range::serve_prefix;
 use crate::auth::Owner;
 use crate::error::ApiError;
 use crate::ids;
 use crate::model::{Batch, WebhookDelivery};
 use crate::planning::{self, Admission};
-use crate::store::{BatchRow, BatchStatus, now_secs};
+use crate::store::{BatchRow, BatchStatus, FileRow, Idempotent, now_secs};
 use crate::webhooks::target;
 use crate::window::parse_window;
 
@@ -33,7 +34,16 @@ const MODEL_PROBE_BYTES: u64 = 1024 * 1024;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateBatch {
-    input_file_id: String,
+    /// The uploaded input (or give `requests`).
+    #[serde(default)]
+    input_file_id: Option<String>,
+    /// Extension: the requests themselves, instead of an uploaded file: an array of
+    /// `{"custom_id", "method", "url", "body"}` objects, stored as the batch's input file
+    /// (purpose `batch`) as it is received. (Read from the body as it streams in: the
+    /// field is here for the OpenAPI document.)
+    #[serde(default, rename = "requests")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    _requests: Option<serde_json::Value>,
     /// One of the supported endpoints, e.g. `/v1/chat/completions`.
     endpoint: String,
     /// `24h`, or (extension) a duration such as `2h` within the service's bounds.
@@ -69,7 +79,8 @@ pub struct ExpiresAfter {
 
 /// Reads a create request, checking its fields one by one so that an error names the field
 /// (`param`) and says what is wrong in the client's terms rather than the server's types.
-fn parse_create(body: &[u8]) -> Result<CreateBatch, ApiError> {
+/// `inline`: the body had `requests` (then `input_file_id` must be absent).
+fn parse_create(body: &[u8], inline: bool) -> Result<CreateBatch, ApiError> {
     use serde_json::Value;
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::invalid(format!("The body is not valid JSON ({e})")))?;
@@ -86,7 +97,14 @@ fn parse_create(body: &[u8]) -> Result<CreateBatch, ApiError> {
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
     };
-    for field in ["input_file_id", "endpoint", "completion_window"] {
+    if inline && object.get("input_file_id").is_some_and(|v| !v.is_null()) {
+        return Err(ApiError::invalid(
+            "Give either 'input_file_id' (an uploaded file) or 'requests', not both",
+        )
+        .param("input_file_id"));
+    }
+    let input = (!inline).then_some("input_file_id");
+    for field in input.into_iter().chain(["endpoint", "completion_window"]) {
         match object.get(field) {
             None | Some(Value::Null) => {
                 return Err(
@@ -142,24 +160,75 @@ fn parse_create(body: &[u8]) -> Result<CreateBatch, ApiError> {
 }
 
 #[utoipa::path(post, path = "/v1/batches", tag = "batches", operation_id = "createBatch", request_body = CreateBatch,
+    description = "An `Idempotency-Key` header (extension) makes a retried create return the \
+                   batch the first one made (for a day); the same key with another body is a 400.",
+    params(("Idempotency-Key" = Option<String>, Header, description = "Up to 255 printable characters.")),
     responses((status = 200, description = "The batch, `validating`.", body = Batch),
         (status = 400, description = "An invalid request; `param` names the field.", body = crate::error::ErrorBody),
         (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),
         (status = 404, description = "No such input file.", body = crate::error::ErrorBody),
-        (status = 413, description = "The body is over 2 MB.", body = crate::error::ErrorBody)))]
+        (status = 413, description = "The body is over the upload limit, or its fields besides `requests` over 2 MB.", body = crate::error::ErrorBody)))]
 pub async fn create(
     State(app): State<AppState>,
     Extension(owner): Extension<Owner>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Json<Batch>, ApiError> {
-    let body = body.map_err(|e| {
-        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::too_large("The request body is larger than 2 MB")
-        } else {
-            ApiError::invalid(format!("Cannot read the request body: {}", e.body_text()))
-        }
-    })?;
-    let request = parse_create(&body)?;
+    let key = inline::idempotency_key(&headers)?;
+    let file_id = ids::file_id();
+    let received = inline::receive(&app, body, &file_id, app.config.max_upload_bytes).await?;
+    if let Some(key) = &key
+        && let Some(earlier) = app.store.idempotent(&owner.0, key).await?
+    {
+        return replay(&app, &owner, &earlier, &received.digest).await;
+    }
+    let request = parse_create(&received.fields, received.requests.is_some())?;
+    let keyed = key.map(|k| (k, received.digest));
+    let Some((requests, _)) = received.requests else {
+        return create_batch(&app, &owner, request, None, keyed).await;
+    };
+    let input = inline::store_requests(&app, &owner, requests, &file_id).await?;
+    let created = create_batch(&app, &owner, request, Some(input), keyed).await;
+    if created
+        .as_ref()
+        .map_or(true, |b| b.input_file_id != file_id)
+    {
+        // Refused, or an earlier create's batch: the file made for this one goes.
+        let _ = app.store.delete_file(&owner.0, &file_id).await;
+        app.collect_soon();
+    }
+    created
+}
+
+/// The answer to a create repeated under an idempotency key: the batch the first one made, or a
+/// 400 when this one's body differs.
+async fn replay(
+    app: &AppState,
+    owner: &Owner,
+    earlier: &Idempotent,
+    digest: &str,
+) -> Result<Json<Batch>, ApiError> {
+    if earlier.digest != digest {
+        return Err(ApiError::invalid(
+            "This Idempotency-Key was used in the last 24 hours for another request; use a new \
+             key for a new batch",
+        )
+        .code("idempotency_key_reused"));
+    }
+    let row = owned(app, owner, &earlier.batch_id).await?;
+    let rates = app.store.throughputs().await?;
+    Ok(Json(with_plan(app, &rates, &row).await?))
+}
+
+/// Creates the batch of `request` over `input` (the file its `requests` became) or its
+/// `input_file_id`.
+async fn create_batch(
+    app: &AppState,
+    owner: &Owner,
+    request: CreateBatch,
+    input: Option<FileRow>,
+    keyed: Option<(String, String)>,
+) -> Result<Json<Batch>, ApiError> {
     let endpoint = request.endpoint.as_str();
     if !batch_format::SUPPORTED_URLS.contains(&endpoint)
         && !app.config.extra_endpoints.iter().any(|e| e == endpoint)
@@ -190,13 +259,16 @@ pub async fn create(
             .param("output_expires_after"));
         }
     };
-    let input = app
-        .store
-        .file(&owner.0, &request.input_file_id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::not_found("File", &request.input_file_id).param("input_file_id")
-        })?;
+    let input = match input {
+        Some(input) => input,
+        None => {
+            let id = request.input_file_id.as_deref().unwrap_or_default();
+            app.store
+                .file(&owner.0, id)
+                .await?
+                .ok_or_else(|| ApiError::not_found("File", id).param("input_file_id"))?
+        }
+    };
     if input.purpose != "batch" {
         return Err(ApiError::invalid(format!(
             "The file {} has purpose {:?}; a batch's input must be uploaded with purpose 'batch'",
@@ -215,7 +287,7 @@ pub async fn create(
     };
     let extension = request.x_batch_runner.unwrap_or_default();
     let webhook_url = match extension.webhook_url {
-        Some(url) => Some(check_webhook_url(&app, &owner, &url).await?),
+        Some(url) => Some(check_webhook_url(app, owner, &url).await?),
         None => None,
     };
     let created_at = now_secs();
@@ -232,11 +304,11 @@ pub async fn create(
     let id = ids::batch_id();
     let expires_at = created_at + window as i64;
     if let Some(model) = &model {
-        admit(&app, model, &id, expires_at, estimated_lines, window).await?;
+        admit(app, model, &id, expires_at, estimated_lines, window).await?;
     }
     let row = BatchRow {
         id,
-        owner: owner.0,
+        owner: owner.0.clone(),
         endpoint: request.endpoint,
         input_file_id: input.id,
         input_blob: input.blob,
@@ -254,7 +326,15 @@ pub async fn create(
         preflight: i64::from(extension.preflight.unwrap_or(false)),
         ..BatchRow::default()
     };
-    app.store.insert_batch(&row).await?;
+    match keyed {
+        None => app.store.insert_batch(&row).await?,
+        Some((key, digest)) => {
+            // Another create with this key won the race: its batch is the answer.
+            if let Some(earlier) = app.store.insert_batch_keyed(&row, &key, &digest).await? {
+                return replay(app, owner, &earlier, &digest).await;
+            }
+        }
+    }
     app.wake.notify_one();
     Ok(Json(Batch::from(&row)))
 }

@@ -4,6 +4,7 @@
 mod batch_list;
 mod batches;
 mod files;
+mod inline;
 mod ops;
 pub(crate) mod range;
 mod usage;

@@ -3,36 +3,107 @@
 
 use super::*;
 
+/// How long an idempotency key holds (OpenAI's and Stripe's keys last a day).
+pub const IDEMPOTENCY_SECONDS: i64 = 24 * 3600;
+
+/// An earlier create under an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Idempotent {
+    /// The hash of that create's body.
+    pub digest: String,
+    pub batch_id: String,
+}
+
 impl Store {
     pub async fn insert_batch(&self, b: &BatchRow) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO batches (id, owner, endpoint, input_file_id, input_blob, \
-             completion_window, status, created_at, expires_at, metadata, \
-             output_expires_seconds, model, webhook_url, estimated_lines, estimated_tokens, \
-             preflight) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
-        )
-        .bind(&b.id)
-        .bind(&b.owner)
-        .bind(&b.endpoint)
-        .bind(&b.input_file_id)
-        .bind(&b.input_blob)
-        .bind(&b.completion_window)
-        .bind(b.status)
-        .bind(b.created_at)
-        .bind(b.expires_at)
-        .bind(&b.metadata)
-        .bind(b.output_expires_seconds)
-        .bind(&b.model)
-        .bind(&b.webhook_url)
-        .bind(b.estimated_lines)
-        .bind(b.estimated_tokens)
-        .bind(b.preflight)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.pool.begin().await?;
+        insert_batch(&mut tx, b).await?;
+        tx.commit().await?;
         Ok(())
     }
 
+    /// The create made under `key` by `owner` in the last day, if any.
+    pub async fn idempotent(&self, owner: &str, key: &str) -> Result<Option<Idempotent>> {
+        Ok(sqlx::query_as::<_, Idempotent>(
+            "SELECT digest, batch_id FROM idempotency_keys WHERE owner = $1 AND key = $2 \
+             AND created_at >= $3",
+        )
+        .bind(owner)
+        .bind(key)
+        .bind(now_secs() - IDEMPOTENCY_SECONDS)
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    /// Inserts `b` under the idempotency `key` (with its body's `digest`), unless another
+    /// create took the key first: then nothing is inserted and that create is returned.
+    pub async fn insert_batch_keyed(
+        &self,
+        b: &BatchRow,
+        key: &str,
+        digest: &str,
+    ) -> Result<Option<Idempotent>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE owner = $1 AND key = $2 AND created_at < $3",
+        )
+        .bind(&b.owner)
+        .bind(key)
+        .bind(now_secs() - IDEMPOTENCY_SECONDS)
+        .execute(&mut *tx)
+        .await?;
+        let taken = sqlx::query(
+            "INSERT INTO idempotency_keys (owner, key, digest, batch_id, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, key) DO NOTHING",
+        )
+        .bind(&b.owner)
+        .bind(key)
+        .bind(digest)
+        .bind(&b.id)
+        .bind(b.created_at)
+        .execute(&mut *tx)
+        .await?;
+        if taken.rows_affected() == 0 {
+            tx.rollback().await?;
+            return self.idempotent(&b.owner, key).await;
+        }
+        insert_batch(&mut tx, b).await?;
+        tx.commit().await?;
+        Ok(None)
+    }
+}
+
+/// The row of a new batch, inside the caller's transaction.
+async fn insert_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &BatchRow) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO batches (id, owner, endpoint, input_file_id, input_blob, \
+         completion_window, status, created_at, expires_at, metadata, \
+         output_expires_seconds, model, webhook_url, estimated_lines, estimated_tokens, \
+         preflight) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(&b.id)
+    .bind(&b.owner)
+    .bind(&b.endpoint)
+    .bind(&b.input_file_id)
+    .bind(&b.input_blob)
+    .bind(&b.completion_window)
+    .bind(b.status)
+    .bind(b.created_at)
+    .bind(b.expires_at)
+    .bind(&b.metadata)
+    .bind(b.output_expires_seconds)
+    .bind(&b.model)
+    .bind(&b.webhook_url)
+    .bind(b.estimated_lines)
+    .bind(b.estimated_tokens)
+    .bind(b.preflight)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
     /// A batch its owner can see.
     pub async fn batch(&self, owner: &str, id: &str) -> Result<Option<BatchRow>> {
         let row = sqlx::query_as::<_, BatchRow>(sql(format!(

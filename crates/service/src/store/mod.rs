@@ -20,6 +20,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::{AnyPool, Row};
 
 pub use crate::status::{BatchStatus, StatusTimes};
+pub use batches::Idempotent;
 pub use planning::{Throughput, UsageRow, WorkAhead};
 pub use webhooks::{RETRY_FOR_MS, Recorded, WebhookEvent};
 

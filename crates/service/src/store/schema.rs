@@ -132,4 +132,19 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             "ALTER TABLE throughput ADD COLUMN milli_tps BIGINT NOT NULL DEFAULT 0",
         ],
     ),
+    (
+        6,
+        &[
+            // A create request's `Idempotency-Key`: a retried create with the same key and
+            // body gets the batch the first one made (for a day).
+            "CREATE TABLE idempotency_keys (
+                owner TEXT NOT NULL,
+                key TEXT NOT NULL,
+                digest TEXT NOT NULL,
+                batch_id TEXT NOT NULL,
+                created_at BIGINT NOT NULL,
+                PRIMARY KEY (owner, key)
+            )",
+        ],
+    ),
 ];
