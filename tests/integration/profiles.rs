@@ -301,5 +301,14 @@ fn preflight_counts_with_each_servers_tokenizer_and_refuses_lines_over_the_conte
             .as_str()
             .expect("a string");
         assert!(tight.contains("lower max_tokens to at most 14"), "{tight}");
+        // The summary names the failures' code, with a sample message.
+        let top = &summary["top_errors"][0];
+        assert_eq!(
+            (top["code"].clone(), top["count"].clone()),
+            (json!("context_length_exceeded"), json!(2))
+        );
+        let sample = top["sample"].as_str().expect("a sample");
+        assert!(sample.contains("context length"), "{top}");
+        assert!(err.contains("context_length_exceeded x2: line "), "{err}");
     }
 }

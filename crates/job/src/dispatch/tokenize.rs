@@ -6,7 +6,7 @@
 //! list `max_model_len` in `/v1/models` too. An engine without either route (transformers
 //! serve) is estimated at four bytes of text per token, and nothing is refused on an estimate.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,7 +18,10 @@ use super::transport::{Transport, Url};
 
 /// Routes tried, in order: vLLM's, then SGLang's.
 const ROUTES: [&str; 2] = ["/tokenize", "/v1/tokenize"];
-const TIMEOUT: Duration = Duration::from_secs(30);
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Failures in a row after which the tokenizer is given up for the rest of the pass (an engine
+/// that hangs would otherwise cost a timeout per line).
+const MAX_FAILURES_IN_A_ROW: u32 = 8;
 
 /// What a prompt is made of, as far as counting its tokens goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,6 +45,8 @@ pub struct Tokenizer<'a> {
     route: Option<(&'a Transport, Url)>,
     /// Whether the route takes chat messages (it refused them once: no).
     messages: AtomicBool,
+    /// Counts that failed in a row (none answered since).
+    failures: AtomicU32,
     model: String,
     /// The model's context length, from `/v1/models` or the tokenizer's answer.
     pub context_length: Option<u64>,
@@ -74,6 +79,7 @@ impl Engines {
                     source: format!("{base}{route}"),
                     route: Some((transport, url)),
                     messages: AtomicBool::new(true),
+                    failures: AtomicU32::new(0),
                     model: model.to_owned(),
                 };
             }
@@ -81,6 +87,7 @@ impl Engines {
         Tokenizer {
             route: None,
             messages: AtomicBool::new(false),
+            failures: AtomicU32::new(0),
             model: model.to_owned(),
             context_length,
             source: "estimated at 4 bytes per token: no engine serves /tokenize or /v1/tokenize"
@@ -94,9 +101,18 @@ impl Tokenizer<'_> {
     /// tokenizer or failed to answer for this prompt.
     pub async fn count(&self, prompt: &Prompt) -> Count {
         let Prompt::Tokens(n) = prompt else {
+            if self.failures.load(Ordering::Relaxed) >= MAX_FAILURES_IN_A_ROW {
+                return Count::Estimate(estimate(prompt));
+            }
             return match self.ask(prompt).await {
-                Some(n) => Count::Engine(n),
-                None => Count::Estimate(estimate(prompt)),
+                Some(n) => {
+                    self.failures.store(0, Ordering::Relaxed);
+                    Count::Engine(n)
+                }
+                None => {
+                    self.failures.fetch_add(1, Ordering::Relaxed);
+                    Count::Estimate(estimate(prompt))
+                }
             };
         };
         Count::Engine(*n)

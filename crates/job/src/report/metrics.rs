@@ -50,6 +50,8 @@ pub struct Stats {
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
+    /// This run's failures by error code, with a sample each.
+    pub errors: super::errors::ErrorTally,
 }
 
 impl Stats {

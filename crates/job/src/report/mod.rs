@@ -6,6 +6,7 @@
 //! - [`summary`]: the end-of-run summary, for people and as JSON;
 //! - [`status`]: a job's progress read back from its state directory, by another process.
 
+pub mod errors;
 pub mod metrics;
 pub mod progress;
 pub mod status;

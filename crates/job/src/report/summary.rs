@@ -55,10 +55,17 @@ pub struct RunSummary {
     pub finalize_seconds: f64,
     pub requests_per_second: f64,
     pub output_tokens_per_second: f64,
+    /// This run's failures by error code (expired and cancelled lines apart), the most
+    /// frequent first, each with its first message.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub top_errors: Vec<super::errors::ErrorCount>,
     /// The pre-flight count (`--preflight`), when one was made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preflight: Option<crate::run::preflight::PreflightReport>,
 }
+
+/// Error codes the summary lists.
+const TOP_ERRORS: usize = 5;
 
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct UsageTotals {
@@ -131,6 +138,7 @@ impl RunSummary {
             requests_per_second: stats.sent_now() as f64 / secs,
             output_tokens_per_second: stats.output_tokens_now() as f64 / secs,
             preflight: None,
+            top_errors: stats.errors.top(TOP_ERRORS),
         }
     }
 
@@ -211,6 +219,9 @@ impl RunSummary {
             self.requests_per_second,
             self.output_tokens_per_second,
         );
+        for e in &self.top_errors {
+            text.push_str(&format!("  {} x{}: {}\n", e.code, e.count, e.sample));
+        }
         if let Some(preflight) = &self.preflight {
             text.push_str(&preflight.describe());
             text.push('\n');

@@ -36,6 +36,11 @@ impl Shared {
         self.stats.record(record.outcome);
         if record.outcome == LineOutcome::Succeeded {
             self.stats.add_usage(record.usage);
+        } else if !matches!(
+            record.outcome,
+            LineOutcome::Expired | LineOutcome::Cancelled
+        ) {
+            self.stats.errors.add(&record.bytes);
         }
         self.sink.append(record);
     }
