@@ -277,7 +277,7 @@ pub enum WebhooksAction {
     /// Events, newest first, as JSON lines: id, batch, type, state, attempts, last status and
     /// error.
     List {
-        /// Only events in this state: pending, delivered, failed, no_endpoint.
+        /// Only events in this state: held, pending, delivered, failed, no_endpoint.
         #[arg(long, value_name = "STATE")]
         state: Option<String>,
         /// At most this many.

@@ -141,8 +141,9 @@ pub struct BatchProgress {
 pub struct WebhookDelivery {
     /// The event's id (`evt_…`), also its `webhook-id` header.
     pub event_id: String,
-    /// `pending`, `delivered`, `failed` (given up after a day of retries, or a refused URL) or
-    /// `no_endpoint` (nowhere to send it).
+    /// `held` (a batch the service failed: waiting, at most 15 minutes, for the results it had
+    /// finished to be attached), `pending`, `delivered`, `failed` (given up after a day of
+    /// retries, or a refused URL) or `no_endpoint` (nowhere to send it).
     pub state: String,
     pub attempts: i64,
     /// Unix seconds.

@@ -187,7 +187,7 @@ async fn webhook_metrics(app: &AppState, out: &mut String) -> Result<(), ApiErro
          # TYPE batch_runner_webhook_events gauge"
     );
     let counts = app.store.event_counts().await?;
-    for state in ["pending", "delivered", "failed", "no_endpoint"] {
+    for state in ["held", "pending", "delivered", "failed", "no_endpoint"] {
         let n = counts
             .iter()
             .find(|(s, _)| s == state)

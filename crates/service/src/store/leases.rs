@@ -3,7 +3,7 @@
 //! row and learns it has lost the batch.
 
 use super::files::insert_file;
-use super::webhooks::insert_event;
+use super::webhooks::{Release, insert_event, release_event};
 use std::collections::HashMap;
 
 use super::*;
@@ -159,7 +159,8 @@ impl Store {
         .await?;
         let failed = failed.rows_affected() == 1;
         if failed {
-            insert_event(&mut *tx, id, BatchStatus::Failed).await?;
+            // Its results come after (the scheduler publishes what it finished).
+            insert_event(&mut *tx, id, BatchStatus::Failed, Release::WithResults).await?;
         }
         tx.commit().await?;
         Ok(failed)
@@ -271,7 +272,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(Err(LeaseLost));
         }
-        insert_event(&mut *tx, id, BatchStatus::Failed).await?;
+        insert_event(&mut *tx, id, BatchStatus::Failed, Release::Now).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -322,7 +323,7 @@ impl Store {
             tx.rollback().await?;
             return Ok(Err(LeaseLost));
         }
-        insert_event(&mut *tx, id, finish.status).await?;
+        insert_event(&mut *tx, id, finish.status, Release::Now).await?;
         tx.commit().await?;
         Ok(Ok(()))
     }
@@ -355,6 +356,7 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         if attached.rows_affected() == 1 {
+            release_event(&mut *tx, id).await?;
             tx.commit().await?;
             Ok(true)
         } else {

@@ -306,6 +306,29 @@ pub async fn crashes_fail_a_batch_after_the_limit(store: &Store) {
         "{errors}"
     );
     assert_eq!(b.last_error.as_deref(), Some("signal 9; log: /srv/w.log"));
+    // Its event waits for the results the scheduler attaches next.
+    assert_eq!(
+        event_state(store, "batch_c").await,
+        ("held".to_owned(), false)
+    );
+    let nothing = Counts::default();
+    assert!(
+        store
+            .attach_results("batch_c", None, None, &nothing, "{}")
+            .await
+            .expect("attach")
+    );
+    assert_eq!(
+        event_state(store, "batch_c").await,
+        ("pending".to_owned(), true)
+    );
+}
+
+/// The state of a batch's event, and whether a claim gets it now.
+async fn event_state(store: &Store, batch: &str) -> (String, bool) {
+    let event = store.event_of(batch).await.expect("event").expect("one");
+    let claimed = store.claim_events(now_ms(), 1, 100).await.expect("claim");
+    (event.state, claimed.iter().any(|e| e.batch_id == batch))
 }
 
 pub async fn cancel_moves_only_running_batches(store: &Store) {

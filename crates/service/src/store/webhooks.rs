@@ -70,21 +70,56 @@ fn event_type(status: BatchStatus) -> &'static str {
     }
 }
 
+/// How long an event waits for its batch's results (`held`) before it is sent without them:
+/// the scheduler that publishes them retries for longer (its stranded check), but a receiver
+/// should not wait forever for a host that is gone.
+pub const HELD_FOR_SECS: i64 = 15 * 60;
+
+/// Whether an event can be sent as soon as it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Release {
+    Now,
+    /// Once the batch's results are attached ([`Store::attach_results`]): a batch failed by
+    /// the scheduler gets them after its failure is recorded, and a receiver that reads the
+    /// batch on its event should find them.
+    WithResults,
+}
+
 /// Adds the event of batch `id`, which just ended `status`, in the caller's transaction: one
 /// row, its owner and URL copied from the batch.
 pub(super) async fn insert_event<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     id: &str,
     status: BatchStatus,
+    release: Release,
 ) -> Result<()> {
     sqlx::query(
-        "INSERT INTO webhook_events (id, batch_id, owner, type, created_at, url, retry_until) \
-         SELECT $1, id, owner, $2, $3, webhook_url, $4 FROM batches WHERE id = $5",
+        "INSERT INTO webhook_events (id, batch_id, owner, type, created_at, url, retry_until, \
+         state) SELECT $1, id, owner, $2, $3, webhook_url, $4, $6 FROM batches WHERE id = $5",
     )
     .bind(crate::ids::event_id())
     .bind(event_type(status))
     .bind(now_secs())
     .bind(now_ms() + RETRY_FOR_MS)
+    .bind(id)
+    .bind(match release {
+        Release::Now => "pending",
+        Release::WithResults => "held",
+    })
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// Releases the held event of batch `id` (its results are attached), in the caller's
+/// transaction.
+pub(super) async fn release_event<'e>(
+    executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: &str,
+) -> Result<()> {
+    sqlx::query(
+        "UPDATE webhook_events SET state = 'pending' WHERE batch_id = $1 AND state = 'held'",
+    )
     .bind(id)
     .execute(executor)
     .await?;
@@ -101,11 +136,13 @@ impl Store {
         limit: i64,
     ) -> Result<Vec<WebhookEvent>> {
         let due = sqlx::query_as::<_, WebhookEvent>(sql(format!(
-            "SELECT {EVENT_COLUMNS} FROM webhook_events WHERE state = 'pending' \
+            "SELECT {EVENT_COLUMNS} FROM webhook_events WHERE (state = 'pending' \
+             OR (state = 'held' AND created_at < $3)) \
              AND next_attempt_at <= $1 AND lease_until < $1 ORDER BY next_attempt_at LIMIT $2"
         )))
         .bind(now)
         .bind(limit)
+        .bind(now / 1000 - HELD_FOR_SECS)
         .fetch_all(&self.pool)
         .await?;
         let mut claimed = Vec::with_capacity(due.len());
