@@ -1262,7 +1262,7 @@ fn batches_are_listed_by_status_and_time_and_ended_ones_deleted() {
 #[test]
 fn batches_are_created_inline_and_a_retried_create_makes_one_batch() {
     let sim = Sim::instant(&[]);
-    let (_dir, service) = Service::with_engine(&sim, &[]);
+    let (dir, service) = Service::with_engine(&sim, &[]);
     let post = |body: &Value, key: Option<&str>| {
         let mut headers = vec![
             format!("Authorization: Bearer {KEY_A}"),
@@ -1310,6 +1310,20 @@ fn batches_are_created_inline_and_a_retried_create_makes_one_batch() {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert_eq!(lines, numbered_lines("in-", 3));
+    // A client that goes away in the middle of its requests leaves nothing behind.
+    let mut cut = std::net::TcpStream::connect(&service.addr).expect("connect");
+    let head = format!(
+        "POST /v1/batches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\n\
+         Content-Length: 100000\r\n\r\n{{\"endpoint\": \"/v1/chat/completions\", \"requests\": [{}",
+        numbered_lines("cut-", 1)[0]
+    );
+    std::io::Write::write_all(&mut cut, head.as_bytes()).expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    let incoming = dir.path().join("files/.incoming");
+    let parked = || std::fs::read_dir(&incoming).expect("incoming").count();
+    assert_eq!(parked(), 1, "the requests so far are being written");
+    drop(cut);
+    wait_for(Duration::from_secs(10), || (parked() == 0).then_some(()));
     let files = service.call("GET", "/v1/files?purpose=batch", None).json();
     assert_eq!(
         files["data"].as_array().map(Vec::len),
