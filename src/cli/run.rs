@@ -56,6 +56,21 @@ pub struct ValidateArgs {
     #[arg(long)]
     pub json: bool,
 
+    /// Also count every valid line with this engine's tokenizer (as `run --preflight` does,
+    /// nothing is generated): the report gains the input and worst-case output tokens, and the
+    /// lines over the model's context length are errors (context_length_exceeded).
+    #[arg(long = "engine-url", value_name = "URL")]
+    pub engine_url: Option<String>,
+
+    /// API key for --engine-url.
+    #[arg(
+        long,
+        value_name = "KEY",
+        env = "BATCH_RUNNER_API_KEY",
+        hide_env_values = true
+    )]
+    pub api_key: Option<String>,
+
     #[command(flatten)]
     pub rules: RulesArgs,
 }

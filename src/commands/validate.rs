@@ -1,13 +1,18 @@
 //! `batch-runner validate INPUT`
 
-use batch_job::{ValidateError, ValidateOptions, validate_file};
+use std::time::Duration;
+
+use batch_job::{
+    Concurrency, EngineOptions, RetryPolicy, ValidateError, ValidateOptions, preflight_input,
+    validate_file,
+};
 
 use super::Exit;
 use crate::cli::ValidateArgs;
 
 pub fn run(args: ValidateArgs) -> Exit {
     let options = ValidateOptions::from(&args.rules);
-    let validation = match validate_file(&args.input, &options) {
+    let mut validation = match validate_file(&args.input, &options) {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("{e}");
@@ -22,9 +27,22 @@ pub fn run(args: ValidateArgs) -> Exit {
             };
         }
     };
-    let report = &validation.report;
+    let mut report = std::mem::take(&mut validation.report);
+    if let Some(url) = args.engine_url {
+        let engine = engine_options(url, args.api_key);
+        let counted =
+            super::with_runtime(|rt| rt.block_on(preflight_input(&engine, &validation, &options)));
+        match counted {
+            Ok(Ok(counted)) => report.add_preflight(counted, options.max_listed_errors),
+            Ok(Err(e)) => {
+                tracing::error!("cannot make the pre-flight count: {e}");
+                return Exit::Runtime;
+            }
+            Err(exit) => return exit,
+        }
+    }
     if args.json {
-        match serde_json::to_string_pretty(report) {
+        match serde_json::to_string_pretty(&report) {
             Ok(text) => println!("{text}"),
             Err(e) => {
                 tracing::error!("cannot encode the report: {e}");
@@ -38,5 +56,21 @@ pub fn run(args: ValidateArgs) -> Exit {
         Exit::Success
     } else {
         Exit::Invalid
+    }
+}
+
+/// The engine of `validate --engine-url`: only its tokenizer and model list are asked.
+fn engine_options(url: String, api_key: Option<String>) -> EngineOptions {
+    EngineOptions {
+        urls: vec![url],
+        api_key,
+        headers: Vec::new(),
+        request_timeout: Duration::from_secs(60),
+        connect_timeout: Duration::from_secs(10),
+        retry: RetryPolicy::default(),
+        priority: None,
+        concurrency: Concurrency::Fixed(16),
+        max_requests_per_second: None,
+        max_tokens_per_minute: None,
     }
 }

@@ -341,3 +341,36 @@ fn stdin_on_a_terminal_is_refused_at_once() {
         "{text}"
     );
 }
+
+/// `validate --engine-url`: the engine's tokenizer counts every valid line; a line over the
+/// model's context length is an error with its line number, and the report has the totals.
+#[test]
+fn an_engine_counts_the_lines_and_names_those_over_its_context() {
+    let sim = crate::common::Sim::instant(&["--profile", "vllm", "--context-length", "64"]);
+    let long = chat_line(
+        "long",
+        json!({"messages": [{"role": "user", "content": "word ".repeat(80)}]}),
+    );
+    let content = format!("{}\n{}\n{long}\n{}\n", good("a"), good("b"), good("c"));
+    let (code, plain) = validate(content.as_bytes(), &[]);
+    assert_eq!((code, plain["valid"].clone()), (0, json!(true)), "{plain}");
+    let (code, report) = validate(content.as_bytes(), &["--engine-url", &sim.url]);
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(
+        errors(&report),
+        [(Some(3), "context_length_exceeded".to_owned())]
+    );
+    let preflight = &report["preflight"];
+    assert_eq!(preflight["input_tokens"], 9, "{preflight}");
+    assert_eq!(
+        (
+            preflight["over_context"].clone(),
+            preflight["requests"].clone()
+        ),
+        (json!(1), json!(4))
+    );
+    assert_eq!(
+        (report["requests"].clone(), report["invalid_lines"].clone()),
+        (json!(3), json!(1))
+    );
+}

@@ -93,6 +93,40 @@ pub struct Report {
     /// Errors found but not listed in `errors`.
     pub errors_not_listed: u64,
     pub warnings: Warnings,
+    /// The pre-flight count (`validate --engine-url`), when one was made.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<crate::run::preflight::PreflightReport>,
+}
+
+impl Report {
+    /// Adds a pre-flight count: its totals, and each line it refused as an error (listed up
+    /// to `max_listed`, by line, with the errors already there).
+    pub fn add_preflight(&mut self, counted: crate::run::preflight::Preflight, max_listed: usize) {
+        let refused = counted.rejected.len() as u64;
+        *self
+            .errors_by_code
+            .entry("context_length_exceeded")
+            .or_default() += refused;
+        let listed = self.errors.len() as u64;
+        self.errors.extend(
+            counted
+                .rejected
+                .into_iter()
+                .map(|(line, message)| LineError {
+                    line: Some(line),
+                    code: "context_length_exceeded",
+                    param: Some("body"),
+                    message,
+                }),
+        );
+        self.errors.sort_by_key(|e| e.line);
+        self.errors.truncate(max_listed);
+        self.errors_not_listed += (listed + refused).saturating_sub(self.errors.len() as u64);
+        self.requests -= refused;
+        self.invalid_lines += refused;
+        self.valid &= refused == 0;
+        self.preflight = Some(counted.report);
+    }
 }
 
 /// The outcome of the pass: the report, and what the dispatch pass needs to agree with it.
@@ -410,6 +444,9 @@ impl Report {
                 "... and {} more errors (raise --max-errors to list them)",
                 self.errors_not_listed
             );
+        }
+        if let Some(preflight) = &self.preflight {
+            let _ = writeln!(out, "{path}: {}", preflight.describe());
         }
         if self.warnings.byte_order_mark {
             let _ = writeln!(

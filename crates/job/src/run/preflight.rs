@@ -224,8 +224,8 @@ impl PreflightReport {
         if self.over_context > 0 {
             let limit = self.context_length.unwrap_or(0);
             text.push_str(&format!(
-                "; {} lines are over the context length of {limit} tokens and go to the error \
-                 file as context_length_exceeded",
+                "; {} lines are over the context length of {limit} tokens \
+                 (context_length_exceeded)",
                 self.over_context
             ));
         }
