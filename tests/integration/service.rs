@@ -1330,6 +1330,16 @@ fn batches_are_created_inline_and_a_retried_create_makes_one_batch() {
         Some(1),
         "only the first create's file: {files}"
     );
+    // Deleting the batch frees its key: the same create then makes a new batch.
+    let deleted = service.call("DELETE", &format!("/v1/batches/{id}"), None);
+    assert_eq!(deleted.status, 200, "{}", deleted.text());
+    let anew = post(&inline(3), Some("key-1"));
+    assert_eq!(anew.status, 200, "{}", anew.text());
+    assert_ne!(anew.json()["id"], json!(id));
+    // Fields besides the requests are held in memory: over 2 MB is a 413.
+    let mut huge = inline(1);
+    huge["metadata"] = json!({"k": "a".repeat(3 << 20)});
+    assert_eq!(post(&huge, None).status, 413);
     // Without a key every create is a batch of its own.
     let b1 = post(&inline(2), None).json()["id"].clone();
     let b2 = post(&inline(2), None).json()["id"].clone();

@@ -52,9 +52,12 @@ pub async fn receive(
             )));
         }
         hash.update(&chunk);
-        splitter
-            .feed(&chunk, &mut lines)
-            .map_err(ApiError::invalid)?;
+        if let Err(e) = splitter.feed(&chunk, &mut lines) {
+            return Err(match splitter.fields_full() {
+                true => ApiError::too_large(e),
+                false => ApiError::invalid(e),
+            });
+        }
         if lines.is_empty() {
             continue;
         }
@@ -170,6 +173,11 @@ impl Splitter {
     /// `lines`.
     pub fn feed(&mut self, chunk: &[u8], lines: &mut Vec<u8>) -> Result<(), String> {
         chunk.iter().try_for_each(|&b| self.byte(b, lines))
+    }
+
+    /// Whether the fields besides `requests` reached [`MAX_FIELDS_BYTES`].
+    pub fn fields_full(&self) -> bool {
+        self.fields.len() >= MAX_FIELDS_BYTES
     }
 
     /// Whether the body had a `requests` array, and how many requests it held.

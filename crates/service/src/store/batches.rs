@@ -182,10 +182,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query("DELETE FROM webhook_events WHERE batch_id = $1")
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
+        // Its event, and a create key that would name it (a retried create makes a new batch).
+        for table in ["webhook_events", "idempotency_keys"] {
+            sqlx::query(sql(format!("DELETE FROM {table} WHERE batch_id = $1")))
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
         sqlx::query("DELETE FROM batches WHERE id = $1 AND owner = $2")
             .bind(id)
             .bind(owner)
