@@ -122,6 +122,10 @@ pub struct SimArgs {
     #[arg(long, value_name = "TOKENS", default_value_t = 4096)]
     pub context_length: u64,
 
+    /// Answer 500 to every tokenize request after the first N (a tokenizer that breaks).
+    #[arg(long, value_name = "N")]
+    pub tokenize_fail_after: Option<u64>,
+
     /// Time to load the model, in milliseconds: until then /health and requests answer 503
     /// (generic, sglang) or the port is not open yet (vllm, transformers).
     #[arg(long, value_name = "MS", default_value_t = 0)]

@@ -88,6 +88,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
             SimProfile::Transformers => Profile::Transformers,
         },
         context_length: args.context_length,
+        tokenize_fail_after: args.tokenize_fail_after,
         startup: Duration::from_millis(args.startup_ms),
         required_headers: args
             .require_headers

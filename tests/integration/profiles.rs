@@ -312,3 +312,30 @@ fn preflight_counts_with_each_servers_tokenizer_and_refuses_lines_over_the_conte
         assert!(err.contains("context_length_exceeded x2: line "), "{err}");
     }
 }
+
+/// A tokenizer that breaks mid-pass is given up after a few failures in a row: the rest of the
+/// lines are estimated without asking it again (a hanging one would cost a timeout per line).
+#[test]
+fn a_tokenizer_that_breaks_is_given_up() {
+    let sim = Sim::instant(&["--tokenize-fail-after", "3", "--context-length", "64"]);
+    let job = Job::new();
+    let input = job.input(&numbered_lines("t-", 60)).display().to_string();
+    let out = cmd()
+        .args(run_args(&job, &input, &[&sim.url], &["--preflight"]))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let summary: Value =
+        serde_json::from_slice(&std::fs::read(job.path("summary.json")).expect("summary"))
+            .expect("summary json");
+    let preflight = &summary["preflight"];
+    // The probe and two lines were answered; every other line is estimated.
+    assert_eq!(preflight["counted_by_engine"], 2, "{preflight}");
+    assert_eq!(preflight["estimated"], 58);
+    // 16 are asked at once: once 8 have failed in a row, no more are asked.
+    let asked = sim.metric("sim_tokenize_requests_total");
+    assert!(
+        asked <= 30.0,
+        "the tokenizer was asked {asked} times for 60 lines"
+    );
+}

@@ -58,6 +58,8 @@ pub struct SimConfig {
     /// The model's context length in tokens (the SGLang and vLLM profiles refuse longer
     /// requests; `/v1/models` reports it as `max_model_len`).
     pub context_length: u64,
+    /// The tokenize route answers 500 after this many requests (a tokenizer that breaks).
+    pub tokenize_fail_after: Option<u64>,
     /// Model loading: how long after start the engine is ready. Until then it answers 503
     /// (`Generic`, SGLang); the vLLM and transformers profiles open their port only then.
     pub startup: Duration,
@@ -90,6 +92,7 @@ impl Default for SimConfig {
             metrics: true,
             profile: Profile::Generic,
             context_length: 4096,
+            tokenize_fail_after: None,
             startup: Duration::ZERO,
         }
     }

@@ -45,6 +45,8 @@ struct Engine {
     prompt_tokens: AtomicU64,
     cached_tokens: AtomicU64,
     generation_tokens: AtomicU64,
+    /// Requests to the tokenize route.
+    tokenize_requests: AtomicU64,
     faults: Faults,
     /// Signalled when `exit_after` requests have been answered.
     crash: tokio::sync::Notify,
@@ -99,6 +101,7 @@ pub async fn serve(
         prompt_tokens: AtomicU64::new(0),
         cached_tokens: AtomicU64::new(0),
         generation_tokens: AtomicU64::new(0),
+        tokenize_requests: AtomicU64::new(0),
         crash: tokio::sync::Notify::new(),
         ready_at: tokio::time::Instant::now() + config_startup,
     });
@@ -161,6 +164,17 @@ impl Engine {
                 if profile.tokenize_route().is_some_and(|(p, _)| p == path) =>
             {
                 let messages = profile.tokenize_route().is_some_and(|(_, m)| m);
+                let n = self.tokenize_requests.fetch_add(1, Ordering::Relaxed) + 1;
+                if self
+                    .config
+                    .tokenize_fail_after
+                    .is_some_and(|after| n > after)
+                {
+                    return Ok(profile.error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the tokenizer failed (--tokenize-fail-after)",
+                    ));
+                }
                 let body = match req.into_body().collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(_) => return Err(DropConnection),
@@ -390,6 +404,11 @@ impl Engine {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{model_name=\"{model}\"}} {value}\n"
             ));
         }
+        let tokenized = self.tokenize_requests.load(Ordering::Relaxed);
+        text.push_str(&format!(
+            "# HELP sim_tokenize_requests_total Requests to the tokenize route.\n\
+             # TYPE sim_tokenize_requests_total counter\nsim_tokenize_requests_total {tokenized}\n"
+        ));
         Some(text)
     }
 }
