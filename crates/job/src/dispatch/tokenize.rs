@@ -59,6 +59,8 @@ impl Engines {
     /// length; an estimating one when none has.
     pub async fn tokenizer(&self, model: &str) -> Tokenizer<'_> {
         let mut context_length = None;
+        // Why no engine's tokenizer is used, each engine in turn: the estimate says so.
+        let mut why = Vec::new();
         for (transport, base) in self.transports.iter().zip(&self.bases) {
             if context_length.is_none() {
                 context_length = listed_context(transport, base, model).await;
@@ -69,9 +71,11 @@ impl Engines {
                 };
                 let probe = json!({"model": model, "prompt": "hello"});
                 let Ok(answer) = post(transport, &url, &probe).await else {
-                    break; // this engine cannot be reached: try the next one
+                    why.push(format!("{base} cannot be reached"));
+                    break; // try the next engine
                 };
                 if answer.0 != 200 {
+                    why.push(format!("{base}{route} answered {}", answer.0));
                     continue; // 404: not this route
                 }
                 return Tokenizer {
@@ -90,8 +94,7 @@ impl Engines {
             failures: AtomicU32::new(0),
             model: model.to_owned(),
             context_length,
-            source: "estimated at 4 bytes per token: no engine serves /tokenize or /v1/tokenize"
-                .into(),
+            source: format!("estimated at 4 bytes per token: {}", why.join("; ")),
         }
     }
 }
