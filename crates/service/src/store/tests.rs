@@ -324,6 +324,39 @@ pub async fn crashes_fail_a_batch_after_the_limit(store: &Store) {
     );
 }
 
+/// Two creates racing under one idempotency key: one batch is inserted, the other create is
+/// told the winner's batch.
+pub async fn two_creates_under_one_key_make_one_batch(store: &Store) {
+    let (mut one, mut two) = (batch("batch_i1", "file-in"), batch("batch_i2", "file-in"));
+    (one.created_at, two.created_at) = (now_secs(), now_secs());
+    let (a, b) = tokio::join!(
+        store.insert_batch_keyed(&one, "k", "d1"),
+        store.insert_batch_keyed(&two, "k", "d1")
+    );
+    let (a, b) = (a.expect("insert one"), b.expect("insert two"));
+    let winner = match (&a, &b) {
+        (None, Some(earlier)) => (earlier.batch_id.as_str(), "batch_i1"),
+        (Some(earlier), None) => (earlier.batch_id.as_str(), "batch_i2"),
+        other => panic!("one insert only: {other:?}"),
+    };
+    assert_eq!(winner.0, winner.1, "the loser is told the winner's batch");
+    let loser = if winner.1 == "batch_i1" {
+        "batch_i2"
+    } else {
+        "batch_i1"
+    };
+    assert!(store.batch("a", loser).await.expect("read").is_none());
+    let held = store
+        .idempotent("a", "k")
+        .await
+        .expect("read")
+        .expect("kept");
+    assert_eq!(
+        (held.digest.as_str(), held.batch_id.as_str()),
+        ("d1", winner.1)
+    );
+}
+
 /// The state of a batch's event, and whether a claim gets it now.
 async fn event_state(store: &Store, batch: &str) -> (String, bool) {
     let event = store.event_of(batch).await.expect("event").expect("one");
@@ -661,6 +694,7 @@ async fn sqlite_passes_the_store_suite() {
     events_are_written_with_the_end_and_claimed_once(&store).await;
     waiting_batches_go_by_deadline_per_owner(&store).await;
     planning_sums_read_alike(&store).await;
+    two_creates_under_one_key_make_one_batch(&store).await;
 }
 
 /// The PostgreSQL the machine runs (`BATCH_RUNNER_TEST_POSTGRES`, default the local `test`
@@ -697,6 +731,7 @@ async fn postgres_passes_the_store_suite() {
     events_are_written_with_the_end_and_claimed_once(&store).await;
     waiting_batches_go_by_deadline_per_owner(&store).await;
     planning_sums_read_alike(&store).await;
+    two_creates_under_one_key_make_one_batch(&store).await;
     sqlx::query(sql(format!("DROP SCHEMA {schema} CASCADE")))
         .execute(&store.pool)
         .await
