@@ -184,6 +184,10 @@ pub struct Sampler {
     last: Option<Instant>,
     /// Per model with work: when its busy period began, and its results then.
     busy: HashMap<String, (Instant, i64)>,
+    /// Each unfinished batch at the last sample: its model and results then.
+    seen: HashMap<String, (String, i64)>,
+    /// Per model: the results its batches delivered while this sampler watched.
+    delivered: HashMap<String, i64>,
 }
 
 /// A busy period shorter than this measures nothing yet.
@@ -203,6 +207,44 @@ impl Sampler {
 
     /// `previous`: the last sample's time. A period began or ended between it and now: the
     /// middle of that span is taken, so the measure is not biased by when samples fall.
+    /// Per model: its results delivered so far (while watched), and whether it has unfinished
+    /// batches. Only unfinished batches are read, and those that ended since the last sample.
+    async fn deliveries(
+        &mut self,
+        store: &Store,
+    ) -> Result<HashMap<String, (i64, bool)>, StoreError> {
+        let unfinished = store.unfinished_results().await?;
+        let mut seen: HashMap<String, (String, i64)> = unfinished
+            .into_iter()
+            .map(|(id, model, done)| (id, (model, done)))
+            .collect();
+        let ended: Vec<String> = self
+            .seen
+            .keys()
+            .filter(|id| !seen.contains_key(*id))
+            .cloned()
+            .collect();
+        let finals = store.results_of(&ended).await?;
+        for (id, (model, before)) in &self.seen {
+            // A batch first seen counts from then (a restarted service does not count twice).
+            let now = match seen.get(id) {
+                Some((_, done)) => *done,
+                None => finals.get(id).copied().unwrap_or(*before),
+            };
+            *self.delivered.entry(model.clone()).or_default() += (now - before).max(0);
+        }
+        let mut models: HashMap<String, (i64, bool)> = self
+            .delivered
+            .iter()
+            .map(|(model, done)| (model.clone(), (*done, false)))
+            .collect();
+        for (model, _) in seen.values() {
+            models.entry(model.clone()).or_default().1 = true;
+        }
+        std::mem::swap(&mut self.seen, &mut seen);
+        Ok(models)
+    }
+
     async fn measure(
         &mut self,
         store: &Store,
@@ -210,7 +252,7 @@ impl Sampler {
     ) -> Result<(), StoreError> {
         let at = Instant::now();
         let between = previous.map_or(at, |p| p + (at - p) / 2);
-        let now = store.results_by_model().await?;
+        let now = self.deliveries(store).await?;
         let mut tokens: HashMap<String, f64> = HashMap::new();
         for (model, progress) in store.running_progress(now_ms()).await? {
             let progress: BatchProgress = serde_json::from_str(&progress).unwrap_or_default();

@@ -75,23 +75,36 @@ impl Store {
         Ok(rows)
     }
 
-    /// Per model: the results of all its batches so far, and whether some are unfinished
-    /// (the model has work). (A scan of every batch with a model, once per sample.)
-    pub async fn results_by_model(&self) -> Result<HashMap<String, (i64, bool)>> {
+    /// The unfinished batches with a model: id, model and results so far (read through the
+    /// status index: the cost follows the work queued, not every batch ever run).
+    pub async fn unfinished_results(&self) -> Result<Vec<(String, String, i64)>> {
         let rows = sqlx::query(sql(format!(
-            "SELECT model, CAST(COALESCE(SUM(completed + failed), 0) AS BIGINT) AS done, \
-             CAST(SUM(CASE WHEN status IN {} THEN 1 ELSE 0 END) AS BIGINT) AS running \
-             FROM batches WHERE model IS NOT NULL GROUP BY model",
+            "SELECT id, model, completed + failed AS done FROM batches \
+             WHERE status IN {} AND model IS NOT NULL",
             BatchStatus::sql_list(&BatchStatus::UNFINISHED)
         )))
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                let running: i64 = r.try_get("running")?;
-                Ok((r.try_get("model")?, (r.try_get("done")?, running > 0)))
-            })
+            .map(|r| Ok((r.try_get("id")?, r.try_get("model")?, r.try_get("done")?)))
             .collect()
+    }
+
+    /// The results of the batches `ids` (those that ended since they were last seen); a
+    /// deleted one is absent.
+    pub async fn results_of(&self, ids: &[String]) -> Result<HashMap<String, i64>> {
+        let mut found = HashMap::with_capacity(ids.len());
+        for id in ids {
+            let done: Option<i64> =
+                sqlx::query_scalar("SELECT completed + failed FROM batches WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some(done) = done {
+                found.insert(id.clone(), done);
+            }
+        }
+        Ok(found)
     }
 
     /// The progress detail of every batch a worker runs now, with its model: what the

@@ -619,6 +619,20 @@ pub async fn planning_sums_read_alike(store: &Store) {
             unstarted: 0
         }
     );
+    // What the throughput sampler reads: unfinished batches, and those that ended by id.
+    let unfinished = store.unfinished_results().await.expect("unfinished");
+    assert!(
+        unfinished.contains(&("batch_p1".into(), "pm".into(), 4)),
+        "{unfinished:?}"
+    );
+    let ended = store
+        .results_of(&["batch_p1".into(), "batch_gone".into()])
+        .await
+        .expect("results");
+    assert_eq!(
+        ended,
+        std::collections::HashMap::from([("batch_p1".to_owned(), 4)])
+    );
     let running = store.running_progress(now_ms()).await.expect("progress");
     assert!(
         running.contains(&("pm".to_owned(), "{}".to_owned())),
