@@ -30,6 +30,7 @@ mod launch;
 mod notify;
 mod output;
 mod report;
+mod results;
 mod run;
 mod state;
 
@@ -55,6 +56,14 @@ pub use report::metrics::Stats;
 pub use report::progress::{ProgressMode, StderrAboveBar, format_duration};
 pub use report::status::{JobProgress, read_progress};
 pub use report::summary::{JobStatus, RunSummary};
+pub use results::index::{
+    IndexedFiles, ResultIndex, Sources as IndexSources, build as build_results_index,
+};
+pub use results::live::LiveResults;
+pub use results::{
+    ErrorCount, MAX_PAGE, PageQuery, RequestDetail, ResultItem, ResultPage, ResultSource,
+    ResultStatus,
+};
 pub use run::deadline::{Deadline, parse_rfc3339};
 pub use run::preflight::{Preflight, PreflightReport, preflight_input};
 pub use run::stop::{Phase, RESUMABLE_EXIT, StopReason, StopSignal};
@@ -64,6 +73,7 @@ pub use run::{
 pub use state::mirror::Mirror;
 pub use state::outcome::LineOutcome;
 pub use state::sink::CheckpointPolicy;
+pub use state::timings::TIMINGS;
 pub use state::{MANIFEST, ResultFile, results_so_far};
 
 /// Twelve hex digits that differ between processes and between calls: names that must never

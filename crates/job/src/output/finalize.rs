@@ -229,7 +229,12 @@ mod tests {
         let mut spool = Spool::open(dir, Positions::default()).expect("spool");
         for (line, outcome) in results {
             spool
-                .append(*line, *outcome, format!("r{line}\n").as_bytes())
+                .append(
+                    *line,
+                    *outcome,
+                    format!("r{line}\n").as_bytes(),
+                    crate::state::timings::Timing::default(),
+                )
                 .expect("append");
         }
         let at = spool.flush().expect("flush");
@@ -291,10 +296,20 @@ mod tests {
         let mut spool = Spool::open(dir.path(), Positions::default()).expect("spool");
         let big = format!("{}\n", "x".repeat(COPY_WINDOW + 10));
         spool
-            .append(2, LineOutcome::Succeeded, b"small\n")
+            .append(
+                2,
+                LineOutcome::Succeeded,
+                b"small\n",
+                crate::state::timings::Timing::default(),
+            )
             .expect("append");
         spool
-            .append(1, LineOutcome::Succeeded, big.as_bytes())
+            .append(
+                1,
+                LineOutcome::Succeeded,
+                big.as_bytes(),
+                crate::state::timings::Timing::default(),
+            )
             .expect("append");
         let at = spool.flush().expect("flush");
         let out = dir.path().join("o");

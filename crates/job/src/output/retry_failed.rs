@@ -22,6 +22,7 @@ use crate::extsort::{Fixed, Sorted, Sorter, get_u64, put_u64};
 use crate::input::reader::{Content, LineReader};
 use crate::state::outcome::LineOutcome;
 use crate::state::spool::Spool;
+use crate::state::timings::Timing;
 
 const CHUNK: usize = 64 * 1024;
 
@@ -216,7 +217,12 @@ pub fn seed(
                     let Some(ok) = next_ok else { break };
                     if !is_failed && !done.contains(entry.line) {
                         read_line_at(&mut earlier, ok.offset, ok.len, &mut record)?;
-                        spool.append(entry.line, LineOutcome::Succeeded, &record)?;
+                        spool.append(
+                            entry.line,
+                            LineOutcome::Succeeded,
+                            &record,
+                            Timing::default(),
+                        )?;
                         seeded.usage += batch_format::output::usage_of_result(&record);
                         done.insert(entry.line);
                         counts[LineOutcome::Succeeded.index()] += 1;

@@ -164,6 +164,7 @@ mod tests {
                 2,
                 LineOutcome::Succeeded,
                 b"{\"custom_id\":\"b\",\"ok\":1}\n",
+                crate::state::timings::Timing::default(),
             )
             .expect("append");
         opened.manifest.positions = opened.spool.flush().expect("flush");

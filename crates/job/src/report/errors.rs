@@ -4,30 +4,33 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Messages longer than this are cut in the summary.
 const SAMPLE_CHARS: usize = 200;
 
 /// One error code's count and its first message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorCount {
     pub code: String,
     pub count: u64,
     pub sample: String,
+    /// The `custom_id` of the line the sample comes from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sample_custom_id: Option<String>,
 }
 
 #[derive(Debug, Default)]
-pub struct ErrorTally(Mutex<BTreeMap<String, (u64, String)>>);
+pub struct ErrorTally(Mutex<BTreeMap<String, (u64, String, Option<String>)>>);
 
 impl ErrorTally {
     /// Counts the failed result `line` (a line of the error file) under its code: the
     /// record's `error.code`, or for an engine's answer `http STATUS` and its error code.
     pub fn add(&self, line: &[u8]) {
-        let (code, message) = code_of(line);
+        let (code, message, custom_id) = code_of(line);
         let mut codes = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = codes.entry(code).or_insert_with(|| (0, message));
+        let entry = codes.entry(code).or_insert_with(|| (0, message, custom_id));
         entry.0 += 1;
     }
 
@@ -36,10 +39,11 @@ impl ErrorTally {
         let codes = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut all: Vec<ErrorCount> = codes
             .iter()
-            .map(|(code, (count, sample))| ErrorCount {
+            .map(|(code, (count, sample, custom_id))| ErrorCount {
                 code: code.clone(),
                 count: *count,
                 sample: sample.clone(),
+                sample_custom_id: custom_id.clone(),
             })
             .collect();
         all.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.code.cmp(&b.code)));
@@ -48,12 +52,18 @@ impl ErrorTally {
     }
 }
 
-fn code_of(line: &[u8]) -> (String, String) {
+/// A failed line's code, message and `custom_id`.
+fn code_of(line: &[u8]) -> (String, String, Option<String>) {
     let value: Value = serde_json::from_slice(line).unwrap_or_default();
     let text = |v: &Value| v.as_str().map(str::to_owned);
+    let custom_id = text(&value["custom_id"]);
     if let Some(error) = value.get("error").filter(|e| !e.is_null()) {
         let code = text(&error["code"]).unwrap_or_else(|| "error".into());
-        return (code, cut(text(&error["message"]).unwrap_or_default()));
+        return (
+            code,
+            cut(text(&error["message"]).unwrap_or_default()),
+            custom_id,
+        );
     }
     let response = &value["response"];
     let status = response["status_code"].as_u64().unwrap_or(0);
@@ -62,7 +72,7 @@ fn code_of(line: &[u8]) -> (String, String) {
         .or_else(|| text(&error["type"]))
         .map_or_else(String::new, |c| format!(" {c}"));
     let message = text(&error["message"]).unwrap_or_else(|| response["body"].to_string());
-    (format!("http {status}{detail}"), cut(message))
+    (format!("http {status}{detail}"), cut(message), custom_id)
 }
 
 fn cut(message: String) -> String {
@@ -87,6 +97,7 @@ mod tests {
         let top = tally.top(5);
         assert_eq!(top[0].code, "http 400 BadRequestError");
         assert_eq!((top[0].count, top[0].sample.as_str()), (2, "too long"));
+        assert_eq!(top[0].sample_custom_id.as_deref(), Some("b"));
         assert_eq!((top[1].code.as_str(), top[1].count), ("batch_expired", 1));
         assert_eq!(tally.top(1).len(), 1);
         assert_eq!(cut("é".repeat(300)).chars().count(), SAMPLE_CHARS + 1);

@@ -107,18 +107,33 @@ mod tests {
         let mut opened = open(dir.path(), job).expect("open");
         opened
             .spool
-            .append(1, LineOutcome::Succeeded, b"a\n")
+            .append(
+                1,
+                LineOutcome::Succeeded,
+                b"a\n",
+                crate::state::timings::Timing::default(),
+            )
             .expect("append");
         opened
             .spool
-            .append(2, LineOutcome::Expired, b"b\n")
+            .append(
+                2,
+                LineOutcome::Expired,
+                b"b\n",
+                crate::state::timings::Timing::default(),
+            )
             .expect("append");
         opened.manifest.positions = opened.spool.flush().expect("flush");
         opened.manifest.checkpoints = 1;
         opened.manifest.store(dir.path()).expect("store");
         opened
             .spool
-            .append(3, LineOutcome::Succeeded, b"c\n")
+            .append(
+                3,
+                LineOutcome::Succeeded,
+                b"c\n",
+                crate::state::timings::Timing::default(),
+            )
             .expect("append");
         opened.spool.flush().expect("flush");
 

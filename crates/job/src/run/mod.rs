@@ -26,7 +26,7 @@ mod in_flight_cap;
 mod options;
 pub mod preflight;
 mod prepare;
-mod request;
+pub(crate) mod request;
 pub mod stop;
 mod supervise;
 

@@ -12,6 +12,7 @@ use crate::report::metrics::Stats;
 use crate::run::stop::{StopReason, StopSignal};
 use crate::state::outcome::LineOutcome;
 use crate::state::sink::Record;
+use crate::state::timings::Timing;
 
 /// OpenAI's message for a request the completion window left unrun.
 pub const EXPIRED_MESSAGE: &str =
@@ -52,7 +53,7 @@ impl Ids {
             outcome,
             bytes,
             usage: Usage::default(),
-            retries: 0,
+            timing: Timing::default(),
         }
     }
 
@@ -86,6 +87,7 @@ pub async fn execute(
 ) -> Option<Record> {
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
+    let started_ms = crate::state::unix_now_ms();
     // Debug level: a span per request costs nothing unless someone asks to follow requests.
     let span = tracing::debug_span!("request", line = request.line, custom_id = ?request.custom_id);
     let sending = engines
@@ -107,8 +109,8 @@ pub async fn execute(
             return ids.stopped(line, custom_id, reason);
         }
     };
-    stats.observe_latency(started.elapsed());
-    let retries = u64::from(sent.attempts.saturating_sub(1));
+    let latency = started.elapsed();
+    stats.observe_latency(latency);
     let id = ids.result_id(line);
     let mut record = match sent.delivery {
         Delivery::Answered {
@@ -131,7 +133,11 @@ pub async fn execute(
         }
         Delivery::Stopped => return None,
     };
-    record.retries = retries;
+    record.timing = Timing {
+        attempts: sent.attempts,
+        started_ms,
+        latency_ms: u32::try_from(latency.as_millis()).unwrap_or(u32::MAX),
+    };
     Some(record)
 }
 
@@ -196,7 +202,7 @@ fn answered(
         outcome,
         bytes,
         usage,
-        retries: 0,
+        timing: Timing::default(),
     }
 }
 

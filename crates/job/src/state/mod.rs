@@ -10,6 +10,7 @@ pub mod mirror;
 pub mod outcome;
 pub mod sink;
 pub mod spool;
+pub mod timings;
 
 use std::fs::{self, File};
 use std::io;
@@ -311,18 +312,33 @@ mod tests {
         assert!(!opened.resumed);
         opened
             .spool
-            .append(4, LineOutcome::Succeeded, b"a\n")
+            .append(
+                4,
+                LineOutcome::Succeeded,
+                b"a\n",
+                crate::state::timings::Timing::default(),
+            )
             .expect("append");
         opened
             .spool
-            .append(2, LineOutcome::Expired, b"b\n")
+            .append(
+                2,
+                LineOutcome::Expired,
+                b"b\n",
+                crate::state::timings::Timing::default(),
+            )
             .expect("append");
         let at = opened.spool.flush().expect("flush");
         opened.manifest.positions = at;
         opened.manifest.store(&state).expect("store");
         opened
             .spool
-            .append(9, LineOutcome::Succeeded, b"lost\n")
+            .append(
+                9,
+                LineOutcome::Succeeded,
+                b"lost\n",
+                crate::state::timings::Timing::default(),
+            )
             .expect("append");
         opened.spool.flush().expect("flush");
         drop(opened);

@@ -18,6 +18,7 @@ use crate::run::stop::{StopReason, StopSignal};
 use crate::state::mirror::Mirror;
 use crate::state::outcome::LineOutcome;
 use crate::state::spool::{Positions, Spool, SyncHandles};
+use crate::state::timings::Timing;
 use crate::state::{Manifest, Totals};
 
 /// How often to checkpoint; zero turns a trigger off.
@@ -51,7 +52,8 @@ pub struct Record {
     pub outcome: LineOutcome,
     pub bytes: Vec<u8>,
     pub usage: Usage,
-    pub retries: u64,
+    /// How its request went; its retries are `attempts - 1`.
+    pub timing: Timing,
 }
 
 struct Appending {
@@ -129,9 +131,12 @@ impl Sink {
         if a.error.is_some() {
             return;
         }
-        match a.spool.append(record.line, record.outcome, &record.bytes) {
+        match a
+            .spool
+            .append(record.line, record.outcome, &record.bytes, record.timing)
+        {
             Ok(()) => {
-                a.totals.retries += record.retries;
+                a.totals.retries += u64::from(record.timing.attempts.saturating_sub(1));
                 if record.outcome.is_success() {
                     a.totals.add_usage(record.usage);
                 }
@@ -248,7 +253,10 @@ mod tests {
                 cached_tokens: 1,
                 reasoning_tokens: 1,
             },
-            retries: 1,
+            timing: Timing {
+                attempts: 2,
+                ..Timing::default()
+            },
         }
     }
 

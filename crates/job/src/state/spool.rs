@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::extsort::{Fixed, get_u64, put_u64};
 use crate::state::outcome::LineOutcome;
+use crate::state::timings::{LineTiming, TIMINGS, Timing};
 
 pub const OUTPUT_SPOOL: &str = "output.spool.jsonl";
 pub const ERRORS_SPOOL: &str = "errors.spool.jsonl";
@@ -101,6 +102,8 @@ pub struct Spool {
     output: SpoolFile,
     errors: SpoolFile,
     index: SpoolFile,
+    /// Advisory (see `timings`): cut back to whole records, never checked against a checkpoint.
+    timings: SpoolFile,
 }
 
 /// Duplicated file handles, so the spool can be synced without holding the lock that appends.
@@ -125,11 +128,19 @@ impl Spool {
             output: SpoolFile::open(&dir.join(OUTPUT_SPOOL), at.output)?,
             errors: SpoolFile::open(&dir.join(ERRORS_SPOOL), at.errors)?,
             index: SpoolFile::open(&dir.join(INDEX), at.index)?,
+            timings: open_timings(&dir.join(TIMINGS))?,
         })
     }
 
-    /// Appends one complete result line (newline included) for input line `line`.
-    pub fn append(&mut self, line: u64, outcome: LineOutcome, record: &[u8]) -> io::Result<()> {
+    /// Appends one complete result line (newline included) for input line `line`, and how its
+    /// request went.
+    pub fn append(
+        &mut self,
+        line: u64,
+        outcome: LineOutcome,
+        record: &[u8],
+        timing: Timing,
+    ) -> io::Result<()> {
         let file = if outcome.is_success() {
             &mut self.output
         } else {
@@ -149,6 +160,10 @@ impl Spool {
         entry.encode(&mut encoded);
         self.index.writer.write_all(&encoded)?;
         self.index.len += IndexRecord::BYTES as u64;
+        let mut encoded = [0; LineTiming::BYTES];
+        LineTiming { line, timing }.encode(&mut encoded);
+        self.timings.writer.write_all(&encoded)?;
+        self.timings.len += LineTiming::BYTES as u64;
         Ok(())
     }
 
@@ -157,6 +172,7 @@ impl Spool {
         self.output.writer.flush()?;
         self.errors.writer.flush()?;
         self.index.writer.flush()?;
+        self.timings.writer.flush()?;
         Ok(self.positions())
     }
 
@@ -181,12 +197,23 @@ impl Spool {
     }
 }
 
+/// The timings file, cut back to its whole records.
+fn open_timings(path: &Path) -> io::Result<SpoolFile> {
+    let len = match fs::metadata(path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    };
+    SpoolFile::open(path, len - len % LineTiming::BYTES as u64)
+}
+
 /// Where a state directory's spool files are.
 #[derive(Debug, Clone)]
 pub struct SpoolFiles {
     pub output: PathBuf,
     pub errors: PathBuf,
     pub index: PathBuf,
+    pub timings: PathBuf,
 }
 
 impl SpoolFiles {
@@ -195,6 +222,7 @@ impl SpoolFiles {
             output: dir.join(OUTPUT_SPOOL),
             errors: dir.join(ERRORS_SPOOL),
             index: dir.join(INDEX),
+            timings: dir.join(TIMINGS),
         }
     }
 }
@@ -229,13 +257,13 @@ mod tests {
         let state = dir.path().join("state");
         let mut spool = Spool::open(&state, Positions::default()).expect("open");
         spool
-            .append(2, LineOutcome::Succeeded, b"{\"a\":1}\n")
+            .append(2, LineOutcome::Succeeded, b"{\"a\":1}\n", Timing::default())
             .expect("append");
         spool
-            .append(1, LineOutcome::Expired, b"{\"e\":1}\n")
+            .append(1, LineOutcome::Expired, b"{\"e\":1}\n", Timing::default())
             .expect("append");
         spool
-            .append(3, LineOutcome::Succeeded, b"{\"b\":2}\n")
+            .append(3, LineOutcome::Succeeded, b"{\"b\":2}\n", Timing::default())
             .expect("append");
         let at = spool.flush().expect("flush");
         assert_eq!(
@@ -271,11 +299,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let mut spool = Spool::open(dir.path(), Positions::default()).expect("open");
         spool
-            .append(1, LineOutcome::Succeeded, b"one\n")
+            .append(1, LineOutcome::Succeeded, b"one\n", Timing::default())
             .expect("append");
         let checkpoint = spool.flush().expect("flush");
         spool
-            .append(2, LineOutcome::Succeeded, b"two\n")
+            .append(2, LineOutcome::Succeeded, b"two\n", Timing::default())
             .expect("append");
         spool.flush().expect("flush");
         drop(spool);
@@ -290,7 +318,7 @@ mod tests {
 
         let mut spool = Spool::open(dir.path(), checkpoint).expect("reopen");
         spool
-            .append(3, LineOutcome::Succeeded, b"three\n")
+            .append(3, LineOutcome::Succeeded, b"three\n", Timing::default())
             .expect("append");
         let at = spool.flush().expect("flush");
         assert_eq!(fs::read(&files.output).expect("read"), b"one\nthree\n");
