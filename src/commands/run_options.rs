@@ -143,6 +143,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         state_remote: places.state_remote,
         model_check: !args.no_model_check,
         in_flight_cap: None,
+        results_index: None,
         preflight: args.preflight,
         engine_down_timeout: (!args.engine_down_timeout.is_zero())
             .then_some(args.engine_down_timeout),

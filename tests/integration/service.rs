@@ -1032,7 +1032,7 @@ fn the_openapi_document_is_valid_and_the_service_matches_it() {
         .expect("run schemathesis");
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{report}{}", stderr(&out));
-    assert!(report.contains("15 passed"), "{report}");
+    assert!(report.contains("18 passed"), "{report}");
 }
 
 /// A cancel stops a running batch's sending at once: the scheduler pokes the worker through its
@@ -1410,4 +1410,143 @@ fn a_large_inline_batch_is_streamed_into_its_file() {
         .json();
     let lines = crate::common::count_lines(&service.content(&input));
     assert_eq!(lines, 40_000, "{file}");
+}
+
+/// The results API: a running batch's results so far and a finished batch's results, paged in
+/// input order with a stable cursor, filtered by status or `custom_id`; one request with its
+/// input, result and timing; the failures by code; another owner sees none of it.
+#[test]
+fn results_are_browsed_by_page_status_and_custom_id() {
+    let sim = Sim::start(&[
+        "--ttft-ms",
+        "5",
+        "--ms-per-token",
+        "0",
+        "--fail-rate",
+        "0.2",
+        "--fail-status",
+        "400",
+        "--seed",
+        "7",
+    ]);
+    let (dir, service) = Service::with_engine(
+        &sim,
+        &[
+            "--max-concurrency",
+            "2",
+            "--checkpoint-interval",
+            "100ms",
+            "--report-interval",
+            "100ms",
+        ],
+    );
+    let n = 400;
+    let batch = service.submit("r", n);
+    let get = |path: &str| {
+        let r = service.call("GET", &format!("/v1/batches/{batch}{path}"), None);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        r.json()
+    };
+    let pages = |query: &str| {
+        let mut lines = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = get(&format!("/results?limit=37&after={after}{query}"));
+            let data = page["data"].as_array().expect("data").clone();
+            for item in &data {
+                lines.push(item["line"].as_u64().expect("line"));
+            }
+            if !page["has_more"].as_bool().expect("has_more") {
+                return lines;
+            }
+            after = page["last_line"].as_u64().expect("last_line");
+        }
+    };
+    // While it runs: the results so far, in input order.
+    service.wait_completed(&batch, 60, LONG);
+    let so_far = pages("");
+    assert!(!so_far.is_empty(), "results while running");
+    assert!(so_far.windows(2).all(|w| w[0] < w[1]), "{so_far:?}");
+    let done = service.wait_status(&batch, &["completed"], LONG);
+    let failed_count = done["request_counts"]["failed"].as_u64().expect("failed");
+    assert!(failed_count > 0, "{done}");
+
+    let all = pages("");
+    assert_eq!(
+        all,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "every line once, in order"
+    );
+    let failed = pages("&status=failed");
+    assert_eq!(failed.len() as u64, failed_count);
+    let succeeded = pages("&status=succeeded");
+    assert_eq!(succeeded.len() + failed.len(), n);
+    let first_page = get("/results?limit=5");
+    assert_eq!(first_page["object"], "list");
+    assert_eq!(first_page["first_line"], 1);
+    assert_eq!(first_page["data"][0]["custom_id"], "r0");
+    assert!(first_page["data"][0]["result"]["id"].is_string());
+
+    // One failed request, by its custom_id: input and result side by side, and its timing.
+    let line = failed[0];
+    let custom_id = format!("r{}", line - 1);
+    let one = get(&format!("/results?custom_id={custom_id}"));
+    assert_eq!(one["data"].as_array().map(Vec::len), Some(1), "{one}");
+    let detail = get(&format!("/results/{custom_id}"));
+    assert_eq!(detail["status"], "failed", "{detail}");
+    assert_eq!(detail["line"], line);
+    assert_eq!(detail["input"]["custom_id"], custom_id.as_str());
+    assert_eq!(detail["result"]["response"]["status_code"], 400);
+    assert!(
+        detail["timing"]["attempts"]
+            .as_u64()
+            .is_some_and(|a| a >= 1),
+        "{detail}"
+    );
+    assert!(
+        detail["timing"]["started_at_ms"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    );
+    let missing = service.call("GET", &format!("/v1/batches/{batch}/results/nope"), None);
+    assert_eq!(missing.status, 404, "{}", missing.text());
+
+    let errors = get("/errors");
+    let codes = errors["data"].as_array().expect("data");
+    assert_eq!(codes.len(), 1, "{errors}");
+    assert_eq!(codes[0]["count"].as_u64(), Some(failed_count));
+    assert!(
+        codes[0]["code"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("http 400")),
+        "{errors}"
+    );
+    assert!(codes[0]["sample_custom_id"].is_string());
+
+    let bad = service.call(
+        "GET",
+        &format!("/v1/batches/{batch}/results?status=done"),
+        None,
+    );
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.error()["param"], "status");
+    let bad = service.call("GET", &format!("/v1/batches/{batch}/results?limit=0"), None);
+    assert_eq!(bad.status, 400);
+    for path in ["/results", "/results/r0", "/errors"] {
+        let other = service.call_as(KEY_B, "GET", &format!("/v1/batches/{batch}{path}"), None);
+        assert_eq!(other.status, 404, "another owner's {path}");
+    }
+
+    // Without its stored index (as for a batch finished before indexes existed) the results
+    // are indexed from the files: the same pages, no timings.
+    let files = dir.path().join("files");
+    let indexes: Vec<_> = std::fs::read_dir(&files)
+        .expect("files")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".results"))
+        .collect();
+    assert_eq!(indexes.len(), 1, "one stored index");
+    std::fs::remove_file(indexes[0].path()).expect("remove");
+    assert_eq!(pages("&status=failed"), failed);
+    assert_eq!(get(&format!("/results/{custom_id}"))["timing"], Value::Null);
 }

@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 /// default).
 pub const KEEP_LOGS: std::time::Duration = std::time::Duration::from_secs(30 * 86400);
 
+/// How long a cached copy of a result file is kept after it was last written.
+pub const KEEP_CACHE: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Removes the files directly in `dir` not written to for `idle`; how many went. A missing
 /// directory holds nothing to remove.
 pub fn remove_idle_files(dir: &Path, idle: std::time::Duration) -> std::io::Result<usize> {
@@ -50,6 +53,12 @@ impl DataDir {
     /// Where the log of `batch`'s workers is kept once the batch has ended.
     pub fn kept_log(logs: &Path, batch: &str) -> PathBuf {
         logs.join(format!("{batch}.log"))
+    }
+
+    /// Local copies of files kept in object storage, read by the results API; the sweeper
+    /// removes those not read for [`KEEP_CACHE`].
+    pub fn cache(&self) -> PathBuf {
+        self.root.join("cache")
     }
 
     /// File contents, when not in object storage.
@@ -101,6 +110,11 @@ impl BatchWork {
 
     pub fn errors(&self) -> PathBuf {
         self.dir.join("errors.jsonl")
+    }
+
+    /// The results index the job builds of its final files (see `batch_job::IndexSources`).
+    pub fn results_index(&self) -> PathBuf {
+        self.dir.join("results.idx")
     }
 
     /// How the worker ended the batch, kept until the store has recorded it.

@@ -118,14 +118,14 @@ pub async fn serve(
     sweeper::remove_stale_uploads(&blobs, Duration::ZERO);
     let wake = Arc::new(Notify::new());
     let (stop, scheduler) = start_scheduler(&store, &blobs, config.exec.scheduler, wake.clone());
+    let data_dir = DataDir {
+        root: config.exec.data_dir.clone(),
+    };
     let sweeper = tokio::spawn(sweeper::run(
         store.clone(),
         blobs.clone(),
         config.sweep_every,
-        DataDir {
-            root: config.exec.data_dir.clone(),
-        }
-        .logs(),
+        (data_dir.logs(), data_dir.cache()),
     ));
     let endpoints = config.webhooks;
     let webhook_counters = Arc::new(webhooks::deliver::Counters::default());
@@ -142,10 +142,8 @@ pub async fn serve(
         keys: Arc::new(config.keys),
         config: Arc::new(config.api),
         wake,
-        work_dir: DataDir {
-            root: config.exec.data_dir,
-        }
-        .work(),
+        work_dir: data_dir.work(),
+        cache_dir: data_dir.cache(),
         endpoints,
         webhook_counters,
     };

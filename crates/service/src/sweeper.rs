@@ -7,15 +7,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::blobs::Blobs;
-use crate::data_dir::{KEEP_LOGS, remove_idle_files};
+use crate::data_dir::{KEEP_CACHE, KEEP_LOGS, remove_idle_files};
 use crate::store::{Store, now_secs};
 
 /// An upload not written to for this long was abandoned (an upload that stalls is cut off by
 /// the server's body timeout long before).
 const STALE_UPLOAD: Duration = Duration::from_secs(3600);
 
-/// Runs a sweep every `every`, forever; `logs` holds ended batches' worker logs.
-pub async fn run(store: Store, blobs: Blobs, every: Duration, logs: PathBuf) {
+/// Runs a sweep every `every`, forever; `logs` holds ended batches' worker logs, `cache` the
+/// results API's copies of files in object storage.
+pub async fn run(store: Store, blobs: Blobs, every: Duration, (logs, cache): (PathBuf, PathBuf)) {
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -24,6 +25,9 @@ pub async fn run(store: Store, blobs: Blobs, every: Duration, logs: PathBuf) {
             Ok(0) => {}
             Ok(n) => tracing::info!("removed {n} worker logs of batches that ended long ago"),
             Err(e) => tracing::warn!("cannot clean {}: {e}", logs.display()),
+        }
+        if let Err(e) = remove_idle_files(&cache, KEEP_CACHE) {
+            tracing::warn!("cannot clean {}: {e}", cache.display());
         }
         match store.expire_files(now_secs()).await {
             Ok(0) => {}
@@ -53,6 +57,11 @@ pub async fn collect(store: &Store, blobs: &Blobs) {
         }
     };
     for file in garbage {
+        // A result file's results index (if any) goes with it.
+        let index = crate::api::results::index_blob(&file.blob);
+        if let Err(e) = blobs.remove(&index).await {
+            tracing::warn!("cannot remove the results index of {}: {e}", file.id);
+        }
         match blobs.remove(&file.blob).await {
             Ok(()) => {
                 if let Err(e) = store.purge_file(&file.id).await {

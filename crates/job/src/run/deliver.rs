@@ -1,7 +1,7 @@
 //! The last stage of a job: the spool becomes the final files, they are uploaded where they
 //! go, the completion is recorded and the state removed; then the summary.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use batch_storage::Location;
@@ -48,6 +48,25 @@ pub async fn deliver_job(
     Ok(summary)
 }
 
+/// Builds the results index of the final files at `index` (only over files in input order and
+/// a regular input file: a stream's bytes are gone).
+fn index_results(options: &RunOptions, spool: &crate::state::spool::SpoolFiles, index: &Path) {
+    let regular = std::fs::metadata(&options.input).is_ok_and(|m| m.is_file());
+    if options.order != crate::output::finalize::Order::Input || !regular {
+        return;
+    }
+    let sources = crate::results::index::Sources {
+        input: &options.input,
+        output: Some(&options.output),
+        errors: Some(&options.errors),
+        timings: Some(&spool.timings),
+        max_line_bytes: options.validate.max_line_bytes,
+    };
+    if let Err(e) = crate::results::index::build(&sources, index) {
+        tracing::warn!("cannot index the results ({}): {e}", index.display());
+    }
+}
+
 /// Writes the final files, delivers remote ones, and removes the state (unless kept). Returns
 /// the time the final files took to write.
 async fn deliver_results(
@@ -63,6 +82,9 @@ async fn deliver_results(
     let finalizing = Instant::now();
     let spool = crate::state::spool::SpoolFiles::in_dir(&options.state_dir);
     finalize(&spool, positions, options.order, &to)?;
+    if let Some(index) = &options.results_index {
+        index_results(options, &spool, index);
+    }
     let finalize_time = finalizing.elapsed();
     let uploads: Vec<(PathBuf, Location)> = [
         (&options.output, &options.remote.output),

@@ -60,6 +60,10 @@ pub struct RunOptions {
     /// share of an owner's `--owner-max-in-flight`, which changes as the owner's batches
     /// start and end); `None`: no cap.
     pub in_flight_cap: Option<tokio::sync::watch::Receiver<usize>>,
+    /// Where to build the finished job's results index (see `results::index`), from its final
+    /// files in input order, before the state (and its request timings) is removed. A failed
+    /// build is a warning: the index can be built from the files later, without the timings.
+    pub results_index: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -97,6 +101,7 @@ impl RunOptions {
             model_check: true,
             preflight: false,
             in_flight_cap: None,
+            results_index: None,
         }
     }
 }

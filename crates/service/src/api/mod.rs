@@ -7,6 +7,7 @@ mod files;
 mod inline;
 mod ops;
 pub(crate) mod range;
+pub(crate) mod results;
 mod usage;
 
 use std::path::PathBuf;
@@ -73,6 +74,8 @@ pub struct AppState {
     pub wake: Arc<Notify>,
     /// Where workers keep each batch's job state (`WORK_DIR/BATCH_ID/state`).
     pub work_dir: PathBuf,
+    /// Local copies of result files kept in object storage, for the results API.
+    pub cache_dir: PathBuf,
     /// Each owner's webhook endpoint (a batch's own URL is signed with its owner's secret).
     pub endpoints: crate::webhooks::Endpoints,
     pub webhook_counters: Arc<crate::webhooks::deliver::Counters>,
@@ -109,6 +112,9 @@ pub fn router(state: AppState) -> Router {
             "/batches/{id}/partial_results",
             get(batches::partial_results),
         )
+        .route("/batches/{id}/results", get(results::list))
+        .route("/batches/{id}/results/{custom_id}", get(results::retrieve))
+        .route("/batches/{id}/errors", get(results::errors))
         .route("/x/usage", get(usage::usage))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route_layer(middleware::from_fn(remember_route));

@@ -270,6 +270,7 @@ impl Worker {
             model_check: false,
             // A worker restarted after validation counts the lines left again.
             preflight: batch.preflight != 0,
+            results_index: Some(BatchWork::new(&self.work_root, &batch.id).results_index()),
             ..RunOptions::new(files, engines, self.settings.grace)
         }
     }
@@ -448,6 +449,17 @@ impl Worker {
         }
         let output = adopt(&self.blobs, batch, &work.output(), "output").await?;
         let errors = adopt(&self.blobs, batch, &work.errors(), "error").await?;
+        // The index goes beside the first result file, which names it; without it the results
+        // API builds one from the files (without the requests' timings).
+        let first = output.as_ref().or(errors.as_ref()).map(|f| f.blob.clone());
+        if let Some(blob) = first
+            && work.results_index().exists()
+        {
+            let name = crate::api::results::index_blob(&blob);
+            if let Err(e) = self.blobs.store_file(&work.results_index(), &name).await {
+                tracing::warn!("cannot store the results index: {e}");
+            }
+        }
         let finish = Finish {
             total: outcome.total,
             status: outcome.status,
