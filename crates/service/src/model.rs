@@ -131,9 +131,40 @@ pub struct BatchProgress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub preflight: Option<serde_json::Value>,
+    /// Results over time, `[unix_seconds, results]` pairs from the start of the batch (at most
+    /// [`HISTORY_POINTS`]: when full, every other point is dropped, so the series always spans
+    /// the whole run at a coarser step): the dashboard's throughput chart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Vec<u64>>)]
+    pub history: Vec<[u64; 2]>,
     /// The delivery of the webhook event of a batch that ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookDelivery>,
+}
+
+/// The most points [`BatchProgress::history`] keeps.
+pub const HISTORY_POINTS: usize = 240;
+
+/// Adds a point to a results-over-time series, halving its resolution when it is full.
+pub fn add_history_point(history: &mut Vec<[u64; 2]>, unix_seconds: u64, results: u64) {
+    if history.last().is_some_and(|p| p[0] == unix_seconds) {
+        history.pop();
+    }
+    history.push([unix_seconds, results]);
+    if history.len() > HISTORY_POINTS {
+        let last = history.last().copied();
+        let mut i = 0;
+        history.retain(|_| {
+            i += 1;
+            i % 2 == 1
+        });
+        // The newest point stays: the series ends now.
+        if history.last().copied() != last
+            && let Some(last) = last
+        {
+            history.push(last);
+        }
+    }
 }
 
 /// Where the webhook event of an ended batch stands.
@@ -288,5 +319,25 @@ impl<T> List<T> {
             data: rows,
             has_more,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_history_spans_the_whole_run_within_its_points() {
+        let mut h = Vec::new();
+        for t in 0..1000u64 {
+            add_history_point(&mut h, 100 + t, t * 3);
+        }
+        assert!(h.len() <= HISTORY_POINTS && h.len() > HISTORY_POINTS / 2, "{}", h.len());
+        assert_eq!(h[0], [100, 0], "the start stays");
+        assert_eq!(h.last(), Some(&[1099, 2997]), "the newest point stays");
+        assert!(h.windows(2).all(|w| w[0][0] < w[1][0]));
+        // A second point in the same second replaces the first.
+        add_history_point(&mut h, 1099, 3000);
+        assert_eq!(h.last(), Some(&[1099, 3000]));
     }
 }

@@ -41,7 +41,7 @@ mod results;
 mod validation;
 
 use outcome::{BatchOutcome, outcome_of, read_outcome, write_outcome};
-use report::{LatencyBase, follow_in_flight_share, heartbeat, report_loop};
+use report::{History, LatencyBase, follow_in_flight_share, heartbeat, report_loop};
 use results::adopt;
 pub use results::{Ending, FAILED_MESSAGE, final_files, publish_failed};
 use validation::no_engine;
@@ -291,6 +291,7 @@ impl Worker {
         let dispatching = Arc::new(std::sync::OnceLock::new());
         let dispatch_at = dispatching.clone();
         let latency = LatencyBase::of(batch);
+        let history = History::of(batch);
         let mut options = options;
         let sharer = match self.settings.owner_max_in_flight {
             Some(cap) => {
@@ -316,7 +317,7 @@ impl Worker {
                 self.fence,
                 self.settings.report_every,
                 stop.clone(),
-                (stats_rx, latency, self.poke.clone()),
+                (stats_rx, latency, self.poke.clone(), history.clone()),
             )
             .in_current_span(),
         );
@@ -343,6 +344,8 @@ impl Worker {
         };
         let latency = latency.with(observed.get().map(Arc::as_ref));
         let mut outcome = outcome_of(status, &summary, latency);
+        let done = summary.succeeded + summary.failed;
+        outcome.progress.history = history.add(done);
         // The batch's own time besides its requests: up to its first request, the first
         // answer's wait (the engine's pipeline filling: one request's mean latency), and
         // finalizing.

@@ -64,10 +64,11 @@ pub(super) async fn report_loop(
     fence: i64,
     every: Duration,
     stop: StopSignal,
-    (stats, latency, poke): (
+    (stats, latency, poke, history): (
         tokio::sync::oneshot::Receiver<Arc<Stats>>,
         LatencyBase,
         Arc<tokio::sync::Notify>,
+        History,
     ),
 ) {
     let Ok(stats) = stats.await else { return };
@@ -92,7 +93,9 @@ pub(super) async fn report_loop(
             }
         };
         let status = if due {
-            let text = serde_json::to_string(&progress).unwrap_or_default();
+            let mut shown = progress.clone();
+            shown.history = history.add(done);
+            let text = serde_json::to_string(&shown).unwrap_or_default();
             let status = store.report(&batch, fence, &counts, &text).await;
             written = Some((counts, progress, done, Instant::now()));
             status
@@ -150,6 +153,24 @@ fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts
         ..BatchProgress::default()
     };
     (counts, progress)
+}
+
+/// The batch's results over time (`BatchProgress::history`), carried from earlier workers and
+/// shared by the report loop and the job's end.
+#[derive(Clone, Default)]
+pub(super) struct History(Arc<std::sync::Mutex<Vec<[u64; 2]>>>);
+
+impl History {
+    pub(super) fn of(batch: &BatchRow) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(earlier_progress(batch).history)))
+    }
+
+    /// Adds `results` now; the series so far.
+    pub(super) fn add(&self, results: u64) -> Vec<[u64; 2]> {
+        let mut h = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        crate::model::add_history_point(&mut h, now_secs().max(0) as u64, results);
+        h.clone()
+    }
 }
 
 /// The progress an earlier worker of the batch last reported (default: none).
