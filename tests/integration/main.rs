@@ -2,6 +2,7 @@
 //! processes over real sockets and files. One test binary (shared `common` helpers).
 
 mod common;
+mod dashboard;
 mod distributed;
 mod durable;
 mod flow;

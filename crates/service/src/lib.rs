@@ -16,6 +16,7 @@ pub mod scheduler;
 pub mod settings;
 pub mod status;
 pub mod store;
+pub mod ui;
 pub mod sweeper;
 pub mod webhooks;
 pub mod window;

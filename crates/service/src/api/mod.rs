@@ -122,6 +122,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
+        .merge(crate::ui::router(crate::ui::UiMode::Service))
         .route_layer(middleware::from_fn(remember_route))
         .nest("/v1", v1)
         .fallback(not_found)
