@@ -352,6 +352,19 @@ pub struct RunArgs {
     )]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// Serve a live page of the job at http://ADDR/ui/ while it runs: progress, a throughput
+    /// chart, errors by code and a browser of the results so far (read-only, no key). ADDR is a
+    /// port (on 127.0.0.1) or HOST:PORT; another host than loopback shows the job's requests
+    /// and results to whoever can reach it.
+    #[arg(help_heading = "Reporting", long, value_name = "ADDR", value_parser = parse_ui_addr)]
+    pub ui: Option<SocketAddr>,
+
+    /// After the job ends, keep --ui's page up this long to look at the end (Ctrl-C leaves
+    /// at once); the summary is printed first.
+    #[arg(help_heading = "Reporting", long, value_name = "DURATION", default_value = "0s",
+        value_parser = parse_duration, requires = "ui")]
+    pub ui_keep: Duration,
+
     /// How to show progress.
     #[arg(help_heading = "Reporting", long, value_enum, default_value_t = ProgressArg::Auto)]
     pub progress: ProgressArg,
@@ -362,4 +375,13 @@ pub struct RunArgs {
 
     #[command(flatten, next_help_heading = "Validation")]
     pub rules: RulesArgs,
+}
+
+/// `--ui`: a port on loopback, or HOST:PORT.
+fn parse_ui_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse()
+        .map_err(|_| format!("'{text}' is not a port or HOST:PORT (e.g. 8089 or 127.0.0.1:8089)"))
 }

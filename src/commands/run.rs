@@ -4,6 +4,8 @@ use std::path::Path;
 
 use batch_job::{Event, JobStatus, Phase, RunError, RunSummary, Secret, StopReason, StopSignal};
 
+use batch_service::ui::run_view::{self, LiveJob, RunView};
+
 use super::run_options::build;
 use super::{Exit, Signals, with_runtime};
 use crate::cli::RunArgs;
@@ -87,8 +89,17 @@ pub fn run(args: RunArgs) -> Exit {
         StopReason::Interrupted
     };
     let grace = args.grace;
+    let (ui, ui_keep) = (args.ui, args.ui_keep);
+    let title = args.output.clone();
     let options = match build(args) {
         Ok(options) => options,
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Invalid;
+        }
+    };
+    let page = match ui.map(|addr| job_page(addr, title, &options)).transpose() {
+        Ok(page) => page,
         Err(e) => {
             tracing::error!("{e}");
             return Exit::Invalid;
@@ -110,9 +121,28 @@ pub fn run(args: RunArgs) -> Exit {
         let result = rt.block_on(async {
             let stop = StopSignal::new();
             let watcher = tokio::spawn(watch_signals(stop.clone(), on_signal, grace));
-            let result = batch_job::run(options, stop).await;
+            let live = LiveJob::default();
+            let page_at = page.as_ref().and_then(|(l, _)| l.local_addr().ok());
+            if let Some((listener, view)) = page {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => {
+                        tokio::spawn(run_view::serve(listener, view, live.clone()));
+                    }
+                    Err(e) => tracing::warn!("cannot serve --ui: {e}"),
+                }
+            }
+            let observed = live.clone();
+            let result =
+                batch_job::run_observed(options, None, stop, move |s| observed.started(s)).await;
+            live.ended(ended_as(&result));
             watcher.abort();
             notifications.send(&result).await;
+            if let Ok(summary) = &result {
+                eprint!("{}", summary.render());
+            }
+            if let Some(addr) = page_at.filter(|_| !ui_keep.is_zero()) {
+                keep_page(addr, ui_keep).await;
+            }
             result
         });
         // A validation stopped by a signal may still be blocked on a read that never returns
@@ -133,7 +163,6 @@ pub fn run(args: RunArgs) -> Exit {
             }
         }
         Ok(Ok(summary)) => {
-            eprint!("{}", summary.render());
             if let Some(path) = summary_json
                 && let Err(e) = write_summary(&summary, &path)
             {
@@ -152,6 +181,63 @@ pub fn run(args: RunArgs) -> Exit {
                 JobStatus::Completed | JobStatus::AlreadyComplete => Exit::Success,
             }
         }
+    }
+}
+
+/// Binds `--ui ADDR` (before the job starts, so a taken port is a usage error) and describes
+/// the job's page.
+fn job_page(
+    addr: std::net::SocketAddr,
+    title: String,
+    options: &batch_job::RunOptions,
+) -> Result<(std::net::TcpListener, RunView), String> {
+    let listener = std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("cannot listen on --ui {addr}: {e}"))?;
+    let bound = listener.local_addr().unwrap_or(addr);
+    tracing::info!("the job's page: http://{bound}/ui/");
+    if !bound.ip().is_loopback() {
+        tracing::warn!(
+            "--ui {bound} is not a loopback address: anyone who can reach it sees the job's \
+             requests and results (the page has no key)"
+        );
+    }
+    let regular = std::fs::metadata(&options.input).is_ok_and(|m| m.is_file());
+    Ok((
+        listener,
+        RunView {
+            title,
+            state_dir: options.state_dir.clone(),
+            input: regular.then(|| options.input.clone()),
+            max_line_bytes: options.validate.max_line_bytes,
+        },
+    ))
+}
+
+/// `--ui-keep`: the page stays up for `keep`, or until a signal.
+async fn keep_page(addr: std::net::SocketAddr, keep: std::time::Duration) {
+    tracing::info!(
+        "the job's page stays at http://{addr}/ui/ for {} (Ctrl-C to leave now)",
+        batch_job::format_duration(keep)
+    );
+    let mut signals = Signals::new();
+    tokio::select! {
+        () = tokio::time::sleep(keep) => {}
+        _ = signals.recv() => {}
+    }
+}
+
+/// How the job's page names the end of `result`.
+fn ended_as(result: &Result<RunSummary, RunError>) -> &'static str {
+    match result {
+        Ok(summary) => match summary.status {
+            JobStatus::Completed | JobStatus::AlreadyComplete => "completed",
+            JobStatus::Expired => "expired",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Interrupted => "interrupted",
+        },
+        Err(e) if e.is_resumable() => "interrupted",
+        Err(_) => "failed",
     }
 }
 

@@ -332,7 +332,11 @@ mod tests {
         for t in 0..1000u64 {
             add_history_point(&mut h, 100 + t, t * 3);
         }
-        assert!(h.len() <= HISTORY_POINTS && h.len() > HISTORY_POINTS / 2, "{}", h.len());
+        assert!(
+            h.len() <= HISTORY_POINTS && h.len() > HISTORY_POINTS / 2,
+            "{}",
+            h.len()
+        );
         assert_eq!(h[0], [100, 0], "the start stays");
         assert_eq!(h.last(), Some(&[1099, 2997]), "the newest point stays");
         assert!(h.windows(2).all(|w| w[0][0] < w[1][0]));

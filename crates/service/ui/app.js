@@ -6,9 +6,9 @@
 
 const REFRESH_MS = 2000;
 const KEY = 'batch-runner-key';
-const ENDED = ['completed', 'failed', 'expired', 'cancelled'];
+const ENDED = ['completed', 'failed', 'expired', 'cancelled', 'interrupted'];
 
-/** @type {{mode: string, batch?: string}} */
+/** @type {{mode: string, batch?: string, title?: string}} */
 let config = { mode: 'service' };
 /** @type {number | undefined} */
 let timer;
@@ -327,7 +327,7 @@ function createForm() {
 /** @param {HTMLElement} main @param {string} id */
 async function batchPage(main, id) {
   const bar = progressBar();
-  const title = h('h1', { class: 'mono' }, id);
+  const title = h('h1', { class: 'mono' }, config.mode === 'service' ? id : config.title ?? id);
   const status = h('span');
   const stats = h('div', { class: 'stats' });
   const times = h('tbody');

@@ -300,3 +300,11 @@ pub fn run_args<'a>(
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     args
 }
+
+/// A port free now on loopback (bound and released: another process could take it first).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

@@ -12,7 +12,8 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use batch_job::{
-    IndexSources, IndexedFiles, LiveResults, MAX_PAGE, PageQuery, ResultSource, ResultStatus,
+    IndexSources, IndexedFiles, LiveResults, MAX_PAGE, PageQuery, ResultPage, ResultSource,
+    ResultStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -64,40 +65,67 @@ pub async fn list(
     query: Result<Query<ResultsQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let status = match q.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(ResultStatus::parse(s).ok_or_else(|| {
-            ApiError::invalid(format!(
-                "status must be one of succeeded, failed, expired, cancelled (got '{s}')"
-            ))
-            .param("status")
-        })?),
-    };
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::invalid(format!("limit must be 1 to {MAX_PAGE}")).param("limit"));
-    }
+    let ask = q.ask()?;
     let batch = owned(&app, &owner, &id).await?;
-    let query = PageQuery {
-        status,
-        after: q.after.unwrap_or(0),
-        limit,
-    };
-    let custom_id = q.custom_id.filter(|c| !c.is_empty());
-    let page = read(&app, &batch, move |source| match custom_id {
-        Some(c) => Ok(batch_job::ResultPage {
+    let page = read(&app, &batch, move |source| ask.answer(source))
+        .await?
+        .unwrap_or_default();
+    Ok(Json(list_body(page)))
+}
+
+/// What a results query asks for: a page, or one request (within a status, when given).
+pub struct Ask {
+    page: PageQuery,
+    custom_id: Option<String>,
+}
+
+impl ResultsQuery {
+    /// The query checked: an unknown status or a limit out of range is a 400 naming it.
+    pub fn ask(self) -> Result<Ask, ApiError> {
+        let status = match self.status.as_deref() {
+            None | Some("") => None,
+            Some(s) => Some(ResultStatus::parse(s).ok_or_else(|| {
+                ApiError::invalid(format!(
+                    "status must be one of succeeded, failed, expired, cancelled (got '{s}')"
+                ))
+                .param("status")
+            })?),
+        };
+        let limit = self.limit.unwrap_or(100);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(ApiError::invalid(format!("limit must be 1 to {MAX_PAGE}")).param("limit"));
+        }
+        Ok(Ask {
+            page: PageQuery {
+                status,
+                after: self.after.unwrap_or(0),
+                limit,
+            },
+            custom_id: self.custom_id.filter(|c| !c.is_empty()),
+        })
+    }
+}
+
+impl Ask {
+    pub fn answer(&self, source: &dyn ResultSource) -> std::io::Result<ResultPage> {
+        let Some(custom_id) = &self.custom_id else {
+            return source.page(&self.page);
+        };
+        let status = self.page.status;
+        Ok(ResultPage {
             data: source
-                .find(&c)?
+                .find(custom_id)?
                 .map(|d| d.item)
                 .filter(|i| status.is_none_or(|s| s == i.status))
                 .into_iter()
                 .collect(),
             has_more: false,
-        }),
-        None => source.page(&query),
-    })
-    .await?
-    .unwrap_or_default();
+        })
+    }
+}
+
+/// A page as the API lists it.
+pub fn list_body(page: ResultPage) -> serde_json::Value {
     let list = ResultList {
         object: "list",
         first_line: page.data.first().map(|i| i.line),
@@ -105,9 +133,7 @@ pub async fn list(
         has_more: page.has_more,
         data: page.data,
     };
-    Ok(Json(serde_json::to_value(list).map_err(|e| {
-        ApiError::internal("cannot write the results", e)
-    })?))
+    serde_json::to_value(list).unwrap_or_default()
 }
 
 #[utoipa::path(get, path = "/v1/batches/{id}/results/{custom_id}", tag = "batches", operation_id = "retrieveBatchResult",
@@ -126,13 +152,29 @@ pub async fn retrieve(
     let found = read(&app, &batch, move |source| source.find(&wanted))
         .await?
         .flatten();
-    let Some(detail) = found else {
-        return Err(ApiError::not_found("Result", &custom_id).param("custom_id"));
-    };
-    Ok(Json(serde_json::to_value(detail).map_err(|e| {
-        ApiError::internal("cannot write the result", e)
-    })?))
+    detail_body(found, &custom_id)
 }
+
+/// One request as the API shows it; none is a 404 naming the `custom_id`.
+pub fn detail_body(
+    found: Option<batch_job::RequestDetail>,
+    custom_id: &str,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Some(detail) = found else {
+        return Err(ApiError::not_found("Result", custom_id).param("custom_id"));
+    };
+    serde_json::to_value(detail)
+        .map(Json)
+        .map_err(|e| ApiError::internal("cannot write the result", e))
+}
+
+/// The failures by code as the API lists them.
+pub fn errors_body(data: Vec<batch_job::ErrorCount>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({"object": "list", "data": data}))
+}
+
+/// How many error codes `/errors` lists at most.
+pub const TOP_CODES: usize = 50;
 
 #[utoipa::path(get, path = "/v1/batches/{id}/errors", tag = "batches", operation_id = "listBatchErrors",
     params(("id" = String, Path, description = "The batch's id (`batch_…`)")),
@@ -146,10 +188,10 @@ pub async fn errors(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let batch = owned(&app, &owner, &id).await?;
-    let data = read(&app, &batch, |source| source.errors(50))
+    let data = read(&app, &batch, |source| source.errors(TOP_CODES))
         .await?
         .unwrap_or_default();
-    Ok(Json(serde_json::json!({"object": "list", "data": data})))
+    Ok(errors_body(data))
 }
 
 /// Answers `ask` from the batch's results on a blocking thread; `None` when it has none yet.

@@ -36,7 +36,7 @@ use crate::store::{
 use crate::{BatchWork, DataDir};
 
 mod outcome;
-mod report;
+pub(crate) mod report;
 mod results;
 mod validation;
 

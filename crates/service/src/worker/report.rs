@@ -115,7 +115,12 @@ pub(super) async fn report_loop(
     }
 }
 
-fn snapshot(stats: &Stats, started: SystemTime, latency: LatencyBase) -> (Counts, BatchProgress) {
+/// The counts and progress of a running job, as a batch shows them (also `run --ui`'s page).
+pub(crate) fn snapshot(
+    stats: &Stats,
+    started: SystemTime,
+    latency: LatencyBase,
+) -> (Counts, BatchProgress) {
     use batch_job::LineOutcome;
     let done = stats.done();
     let not_run = stats.count(LineOutcome::Expired) + stats.count(LineOutcome::Cancelled);
@@ -162,7 +167,9 @@ pub(super) struct History(Arc<std::sync::Mutex<Vec<[u64; 2]>>>);
 
 impl History {
     pub(super) fn of(batch: &BatchRow) -> Self {
-        Self(Arc::new(std::sync::Mutex::new(earlier_progress(batch).history)))
+        Self(Arc::new(std::sync::Mutex::new(
+            earlier_progress(batch).history,
+        )))
     }
 
     /// Adds `results` now; the series so far.
@@ -185,7 +192,7 @@ pub(super) fn earlier_progress(batch: &BatchRow) -> BatchProgress {
 /// Engine latency counters carried over from earlier workers of the batch, so the service's
 /// latency metrics (counters) never go back when a worker is restarted.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct LatencyBase {
+pub(crate) struct LatencyBase {
     count: u64,
     sum_seconds: f64,
 }

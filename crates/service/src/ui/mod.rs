@@ -3,14 +3,16 @@
 //! exactly what that key may see; `/ui/config.json` tells it whether it runs on the service
 //! (sign-in, every page) or on one `run` job (`run --ui`: that job's page only, read-only).
 
+pub mod run_view;
+
 use axum::Router;
 use axum::http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
-const INDEX: &str = include_str!("../ui/index.html");
-const SCRIPT: &str = include_str!("../ui/app.js");
-const STYLE: &str = include_str!("../ui/app.css");
+const INDEX: &str = include_str!("../../ui/index.html");
+const SCRIPT: &str = include_str!("../../ui/app.js");
+const STYLE: &str = include_str!("../../ui/app.css");
 
 /// Nothing but this origin: no inline script, no CDN, no frames.
 const POLICY: &str = "default-src 'self'; img-src 'self' data: blob:; frame-ancestors 'none'";
@@ -32,20 +34,25 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 #[derive(Debug, Clone)]
 pub enum UiMode {
     Service,
-    Run { batch: String },
+    Run { batch: String, title: String },
 }
 
 /// The dashboard's routes, for a router of any state.
 pub fn router<S: Clone + Send + Sync + 'static>(mode: UiMode) -> Router<S> {
     let config = match mode {
         UiMode::Service => serde_json::json!({"mode": "service"}),
-        UiMode::Run { batch } => serde_json::json!({"mode": "run", "batch": batch}),
+        UiMode::Run { batch, title } => {
+            serde_json::json!({"mode": "run", "batch": batch, "title": title})
+        }
     }
     .to_string();
     Router::new()
         .route("/", get(|| async { Redirect::temporary("/ui/") }))
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/", get(|| async { asset("text/html; charset=utf-8", INDEX) }))
+        .route(
+            "/ui/",
+            get(|| async { asset("text/html; charset=utf-8", INDEX) }),
+        )
         .route(
             "/ui/app.js",
             get(|| async { asset("text/javascript; charset=utf-8", SCRIPT) }),
