@@ -141,7 +141,14 @@ fn run_ui_shows_the_job_as_it_goes() {
             "--max-retries",
             "0",
         ])
-        .args(["--progress", "off", "--ui", &port.to_string(), "--ui-keep", "2m"])
+        .args([
+            "--progress",
+            "off",
+            "--ui",
+            &port.to_string(),
+            "--ui-keep",
+            "2m",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -22,7 +22,10 @@ pub struct ErrorCount {
 }
 
 #[derive(Debug, Default)]
-pub struct ErrorTally(Mutex<BTreeMap<String, (u64, String, Option<String>)>>);
+pub struct ErrorTally(Mutex<BTreeMap<String, Tallied>>);
+
+/// One code's count, first message and the `custom_id` of its line.
+type Tallied = (u64, String, Option<String>);
 
 impl ErrorTally {
     /// Counts the failed result `line` (a line of the error file) under its code: the
