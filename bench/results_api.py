@@ -91,7 +91,7 @@ try:
         done = b["request_counts"]["completed"] + b["request_counts"]["failed"]
         if live is None and done >= n // 2 and b["status"] == "in_progress":
             rng = random.Random(1)
-            pages = [f"/v1/batches/{batch}/results?limit=100&after={rng.randrange(done)}" for _ in range(50)]
+            pages = [f"/v1/batches/{batch}/results?limit=100&after={rng.randrange(done)}" for _ in range(200)]
             live = timed(pages)
             print(f"running ({done} results so far), page of 100 from the spool: {live}")
         if b["status"] in ("completed", "failed", "expired", "cancelled"):

@@ -69,6 +69,15 @@ impl ResultSource for LiveResults {
         let keep = query.limit + 1;
         let mut heap = BinaryHeap::with_capacity(keep + 1);
         self.each_record(|r| {
+            // Once the heap is full, only a lower line than its highest can enter.
+            let full = heap.len() == keep;
+            if full
+                && heap
+                    .peek()
+                    .is_some_and(|top: &IndexRecord| r.line >= top.line)
+            {
+                return;
+            }
             if query.wants(ResultStatus::of(r.outcome), r.line) {
                 heap.push(r);
                 if heap.len() > keep {

@@ -11,7 +11,7 @@
 //! lengths, which discards a torn last record together with anything after the checkpoint.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -227,16 +227,28 @@ impl SpoolFiles {
     }
 }
 
-/// Reads the first `len` bytes of an index file, record by record.
+/// Reads the first `len` bytes of an index file, record by record (a torn last record is not
+/// read). Reads 12,288 records at a time: the results API scans a running job's index per page.
 pub fn read_index(path: &Path, len: u64, mut each: impl FnMut(IndexRecord)) -> io::Result<()> {
-    let file = File::open(path)?;
-    let mut reader = BufReader::with_capacity(256 * 1024, file.take(len));
-    let mut buf = [0; IndexRecord::BYTES];
+    const CHUNK: usize = IndexRecord::BYTES * 12 * 1024;
+    let mut file = File::open(path)?.take(len);
+    let mut buf = vec![0; CHUNK];
+    let mut filled = 0;
     loop {
-        match reader.read_exact(&mut buf) {
-            Ok(()) => each(IndexRecord::decode(&buf)),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
+        let n = match file.read(&mut buf[filled..]) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
+        };
+        filled += n;
+        let whole = filled - filled % IndexRecord::BYTES;
+        for record in buf[..whole].chunks_exact(IndexRecord::BYTES) {
+            each(IndexRecord::decode(record));
+        }
+        buf.copy_within(whole..filled, 0);
+        filled -= whole;
+        if n == 0 {
+            return Ok(());
         }
     }
 }
