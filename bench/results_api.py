@@ -3,9 +3,13 @@
 
 Runs one batch of N lines (default 1,000,000; 1% of requests answered 400 by the engine)
 through `serve` against a zero-latency sim-engine, then times, over one kept-alive connection:
-- while it runs (about half done): pages of the results so far (read from the worker's spool);
-- once it has ended: pages of 100 at random cursors, all statuses and `status=failed`;
-  single requests by `custom_id`; `/errors`.
+- while it runs, at about half done: pages of the results so far (read from the worker's
+  spool), with the worker and the engine busy on the same cores ("loaded");
+- still running, once the engine has stopped (sim-engine --exit-after: it answers N*0.52
+  requests, then exits; the batch waits for it): the same pages on a quiet machine ("quiet");
+- once it has ended (cancelled: the rest of its lines are recorded as cancelled): pages of 100
+  at random cursors, all statuses and `status=failed`; single requests by `custom_id`;
+  `/errors`.
 Prints p50 / p99 / max in milliseconds for each.
 
     python3 bench/results_api.py target/release/batch-runner target/bench-results [N]
@@ -35,7 +39,8 @@ def start(args, env=None):
 
 
 sim, sim_url = start([binary, "sim-engine", "--port", "0", "--ttft-ms", "0", "--ms-per-token", "0",
-                      "--max-running", "4096", "--fail-rate", "0.01", "--fail-status", "400", "--seed", "1"])
+                      "--max-running", "4096", "--fail-rate", "0.01", "--fail-status", "400", "--seed", "1",
+                      "--exit-after", str(int(n * 0.52))])
 svc, svc_url = start([binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", f"{work}/data",
                       "--engine-url", sim_url, "--max-concurrency", "128", "--max-upload-bytes", str(2 << 30)],
                      {"BATCH_RUNNER_API_KEYS": f"{KEY} bench"})
@@ -85,19 +90,30 @@ try:
                  {"Content-Type": "application/json"})["id"]
     print(f"machine: {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}; batch of {n} lines ({size / 1e6:.0f} MB)")
     t0 = time.time()
-    live = None
+    loaded = False
     while True:
         b = call("GET", f"/v1/batches/{batch}")
         done = b["request_counts"]["completed"] + b["request_counts"]["failed"]
-        if live is None and done >= n // 2 and b["status"] == "in_progress":
+        if not loaded and done >= n // 2:
             rng = random.Random(1)
             pages = [f"/v1/batches/{batch}/results?limit=100&after={rng.randrange(done)}" for _ in range(200)]
-            live = timed(pages)
-            print(f"running ({done} results so far), page of 100 from the spool: {live}")
-        if b["status"] in ("completed", "failed", "expired", "cancelled"):
+            print(f"running, loaded ({done} results so far), page of 100 from the spool: {timed(pages)}")
+            loaded = True
+        if sim.poll() is not None:
             break
         time.sleep(0.5)
-    print(f"batch {b['status']} in {time.time() - t0:.0f} s: {b['request_counts']}")
+    time.sleep(3)
+    b = call("GET", f"/v1/batches/{batch}")
+    done = b["request_counts"]["completed"] + b["request_counts"]["failed"]
+    assert b["status"] == "in_progress", b["status"]
+    rng = random.Random(3)
+    pages = [f"/v1/batches/{batch}/results?limit=100&after={rng.randrange(done)}" for _ in range(1000)]
+    print(f"running, quiet ({done} results so far), page of 100 from the spool: {timed(pages)}")
+    call("POST", f"/v1/batches/{batch}/cancel")
+    while b["status"] not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(0.5)
+        b = call("GET", f"/v1/batches/{batch}")
+    print(f"batch {b['status']} after {time.time() - t0:.0f} s: {b['request_counts']}")
     rng = random.Random(2)
     print("ended, page of 100 at a random cursor:",
           timed([f"/v1/batches/{batch}/results?limit=100&after={rng.randrange(n)}" for _ in range(2000)]))

@@ -67,6 +67,14 @@ def checks():
         find("#upload-input").send_keys(path)
         name = os.path.basename(path)
         wait.until(lambda _: name in find("table#files").text)
+    # A file dropped on the drop zone (the drop event as a browser sends it).
+    d.execute_script(
+        "const t = new DataTransfer();"
+        "const line = JSON.stringify({custom_id: 'd0', method: 'POST', url: '/v1/chat/completions',"
+        " body: {model: 'sim-model', messages: [{role: 'user', content: 'hi'}]}});"
+        "t.items.add(new File([line + '\\n'], 'dropped.jsonl', {type: 'application/jsonl'}));"
+        "document.getElementById('drop-zone').dispatchEvent(new DragEvent('drop', {dataTransfer: t, bubbles: true}));")
+    wait.until(lambda _: "dropped.jsonl" in find("table#files").text)
     shot("files")
     done("upload")
 

@@ -125,7 +125,9 @@ impl ResultSource for LiveResults {
             } else {
                 &self.files.errors
             };
-            let Some(offset) = find_line(path, &finder)? else {
+            // An engine's answer could hold the same bytes: the line's own custom_id decides.
+            let its_own = |line: &[u8]| custom_id_of(line).as_deref() == Some(custom_id);
+            let Some(offset) = find_line(path, &finder, its_own)? else {
                 continue;
             };
             let mut found = None;
@@ -185,8 +187,13 @@ impl ResultSource for LiveResults {
     }
 }
 
-/// The offset of the first whole line of `path` that contains `finder`'s needle.
-fn find_line(path: &Path, finder: &memchr::memmem::Finder<'_>) -> io::Result<Option<u64>> {
+/// The offset of the first whole line of `path` that contains `finder`'s needle and passes
+/// `check`.
+fn find_line(
+    path: &Path,
+    finder: &memchr::memmem::Finder<'_>,
+    check: impl Fn(&[u8]) -> bool,
+) -> io::Result<Option<u64>> {
     let Some(file) = open_spool(path)? else {
         return Ok(None);
     };
@@ -198,7 +205,7 @@ fn find_line(path: &Path, finder: &memchr::memmem::Finder<'_>) -> io::Result<Opt
         if n == 0 || !line.ends_with(b"\n") {
             return Ok(None);
         }
-        if finder.find(&line).is_some() {
+        if finder.find(&line).is_some() && check(&line) {
             return Ok(Some(offset));
         }
         offset += n as u64;

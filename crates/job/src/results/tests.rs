@@ -61,9 +61,14 @@ fn job(dir: &Path) -> (Spool, std::path::PathBuf) {
             )
         } else {
             let mut bytes = Vec::new();
-            let body = batch_format::output::ResponseBody::parse(b"{\"ok\":true}")
-                .expect("body")
-                .0;
+            let body = batch_format::output::ResponseBody::parse(if n == 3 {
+                // An answer holding another request's custom_id bytes.
+                &b"{\"echo\":{\"custom_id\":\"req-5\",\"x\":1}}"[..]
+            } else {
+                &b"{\"ok\":true}"[..]
+            })
+            .expect("body")
+            .0;
             let result = batch_format::output::LineResult::Response {
                 status_code: 200,
                 request_id: None,
@@ -154,6 +159,11 @@ fn a_running_job_and_its_index_answer_alike() {
         (3, 2, 14)
     );
     assert!(live.find("req-40").expect("find").is_none());
+    let echoed = live.find("req-5").expect("find").expect("found");
+    assert_eq!(
+        echoed.item.line, 5,
+        "not line 3, whose answer holds its bytes"
+    );
     assert!(
         live.find("req-1")
             .expect("find")

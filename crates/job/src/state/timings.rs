@@ -18,10 +18,10 @@ pub const TIMINGS: &str = "timings.bin";
 /// How one line's request went. All zero for a line never sent (refused, expired before it ran).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Timing {
+    /// Unix milliseconds of the first send (first, so that a line's later run sorts later).
+    pub started_ms: u64,
     /// Sends to an engine (1 + retries).
     pub attempts: u32,
-    /// Unix milliseconds of the first send.
-    pub started_ms: u64,
     /// From the first send to the answer (retries and backoff included).
     pub latency_ms: u32,
 }
@@ -99,7 +99,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp");
         let path = dir.path().join(TIMINGS);
         let mut bytes = Vec::new();
-        for (line, attempts, started_ms) in [(3, 1, 100), (4, 2, 150), (3, 3, 900)] {
+        for (line, attempts, started_ms) in [(3, 3, 100), (4, 2, 150), (3, 1, 900)] {
             let mut b = [0; LineTiming::BYTES];
             let timing = Timing {
                 attempts,
@@ -113,7 +113,7 @@ mod tests {
         bytes.extend_from_slice(&[1, 2, 3]);
         std::fs::write(&path, bytes).expect("write");
         let t = timing_of(&path, 3).expect("read").expect("found");
-        assert_eq!((t.attempts, t.started_ms, t.latency_ms), (3, 900, 7));
+        assert_eq!((t.attempts, t.started_ms, t.latency_ms), (1, 900, 7));
         assert_eq!(
             timing_of(&path, 4).expect("read").map(|t| t.attempts),
             Some(2)
