@@ -1549,4 +1549,16 @@ fn results_are_browsed_by_page_status_and_custom_id() {
     std::fs::remove_file(indexes[0].path()).expect("remove");
     assert_eq!(pages("&status=failed"), failed);
     assert_eq!(get(&format!("/results/{custom_id}"))["timing"], Value::Null);
+
+    // Deleting the batch removes its result files and, with them, their index.
+    let r = service.call("DELETE", &format!("/v1/batches/{batch}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for(Duration::from_secs(10), || {
+        let left = std::fs::read_dir(&files)
+            .expect("files")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".results"))
+            .count();
+        (left == 0).then_some(())
+    });
 }
