@@ -262,7 +262,10 @@ impl Splitter {
 
     fn start_value(&mut self, b: u8, lines: &mut Vec<u8>) -> Result<(), String> {
         self.value_started = true;
-        if self.key == b"\"requests\"" {
+        if names_requests(&self.key) {
+            if self.saw_requests {
+                return Err("'requests' is given twice: give one array of requests".into());
+            }
             if b != b'[' {
                 return Err("'requests' must be an array of request objects".into());
             }
@@ -361,6 +364,15 @@ impl Splitter {
     }
 }
 
+/// Whether a key (as written, quotes included) is `requests`, escapes such as `\u0065` read as
+/// the characters they stand for, as any JSON reader would.
+fn names_requests(key: &[u8]) -> bool {
+    if key == b"\"requests\"" {
+        return true;
+    }
+    key.contains(&b'\\') && serde_json::from_slice::<String>(key).is_ok_and(|k| k == "requests")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,6 +427,12 @@ mod tests {
         assert_eq!(fields, r#"{"input_file_id":"file-1","x":[1,{"a":[]}]}"#);
         assert_eq!(split("{}", 1).expect("empty").1, "{}");
         assert_eq!(split(r#"{"requests": []}"#, 1).expect("none").2, Some(0));
+        // An escaped key is the same key.
+        let (lines, fields, n) = split(r#"{"requ\u0065sts": [{"a":1}]}"#, 3).expect("escaped");
+        assert_eq!(
+            (lines.as_str(), fields.as_str(), n),
+            ("{\"a\":1}\n", "{}", Some(1))
+        );
     }
 
     #[test]
@@ -422,6 +440,8 @@ mod tests {
         let refused = |body: &str| split(body, 5).expect_err(body);
         assert!(refused("[1]").contains("JSON object"));
         assert!(refused(r#"{"requests": {"a": 1}}"#).contains("array"));
+        assert!(refused(r#"{"requests": [{}], "requests": [{}]}"#).contains("twice"));
+        assert!(refused(r#"{"requests": [{}], "requ\u0065sts": [{}]}"#).contains("twice"));
         assert!(refused(r#"{"requests": [1]}"#).contains("requests[0]"));
         assert!(refused(r#"{"requests": [{"a":1}, "x"]}"#).contains("requests[1]"));
         assert!(refused(r#"{"a": 1"#).contains("ends before"));
