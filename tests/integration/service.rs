@@ -1562,3 +1562,40 @@ fn results_are_browsed_by_page_status_and_custom_id() {
         (left == 0).then_some(())
     });
 }
+
+/// `/ui/` serves the dashboard's three files (no key needed for them, nothing from elsewhere
+/// allowed), and its config says whether the page must ask for a key.
+#[test]
+fn the_dashboard_is_served_and_knows_whether_it_needs_a_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keyed = Service::start(&dir.path().join("keyed"), &[]);
+    let page = request(&keyed.addr, "GET", "/ui/", &[], b"");
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("/ui/app.js"), "{}", page.text());
+    let policy = page.header("content-security-policy").expect("a CSP");
+    assert!(policy.contains("default-src 'self'"), "{policy}");
+    for (path, kind) in [
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/app.css", "text/css"),
+    ] {
+        let r = request(&keyed.addr, "GET", path, &[], b"");
+        assert_eq!(r.status, 200, "{path}");
+        assert!(
+            r.header("content-type")
+                .is_some_and(|t| t.starts_with(kind)),
+            "{path}"
+        );
+    }
+    let root = request(&keyed.addr, "GET", "/", &[], b"");
+    assert_eq!(root.header("location").as_deref(), Some("/ui/"));
+    let config = request(&keyed.addr, "GET", "/ui/config.json", &[], b"").json();
+    assert_eq!(config, json!({"mode": "service", "keyless": false}));
+    // Without keys (loopback only) the page needs none.
+    let keyless = Service::start_with(
+        &dir.path().join("keyless"),
+        &[],
+        &[("BATCH_RUNNER_API_KEYS", String::new())],
+    );
+    let config = request(&keyless.addr, "GET", "/ui/config.json", &[], b"").json();
+    assert_eq!(config["keyless"], true, "{config}");
+}

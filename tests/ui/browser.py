@@ -10,7 +10,7 @@ import time
 import traceback
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as EC
@@ -36,7 +36,8 @@ def driver():
 
 
 d = driver()
-wait = WebDriverWait(d, 60)
+# The page re-renders as it refreshes: an element found a moment ago may be gone.
+wait = WebDriverWait(d, 60, ignored_exceptions=(StaleElementReferenceException,))
 step_name = "start"
 
 

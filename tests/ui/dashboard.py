@@ -95,9 +95,13 @@ def checks():
     Select(find("#results-status")).select_by_value("failed")
     wait.until(lambda _: all("failed" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#results tbody tr"))
                and len(d.find_elements(By.CSS_SELECTOR, "#results tbody .result-open")) > 0)
-    first = d.find_elements(By.CSS_SELECTOR, "#results tbody .result-open")[0]
-    custom_id = first.text
-    first.send_keys(Keys.ENTER)  # by keyboard
+    def open_first(_):
+        first = d.find_elements(By.CSS_SELECTOR, "#results tbody .result-open")[0]
+        custom_id = first.text
+        first.send_keys(Keys.ENTER)  # by keyboard
+        return custom_id
+
+    custom_id = wait.until(open_first)
     result = json.loads(find("#detail-result").text)
     request = json.loads(find("#detail-input").text)
     assert request["custom_id"] == custom_id, request

@@ -34,9 +34,13 @@ def checks():
     Select(find("#results-status")).select_by_value("failed")
     wait.until(lambda _: len(d.find_elements(By.CSS_SELECTOR, "#results tbody .result-open")) > 0
                and all("failed" in r.text for r in d.find_elements(By.CSS_SELECTOR, "#results tbody tr")))
-    first = d.find_elements(By.CSS_SELECTOR, "#results tbody .result-open")[0]
-    custom_id = first.text
-    first.click()
+    def open_first(_):
+        first = d.find_elements(By.CSS_SELECTOR, "#results tbody .result-open")[0]
+        custom_id = first.text
+        first.click()
+        return custom_id
+
+    custom_id = wait.until(open_first)
     result = json.loads(find("#detail-result").text)
     assert result["custom_id"] == custom_id and result["response"]["status_code"] == 503, result
     assert json.loads(find("#detail-input").text)["custom_id"] == custom_id

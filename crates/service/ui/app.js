@@ -8,7 +8,8 @@ const REFRESH_MS = 2000;
 const KEY = 'batch-runner-key';
 const ENDED = ['completed', 'failed', 'expired', 'cancelled', 'interrupted'];
 
-/** @type {{mode: string, batch?: string, title?: string}} */
+/** `keyless`: the service has no API keys (it serves loopback only), so there is no sign-in.
+ * @type {{mode: string, keyless?: boolean, batch?: string, title?: string}} */
 let config = { mode: 'service' };
 /** @type {number | undefined} */
 let timer;
@@ -243,9 +244,13 @@ async function batchesPage(main) {
 
   /** @type {Map<string, {tr: HTMLElement, update: (b: any) => void}>} */
   const rows = new Map();
+  // A refresh started later wins (a filter change races the periodic refresh).
+  let latest = 0;
   const refresh = async () => {
+    const mine = ++latest;
     const q = status.value ? `&status=${status.value}` : '';
     const list = await api('GET', `/v1/batches?limit=100${q}`);
+    if (mine !== latest) return;
     const seen = new Set();
     let before = null;
     for (const b of list.data) {
@@ -473,12 +478,16 @@ function resultsBrowser(id) {
   const detail = h('div', { id: 'result-detail' });
   /** @type {number[]} */
   const cursors = [0];
+  // A load started later wins: an older answer arriving last must not show the old filter.
+  let latest = 0;
   const load = async () => {
+    const mine = ++latest;
     const after = cursors[cursors.length - 1];
     const q = new URLSearchParams({ limit: '20', after: String(after) });
     if (status.value) q.set('status', status.value);
     if (search.value.trim()) q.set('custom_id', search.value.trim());
     const page = await api('GET', `/v1/batches/${id}/results?${q}`);
+    if (mine !== latest) return;
     body.replaceChildren(...page.data.map((/** @type {any} */ r) => h('tr', { class: 'clickable' },
       h('td', { class: 'num' }, String(r.line)),
       h('td', {}, h('button', { type: 'button', class: 'link mono result-open', onclick: () => open(r.custom_id) }, r.custom_id ?? '(none)')),
@@ -603,7 +612,7 @@ async function route() {
   clearInterval(timer);
   const main = /** @type {HTMLElement} */ (document.getElementById('main'));
   main.replaceChildren();
-  const signedIn = config.mode !== 'service' || !!sessionStorage.getItem(KEY);
+  const signedIn = config.mode !== 'service' || config.keyless || !!sessionStorage.getItem(KEY);
   const [, page, id] = location.hash.split('/');
   const nav = document.getElementById('nav');
   if (nav) nav.hidden = config.mode !== 'service' || !signedIn;
@@ -635,7 +644,9 @@ async function start() {
     const r = await fetch('/ui/config.json');
     if (r.ok) config = await r.json();
   } catch { /* the service's defaults */ }
-  document.getElementById('sign-out')?.addEventListener('click', signOut);
+  const signOutButton = document.getElementById('sign-out');
+  signOutButton?.addEventListener('click', signOut);
+  if (signOutButton) signOutButton.hidden = !!config.keyless;
   window.addEventListener('hashchange', route);
   if (!location.hash) location.hash = config.mode === 'service' ? '#/batches' : `#/batches/${config.batch}`;
   else route();

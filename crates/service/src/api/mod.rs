@@ -122,7 +122,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(ops::health))
         .route("/metrics", get(ops::metrics))
         .route("/openapi.json", get(ops::openapi))
-        .merge(crate::ui::router(crate::ui::UiMode::Service))
+        .merge(crate::ui::router(crate::ui::UiMode::Service {
+            keyless: state.keys.is_empty(),
+        }))
         .route_layer(middleware::from_fn(remember_route))
         .nest("/v1", v1)
         .fallback(not_found)

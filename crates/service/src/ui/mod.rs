@@ -33,14 +33,20 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// Which dashboard the page is: the service's, or one `run` job's (its batch id).
 #[derive(Debug, Clone)]
 pub enum UiMode {
-    Service,
-    Run { batch: String, title: String },
+    /// `keyless`: the service has no API keys, so the page has no sign-in.
+    Service {
+        keyless: bool,
+    },
+    Run {
+        batch: String,
+        title: String,
+    },
 }
 
 /// The dashboard's routes, for a router of any state.
 pub fn router<S: Clone + Send + Sync + 'static>(mode: UiMode) -> Router<S> {
     let config = match mode {
-        UiMode::Service => serde_json::json!({"mode": "service"}),
+        UiMode::Service { keyless } => serde_json::json!({"mode": "service", "keyless": keyless}),
         UiMode::Run { batch, title } => {
             serde_json::json!({"mode": "run", "batch": batch, "title": title})
         }
