@@ -176,6 +176,36 @@ fn replicas_and_pools_finish_every_batch_through_a_kill_and_a_freeze() {
             replicas[(i + 1) % 2].content(done["output_file_id"].as_str().expect("output"));
         assert_eq!(unique_ids(&output).len(), 400, "batch {i}");
     }
+    // The results API on both replicas (neither ran a batch): the result files and the index
+    // the worker stored come from object storage, copied to each replica's cache once.
+    for replica in &replicas {
+        for _ in 0..2 {
+            let r = replica.call(
+                "GET",
+                &format!("/v1/batches/{}/results?limit=1000", batches[0]),
+                None,
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            let lines: Vec<u64> = r.json()["data"]
+                .as_array()
+                .expect("data")
+                .iter()
+                .filter_map(|i| i["line"].as_u64())
+                .collect();
+            assert_eq!(lines, (1..=400).collect::<Vec<u64>>());
+        }
+        let one = replica.call(
+            "GET",
+            &format!("/v1/batches/{}/results/b0-7", batches[0]),
+            None,
+        );
+        assert_eq!(one.status, 200, "{}", one.text());
+        let one = one.json();
+        assert_eq!(
+            (one["line"].as_u64(), one["input"]["custom_id"].as_str()),
+            (Some(8), Some("b0-7"))
+        );
+    }
 }
 
 #[test]

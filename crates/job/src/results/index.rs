@@ -12,9 +12,10 @@ use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::extsort::{Fixed, Sorter, get_u64, put_u64};
+use crate::extsort::{Fixed, Sorter, get_u32, get_u64, put_u64};
 use crate::input::reader::{Content, LineReader};
 use crate::report::errors::ErrorTally;
+use crate::state::open_if_present;
 use crate::state::timings::{LineTiming, read_timings};
 
 const MAGIC: &[u8; 8] = b"BRRESIX1";
@@ -32,12 +33,6 @@ struct Entry {
     input_offset: u64,
     input_len: u32,
     timing: Timing,
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
 }
 
 impl Fixed for Entry {
@@ -60,13 +55,13 @@ impl Fixed for Entry {
             line: get_u64(b, 0),
             status: b[8],
             offset: get_u64(b, 9),
-            len: u32_at(b, 17),
+            len: get_u32(b, 17),
             input_offset: get_u64(b, 21),
-            input_len: u32_at(b, 29),
+            input_len: get_u32(b, 29),
             timing: Timing {
-                attempts: u32_at(b, 33),
+                attempts: get_u32(b, 33),
                 started_ms: get_u64(b, 37),
-                latency_ms: u32_at(b, 45),
+                latency_ms: get_u32(b, 45),
             },
         }
     }
@@ -136,12 +131,7 @@ struct FinalFile {
 
 impl FinalFile {
     fn open(path: Option<&Path>) -> io::Result<Self> {
-        let reader = match path.map(File::open) {
-            Some(Ok(f)) => Some(BufReader::with_capacity(256 * 1024, f)),
-            Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => None,
-            Some(Err(e)) => return Err(e),
-            None => None,
-        };
+        let reader = open_optional(path)?.map(|f| BufReader::with_capacity(256 * 1024, f));
         let mut file = Self {
             reader,
             offset: 0,
@@ -340,12 +330,7 @@ pub struct ResultIndex {
 }
 
 fn open_optional(path: Option<&Path>) -> io::Result<Option<File>> {
-    match path.map(File::open) {
-        Some(Ok(f)) => Ok(Some(f)),
-        Some(Err(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Some(Err(e)) => Err(e),
-        None => Ok(None),
-    }
+    path.map_or(Ok(None), open_if_present)
 }
 
 impl ResultIndex {

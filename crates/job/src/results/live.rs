@@ -4,7 +4,6 @@
 //! with it), so a page never skips a result.
 
 use std::collections::BinaryHeap;
-use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
@@ -12,6 +11,7 @@ use super::*;
 use crate::extsort::Fixed;
 use crate::input::reader::{Content, LineReader};
 use crate::report::errors::ErrorTally;
+use crate::state::open_if_present;
 use crate::state::spool::{IndexRecord, SpoolFiles, read_index};
 use crate::state::timings::timing_of;
 
@@ -54,15 +54,6 @@ impl LiveResults {
     }
 }
 
-/// Opens a spool file; a missing one (nothing appended to it yet) reads as empty.
-fn open_spool(path: &Path) -> io::Result<Option<File>> {
-    match File::open(path) {
-        Ok(f) => Ok(Some(f)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
 impl ResultSource for LiveResults {
     fn page(&self, query: &PageQuery) -> io::Result<ResultPage> {
         // The limit + 1 smallest lines wanted, in a max-heap: memory bounded by the page.
@@ -89,8 +80,8 @@ impl ResultSource for LiveResults {
         let mut has_more = picked.len() > query.limit;
         picked.truncate(query.limit);
         let (output, errors) = (
-            open_spool(&self.files.output)?,
-            open_spool(&self.files.errors)?,
+            open_if_present(&self.files.output)?,
+            open_if_present(&self.files.errors)?,
         );
         let mut data = Vec::with_capacity(picked.len());
         for r in picked {
@@ -137,7 +128,7 @@ impl ResultSource for LiveResults {
                 }
             })?;
             let Some(record) = found else { continue };
-            let Some(file) = open_spool(self.spool_of(&record))? else {
+            let Some(file) = open_if_present(self.spool_of(&record))? else {
                 continue;
             };
             let bytes = read_at(&file, record.offset, record.len as usize)?;
@@ -161,7 +152,7 @@ impl ResultSource for LiveResults {
     fn errors(&self, top: usize) -> io::Result<Vec<ErrorCount>> {
         // The error spool holds the error records in index order: walk both in step.
         let tally = ErrorTally::default();
-        let Some(file) = open_spool(&self.files.errors)? else {
+        let Some(file) = open_if_present(&self.files.errors)? else {
             return Ok(Vec::new());
         };
         let mut lines = BufReader::with_capacity(256 * 1024, file);
@@ -194,7 +185,7 @@ fn find_line(
     finder: &memchr::memmem::Finder<'_>,
     check: impl Fn(&[u8]) -> bool,
 ) -> io::Result<Option<u64>> {
-    let Some(file) = open_spool(path)? else {
+    let Some(file) = open_if_present(path)? else {
         return Ok(None);
     };
     let mut reader = BufReader::with_capacity(256 * 1024, file);
@@ -218,10 +209,8 @@ pub(super) fn input_line(
     number: u64,
     max_line_bytes: usize,
 ) -> io::Result<Option<Box<RawValue>>> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e),
+    let Some(file) = open_if_present(path)? else {
+        return Ok(None);
     };
     let mut reader = LineReader::new(file, max_line_bytes);
     while let Some(line) = reader.next_line()? {

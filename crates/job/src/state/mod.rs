@@ -26,6 +26,16 @@ use crate::state::outcome::LineOutcome;
 use crate::state::spool::{Positions, Spool, SpoolFiles, read_index};
 
 pub const MANIFEST: &str = "manifest.json";
+
+/// Opens `path` for reading; `None` when it does not exist (a spool file nothing was appended
+/// to yet, a result file removed by retention).
+pub(crate) fn open_if_present(path: &Path) -> io::Result<Option<File>> {
+    match File::open(path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 const VERSION: u32 = 1;
 
 /// Totals that must survive a resume, kept consistent with the spool positions.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::extsort::{Fixed, get_u64, put_u64};
+use crate::extsort::{Fixed, get_u32, get_u64, put_u64};
 use crate::state::outcome::LineOutcome;
 use crate::state::timings::{LineTiming, TIMINGS, Timing};
 
@@ -46,13 +46,11 @@ impl Fixed for IndexRecord {
     /// Unknown outcome bytes cannot come from this program; they decode as engine errors so a
     /// damaged index still yields every line exactly once.
     fn decode(b: &[u8]) -> Self {
-        let mut len = [0; 4];
-        len.copy_from_slice(&b[17..21]);
         Self {
             line: get_u64(b, 0),
             outcome: LineOutcome::from_code(b[8]).unwrap_or(LineOutcome::EngineError),
             offset: get_u64(b, 9),
-            len: u32::from_le_bytes(len),
+            len: get_u32(b, 17),
         }
     }
 }

@@ -7,11 +7,10 @@
 //! shows these beside a request's input and result; nothing that decides a line's outcome reads
 //! them.
 
-use std::fs::File;
 use std::io::{self, BufReader, Read};
 use std::path::Path;
 
-use crate::extsort::{Fixed, get_u64, put_u64};
+use crate::extsort::{Fixed, get_u32, get_u64, put_u64};
 
 pub const TIMINGS: &str = "timings.bin";
 
@@ -45,17 +44,12 @@ impl Fixed for LineTiming {
     }
 
     fn decode(b: &[u8]) -> Self {
-        let u32_at = |at: usize| {
-            let mut x = [0; 4];
-            x.copy_from_slice(&b[at..at + 4]);
-            u32::from_le_bytes(x)
-        };
         Self {
             line: get_u64(b, 0),
             timing: Timing {
-                attempts: u32_at(8),
+                attempts: get_u32(b, 8),
                 started_ms: get_u64(b, 12),
-                latency_ms: u32_at(20),
+                latency_ms: get_u32(b, 20),
             },
         }
     }
@@ -63,10 +57,8 @@ impl Fixed for LineTiming {
 
 /// Every whole record of a timings file, in the order written (a missing file has none).
 pub fn read_timings(path: &Path, mut each: impl FnMut(LineTiming)) -> io::Result<()> {
-    let file = match File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
+    let Some(file) = crate::state::open_if_present(path)? else {
+        return Ok(());
     };
     let mut reader = BufReader::with_capacity(256 * 1024, file);
     let mut buf = [0; LineTiming::BYTES];

@@ -208,13 +208,23 @@ async fn read<T: Send + 'static>(
     let Some(source) = source else {
         return Ok(None);
     };
-    tokio::task::spawn_blocking(move || match source {
+    blocking(move || match source {
         Source::Live(live) => ask(&live).map(Some),
         Source::Indexed(files) => ask(&files.open()?).map(Some),
     })
     .await
-    .map_err(|e| failed(&e))?
-    .map_err(|e| failed(&e))
+}
+
+/// Runs `read` (file reads) on a blocking thread; a failure is a 500 saying the results could
+/// not be read.
+pub async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ApiError> {
+    let failed = |e: &dyn std::fmt::Display| ApiError::internal("cannot read the results", e);
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| failed(&e))?
+        .map_err(|e| failed(&e))
 }
 
 enum Source {
@@ -243,12 +253,7 @@ async fn source(app: &AppState, batch: &BatchRow) -> Result<Option<Source>, Stri
     let cache = &app.cache_dir;
     let copy = |blob: Option<String>| async move {
         match blob {
-            Some(b) => app
-                .blobs
-                .local_copy(&b, &cache.join(&b))
-                .await
-                .map(Some)
-                .map_err(|e| text(&e)),
+            Some(b) => local_file(&app.blobs, &b, &cache.join(&b)).await,
             None => Ok(None),
         }
     };
@@ -276,11 +281,34 @@ async fn source(app: &AppState, batch: &BatchRow) -> Result<Option<Source>, Stri
         input: copy(input_blob).await?,
     };
     let name = index_blob(&first);
-    let index = match app.blobs.local_copy(&name, &cache.join(&name)).await {
-        Ok(path) if path.exists() => path,
+    let index = match local_file(&app.blobs, &name, &cache.join(&name)).await? {
+        Some(path) if path.exists() => path,
         _ => build_index(app, &files, &name).await?,
     };
     Ok(Some(Source::Indexed(IndexedFiles { index, ..files })))
+}
+
+/// A local path with the content of blob `name`, `None` when it is gone (a deleted file). In
+/// object storage, a copy already in `cache` is used as it is (stored blobs never change, and a
+/// copy is renamed into place only once whole), so a page costs no request to the store.
+async fn local_file(
+    blobs: &Blobs,
+    name: &str,
+    cache: &std::path::Path,
+) -> Result<Option<PathBuf>, String> {
+    match blobs {
+        Blobs::Local(dir) => Ok(Some(dir.join(name))),
+        Blobs::Object(_) if cache.exists() => Ok(Some(cache.to_owned())),
+        Blobs::Object(dir) => match dir.size(name).await {
+            Ok(None) => Ok(None),
+            Ok(Some(_)) => blobs
+                .local_copy(name, cache)
+                .await
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    }
 }
 
 /// Builds a batch's results index from its files (no timings: its job state is gone), and

@@ -16,7 +16,7 @@ use batch_job::{LiveResults, ResultSource, Stats};
 use tokio::net::TcpListener;
 
 use super::{UiMode, router as assets};
-use crate::api::results::{ResultsQuery, TOP_CODES, detail_body, errors_body, list_body};
+use crate::api::results::{ResultsQuery, TOP_CODES, blocking, detail_body, errors_body, list_body};
 use crate::error::ApiError;
 use crate::worker::report::{LatencyBase, snapshot};
 
@@ -165,13 +165,11 @@ async fn read<T: Send + 'static>(
     ask: impl FnOnce(&dyn ResultSource) -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, ApiError> {
     let view = view.clone();
-    tokio::task::spawn_blocking(move || {
+    blocking(move || {
         let live = LiveResults::new(&view.state_dir, view.input.clone(), view.max_line_bytes);
         ask(&live)
     })
     .await
-    .map_err(|e| ApiError::internal("cannot read the results", e))?
-    .map_err(|e| ApiError::internal("cannot read the results", e))
 }
 
 async fn results(
