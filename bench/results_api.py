@@ -19,9 +19,10 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
+
+from benchlib import start
 
 binary, work = sys.argv[1], sys.argv[2]
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 1_000_000
@@ -29,13 +30,6 @@ KEY = "sk-bench"
 shutil.rmtree(work, ignore_errors=True)
 os.makedirs(work)
 
-
-def start(args, env=None):
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                         env=dict(os.environ, **(env or {})))
-    line = p.stdout.readline().strip()
-    assert line.startswith("listening on "), line
-    return p, line[len("listening on "):]
 
 
 sim, sim_url = start([binary, "sim-engine", "--port", "0", "--ttft-ms", "0", "--ms-per-token", "0",

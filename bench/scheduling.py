@@ -22,21 +22,15 @@ change, to compare), and prints one line per scenario and binary:
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
+from benchlib import start
+
 KEYS = {"a": "sk-a", "b": "sk-b", "c": "sk-c"}
 
-
-def start(args, env=None):
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                         env=dict(os.environ, **(env or {})))
-    line = p.stdout.readline().strip()
-    assert line.startswith("listening on "), line
-    return p, line[len("listening on "):]
 
 
 def call(base, key, method, path, body=None, content_type="application/json"):
