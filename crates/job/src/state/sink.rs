@@ -158,6 +158,18 @@ impl Sink {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Hands the buffered results to the OS (no sync, nothing recorded), so readers of the
+    /// spool (the results API, `run --ui`) see them within [`HAND_OVER_EVERY`] rather than at
+    /// the next checkpoint. A failure here is left to the next checkpoint to report.
+    fn hand_over(&self) {
+        let mut a = self.lock();
+        if a.error.is_none()
+            && let Err(e) = a.spool.flush()
+        {
+            tracing::debug!("cannot hand the results over to the OS yet: {e}");
+        }
+    }
+
     /// Makes every result appended so far durable and records it in the manifest.
     pub fn checkpoint(&self) -> io::Result<Positions> {
         let mut manifest = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
@@ -194,12 +206,19 @@ impl Sink {
         } else {
             self.policy.every
         };
+        let mut due = tokio::time::Instant::now() + interval;
+        let mut hand_over = tokio::time::interval(HAND_OVER_EVERY);
         loop {
             tokio::select! {
-                () = tokio::time::sleep(interval) => {}
+                () = tokio::time::sleep_until(due) => {}
                 () = self.wake.notified() => {}
+                _ = hand_over.tick() => {
+                    self.hand_over();
+                    continue;
+                }
                 _ = &mut finish => return None,
             }
+            due = tokio::time::Instant::now() + interval;
             if self.policy.every.is_zero() && self.policy.every_results == 0 {
                 continue;
             }
@@ -233,6 +252,9 @@ impl Sink {
     }
 }
 
+/// How often results appended since are handed to the OS between checkpoints.
+pub const HAND_OVER_EVERY: Duration = Duration::from_millis(250);
+
 /// Checkpoint failures in a row that stop the job.
 pub const FAILURES_TOLERATED: u32 = 3;
 
@@ -258,6 +280,36 @@ mod tests {
                 ..Timing::default()
             },
         }
+    }
+
+    #[tokio::test]
+    async fn results_reach_the_spool_files_between_checkpoints() {
+        let dir = tempfile::tempdir().expect("temp");
+        let fingerprint = crate::input::InputFingerprint::recorded("fp");
+        let job = NewJob {
+            input: "in",
+            fingerprint: &fingerprint,
+            run_tag: "t".into(),
+        };
+        let opened = open(dir.path(), job).expect("open");
+        let policy = CheckpointPolicy {
+            every_results: 0,
+            every: Duration::from_secs(3600),
+        };
+        let sink = Arc::new(
+            Sink::new(opened.spool, opened.manifest, dir.path().to_owned(), policy).expect("sink"),
+        );
+        let (finish, finished) = oneshot::channel();
+        let checkpoints = tokio::spawn(sink.clone().run_checkpoints(finished, StopSignal::new()));
+        sink.append(record(1, LineOutcome::Succeeded));
+        let output = dir.path().join(crate::state::spool::OUTPUT_SPOOL);
+        let len = || std::fs::metadata(&output).map_or(0, |m| m.len());
+        assert_eq!(len(), 0, "buffered");
+        tokio::time::sleep(HAND_OVER_EVERY * 3).await;
+        assert_eq!(len(), 11, "handed over without a checkpoint");
+        assert_eq!(sink.manifest().checkpoints, 0);
+        let _ = finish.send(());
+        assert!(checkpoints.await.expect("joined").is_none());
     }
 
     #[test]
