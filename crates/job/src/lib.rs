@@ -13,6 +13,8 @@
 //! - [`output`]: the final output and error files (`finalize`), `--retry-failed`, the
 //!   final files of a job that cannot run any more (`salvage`), remote inputs and results;
 //! - [`report`]: metrics, progress, the summary, a job's status read from its state directory;
+//! - [`results`]: the results read back a page or a request at a time, from a running job's
+//!   spool (`live`) or a finished job's final files through their results index (`index`);
 //! - [`run`]: wires the stages together, and ends a job early (`stop`, `deadline`);
 //! - [`launch`]: starting, guarding and restarting an engine for the job;
 //! - [`notify`]: webhooks, signed as OpenAI signs them (`run --notify-url`, the service's
