@@ -12,6 +12,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let mut rules = LineRules::new(RulesConfig {
         extra_urls: vec!["/v1/classify".into()],
+        ..RulesConfig::default()
     });
     for (i, line) in data.split(|&b| b == b'\n').enumerate() {
         let id = custom_id_of(line);

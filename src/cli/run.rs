@@ -45,6 +45,23 @@ pub struct RulesArgs {
     /// How many line errors to list in full (all are counted).
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_errors: usize,
+
+    /// Let one file hold several models: each line goes to the engines of its own body.model
+    /// (its --model-engine entry, else --engine-url), and the concurrency limits apply to each
+    /// model apart. A model no engine is routed for is an error on each of its lines; the
+    /// summary and metrics count results per model.
+    #[arg(long)]
+    pub mixed_models: bool,
+
+    /// With --mixed-models: the engines of one model, as MODEL=URL[,URL…] (repeatable). A LoRA
+    /// adapter written base:adapter goes to its base's engines. For `validate`, once any is
+    /// given, a model without an entry is an error.
+    #[arg(
+        long = "model-engine",
+        value_name = "MODEL=URLS",
+        requires = "mixed_models"
+    )]
+    pub model_engines: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -59,7 +76,11 @@ pub struct ValidateArgs {
     /// Also count every valid line with this engine's tokenizer (as `run --preflight` does,
     /// nothing is generated): the report gains the input and worst-case output tokens, and the
     /// lines over the model's context length are errors (context_length_exceeded).
-    #[arg(long = "engine-url", value_name = "URL")]
+    #[arg(
+        long = "engine-url",
+        value_name = "URL",
+        conflicts_with = "mixed_models"
+    )]
     pub engine_url: Option<String>,
 
     /// API key for --engine-url.
@@ -136,7 +157,7 @@ pub struct RunArgs {
     pub s3: S3Args,
 
     /// Base URL of an OpenAI-compatible engine (repeatable; requests go to the least busy).
-    #[arg(help_heading = "Engines", long = "engine-url", value_name = "URL", required_unless_present_any = ["launch", "engine"],
+    #[arg(help_heading = "Engines", long = "engine-url", value_name = "URL", required_unless_present_any = ["launch", "engine", "model_engines"],
           env = "BATCH_RUNNER_ENGINE_URL", value_delimiter = ',')]
     pub engine_urls: Vec<String>,
 
@@ -185,8 +206,8 @@ pub struct RunArgs {
     /// (POST /tokenize or /v1/tokenize; estimated at 4 bytes per token where neither is
     /// served), report input and worst-case output tokens, and put lines over the model's
     /// context length (max_model_len) in the error file as context_length_exceeded instead of
-    /// sending them.
-    #[arg(help_heading = "Engines", long)]
+    /// sending them. (One model's tokenizer: not with --mixed-models.)
+    #[arg(help_heading = "Engines", long, conflicts_with = "mixed_models")]
     pub preflight: bool,
 
     /// Stop (resumable, exit 75) when no engine has answered for this long, instead of

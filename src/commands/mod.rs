@@ -11,6 +11,8 @@ pub mod validate;
 pub mod webhooks;
 pub mod worker;
 
+use std::collections::BTreeMap;
+
 /// The documented exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -71,10 +73,21 @@ impl From<&crate::cli::RulesArgs> for batch_job::ValidateOptions {
         Self {
             rules: batch_format::RulesConfig {
                 extra_urls: args.allow_url.clone(),
+                mixed_models: None,
             },
             max_line_bytes: args.max_line_bytes,
             max_listed_errors: args.max_errors,
         }
+    }
+}
+
+impl crate::cli::RulesArgs {
+    /// `--model-engine`'s engines by model, when the file may hold several models.
+    pub fn model_engines(&self) -> Result<Option<BTreeMap<String, Vec<String>>>, String> {
+        if !self.mixed_models {
+            return Ok(None);
+        }
+        batch_format::rules::model_engines(&self.model_engines).map(Some)
     }
 }
 

@@ -1,6 +1,7 @@
 //! Turning `run`'s command line into [`RunOptions`]: where the input and results are (local
 //! paths or URLs), the engine to launch, and every other setting.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use batch_job::{
@@ -133,7 +134,8 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
             );
         }
     };
-    Ok(RunOptions {
+    let model_engines = args.rules.model_engines()?;
+    let mut options = RunOptions {
         validate: ValidateOptions::from(&args.rules),
         engines: args.client.options(args.engine_urls, args.api_key)?,
         input: places.input,
@@ -179,7 +181,12 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         grace: args.grace,
         retry_failed,
         launch,
-    })
+        model_engines: BTreeMap::new(),
+    };
+    if let Some(by_model) = model_engines {
+        options.mix_models(by_model);
+    }
+    Ok(options)
 }
 
 /// What --launch or --engine asks for, if anything.

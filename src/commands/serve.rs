@@ -1,7 +1,6 @@
 //! `batch-runner serve` (the OpenAI Files + Batches API, with its own workers or none) and
 //! `batch-runner worker-pool` (workers without the API, for hosts next to the engines).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use batch_service::auth::Keys;
 use batch_service::fair_share::Shares;
 use batch_service::http_server::Limits;
 use batch_service::scheduler::SchedulerConfig;
-use batch_service::settings::{WorkerSettings, parse_model_engine};
+use batch_service::settings::WorkerSettings;
 use batch_service::window::WindowBounds;
 use batch_service::{DataDir, Execution, ServeConfig};
 
@@ -135,16 +134,7 @@ fn config(args: &ServeArgs) -> Result<ServeConfig, String> {
 
 /// The database, storage, engines and workers of a `serve` or a `worker-pool`.
 fn execution(args: &ExecArgs) -> Result<Execution, String> {
-    let mut model_engines = BTreeMap::new();
-    for entry in &args.model_engines {
-        let (model, urls) = parse_model_engine(entry).map_err(|e| format!("--model-engine {e}"))?;
-        if model_engines.insert(model.clone(), urls).is_some() {
-            return Err(format!(
-                "--model-engine names {model:?} twice; give all its engines in one entry: \
-                 {model}=URL,URL"
-            ));
-        }
-    }
+    let model_engines = batch_format::rules::model_engines(&args.model_engines)?;
     let state = &args.state;
     std::fs::create_dir_all(&state.data_dir)
         .map_err(|e| format!("cannot create {}: {e}", state.data_dir.display()))?;

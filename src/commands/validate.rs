@@ -11,7 +11,21 @@ use super::Exit;
 use crate::cli::ValidateArgs;
 
 pub fn run(args: ValidateArgs) -> Exit {
-    let options = ValidateOptions::from(&args.rules);
+    let mut options = ValidateOptions::from(&args.rules);
+    match args.rules.model_engines() {
+        // Without engines named, any model passes; with some, only theirs.
+        Ok(Some(by_model)) => {
+            options.rules.mixed_models = Some(batch_format::ModelRoutes {
+                default: by_model.is_empty(),
+                routed: by_model.into_keys().collect(),
+            });
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!("{e}");
+            return Exit::Invalid;
+        }
+    }
     let mut validation = match validate_file(&args.input, &options) {
         Ok(v) => v,
         Err(e) => {

@@ -16,4 +16,4 @@ pub mod rules;
 
 pub use input::Request;
 pub use problem::Problem;
-pub use rules::{LineRules, RulesConfig, SUPPORTED_URLS};
+pub use rules::{LineRules, ModelRoutes, RulesConfig, SUPPORTED_URLS};

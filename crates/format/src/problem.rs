@@ -42,6 +42,11 @@ pub enum Problem {
         expected: String,
         first_line: u64,
     },
+    /// With several models in one file: no engine is routed for `body.model` (no
+    /// `--model-engine` entry for it or its base model, and no default engine).
+    ModelNotServed { found: String, routed: Vec<String> },
+    /// With several models in one file: more distinct models than one job routes.
+    TooManyModels { found: String, max: usize },
     /// `body.stream` is `true`; a batch cannot stream.
     StreamNotSupported,
     /// The same `custom_id` appeared on an earlier line.
@@ -72,6 +77,8 @@ impl Problem {
             Problem::UnsupportedUrl { .. } => "unsupported_url",
             Problem::UrlMismatch { .. } => "url_mismatch",
             Problem::ModelMismatch { .. } => "model_mismatch",
+            Problem::ModelNotServed { .. } => "model_not_served",
+            Problem::TooManyModels { .. } => "too_many_models",
             Problem::StreamNotSupported => "stream_not_supported",
             Problem::DuplicateCustomId { .. } => "duplicate_custom_id",
             Problem::EmptyFile => "empty_file",
@@ -89,7 +96,9 @@ impl Problem {
             Problem::EmptyCustomId | Problem::DuplicateCustomId { .. } => Some("custom_id"),
             Problem::InvalidMethod { .. } => Some("method"),
             Problem::UnsupportedUrl { .. } | Problem::UrlMismatch { .. } => Some("url"),
-            Problem::ModelMismatch { .. } => Some("body.model"),
+            Problem::ModelMismatch { .. }
+            | Problem::ModelNotServed { .. }
+            | Problem::TooManyModels { .. } => Some("body.model"),
             Problem::StreamNotSupported => Some("body.stream"),
             Problem::InvalidUtf8 { .. }
             | Problem::LineTooLong { .. }
@@ -101,7 +110,7 @@ impl Problem {
     }
 
     /// Every code, for summaries that list counts by kind in a stable order.
-    pub const ALL_CODES: [&'static str; 15] = [
+    pub const ALL_CODES: [&'static str; 17] = [
         "invalid_file_encoding",
         "invalid_utf8",
         "line_too_long",
@@ -114,6 +123,8 @@ impl Problem {
         "unsupported_url",
         "url_mismatch",
         "model_mismatch",
+        "model_not_served",
+        "too_many_models",
         "stream_not_supported",
         "duplicate_custom_id",
         "empty_file",
@@ -221,7 +232,24 @@ impl fmt::Display for Problem {
             } => write!(
                 f,
                 "`body.model` is {found:?} but line {first_line} set {expected:?}; every line \
-                 of a batch must use the same model (split the file by model)"
+                 of a batch must use the same model (split the file by model, or run it with \
+                 --mixed-models)"
+            ),
+            Problem::ModelNotServed { found, routed } if routed.is_empty() => write!(
+                f,
+                "no engine serves the model {found:?}: give one with --model-engine \
+                 '{found}=URL', or a default --engine-url"
+            ),
+            Problem::ModelNotServed { found, routed } => write!(
+                f,
+                "no engine serves the model {found:?} (--model-engine routes {}): add \
+                 --model-engine '{found}=URL', or a default --engine-url",
+                routed.join(", ")
+            ),
+            Problem::TooManyModels { found, max } => write!(
+                f,
+                "the model {found:?} is past the {max} different models one batch may use; \
+                 split the file"
             ),
             Problem::StreamNotSupported => write!(
                 f,

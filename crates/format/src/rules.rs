@@ -1,11 +1,20 @@
 //! The file-wide rules: a supported endpoint, and one endpoint and one model per file.
 //!
 //! The first valid line fixes the endpoint and the model; every later line must match them.
+//! With several models allowed (`--mixed-models`), only the endpoint is fixed: each line's model
+//! must be one an engine is routed for, and the models seen are numbered in the order they first
+//! appear, so the job can route and count each line by a small index.
 //! Uniqueness of `custom_id` is also file-wide but needs memory proportional to the file, so it
 //! lives with the I/O in the job crate (which spills to disk), not here.
 
+use std::collections::{BTreeMap, HashMap};
+
 use crate::Problem;
 use crate::input::{Request, parse_line};
+
+/// The most different models one file may use with several models allowed: each gets its own
+/// engines' connections and limits.
+pub const MAX_MODELS: usize = 256;
 
 /// The endpoints a batch line may target unless more are allowed.
 pub const SUPPORTED_URLS: [&str; 7] = [
@@ -53,11 +62,63 @@ pub fn endpoint_path(text: &str) -> Result<String, String> {
     Ok(text.to_owned())
 }
 
+/// Reads `--model-engine` entries, `MODEL=URL[,URL…]` each, into the engines of each model; a
+/// model named twice is an error (its engines belong in one entry).
+pub fn model_engines(entries: &[String]) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let mut engines = BTreeMap::new();
+    for text in entries {
+        let (model, urls) = text
+            .split_once('=')
+            .filter(|(m, u)| !m.trim().is_empty() && !u.trim().is_empty())
+            .ok_or_else(|| {
+                format!(
+                    "--model-engine {text:?}: write MODEL=URL[,URL…], e.g. \
+                     llama-3-8b=http://10.0.0.5:30000"
+                )
+            })?;
+        let model = model.trim().to_owned();
+        let urls = urls.split(',').map(|u| u.trim().to_owned()).collect();
+        if engines.insert(model.clone(), urls).is_some() {
+            return Err(format!(
+                "--model-engine names {model:?} twice; give all its engines in one entry: \
+                 {model}=URL,URL"
+            ));
+        }
+    }
+    Ok(engines)
+}
+
 /// What the rules accept beyond the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct RulesConfig {
     /// Extra endpoint paths accepted besides [`SUPPORTED_URLS`].
     pub extra_urls: Vec<String>,
+    /// Several models in one file (`--mixed-models`), and which have engines; `None`: one
+    /// model per file.
+    pub mixed_models: Option<ModelRoutes>,
+}
+
+/// Which models have engines of their own when one file holds several.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModelRoutes {
+    /// Models with their own engines (`--model-engine MODEL=URL`).
+    pub routed: Vec<String>,
+    /// A default engine (`--engine-url`) serves every other model.
+    pub default: bool,
+}
+
+impl ModelRoutes {
+    /// The routed name whose engines serve `model`: the model itself, or for a LoRA adapter
+    /// written `base:adapter` its base; `None`: the default engines (if any).
+    pub fn route_of(&self, model: &str) -> Option<&str> {
+        let named = |m: &str| self.routed.iter().find(|r| *r == m).map(String::as_str);
+        named(model).or_else(|| model.rsplit_once(':').and_then(|(base, _)| named(base)))
+    }
+
+    /// Whether some engine serves `model`.
+    pub fn serves(&self, model: &str) -> bool {
+        self.default || self.route_of(model).is_some()
+    }
 }
 
 /// The endpoint and model the file has settled on, and the line that set them.
@@ -66,6 +127,9 @@ pub struct Settled {
     pub url: String,
     pub model: String,
     pub line: u64,
+    /// Every model of a valid line, in the order they first appear (just `model` unless the
+    /// file may hold several).
+    pub models: Vec<String>,
 }
 
 /// Checks lines in file order.
@@ -73,20 +137,34 @@ pub struct Settled {
 pub struct LineRules {
     config: RulesConfig,
     settled: Option<Settled>,
+    /// The index of each model in `settled.models`.
+    model_index: HashMap<String, u16>,
 }
 
 impl LineRules {
     pub fn new(config: RulesConfig) -> Self {
-        Self {
-            config,
-            settled: None,
-        }
+        Self::settled(config, None)
     }
 
     /// Rules that start already settled, so a second pass over a file judges every line the same
     /// way the first pass did.
     pub fn settled(config: RulesConfig, settled: Option<Settled>) -> Self {
-        Self { config, settled }
+        let model_index = settled
+            .iter()
+            .flat_map(|s| s.models.iter())
+            .zip(0..)
+            .map(|(m, i)| (m.clone(), i))
+            .collect();
+        Self {
+            config,
+            settled,
+            model_index,
+        }
+    }
+
+    /// The index of `model` among the file's models ([`Settled::models`]).
+    pub fn model_index(&self, model: &str) -> Option<u16> {
+        self.model_index.get(model).copied()
     }
 
     /// The endpoint and model fixed by the first valid line, if any line was valid.
@@ -102,15 +180,28 @@ impl LineRules {
                 found: request.url.into_owned(),
             }]);
         }
+        let mut problems = Vec::new();
+        if let Some(routes) = &self.config.mixed_models
+            && !routes.serves(&request.model)
+        {
+            problems.push(Problem::ModelNotServed {
+                found: request.model.to_string(),
+                routed: routes.routed.clone(),
+            });
+        }
         let Some(settled) = &self.settled else {
+            if !problems.is_empty() {
+                return Err(problems);
+            }
             self.settled = Some(Settled {
                 url: request.url.to_string(),
                 model: request.model.to_string(),
                 line: line_no,
+                models: Vec::new(),
             });
+            self.add_model(&request.model);
             return Ok(request);
         };
-        let mut problems = Vec::new();
         if request.url != settled.url {
             problems.push(Problem::UrlMismatch {
                 found: request.url.to_string(),
@@ -118,11 +209,20 @@ impl LineRules {
                 first_line: settled.line,
             });
         }
-        if request.model != settled.model {
+        if self.config.mixed_models.is_none() && request.model != settled.model {
             problems.push(Problem::ModelMismatch {
                 found: request.model.to_string(),
                 expected: settled.model.clone(),
                 first_line: settled.line,
+            });
+        }
+        if problems.is_empty()
+            && self.model_index(&request.model).is_none()
+            && !self.add_model(&request.model)
+        {
+            problems.push(Problem::TooManyModels {
+                found: request.model.to_string(),
+                max: MAX_MODELS,
             });
         }
         if problems.is_empty() {
@@ -130,6 +230,21 @@ impl LineRules {
         } else {
             Err(problems)
         }
+    }
+
+    /// Numbers a model not seen before; false when the file already has [`MAX_MODELS`].
+    fn add_model(&mut self, model: &str) -> bool {
+        let Some(settled) = &mut self.settled else {
+            return false;
+        };
+        if settled.models.len() >= MAX_MODELS {
+            return false;
+        }
+        // Below MAX_MODELS, so it fits.
+        let index = settled.models.len() as u16;
+        settled.models.push(model.to_owned());
+        self.model_index.insert(model.to_owned(), index);
+        true
     }
 
     fn url_supported(&self, url: &str) -> bool {
@@ -173,8 +288,91 @@ mod tests {
         assert_eq!(err[0].code(), "unsupported_url");
         let mut rules = LineRules::new(RulesConfig {
             extra_urls: vec!["/v1/classify".into()],
+            ..RulesConfig::default()
         });
         assert!(rules.check(1, l.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn mixed_models_are_numbered_and_routed_per_line() {
+        let routes = ModelRoutes {
+            routed: vec!["llama".into(), "qwen".into()],
+            default: false,
+        };
+        let config = RulesConfig {
+            mixed_models: Some(routes.clone()),
+            ..RulesConfig::default()
+        };
+        let mut rules = LineRules::new(config.clone());
+        // The first line's model has no engine: it settles nothing.
+        let err = rules
+            .check(1, line("a", "/v1/chat/completions", "gpt").as_bytes())
+            .expect_err("not served");
+        assert_eq!(err[0].code(), "model_not_served");
+        assert!(
+            err[0].to_string().contains("--model-engine 'gpt=URL'"),
+            "{}",
+            err[0]
+        );
+        for (n, model) in [(2, "qwen"), (3, "llama:sql-adapter"), (4, "qwen")] {
+            let l = line(&n.to_string(), "/v1/chat/completions", model);
+            assert!(rules.check(n, l.as_bytes()).is_ok(), "{model}");
+        }
+        let err = rules
+            .check(5, line("e", "/v1/embeddings", "other:x").as_bytes())
+            .expect_err("two problems");
+        let codes: Vec<_> = err.iter().map(Problem::code).collect();
+        assert_eq!(codes, vec!["model_not_served", "url_mismatch"]);
+        let settled = rules.settled_on().cloned().expect("settled");
+        assert_eq!(settled.models, vec!["qwen", "llama:sql-adapter"]);
+        assert_eq!(rules.model_index("llama:sql-adapter"), Some(1));
+        assert_eq!(routes.route_of("llama:sql-adapter"), Some("llama"));
+        assert_eq!(routes.route_of("llama"), Some("llama"));
+        assert_eq!(routes.route_of("mistral"), None);
+        // A second pass starts with the same numbering.
+        let again = LineRules::settled(config, Some(settled));
+        assert_eq!(again.model_index("qwen"), Some(0));
+        assert_eq!(again.model_index("llama:sql-adapter"), Some(1));
+    }
+
+    #[test]
+    fn a_default_engine_serves_any_model_up_to_the_limit() {
+        let mut rules = LineRules::new(RulesConfig {
+            mixed_models: Some(ModelRoutes {
+                routed: vec![],
+                default: true,
+            }),
+            ..RulesConfig::default()
+        });
+        for n in 0..MAX_MODELS as u64 {
+            let l = line(&n.to_string(), "/v1/embeddings", &format!("m{n}"));
+            assert!(rules.check(n + 1, l.as_bytes()).is_ok());
+        }
+        let l = line("x", "/v1/embeddings", "one-too-many");
+        let err = rules.check(999, l.as_bytes()).expect_err("too many");
+        assert_eq!(err[0].code(), "too_many_models");
+        let l = line("y", "/v1/embeddings", "m7");
+        assert!(
+            rules.check(1000, l.as_bytes()).is_ok(),
+            "a known model still passes"
+        );
+    }
+
+    #[test]
+    fn model_engine_entries_map_models_to_engines() {
+        let entries = [
+            "m1=http://a:1, http://b:2".to_owned(),
+            "m2 = http://c:3".to_owned(),
+        ];
+        let engines = model_engines(&entries).expect("accepted");
+        assert_eq!(engines["m1"], ["http://a:1", "http://b:2"]);
+        assert_eq!(engines["m2"], ["http://c:3"]);
+        for bad in ["=http://x", "m", "m="] {
+            let err = model_engines(&[bad.to_owned()]).expect_err(bad);
+            assert!(err.contains("MODEL=URL"), "{err}");
+        }
+        let twice = ["m=http://a".to_owned(), "m=http://b".to_owned()];
+        assert!(model_engines(&twice).expect_err("twice").contains("twice"));
     }
 
     #[test]

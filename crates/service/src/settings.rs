@@ -130,27 +130,16 @@ impl WorkerSettings {
     }
 }
 
-/// Parses `MODEL=URL[,URL…]`.
-pub fn parse_model_engine(text: &str) -> Result<(String, Vec<String>), String> {
-    let (model, urls) = text
-        .split_once('=')
-        .filter(|(m, u)| !m.trim().is_empty() && !u.trim().is_empty())
-        .ok_or_else(|| {
-            format!("{text:?}: write MODEL=URL[,URL…], e.g. llama-3-8b=http://10.0.0.5:30000")
-        })?;
-    Ok((
-        model.trim().to_owned(),
-        urls.split(',').map(|u| u.trim().to_owned()).collect(),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn models_map_to_engines_with_a_default() {
-        let (model, urls) = parse_model_engine("m1=http://a:1,http://b:2").expect("accepted");
+        let (model, urls) = (
+            "m1".to_owned(),
+            vec!["http://a:1".into(), "http://b:2".into()],
+        );
         let engine = EngineOptions {
             urls: Vec::new(),
             api_key: Some("secret".into()),
@@ -206,7 +195,5 @@ mod tests {
             s.engines_for("m2").expect("accepted"),
             ["http://c:3".to_owned()]
         );
-        assert!(parse_model_engine("=http://x").is_err());
-        assert!(parse_model_engine("m").is_err());
     }
 }

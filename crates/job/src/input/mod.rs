@@ -12,6 +12,7 @@
 //!   kept) instead of losing lines or sending unvalidated ones.
 
 pub mod dedupe;
+pub mod line_models;
 pub mod reader;
 pub mod validate;
 

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 use crate::bitset::BitSet;
 use crate::input::dedupe::DuplicateFinder;
+use crate::input::line_models::LineModels;
 use crate::input::reader::{Content, Line, LineReader};
 use crate::input::{self, Blocks, Recording};
 use crate::state::finished::IdDigest;
@@ -86,6 +87,9 @@ pub struct Report {
     pub invalid_lines: u64,
     pub endpoint: Option<String>,
     pub model: Option<String>,
+    /// With several models in one file (`--mixed-models`): the requests for each model.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, u64>,
     /// Every error code seen, with its count.
     pub errors_by_code: BTreeMap<&'static str, u64>,
     /// The first errors by line number (up to the configured number).
@@ -134,6 +138,9 @@ pub struct Validation {
     pub report: Report,
     pub invalid: BitSet,
     pub settled: Option<Settled>,
+    /// With several models in one file: each valid line's model, by its index in
+    /// `settled.models`.
+    pub line_models: Option<LineModels>,
     /// Size and content hash of the bytes validated, so a resumed job can tell whether the
     /// input changed.
     pub fingerprint: crate::input::InputFingerprint,
@@ -274,11 +281,12 @@ pub fn validate(
     tally
         .duplicates(again, options.max_line_bytes)
         .map_err(read_error)?;
-    let (report, invalid, settled, ids) = tally.finish();
+    let (report, invalid, settled, line_models, ids) = tally.finish();
     Ok(Validation {
         report,
         invalid,
         settled,
+        line_models,
         fingerprint,
         blocks,
         ids,
@@ -323,6 +331,8 @@ struct Tally {
     errors: ErrorList,
     report: Report,
     ids: IdDigest,
+    /// With several models allowed.
+    line_models: Option<LineModels>,
 }
 
 impl Tally {
@@ -339,6 +349,11 @@ impl Tally {
             },
             report: Report::default(),
             ids: IdDigest::default(),
+            line_models: options
+                .rules
+                .mixed_models
+                .as_ref()
+                .map(|_| LineModels::default()),
         }
     }
 
@@ -363,6 +378,11 @@ impl Tally {
             }
             Content::Text(text) => match self.rules.check(line.number, text) {
                 Ok(request) => {
+                    if let Some(models) = &mut self.line_models
+                        && let Some(index) = self.rules.model_index(&request.model)
+                    {
+                        models.set(line.number, index);
+                    }
                     self.ids.add(Some(&request.custom_id));
                     self.dupes
                         .push(&request.custom_id, line.number, line.offset)
@@ -397,6 +417,9 @@ impl Tally {
         let dupes = std::mem::take(&mut self.dupes);
         dupes.finish(again, max_line_bytes, |d| {
             self.invalid.insert(d.line);
+            if let Some(models) = &mut self.line_models {
+                models.clear(d.line);
+            }
             self.report.requests -= 1;
             self.report.invalid_lines += 1;
             self.errors.push(LineError::new(
@@ -409,7 +432,15 @@ impl Tally {
         })
     }
 
-    fn finish(mut self) -> (Report, BitSet, Option<Settled>, IdDigest) {
+    fn finish(
+        mut self,
+    ) -> (
+        Report,
+        BitSet,
+        Option<Settled>,
+        Option<LineModels>,
+        IdDigest,
+    ) {
         let mut errors = self.errors;
         let report = &mut self.report;
         if report.lines == report.blank_lines {
@@ -419,11 +450,21 @@ impl Tally {
         let settled = self.rules.settled_on().cloned();
         report.endpoint = settled.as_ref().map(|s| s.url.clone());
         report.model = settled.as_ref().map(|s| s.model.clone());
+        if let (Some(models), Some(settled)) = (&self.line_models, &settled) {
+            let counts = models.counts(settled.models.len());
+            report.models = settled.models.iter().cloned().zip(counts).collect();
+        }
         report.valid = errors.total == 0;
         report.errors_not_listed = errors.total - errors.listed.len() as u64;
         report.errors = errors.listed;
         report.errors_by_code = errors.by_code;
-        (self.report, self.invalid, settled, self.ids)
+        (
+            self.report,
+            self.invalid,
+            settled,
+            self.line_models,
+            self.ids,
+        )
     }
 }
 
@@ -475,12 +516,26 @@ impl Report {
             "{path}: {verdict}: {} lines, {} requests, {} invalid lines, {} blank lines, {} bytes",
             self.lines, self.requests, self.invalid_lines, self.blank_lines, self.bytes
         );
-        let _ = writeln!(
-            out,
-            "  endpoint: {}, model: {}",
-            self.endpoint.as_deref().unwrap_or("-"),
-            self.model.as_deref().unwrap_or("-")
-        );
+        if self.models.is_empty() {
+            let _ = writeln!(
+                out,
+                "  endpoint: {}, model: {}",
+                self.endpoint.as_deref().unwrap_or("-"),
+                self.model.as_deref().unwrap_or("-")
+            );
+        } else {
+            let models: Vec<String> = self
+                .models
+                .iter()
+                .map(|(model, n)| format!("{model} ({n})"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "  endpoint: {}, models: {}",
+                self.endpoint.as_deref().unwrap_or("-"),
+                models.join(", ")
+            );
+        }
         if !self.errors_by_code.is_empty() {
             let counts: Vec<String> = self
                 .errors_by_code

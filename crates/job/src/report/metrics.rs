@@ -52,6 +52,8 @@ pub struct Stats {
     latency_sum_micros: AtomicU64,
     /// This run's failures by error code, with a sample each.
     pub errors: super::errors::ErrorTally,
+    /// With several models in one file: the results of each.
+    pub models: Option<super::model_counts::ModelCounts>,
 }
 
 impl Stats {
@@ -255,6 +257,9 @@ impl Stats {
              batch_runner_request_duration_seconds_count {total}",
             Self::load(&self.latency_sum_micros) as f64 / 1e6
         );
+        if let Some(models) = &self.models {
+            models.render_prometheus(&mut out);
+        }
         out
     }
 }

@@ -62,6 +62,9 @@ pub struct RunSummary {
     /// The pre-flight count (`--preflight`), when one was made.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub preflight: Option<crate::run::preflight::PreflightReport>,
+    /// With several models in one file (`--mixed-models`): the results of each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<super::model_counts::ModelTally>,
 }
 
 /// Error codes the summary lists.
@@ -139,6 +142,7 @@ impl RunSummary {
             output_tokens_per_second: stats.output_tokens_now() as f64 / secs,
             preflight: None,
             top_errors: stats.errors.top(TOP_ERRORS),
+            models: stats.models.as_ref().map_or_else(Vec::new, |m| m.tallies()),
         }
     }
 
@@ -221,6 +225,12 @@ impl RunSummary {
         );
         for e in &self.top_errors {
             text.push_str(&format!("  {} x{}: {}\n", e.code, e.count, e.sample));
+        }
+        if !self.models.is_empty() {
+            text.push_str("by model:\n");
+        }
+        for m in &self.models {
+            text.push_str(&format!("  {}\n", m.describe()));
         }
         if let Some(preflight) = &self.preflight {
             text.push_str(&preflight.describe());

@@ -14,7 +14,7 @@ use tracing::Instrument;
 use super::feed::Item;
 use super::in_flight_cap::CappedSlots;
 use super::request::{Ids, Request, execute};
-use crate::dispatch::{Engines, Target};
+use super::routes::Routes;
 use crate::report::metrics::Stats;
 use crate::run::stop::{Phase, StopReason, StopSignal};
 use crate::state::outcome::LineOutcome;
@@ -22,8 +22,7 @@ use crate::state::sink::{Record, Sink};
 
 /// Everything a request task needs, shared.
 pub struct Shared {
-    pub engines: Engines,
-    pub target: Target,
+    pub routes: Routes,
     pub stats: Arc<Stats>,
     pub sink: Arc<Sink>,
     pub stop: StopSignal,
@@ -34,6 +33,9 @@ impl Shared {
     /// Counts a record and appends it to the spool.
     fn deliver(&self, record: Record) {
         self.stats.record(record.outcome);
+        if let Some(models) = &self.stats.models {
+            models.record(record.line, record.outcome);
+        }
         if record.outcome == LineOutcome::Succeeded {
             self.stats.add_usage(record.usage);
         } else if !matches!(
@@ -114,15 +116,7 @@ pub async fn dispatch(
                                 custom_id,
                                 body,
                             };
-                            let record = execute(
-                                &shared.engines,
-                                &shared.target,
-                                &shared.stats,
-                                &shared.stop,
-                                &shared.ids,
-                                request,
-                            )
-                            .await;
+                            let record = send_on_route(&shared, request).await;
                             if let Some(record) = record {
                                 shared.deliver(record);
                             }
@@ -156,6 +150,31 @@ pub async fn dispatch(
         }
     }
     Ended::Stopped(reason)
+}
+
+/// Sends a request on its line's route once the route has room (with several models, each
+/// bounds its own requests in flight); a stop meanwhile leaves it unsent.
+async fn send_on_route(shared: &Shared, request: Request) -> Option<Record> {
+    let route = shared.routes.of_line(request.line);
+    let Some(room) = route.room(&shared.stop).await else {
+        let reason = shared
+            .stop
+            .phase()
+            .reason()
+            .unwrap_or(StopReason::Interrupted);
+        return shared.ids.stopped(request.line, &request.custom_id, reason);
+    };
+    let record = execute(
+        &route.engines,
+        &route.target,
+        &shared.stats,
+        &shared.stop,
+        &shared.ids,
+        request,
+    )
+    .await;
+    drop(room);
+    record
 }
 
 /// The next batch, unless the job is stopping.

@@ -47,6 +47,13 @@ pub enum RunError {
          body.model to one of these (or add --no-model-check if the engine accepts other names)"
     )]
     ModelNotServed { model: String, served: String },
+    /// With several models in one file: models their engines do not serve, each described.
+    #[error(
+        "no engine serves these models of the batch:\n{0}\nRoute each with --model-engine \
+         'MODEL=URL', fix body.model on its lines, or add --no-model-check if the engines accept \
+         other names"
+    )]
+    ModelsNotServed(String),
     /// Checkpoints kept failing; the job stopped with what the last good one recorded.
     #[error("{0}")]
     CheckpointsFailed(String),
@@ -82,7 +89,8 @@ impl RunError {
             RunError::Invalid(..)
             | RunError::Paths(_)
             | RunError::InputChanged { .. }
-            | RunError::ModelNotServed { .. } => true,
+            | RunError::ModelNotServed { .. }
+            | RunError::ModelsNotServed(_) => true,
             RunError::State(e) => !matches!(e, StateError::Io { .. }),
             RunError::Engine(e) => !matches!(e, EngineError::NoneReachable(_)),
             RunError::Io { .. }

@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
 use batch_format::LineRules;
+use batch_format::rules::Settled;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dispatcher::{Ended, Shared, dispatch};
@@ -18,21 +19,24 @@ use super::feed::{Feed, Item};
 use super::preflight::{self, Preflight, PreflightReport};
 use super::prepare::{Names, Ready};
 use super::request::Ids;
+use super::routes::{self, Route, RoutePlan, Routes};
 use super::supervise::Supervisor;
 use super::{RunError, RunOptions};
 use crate::bitset::BitSet;
 use crate::dispatch::{Engines, ProbeResult};
+use crate::input::line_models::LineModels;
 use crate::input::validate::Validation;
 use crate::input::{Blocks, Changed};
 use crate::launch::Launched;
 use crate::report::metrics::{self, Stats};
+use crate::report::model_counts::ModelCounts;
 use crate::report::progress::ProgressDisplay;
 use crate::report::summary::JobStatus;
 use crate::run::stop::{StopReason, StopSignal};
 use crate::state::Manifest;
 use crate::state::mirror::Mirror;
 use crate::state::sink::Sink;
-use crate::state::spool::{Positions, Spool};
+use crate::state::spool::{Positions, Spool, read_index};
 
 /// What the execution stage hands to the delivery stage.
 pub struct Executed {
@@ -60,16 +64,16 @@ pub async fn execute(
     observe: impl FnOnce(Arc<Stats>),
 ) -> Result<Executed, RunError> {
     // The two parts used most, by name; the rest are read as `ready.…`.
-    let (mut validation, opened) = (ready.validation, ready.opened);
+    let (mut validation, mut opened) = (ready.validation, ready.opened);
     let needed = opened.done.count() < ready.planned;
-    let model = validation.settled.as_ref().map(|s| s.model.as_str());
-    let starting = start_engines(options, needed, model);
+    let line_models = validation.line_models.take().map(Arc::new);
+    let starting = start_engines(options, needed, validation.settled.as_ref(), &line_models);
     let engines_started = tokio::select! {
         started = starting => started,
         // A model can take minutes to load: a stop meanwhile must not wait for it.
         () = stop.stopping() => Err(RunError::StoppedBeforeStart),
     };
-    let (engines, launched) = engines_started.map_err(|e| match e {
+    let (routes, launched) = engines_started.map_err(|e| match e {
         RunError::StoppedBeforeStart | RunError::Launch(_) => e,
         // Nothing was done: leave no state behind (but keep a failed engine's log, above).
         e => ready.fresh.abandon(e),
@@ -77,15 +81,21 @@ pub async fn execute(
     let preflight = match validation.preflight.take() {
         Some(made) => Some(made),
         None if options.preflight && needed => {
-            Some(count_tokens(options, stop, &engines, &validation, &opened.done).await?)
+            let engines = &routes.all()[0].engines;
+            Some(count_tokens(options, stop, engines, &validation, &opened.done).await?)
         }
         None => None,
     };
-    let stats = Arc::new(Stats::for_job(
-        ready.planned,
-        &opened.counts,
-        opened.manifest.totals,
-    ));
+    let mut stats = Stats::for_job(ready.planned, &opened.counts, opened.manifest.totals);
+    if let (Some(lines), Some(settled)) = (&line_models, &validation.settled) {
+        let counts = ModelCounts::new(settled.models.clone(), lines.clone());
+        count_carried(&mut opened.spool, &counts).map_err(RunError::io(format!(
+            "cannot read the spool in {}",
+            options.state_dir.display()
+        )))?;
+        stats.models = Some(counts);
+    }
+    let stats = Arc::new(stats);
     observe(stats.clone());
     let deadline = options.deadline.resolve(opened.manifest.started_at_ms);
     let ids = Ids::new(opened.manifest.run_tag.clone());
@@ -98,10 +108,9 @@ pub async fn execute(
     )
     .await?;
     let beside = Beside::start(options, stop, &sink, &stats, deadline).await?;
-    let target = engines.target(validation.settled.as_ref().map_or("", |s| s.url.as_str()))?;
+    let max_in_flight = routes.dispatch_bound();
     let shared = Arc::new(Shared {
-        engines,
-        target,
+        routes,
         stats: stats.clone(),
         sink: sink.clone(),
         stop: stop.clone(),
@@ -127,8 +136,6 @@ pub async fn execute(
         let restarts = options.launch.as_ref().map_or(0, |l| l.max_restarts);
         Supervisor::start(engine, shared.clone(), restarts)
     });
-    let engine_count = options.engines.urls.len() + usize::from(options.launch.is_some());
-    let max_in_flight = options.engines.concurrency.total(engine_count);
     let load = tokio::spawn(watch_load(shared.clone()).in_current_span());
     let watch_down =
         tokio::spawn(watch_engines(shared.clone(), options.engine_down_timeout).in_current_span());
@@ -350,23 +357,23 @@ fn status_of(
 /// With adaptive limits: reads the engines' queues, and shows the current limit in the progress
 /// output and metrics.
 async fn watch_load(shared: Arc<Shared>) {
-    if shared.engines.concurrency_limit().is_none() {
+    if shared.routes.concurrency_limit().is_none() {
         return;
     }
     let show = async {
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
             tick.tick().await;
-            let limit = shared.engines.concurrency_limit().unwrap_or(0) as u64;
+            let limit = shared.routes.concurrency_limit().unwrap_or(0) as u64;
             let stats = &shared.stats;
             let relaxed = std::sync::atomic::Ordering::Relaxed;
             stats.concurrency_limit.store(limit, relaxed);
             stats
                 .at_engines
-                .store(shared.engines.at_engines() as u64, relaxed);
+                .store(shared.routes.at_engines() as u64, relaxed);
         }
     };
-    tokio::join!(shared.engines.watch_queues(shared.stop.clone()), show);
+    tokio::join!(shared.routes.watch_queues(shared.stop.clone()), show);
 }
 
 /// Shows how many engines are skipped (progress, metrics); when every engine has failed for
@@ -376,13 +383,13 @@ async fn watch_engines(shared: Arc<Shared>, timeout: Option<Duration>) -> Option
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let down = shared.engines.down() as u64;
+        let down = shared.routes.down() as u64;
         shared
             .stats
             .engines_down
             .store(down, std::sync::atomic::Ordering::Relaxed);
         let Some(limit) = timeout else { continue };
-        if shared.engines.all_down_for().is_some_and(|d| d >= limit) {
+        if shared.routes.all_down_for().is_some_and(|d| d >= limit) {
             let reason = format!(
                 "no engine has answered for {} (--engine-down-timeout): stopped. The results so \
                  far are kept; run the same command again to resume once an engine is up",
@@ -422,13 +429,14 @@ async fn stop_timers(stop: StopSignal, deadline: Option<SystemTime>, grace: Dura
     tokio::join!(expire, end_grace);
 }
 
-/// Launches the engine (when asked and there is work left) and sets up every engine; probes them
-/// when there is work left.
+/// Launches the engine (when asked and there is work left) and sets up the engines of each
+/// route (see [`routes`](super::routes)); probes them when there is work left.
 async fn start_engines(
     options: &RunOptions,
     work_left: bool,
-    model: Option<&str>,
-) -> Result<(Engines, Option<Launched>), RunError> {
+    settled: Option<&Settled>,
+    line_models: &Option<Arc<LineModels>>,
+) -> Result<(Routes, Option<Launched>), RunError> {
     let mut engine_options = options.engines.clone();
     let launched = match &options.launch {
         Some(spec) if work_left => {
@@ -438,47 +446,110 @@ async fn start_engines(
         }
         _ => None,
     };
-    let engines = Engines::new(&engine_options)?;
+    let path = settled.map_or("", |s| s.url.as_str());
+    let mixed = options.validate.rules.mixed_models.as_ref();
+    let (routes, models) = match (mixed, settled, line_models) {
+        (Some(mixed), Some(settled), Some(lines)) => {
+            let plans = routes::plans(
+                &settled.models,
+                mixed,
+                &options.model_engines,
+                &engine_options,
+                launched.is_some(),
+            );
+            let routes = plans
+                .iter()
+                .map(|plan| Route::new(plan, path))
+                .collect::<Result<_, _>>()?;
+            let models = settled.models.iter().map(String::as_str).collect();
+            (Routes::per_model(routes, lines.clone()), models)
+        }
+        _ => {
+            let plan = RoutePlan {
+                engines: engine_options,
+                launched: launched.is_some(),
+            };
+            let model = settled.map(|s| s.model.as_str());
+            (
+                Routes::single(Route::new(&plan, path)?),
+                Vec::from_iter(model),
+            )
+        }
+    };
     if work_left {
-        let probes = engines.probe().await?;
-        log_probes(&probes);
-        if options.model_check
-            && let Some(model) = model
-        {
-            check_model(&probes, model)?;
+        let mut logged = std::collections::HashSet::new();
+        let mut unserved = Vec::new();
+        for (index, (route, model)) in routes.all().iter().zip(&models).enumerate() {
+            let probes = route.engines.probe().await?;
+            log_probes(probes.iter().filter(|p| logged.insert(p.url.clone())));
+            if options.model_check
+                && let Some(served) = not_served(&probes, model)
+            {
+                unserved.push((index, served));
+            }
+        }
+        match unserved.as_slice() {
+            [] => {}
+            [(index, served)] if mixed.is_none() => {
+                return Err(RunError::ModelNotServed {
+                    model: models[*index].to_owned(),
+                    served: served.clone(),
+                });
+            }
+            _ => {
+                let lines = line_models
+                    .as_ref()
+                    .map_or_else(Vec::new, |lines| lines.counts(models.len()));
+                let each: Vec<String> = unserved
+                    .iter()
+                    .map(|(index, served)| {
+                        let n = lines.get(*index).copied().unwrap_or(0);
+                        let model = models[*index];
+                        format!("  {model:?} ({n} lines); its engines serve:\n{served}")
+                    })
+                    .collect();
+                return Err(RunError::ModelsNotServed(each.join("\n")));
+            }
         }
     }
-    Ok((engines, launched))
+    Ok((routes, launched))
 }
 
-/// Refuses a batch whose model no engine serves, when every engine listed its models: each line
-/// would only get a 400 or 404. An engine that could not list them may serve it under another
-/// name, so it lets the run go ahead.
-fn check_model(probes: &[ProbeResult], model: &str) -> Result<(), RunError> {
-    let lists: Option<Vec<(&str, &[String])>> = probes
+/// Counts the results already in the spool (a resumed job, or --retry-failed's carried
+/// successes) under their models.
+fn count_carried(spool: &mut Spool, counts: &ModelCounts) -> std::io::Result<()> {
+    let at = spool.flush()?;
+    read_index(&spool.files().index, at.index, |r| {
+        counts.record(r.line, r.outcome);
+    })
+}
+
+/// The engines' model lists, when every engine listed its models and none serves `model`
+/// (each line would only get a 400 or 404); `None` when one does. An engine that could not
+/// list them may serve it under another name, so it counts as serving it. A LoRA adapter
+/// written `base:adapter` is served by an engine that lists its base or the adapter.
+fn not_served(probes: &[ProbeResult], model: &str) -> Option<String> {
+    let lists: Vec<(&str, &[String])> = probes
         .iter()
         .map(|p| p.models.as_deref().map(|m| (p.url.as_str(), m)))
-        .collect();
-    let Some(lists) = lists else {
-        return Ok(());
+        .collect::<Option<_>>()?;
+    let names = |m: &String| {
+        m == model
+            || model
+                .rsplit_once(':')
+                .is_some_and(|(base, adapter)| m == base || m == adapter)
     };
-    if lists
-        .iter()
-        .any(|(_, models)| models.iter().any(|m| m == model))
-    {
-        return Ok(());
+    if lists.iter().any(|(_, models)| models.iter().any(names)) {
+        return None;
     }
     let served: Vec<String> = lists
         .iter()
         .map(|(url, models)| format!("  {url}: {}", models.join(", ")))
         .collect();
-    Err(RunError::ModelNotServed {
-        model: model.to_owned(),
-        served: served.join("\n"),
-    })
+    Some(served.join("\n"))
 }
 
-fn log_probes(probes: &[ProbeResult]) {
+fn log_probes<'a>(probes: impl Iterator<Item = &'a ProbeResult>) {
     for p in probes {
         match &p.outcome {
             Ok(401 | 403) => tracing::warn!(

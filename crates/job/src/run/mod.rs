@@ -27,6 +27,7 @@ mod options;
 pub mod preflight;
 mod prepare;
 pub(crate) mod request;
+mod routes;
 pub mod stop;
 mod supervise;
 

@@ -1,5 +1,6 @@
 //! What a job is asked to do: its files, engines and policies.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -64,9 +65,23 @@ pub struct RunOptions {
     /// files in input order, before the state (and its request timings) is removed. A failed
     /// build is a warning: the index can be built from the files later, without the timings.
     pub results_index: Option<PathBuf>,
+    /// With several models in one file (`validate.rules.mixed_models`): the engines of the
+    /// models that have their own (`--model-engine`); any other model goes to `engines.urls`.
+    pub model_engines: BTreeMap<String, Vec<String>>,
 }
 
 impl RunOptions {
+    /// Lets the file hold several models, each line sent to its model's engines: those of
+    /// `by_model` (a LoRA adapter `base:adapter` takes its base's), else the default ones
+    /// (`engines.urls`, and a launched engine). Call it once the engines are set.
+    pub fn mix_models(&mut self, by_model: BTreeMap<String, Vec<String>>) {
+        self.validate.rules.mixed_models = Some(batch_format::ModelRoutes {
+            routed: by_model.keys().cloned().collect(),
+            default: !self.engines.urls.is_empty() || self.launch.is_some(),
+        });
+        self.model_engines = by_model;
+    }
+
     /// A job of `input` into `output` and `errors`, its state in `state_dir`, on `engines`
     /// (their concurrency included), with `grace` for the requests in flight when it stops;
     /// everything else off or at its default: no progress display, no metrics endpoint, no
@@ -102,6 +117,7 @@ impl RunOptions {
             preflight: false,
             in_flight_cap: None,
             results_index: None,
+            model_engines: BTreeMap::new(),
         }
     }
 }

@@ -15,7 +15,7 @@ use super::dispatcher::Shared;
 use crate::launch::Launched;
 use crate::run::stop::StopReason;
 
-/// The launched engine is always the first engine of the pool.
+/// The launched engine is always the first engine of the routes it serves.
 const ENGINE: usize = 0;
 
 pub struct Supervisor {
@@ -58,7 +58,7 @@ async fn supervise(
             how = engine.exited() => how,
             _ = &mut finished => return (Some(engine), None),
         };
-        shared.engines.suspend(ENGINE);
+        shared.routes.suspend_launched(ENGINE);
         if restarts >= max_restarts {
             let message = format!(
                 "the engine exited ({how}) and --max-engine-restarts ({max_restarts}) is used up; \
@@ -75,7 +75,7 @@ async fn supervise(
             _ = &mut finished => return (Some(engine), None),
         };
         match restarted {
-            Ok(()) => shared.engines.resume(ENGINE),
+            Ok(()) => shared.routes.resume_launched(ENGINE),
             Err(e) => {
                 shared.stop.abort(StopReason::Interrupted);
                 return (None, Some(format!("restarting the engine failed: {e}")));

@@ -10,6 +10,7 @@ impl Worker {
         ValidateOptions {
             rules: batch_format::RulesConfig {
                 extra_urls: self.settings.extra_endpoints.clone(),
+                mixed_models: None,
             },
             max_listed_errors: 1000,
             ..ValidateOptions::default()
