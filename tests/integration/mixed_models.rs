@@ -242,3 +242,110 @@ fn each_model_has_its_own_concurrency_limit() {
     assert_eq!(slow.served(), 9.0);
     assert_eq!(summary(&job)["models"][0]["succeeded"], 9);
 }
+
+/// `serve`: a batch created with `x_batch_runner.mixed_models` sends each line to its model's
+/// engines and counts each model in `x_batch_runner.models`; without it, the file's second
+/// model fails the batch as before; a model no engine serves fails it naming its lines; the
+/// pre-flight count cannot be combined with it.
+#[test]
+fn a_service_batch_may_mix_models() {
+    use crate::common::jsonl;
+    use crate::common::service::Service;
+    let llama = Sim::instant(&["--model", "llama"]);
+    let qwen = Sim::instant(&["--model", "qwen"]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let llama_route = format!("llama={}", llama.url);
+    let qwen_route = format!("qwen={}", qwen.url);
+    let service = Service::start(
+        dir.path(),
+        &[
+            "--model-engine",
+            &llama_route,
+            "--model-engine",
+            &qwen_route,
+            "--report-interval",
+            "100ms",
+        ],
+    );
+    let lines: Vec<Value> = (0..30)
+        .map(|i| line_for(&format!("r{i}"), ["llama", "qwen", "llama:sql"][i % 3]))
+        .collect();
+    let file = service.upload("mixed.jsonl", &jsonl(&lines));
+    let create = |extension: Value| {
+        service.call(
+            "POST",
+            "/v1/batches",
+            Some(&json!({
+                "input_file_id": file,
+                "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+                "x_batch_runner": extension,
+            })),
+        )
+    };
+    let r = create(json!({"mixed_models": true}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let done = service.wait_status(&id, &["completed", "failed"], Duration::from_secs(60));
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["request_counts"]["completed"], 30);
+    assert_eq!((llama.served(), qwen.served()), (20.0, 10.0));
+    let models = &done["x_batch_runner"]["models"];
+    assert_eq!(
+        models,
+        &json!([
+            {"model": "llama", "total": 10, "succeeded": 10, "failed": 0, "expired": 0, "cancelled": 0},
+            {"model": "qwen", "total": 10, "succeeded": 10, "failed": 0, "expired": 0, "cancelled": 0},
+            {"model": "llama:sql", "total": 10, "succeeded": 10, "failed": 0, "expired": 0, "cancelled": 0},
+        ]),
+        "{done}"
+    );
+
+    // One model per batch without the extension.
+    let r = create(json!({}));
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let failed = service.wait_status(&id, &["failed"], Duration::from_secs(60));
+    assert_eq!(
+        failed["errors"]["data"][0]["code"], "model_mismatch",
+        "{failed}"
+    );
+
+    // A model without engines fails the batch, each of its lines named.
+    let stray = [
+        line_for("a", "llama"),
+        line_for("b", "gpt-4o"),
+        line_for("c", "gpt-4o"),
+    ];
+    let file = service.upload("stray.jsonl", &jsonl(&stray));
+    let r = service.call(
+        "POST",
+        "/v1/batches",
+        Some(&json!({
+            "input_file_id": file,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "x_batch_runner": {"mixed_models": true},
+        })),
+    );
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let failed = service.wait_status(&id, &["failed"], Duration::from_secs(60));
+    let errors = failed["errors"]["data"].as_array().expect("errors").clone();
+    let named: Vec<_> = errors
+        .iter()
+        .map(|e| (e["code"].clone(), e["line"].clone()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            (json!("model_not_served"), json!(2)),
+            (json!("model_not_served"), json!(3))
+        ],
+        "{failed}"
+    );
+
+    let r = create(json!({"mixed_models": true, "preflight": true}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.error()["param"], "x_batch_runner");
+    let r = create(json!({"mixed_models": "yes"}));
+    assert_eq!(r.status, 400, "{}", r.text());
+}

@@ -140,6 +140,12 @@ pub struct BatchProgress {
     /// The delivery of the webhook event of a batch that ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookDelivery>,
+    /// A batch of several models (`x_batch_runner.mixed_models` at create): each model's
+    /// `{model, total, succeeded, failed, expired, cancelled}`, in the order the models first
+    /// appear in its file.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(value_type = Vec<Object>)]
+    pub models: Vec<batch_job::ModelTally>,
 }
 
 /// The most points [`BatchProgress::history`] keeps.

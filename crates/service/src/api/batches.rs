@@ -58,7 +58,10 @@ pub struct CreateBatch {
     /// (signed with its owner's secret) instead of to the owner's endpoint; `{"preflight":
     /// true}` counts every line with the engine's tokenizer during validation (lines over the
     /// model's context length fail as `context_length_exceeded` without being sent; the
-    /// enqueued-token quota counts the exact tokens).
+    /// enqueued-token quota counts the exact tokens); `{"mixed_models": true}` lets the file
+    /// hold several models, each line sent to its own model's engines (not with `preflight`;
+    /// a model no engine serves fails the batch naming its lines; `x_batch_runner.models`
+    /// counts each model's results).
     #[serde(default)]
     x_batch_runner: Option<CreateExtension>,
 }
@@ -69,6 +72,8 @@ pub struct CreateExtension {
     webhook_url: Option<String>,
     #[serde(default)]
     preflight: Option<bool>,
+    #[serde(default)]
+    mixed_models: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -142,16 +147,23 @@ fn parse_create(body: &[u8], inline: bool) -> Result<CreateBatch, ApiError> {
         }
     }
     if let Some(x) = object.get("x_batch_runner").filter(|x| !x.is_null()) {
-        let good = x.as_object().is_some_and(|x| {
-            x.get("webhook_url")
+        let flag = |name: &str| x.get(name).is_none_or(|p| p.is_boolean() || p.is_null());
+        let good = x.is_object()
+            && x.get("webhook_url")
                 .is_none_or(|u| u.is_string() || u.is_null())
-                && x.get("preflight")
-                    .is_none_or(|p| p.is_boolean() || p.is_null())
-        });
+            && flag("preflight")
+            && flag("mixed_models");
         if !good {
             return Err(ApiError::invalid(
                 "'x_batch_runner' must be an object such as {\"webhook_url\": \"https://…\", \
-                 \"preflight\": true}",
+                 \"preflight\": true, \"mixed_models\": false}",
+            )
+            .param("x_batch_runner"));
+        }
+        if x["preflight"] == true && x["mixed_models"] == true {
+            return Err(ApiError::invalid(
+                "'x_batch_runner.preflight' counts with one model's tokenizer: it cannot be \
+                 combined with 'mixed_models'",
             )
             .param("x_batch_runner"));
         }
@@ -324,6 +336,7 @@ async fn create_batch(
         model,
         webhook_url,
         preflight: i64::from(extension.preflight.unwrap_or(false)),
+        mixed_models: i64::from(extension.mixed_models.unwrap_or(false)),
         ..BatchRow::default()
     };
     match keyed {

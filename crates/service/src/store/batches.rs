@@ -79,8 +79,8 @@ async fn insert_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &BatchRow) -
         "INSERT INTO batches (id, owner, endpoint, input_file_id, input_blob, \
          completion_window, status, created_at, expires_at, metadata, \
          output_expires_seconds, model, webhook_url, estimated_lines, estimated_tokens, \
-         preflight) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+         preflight, mixed_models) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
     )
     .bind(&b.id)
     .bind(&b.owner)
@@ -98,6 +98,7 @@ async fn insert_batch(tx: &mut sqlx::Transaction<'_, sqlx::Any>, b: &BatchRow) -
     .bind(b.estimated_lines)
     .bind(b.estimated_tokens)
     .bind(b.preflight)
+    .bind(b.mixed_models)
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -104,6 +104,9 @@ pub struct BatchRow {
     pub preflight: i64,
     /// What the pre-flight count found (JSON), once validation made it.
     pub preflight_report: Option<String>,
+    /// 1 when the create request let the file hold several models (`model` is then its first
+    /// line's, for planning and pools).
+    pub mixed_models: i64,
 }
 
 impl BatchRow {
@@ -170,7 +173,7 @@ const BATCH_COLUMNS: &str = "id, owner, endpoint, input_file_id, input_blob, com
     expired_at, cancelling_at, cancelled_at, output_file_id, error_file_id, total, completed, \
     failed, input_tokens, cached_tokens, output_tokens, reasoning_tokens, model, metadata, errors, \
     output_expires_seconds, progress, fence, crashes, last_error, webhook_url, estimated_lines, \
-    estimated_tokens, preflight, preflight_report";
+    estimated_tokens, preflight, preflight_report, mixed_models";
 
 /// Builds a statement from pieces known when the program is compiled (column lists, fixed
 /// clauses); never from request data, which is always bound.

@@ -147,4 +147,12 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             )",
         ],
     ),
+    (
+        7,
+        &[
+            // The create request let the file hold several models
+            // (`x_batch_runner.mixed_models`): 1 or 0.
+            "ALTER TABLE batches ADD COLUMN mixed_models BIGINT NOT NULL DEFAULT 0",
+        ],
+    ),
 ];

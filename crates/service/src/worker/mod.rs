@@ -212,8 +212,11 @@ impl Worker {
         {
             return self.cancel_unsent(batch, work, &input).await;
         }
-        let Some(urls) = self.settings.engines_for(&model) else {
-            return self.fail_with(vec![no_engine(&model)]).await;
+        // Several models: the default engines, and each model's own (set in `run_options`).
+        let urls = match self.settings.engines_for(&model) {
+            _ if batch.mixed_models != 0 => &self.settings.default_engines,
+            Some(urls) => urls,
+            None => return self.fail_with(vec![no_engine(&model)]).await,
         };
         let files = JobFiles {
             input,
@@ -252,8 +255,8 @@ impl Worker {
         state_remote: Option<reqwest::Url>,
     ) -> RunOptions {
         let engines = self.settings.engine_options(urls);
-        RunOptions {
-            validate: self.validate_options(),
+        let mut options = RunOptions {
+            validate: self.validate_options(batch),
             checkpoint: self.settings.checkpoint(),
             // The worker removes the state once the batch is recorded, not before.
             keep_state: true,
@@ -272,7 +275,11 @@ impl Worker {
             preflight: batch.preflight != 0,
             results_index: Some(BatchWork::new(&self.work_root, &batch.id).results_index()),
             ..RunOptions::new(files, engines, self.settings.grace)
+        };
+        if batch.mixed_models != 0 {
+            options.mix_models(self.settings.model_engines.clone());
         }
+        options
     }
 
     /// Runs the job, reporting its progress to the store as it goes; how the batch ended, or
@@ -418,7 +425,7 @@ impl Worker {
         work: &BatchWork,
         input: &Path,
     ) -> Result<WorkerEnd, WorkerError> {
-        let max_line_bytes = self.validate_options().max_line_bytes;
+        let max_line_bytes = self.validate_options(batch).max_line_bytes;
         let ending = Ending {
             code: "batch_cancelled",
             message: batch_job::CANCELLED_MESSAGE,

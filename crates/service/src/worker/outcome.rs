@@ -47,6 +47,7 @@ pub(super) fn outcome_of(
             requests_per_second: (summary.requests_per_second * 10.0).round() / 10.0,
             latency_count,
             latency_sum_seconds: latency_sum,
+            models: summary.models.clone(),
             ..BatchProgress::default()
         },
     }

@@ -154,6 +154,7 @@ pub(crate) fn snapshot(
         eta_seconds: (rate > 0.0).then(|| (left as f64 / rate).ceil() as u64),
         latency_count,
         latency_sum_seconds: latency_sum,
+        models: stats.models.as_ref().map_or_else(Vec::new, |m| m.tallies()),
         // Set when the batch is read: restarts, paths and the webhook come from its row.
         ..BatchProgress::default()
     };

@@ -4,13 +4,18 @@
 use super::*;
 
 impl Worker {
-    /// The checks of a batch's input: the extra endpoints the service allows, and errors listed
-    /// in full up to 1,000 (all are counted).
-    pub(super) fn validate_options(&self) -> ValidateOptions {
+    /// The checks of a batch's input: the extra endpoints the service allows, several models
+    /// when the batch allows them (each must have engines), and errors listed in full up to
+    /// 1,000 (all are counted).
+    pub(super) fn validate_options(&self, batch: &BatchRow) -> ValidateOptions {
+        let mixed_models = (batch.mixed_models != 0).then(|| batch_format::ModelRoutes {
+            routed: self.settings.model_engines.keys().cloned().collect(),
+            default: !self.settings.default_engines.is_empty(),
+        });
         ValidateOptions {
             rules: batch_format::RulesConfig {
                 extra_urls: self.settings.extra_endpoints.clone(),
-                mixed_models: None,
+                mixed_models,
             },
             max_listed_errors: 1000,
             ..ValidateOptions::default()
@@ -25,7 +30,7 @@ impl Worker {
         batch: &BatchRow,
         input: &Path,
     ) -> Result<Result<(String, Validation), WorkerEnd>, WorkerError> {
-        let (path, options) = (input.to_owned(), self.validate_options());
+        let (path, options) = (input.to_owned(), self.validate_options(batch));
         let validation = tokio::task::spawn_blocking(move || validate_file(&path, &options))
             .await
             .map_err(|e| io("validation")(std::io::Error::other(e)))?;
@@ -80,12 +85,16 @@ impl Worker {
             ));
         }
         let model = report.model.clone().unwrap_or_default();
-        if errors.is_empty() && self.settings.engines_for(&model).is_none() {
+        // Several models: each line's model was checked (model_not_served).
+        if errors.is_empty()
+            && batch.mixed_models == 0
+            && self.settings.engines_for(&model).is_none()
+        {
             errors.push(no_engine(&model));
         }
         let mut counted = None;
         if errors.is_empty() && batch.preflight != 0 {
-            validation.preflight = self.preflight(&model, &validation).await;
+            validation.preflight = self.preflight(batch, &model, &validation).await;
             counted = validation.preflight.as_ref().map(|p| {
                 let tokens = p.report.input_tokens + p.report.worst_case_output_tokens;
                 let json = serde_json::to_string(&p.report).unwrap_or_default();
@@ -143,10 +152,15 @@ impl Worker {
 impl Worker {
     /// The pre-flight count of a batch that asked for one, with its model's engines; none
     /// (the job goes on without it, its quota on the estimate) when it cannot be made.
-    async fn preflight(&self, model: &str, validation: &Validation) -> Option<Preflight> {
+    async fn preflight(
+        &self,
+        batch: &BatchRow,
+        model: &str,
+        validation: &Validation,
+    ) -> Option<Preflight> {
         let urls = self.settings.engines_for(model)?;
         let engines = self.settings.engine_options(urls);
-        match preflight_input(&engines, validation, &self.validate_options()).await {
+        match preflight_input(&engines, validation, &self.validate_options(batch)).await {
             Ok(counted) => {
                 tracing::info!("{}", counted.report.describe());
                 Some(counted)
