@@ -131,6 +131,10 @@ pub struct SimArgs {
     #[arg(long, value_name = "MS", default_value_t = 0)]
     pub startup_ms: u64,
 
+    /// How long a video job (POST /v1/videos) takes to complete, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 300)]
+    pub video_ms: u64,
+
     /// Require this header on /v1/* requests, as 'Name: value' (repeatable; 401 otherwise).
     #[arg(long = "require-header", value_name = "HEADER")]
     pub require_headers: Vec<String>,

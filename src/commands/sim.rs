@@ -90,6 +90,7 @@ fn config(args: &SimArgs) -> Result<SimConfig, String> {
         context_length: args.context_length,
         tokenize_fail_after: args.tokenize_fail_after,
         startup: Duration::from_millis(args.startup_ms),
+        video: Duration::from_millis(args.video_ms),
         required_headers: args
             .require_headers
             .iter()

@@ -108,7 +108,8 @@ fn the_dashboard_drives_a_batch_from_upload_to_download() {
 }
 
 /// `run --ui`: the job's page while it runs (results so far, errors by code, a request opened)
-/// and at its end.
+/// and at its end, with the counts of each model of a file of two (`--mixed-models`: a base
+/// model and a LoRA adapter of it).
 #[test]
 fn run_ui_shows_the_job_as_it_goes() {
     let sim = Sim::start(&[
@@ -125,7 +126,11 @@ fn run_ui_shows_the_job_as_it_goes() {
     ]);
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("in.jsonl");
-    std::fs::write(&input, jsonl(&numbered_lines("j", 1500))).expect("write");
+    let mut lines = numbered_lines("j", 1500);
+    for line in lines.iter_mut().skip(1).step_by(2) {
+        line["body"]["model"] = "sim-model:adapter".into();
+    }
+    std::fs::write(&input, jsonl(&lines)).expect("write");
     let output = dir.path().join("out.jsonl");
     let port = free_port();
     let mut job = Command::new(env!("CARGO_BIN_EXE_batch-runner"))
@@ -140,6 +145,7 @@ fn run_ui_shows_the_job_as_it_goes() {
             "2",
             "--max-retries",
             "0",
+            "--mixed-models",
         ])
         .args([
             "--progress",

@@ -51,6 +51,10 @@ def checks():
     step("the end")
     wait_text("#batch-status", lambda t: t == "completed", "the job completes")
     wait.until(lambda _: find("[role=progressbar]").get_attribute("aria-valuenow") == "100")
+    rows = [[c.text for c in r.find_elements(By.TAG_NAME, "td")]
+            for r in d.find_elements(By.CSS_SELECTOR, "#models tbody tr")]
+    assert [r[:2] for r in rows] == [["sim-model", "750"], ["sim-model:adapter", "750"]], rows
+    assert all(int(r[2].replace(",", "")) + int(r[3].replace(",", "")) == 750 for r in rows), rows
     done("the end")
 
     errors = console_errors()

@@ -9,6 +9,7 @@
 //!   machine fed one line at a time;
 //! - [`output`]: writing result lines in the shape OpenAI's batch output files use.
 
+pub mod endpoints;
 pub mod input;
 pub mod output;
 pub mod problem;

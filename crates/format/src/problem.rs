@@ -47,6 +47,8 @@ pub enum Problem {
     ModelNotServed { found: String, routed: Vec<String> },
     /// With several models in one file: more distinct models than one job routes.
     TooManyModels { found: String, max: usize },
+    /// A field holds a value its endpoint cannot take.
+    InvalidValue { field: &'static str, why: String },
     /// `body.stream` is `true`; a batch cannot stream.
     StreamNotSupported,
     /// The same `custom_id` appeared on an earlier line.
@@ -79,6 +81,7 @@ impl Problem {
             Problem::ModelMismatch { .. } => "model_mismatch",
             Problem::ModelNotServed { .. } => "model_not_served",
             Problem::TooManyModels { .. } => "too_many_models",
+            Problem::InvalidValue { .. } => "invalid_value",
             Problem::StreamNotSupported => "stream_not_supported",
             Problem::DuplicateCustomId { .. } => "duplicate_custom_id",
             Problem::EmptyFile => "empty_file",
@@ -92,6 +95,7 @@ impl Problem {
         match self {
             Problem::MissingField { field }
             | Problem::WrongType { field, .. }
+            | Problem::InvalidValue { field, .. }
             | Problem::UndecodableString { field, .. } => Some(field),
             Problem::EmptyCustomId | Problem::DuplicateCustomId { .. } => Some("custom_id"),
             Problem::InvalidMethod { .. } => Some("method"),
@@ -110,7 +114,7 @@ impl Problem {
     }
 
     /// Every code, for summaries that list counts by kind in a stable order.
-    pub const ALL_CODES: [&'static str; 17] = [
+    pub const ALL_CODES: [&'static str; 18] = [
         "invalid_file_encoding",
         "invalid_utf8",
         "line_too_long",
@@ -125,6 +129,7 @@ impl Problem {
         "model_mismatch",
         "model_not_served",
         "too_many_models",
+        "invalid_value",
         "stream_not_supported",
         "duplicate_custom_id",
         "empty_file",
@@ -190,6 +195,7 @@ impl fmt::Display for Problem {
             Problem::WrongType { field, expected } => {
                 write!(f, "field `{field}` must be {expected}")
             }
+            Problem::InvalidValue { field, why } => write!(f, "field `{field}`: {why}"),
             Problem::EmptyCustomId => {
                 write!(
                     f,

@@ -16,8 +16,9 @@ use crate::input::{Request, parse_line};
 /// engines' connections and limits.
 pub const MAX_MODELS: usize = 256;
 
-/// The endpoints a batch line may target unless more are allowed.
-pub const SUPPORTED_URLS: [&str; 7] = [
+/// The endpoints a batch line may target unless more are allowed: the text ones, and the
+/// image, video and audio ones ([`crate::endpoints::MEDIA_URLS`]).
+pub const SUPPORTED_URLS: [&str; 13] = [
     "/v1/chat/completions",
     "/v1/completions",
     "/v1/embeddings",
@@ -25,6 +26,12 @@ pub const SUPPORTED_URLS: [&str; 7] = [
     "/v1/moderations",
     "/v1/rerank",
     "/v1/score",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
 ];
 
 /// Checks an endpoint path given to accept besides the built-in ones (`--allow-url`): a
@@ -180,7 +187,7 @@ impl LineRules {
                 found: request.url.into_owned(),
             }]);
         }
-        let mut problems = Vec::new();
+        let mut problems = crate::endpoints::check_body(&request.url, request.body);
         if let Some(routes) = &self.config.mixed_models
             && !routes.serves(&request.model)
         {

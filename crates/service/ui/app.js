@@ -341,12 +341,17 @@ async function batchPage(main, id) {
   const cancel = h('button', { type: 'button', class: 'danger', id: 'cancel-batch', hidden: true, onclick: () => cancelBatch(id) }, 'Cancel batch');
   const errorsBody = h('tbody');
   const errorsNone = h('p', { class: 'muted' }, 'No failed requests.');
+  const modelsBody = h('tbody');
+  const modelsPanel = h('section', { class: 'panel', hidden: true }, h('h2', { class: 'flush' }, 'By model'),
+    h('div', { class: 'table-wrap' }, h('table', { id: 'models' }, h('thead', {}, h('tr', {}, h('th', {}, 'Model'),
+      ...['Requests', 'Succeeded', 'Failed', 'Expired or cancelled'].map((t) => h('th', { class: 'num' }, t)))), modelsBody)));
   const results = resultsBrowser(id);
   main.append(
     h('p', {}, config.mode === 'service' ? h('a', { href: '#/batches' }, '← Batches') : ''),
     title,
     h('section', { class: 'panel' }, h('div', { class: 'row spread' }, status, cancel), h('div', { class: 'spaced' }, bar.el), stats),
     h('section', { class: 'panel' }, h('h2', { class: 'flush' }, 'Throughput'), chart),
+    modelsPanel,
     h('div', { class: 'side' },
       h('section', { class: 'panel' }, h('h2', { class: 'flush' }, 'Lifecycle'), h('table', {}, times)),
       h('section', { class: 'panel' }, h('h2', { class: 'flush' }, 'Files'), files)),
@@ -396,6 +401,11 @@ async function batchPage(main, id) {
     // A batch shorter than one report has a single point: it started from nothing.
     if (history.length === 1 && b.in_progress_at && b.in_progress_at < history[0][0]) history.unshift([b.in_progress_at, 0]);
     drawChart(chart, history);
+    // A batch of several models: each one's counts.
+    const models = x.models ?? [];
+    modelsPanel.hidden = models.length === 0;
+    modelsBody.replaceChildren(...models.map((/** @type {any} */ m) => h('tr', {}, h('td', { class: 'mono' }, m.model),
+      ...[m.total, m.succeeded, m.failed, m.expired + m.cancelled].map((n) => h('td', { class: 'num' }, fmtNum(n))))));
     const done = (c.completed ?? 0) + (c.failed ?? 0);
     if (done !== lastDone) {
       lastDone = done;

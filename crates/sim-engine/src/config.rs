@@ -63,6 +63,8 @@ pub struct SimConfig {
     /// Model loading: how long after start the engine is ready. Until then it answers 503
     /// (`Generic`, SGLang); the vLLM and transformers profiles open their port only then.
     pub startup: Duration,
+    /// How long a video job (`POST /v1/videos`) takes to complete.
+    pub video: Duration,
 }
 
 impl Default for SimConfig {
@@ -94,6 +96,7 @@ impl Default for SimConfig {
             context_length: 4096,
             tokenize_fail_after: None,
             startup: Duration::ZERO,
+            video: Duration::from_millis(300),
         }
     }
 }

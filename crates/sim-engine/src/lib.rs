@@ -15,6 +15,7 @@
 mod admission;
 pub mod config;
 mod faults;
+pub mod media;
 mod prefix_cache;
 pub mod profile;
 pub mod respond;
@@ -48,11 +49,23 @@ struct Engine {
     /// Requests to the tokenize route.
     tokenize_requests: AtomicU64,
     faults: Faults,
+    /// Video jobs (`/v1/videos`).
+    videos: media::Videos,
     /// Signalled when `exit_after` requests have been answered.
     crash: tokio::sync::Notify,
     /// Until then the engine is loading its model and answers 503.
     ready_at: tokio::time::Instant,
 }
+
+/// The image, audio and video endpoints ([`media`]).
+const MEDIA_PATHS: [&str; 6] = [
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/videos",
+    "/v1/audio/speech",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+];
 
 /// Decode steps between two looks at the batch size.
 const DECODE_CHUNK: u64 = 4;
@@ -103,6 +116,7 @@ pub async fn serve(
         generation_tokens: AtomicU64::new(0),
         tokenize_requests: AtomicU64::new(0),
         crash: tokio::sync::Notify::new(),
+        videos: media::Videos::default(),
         ready_at: tokio::time::Instant::now() + config_startup,
     });
     tokio::pin!(shutdown);
@@ -184,6 +198,14 @@ impl Engine {
                     Err(e) => Ok(profile.bad_json(&e.to_string())),
                 }
             }
+            (&Method::GET, p, _) if p.starts_with("/v1/videos/") => {
+                let rest = &p["/v1/videos/".len()..];
+                Ok(self
+                    .videos
+                    .get(rest, self.config.video)
+                    .unwrap_or_else(|| profile.error(StatusCode::NOT_FOUND, "no such video")))
+            }
+            (&Method::POST, p, None) if MEDIA_PATHS.contains(&p) => self.media(req, p).await,
             (&Method::POST, _, Some(endpoint)) => {
                 let request_id = req
                     .headers()
@@ -198,6 +220,37 @@ impl Engine {
             }
             _ => Ok(profile.not_found(&method, &path)),
         }
+    }
+
+    /// An image, audio or video request (see [`media`]): counted as a request, no faults.
+    async fn media(&self, req: Request<Incoming>, path: &str) -> Reply {
+        let profile = self.config.profile;
+        let content_type = req
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return Err(DropConnection),
+        };
+        let n = self.requests.fetch_add(1, Ordering::Relaxed);
+        sleep_for(self.config.ttft).await;
+        if path.starts_with("/v1/audio/transcriptions") || path.starts_with("/v1/audio/translations")
+        {
+            return Ok(media::transcription(content_type.as_deref(), &body)
+                .unwrap_or_else(|e| profile.error(StatusCode::BAD_REQUEST, &e)));
+        }
+        let request: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v @ serde_json::Value::Object(_)) => v,
+            Ok(_) => return Ok(profile.bad_json("the request body must be a JSON object")),
+            Err(e) => return Ok(profile.bad_json(&e.to_string())),
+        };
+        Ok(match path {
+            "/v1/audio/speech" => media::speech(&request),
+            "/v1/videos" => respond::json(StatusCode::OK, &self.videos.create(&request, n), None),
+            _ => respond::json(StatusCode::OK, &media::images(&request), None),
+        })
     }
 
     fn authorised(&self, req: &Request<Incoming>) -> bool {
