@@ -128,6 +128,13 @@ pub struct RunArgs {
     #[arg(help_heading = "Inputs and results", long, value_name = "PATH|URL")]
     pub errors: Option<String>,
 
+    /// Where the images, audio and video of the answers are stored (image, speech and video
+    /// endpoints): one file per payload, named after the line's result id; the result line's
+    /// `file.path` points at it (relative to OUTPUT's directory when inside it) [default:
+    /// OUTPUT.media for a local OUTPUT; required for such a batch when OUTPUT is a URL].
+    #[arg(help_heading = "Inputs and results", long, value_name = "DIR")]
+    pub media_dir: Option<PathBuf>,
+
     /// Extra header for downloading an input URL, as 'Name: value' (repeatable).
     #[arg(
         help_heading = "Inputs and results",

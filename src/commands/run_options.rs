@@ -135,6 +135,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         }
     };
     let model_engines = args.rules.model_engines()?;
+    let media = media_store(args.media_dir.clone(), &places);
     let mut options = RunOptions {
         validate: ValidateOptions::from(&args.rules),
         engines: args.client.options(args.engine_urls, args.api_key)?,
@@ -182,11 +183,37 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         retry_failed,
         launch,
         model_engines: BTreeMap::new(),
+        media,
     };
     if let Some(by_model) = model_engines {
         options.mix_models(by_model);
     }
     Ok(options)
+}
+
+/// Where the answers' media go: `--media-dir`, or `OUTPUT.media` beside a local output; none
+/// for a remote output without `--media-dir` (a batch that needs one then refuses to start).
+fn media_store(
+    media_dir: Option<PathBuf>,
+    places: &Places,
+) -> Option<std::sync::Arc<dyn batch_job::MediaStore>> {
+    let output_dir = match places.output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let dir = match media_dir {
+        Some(dir) => dir,
+        None if places.remote.output.is_none() => {
+            let mut name = places.output.as_os_str().to_owned();
+            name.push(".media");
+            PathBuf::from(name)
+        }
+        None => return None,
+    };
+    Some(std::sync::Arc::new(batch_job::LocalMedia::new(
+        dir,
+        &output_dir,
+    )))
 }
 
 /// What --launch or --engine asks for, if anything.

@@ -8,6 +8,7 @@ mod durable;
 mod flow;
 mod input;
 mod launch;
+mod media;
 mod mixed_models;
 mod objects;
 mod outage;

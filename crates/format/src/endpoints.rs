@@ -109,7 +109,9 @@ pub fn check_body(url: &str, body: &RawValue) -> Vec<Problem> {
         "/v1/audio/speech" => {
             problems.extend(string(b.input, "body.input"));
             if !present(b.voice) {
-                problems.push(Problem::MissingField { field: "body.voice" });
+                problems.push(Problem::MissingField {
+                    field: "body.voice",
+                });
             }
         }
         _ => {
@@ -180,7 +182,10 @@ mod tests {
     #[test]
     fn media_bodies_need_their_fields() {
         assert!(problems("/v1/chat/completions", "{}").is_empty());
-        assert_eq!(problems("/v1/images/generations", "{}"), ["missing_required_field"]);
+        assert_eq!(
+            problems("/v1/images/generations", "{}"),
+            ["missing_required_field"]
+        );
         assert!(problems("/v1/images/generations", r#"{"prompt":"a cat"}"#).is_empty());
         assert_eq!(
             problems("/v1/videos", r#"{"prompt":3}"#),
@@ -190,7 +195,13 @@ mod tests {
             problems("/v1/images/edits", r#"{"prompt":"x"}"#),
             ["missing_required_field"]
         );
-        assert!(problems("/v1/images/edits", r#"{"prompt":"x","images":[{"image_url":"u"}]}"#).is_empty());
+        assert!(
+            problems(
+                "/v1/images/edits",
+                r#"{"prompt":"x","images":[{"image_url":"u"}]}"#
+            )
+            .is_empty()
+        );
         assert_eq!(
             problems("/v1/audio/speech", r#"{"input":"hi"}"#),
             ["missing_required_field"]
@@ -220,7 +231,12 @@ mod tests {
             audio_source("https://h/a.mp3"),
             Ok(AudioSource::Http("https://h/a.mp3"))
         );
-        for bad in ["data:audio/wav,UklG", "data:audio/wav;base64,", "data:x", "/a.wav"] {
+        for bad in [
+            "data:audio/wav,UklG",
+            "data:audio/wav;base64,",
+            "data:x",
+            "/a.wav",
+        ] {
             assert!(audio_source(bad).is_err(), "{bad}");
         }
         assert_eq!(Exchange::of("/v1/videos"), Exchange::Video);

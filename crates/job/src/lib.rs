@@ -6,6 +6,8 @@
 //!   whole input before any request is sent (`validate`, with `dedupe`);
 //! - [`dispatch`]: engines, concurrency, retries, circuit breaking; each request body is sent
 //!   unparsed;
+//! - [`media`]: image, audio and video payloads stored as files, out of the result lines, and
+//!   transcription lines sent as multipart forms;
 //! - [`state`]: results appended to the spool as they complete (`spool`, `sink`, with
 //!   checkpoints that make them durable), the manifest and resuming from it, the state mirrored
 //!   to object storage (`mirror`), a finished job recognised (`finished`), how each line ended
@@ -29,6 +31,7 @@ mod duration;
 mod extsort;
 mod input;
 mod launch;
+mod media;
 mod notify;
 mod output;
 mod report;
@@ -46,6 +49,7 @@ pub use input::{Recording, Verified};
 pub use launch::LaunchSpec;
 pub use launch::guard::{GuardOptions, run_guard};
 pub use launch::preset::Preset;
+pub use media::{LocalMedia, MediaStore};
 pub use notify::{
     Attempt, Event, Secret, SecretError, backoff, client as send_event_client, new_event_id,
     notify, send as send_event, unix_now,

@@ -236,7 +236,8 @@ impl Engine {
         };
         let n = self.requests.fetch_add(1, Ordering::Relaxed);
         sleep_for(self.config.ttft).await;
-        if path.starts_with("/v1/audio/transcriptions") || path.starts_with("/v1/audio/translations")
+        if path.starts_with("/v1/audio/transcriptions")
+            || path.starts_with("/v1/audio/translations")
         {
             return Ok(media::transcription(content_type.as_deref(), &body)
                 .unwrap_or_else(|e| profile.error(StatusCode::BAD_REQUEST, &e)));

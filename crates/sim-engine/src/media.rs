@@ -3,7 +3,8 @@
 //! handling of them is tested end to end:
 //! - `POST /v1/images/generations|edits` (JSON): `{"created", "data": [{"b64_json"}…], "usage"}`,
 //!   `n` images (default 1), each the PNG signature then `sim image I of PROMPT`;
-//! - `POST /v1/audio/speech` (JSON): audio bytes (`RIFF` then `sim speech of INPUT`);
+//! - `POST /v1/audio/speech` (JSON): audio bytes (an MP3 or WAV header, then `sim speech of
+//!   INPUT`);
 //! - `POST /v1/audio/transcriptions|translations` (multipart, as OpenAI takes them): a `file`
 //!   part is required; `{"text": "sim transcript of N bytes (FILENAME, TYPE)"}`, or the text
 //!   alone for `response_format` text, srt or vtt;
@@ -68,7 +69,7 @@ pub fn speech(request: &Value) -> Reply {
     let input = request["input"].as_str().unwrap_or_default();
     let (mime, magic): (&str, &[u8]) = match request["response_format"].as_str() {
         Some("mp3") | None => ("audio/mpeg", b"ID3"),
-        Some("wav") => ("audio/wav", b"RIFF"),
+        Some("wav") => ("audio/wav", b"RIFF\0\0\0\0WAVE"),
         Some(_) => ("application/octet-stream", b""),
     };
     let mut audio = magic.to_vec();
@@ -79,7 +80,10 @@ pub fn speech(request: &Value) -> Reply {
 /// `/v1/audio/transcriptions|translations`: a multipart form with a `file` part.
 pub fn transcription(content_type: Option<&str>, body: &[u8]) -> Result<Reply, String> {
     let boundary = content_type
-        .and_then(|c| c.split(';').find_map(|p| p.trim().strip_prefix("boundary=")))
+        .and_then(|c| {
+            c.split(';')
+                .find_map(|p| p.trim().strip_prefix("boundary="))
+        })
         .map(|b| b.trim_matches('"'))
         .ok_or("the request must be multipart/form-data with a boundary")?;
     let parts = multipart_parts(body, boundary)?;
@@ -130,7 +134,9 @@ fn multipart_parts(body: &[u8], boundary: &str) -> Result<Vec<Part>, String> {
         if rest.starts_with(b"--") {
             return Ok(parts);
         }
-        rest = rest.strip_prefix(b"\r\n").ok_or("a boundary without CRLF")?;
+        rest = rest
+            .strip_prefix(b"\r\n")
+            .ok_or("a boundary without CRLF")?;
         let end = find(rest, format!("\r\n{delimiter}").as_bytes()).ok_or("a part never ends")?;
         let part = &rest[..end];
         rest = &rest[end + 2 + delimiter.len()..];

@@ -3,7 +3,28 @@
 use std::fmt;
 
 use bytes::Bytes;
-use hyper::header::HeaderMap;
+use hyper::header::{HeaderMap, HeaderValue};
+
+/// A request's body and its media type: JSON, as read from a line, or a multipart form made
+/// from one (audio transcriptions).
+#[derive(Debug, Clone)]
+pub struct Payload {
+    pub bytes: Bytes,
+    pub content_type: HeaderValue,
+}
+
+impl Payload {
+    pub fn json(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            content_type: HeaderValue::from_static("application/json"),
+        }
+    }
+
+    pub fn is_json(&self) -> bool {
+        self.content_type.as_bytes() == b"application/json"
+    }
+}
 
 /// An engine's answer, whatever its status.
 #[derive(Debug)]

@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::exchange::{Answer, TransportError};
+use super::exchange::{Answer, Payload, TransportError};
 
 /// Below uvicorn's default 5 s keep-alive.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
@@ -76,7 +76,7 @@ impl Http1Pool {
         &self,
         method: Method,
         uri: &Uri,
-        body: Bytes,
+        body: Payload,
         timeout: Duration,
         on_resend: &mut (dyn FnMut() + Send),
     ) -> Result<Answer, TransportError> {
@@ -106,15 +106,15 @@ impl Http1Pool {
         mut conn: Conn,
         method: &Method,
         uri: &Uri,
-        body: Bytes,
+        body: Payload,
         deadline: Instant,
     ) -> Result<Answer, TransportError> {
-        let mut request = Request::new(Full::new(body));
+        let mut request = Request::new(Full::new(body.bytes));
         *request.method_mut() = method.clone();
         *request.uri_mut() = uri.clone();
         let headers = request.headers_mut();
         headers.insert(HOST, self.host.clone());
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(CONTENT_TYPE, body.content_type);
         for (name, value) in &self.headers {
             headers.append(name, value.clone());
         }
@@ -282,7 +282,7 @@ mod tests {
                 .send(
                     Method::POST,
                     &path,
-                    Bytes::from_static(b"{}"),
+                    Payload::json(Bytes::from_static(b"{}")),
                     Duration::from_secs(5),
                     &mut || resent += 1,
                 )
@@ -309,7 +309,7 @@ mod tests {
             .send(
                 Method::GET,
                 &"/".parse().expect("uri"),
-                Bytes::new(),
+                Payload::json(Bytes::new()),
                 Duration::from_secs(5),
                 &mut || {},
             )

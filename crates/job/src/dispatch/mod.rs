@@ -23,6 +23,7 @@ use bytes::Bytes;
 use hyper::Method;
 use hyper::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
 
+pub use exchange::Payload;
 use exchange::TransportError;
 use pool::Pool;
 use rate::Bucket;
@@ -110,6 +111,8 @@ pub enum Delivery {
 pub struct Sent {
     pub delivery: Delivery,
     pub attempts: u32,
+    /// The engine of the last attempt (a video job is then polled there).
+    pub engine: usize,
 }
 
 pub struct Engines {
@@ -289,6 +292,7 @@ impl Sent {
         Sent {
             delivery: Delivery::Stopped,
             attempts,
+            engine: 0,
         }
     }
 }

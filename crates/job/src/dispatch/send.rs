@@ -4,12 +4,11 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
 use hyper::Method;
 
 use super::adaptive::Signal;
 use super::retry::{retry_after, status_is_retryable};
-use super::{Delivery, Engines, Sent, Target, pool, priority, rate};
+use super::{Delivery, Engines, Payload, Sent, Target, pool, priority, rate};
 use crate::run::stop::StopSignal;
 
 impl Engines {
@@ -18,12 +17,17 @@ impl Engines {
     pub async fn send(
         &self,
         target: &Target,
-        body: Bytes,
+        body: Payload,
         stop: &StopSignal,
         mut on_retry: impl FnMut() + Send,
     ) -> Sent {
-        let prioritised = self.priority.map(|p| priority::with_priority(&body, p));
-        let tokens = (!self.token_rate.is_empty()).then(|| rate::estimate_tokens(&body) as f64);
+        // The field goes into JSON bodies only (a multipart form has no place for it).
+        let prioritised = self
+            .priority
+            .filter(|_| body.is_json())
+            .map(|p| Payload::json(priority::with_priority(&body.bytes, p)));
+        let tokens =
+            (!self.token_rate.is_empty()).then(|| rate::estimate_tokens(&body.bytes) as f64);
         let mut attempts = 0;
         loop {
             let Some(mut lease) = self.room(tokens, stop).await else {
@@ -53,7 +57,11 @@ impl Engines {
             drop(lease);
             attempts += 1;
             if !retryable || attempts > self.retry.max_retries {
-                return Sent { delivery, attempts };
+                return Sent {
+                    delivery,
+                    attempts,
+                    engine,
+                };
             }
             let backoff = tokio::time::sleep(self.retry.backoff(attempts - 1, wait_hint));
             tokio::select! {
@@ -61,6 +69,57 @@ impl Engines {
                 () = stop.stopping() => return Sent::stopped(attempts),
             }
             on_retry();
+        }
+    }
+
+    /// `GET path` on one engine (a video job's status or content: only the engine that made the
+    /// job knows it), retrying what the policy retries; `Stopped` once the job aborts.
+    pub async fn get_on(&self, engine: usize, path: &str, stop: &StopSignal) -> Delivery {
+        let full = format!("{}{path}", self.bases[engine]);
+        let url = match super::transport::Url::parse(&full) {
+            Ok(url) => url,
+            Err(e) => {
+                return Delivery::Unavailable {
+                    last_error: format!("{full}: {e}"),
+                };
+            }
+        };
+        let mut attempts = 0;
+        loop {
+            let sending = self.transports[engine].send(
+                Method::GET,
+                &url,
+                bytes::Bytes::new(),
+                self.request_timeout,
+            );
+            let result = tokio::select! {
+                biased;
+                () = stop.aborting() => return Delivery::Stopped,
+                result = sending => result,
+            };
+            let (delivery, hint) = match result {
+                Ok(answer) => (
+                    Delivery::Answered {
+                        status: answer.status,
+                        request_id: None,
+                        body: answer.body,
+                    },
+                    retry_after(&answer.headers),
+                ),
+                Err(e) => (Delivery::unavailable(&e), None),
+            };
+            let retryable = match &delivery {
+                Delivery::Answered { status, .. } => status_is_retryable(*status),
+                _ => true,
+            };
+            attempts += 1;
+            if !retryable || attempts > self.retry.max_retries {
+                return delivery;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(self.retry.backoff(attempts - 1, hint)) => {}
+                () = stop.aborting() => return Delivery::Stopped,
+            }
         }
     }
 
@@ -85,7 +144,7 @@ impl Engines {
         &self,
         engine: usize,
         target: &Target,
-        body: Bytes,
+        body: Payload,
         on_retry: &mut (impl FnMut() + Send),
     ) -> (Delivery, Option<Duration>) {
         let result = self.transports[engine]

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use hyper::header::{CONTENT_TYPE, HeaderMap};
 use hyper::{Method, Uri};
 
-use super::exchange::{Answer, TransportError};
+use super::exchange::{Answer, Payload, TransportError};
 use super::http1::{self, Http1Pool};
 
 /// Where one endpoint is on one engine, in the forms each transport wants.
@@ -61,7 +61,7 @@ impl Transport {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Answer, TransportError> {
-        self.send_counting(method, url, body, timeout, &mut || {})
+        self.send_counting(method, url, Payload::json(body), timeout, &mut || {})
             .await
     }
 
@@ -71,7 +71,7 @@ impl Transport {
         &self,
         method: Method,
         url: &Url,
-        body: Bytes,
+        body: Payload,
         timeout: Duration,
         on_resend: &mut (dyn FnMut() + Send),
     ) -> Result<Answer, TransportError> {
@@ -83,9 +83,9 @@ impl Transport {
             Transport::Tls(client) => {
                 let response = client
                     .request(method, url.absolute.clone())
-                    .header(CONTENT_TYPE, "application/json")
+                    .header(CONTENT_TYPE, body.content_type)
                     .timeout(timeout)
-                    .body(body)
+                    .body(body.bytes)
                     .send()
                     .await
                     .map_err(|e| reqwest_error(&e))?;

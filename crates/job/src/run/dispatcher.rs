@@ -23,6 +23,7 @@ use crate::state::sink::{Record, Sink};
 /// Everything a request task needs, shared.
 pub struct Shared {
     pub routes: Routes,
+    pub handling: super::handling::Handling,
     pub stats: Arc<Stats>,
     pub sink: Arc<Sink>,
     pub stop: StopSignal,
@@ -164,15 +165,12 @@ async fn send_on_route(shared: &Shared, request: Request) -> Option<Record> {
             .unwrap_or(StopReason::Interrupted);
         return shared.ids.stopped(request.line, &request.custom_id, reason);
     };
-    let record = execute(
-        &route.engines,
-        &route.target,
-        &shared.stats,
-        &shared.stop,
-        &shared.ids,
-        request,
-    )
-    .await;
+    let on = super::request::Route {
+        engines: &route.engines,
+        target: &route.target,
+        handling: &shared.handling,
+    };
+    let record = execute(on, &shared.stats, &shared.stop, &shared.ids, request).await;
     drop(room);
     record
 }

@@ -54,6 +54,19 @@ pub enum RunError {
          other names"
     )]
     ModelsNotServed(String),
+    /// The batch's answers are images, audio or video and nothing was given to store them.
+    #[error(
+        "the batch's endpoint answers with images, audio or video, which are stored as files \
+         beside the results: give --media-dir DIR (it defaults to OUTPUT.media only for a local \
+         OUTPUT)"
+    )]
+    NoMediaStore,
+    /// A media payload could not be stored; the job stopped, its results so far kept.
+    #[error(
+        "cannot store an image, audio or video answer: {0}. The job stopped; the results so far \
+         are kept: run the same command again to resume once the media directory can be written"
+    )]
+    MediaNotStored(String),
     /// Checkpoints kept failing; the job stopped with what the last good one recorded.
     #[error("{0}")]
     CheckpointsFailed(String),
@@ -90,7 +103,8 @@ impl RunError {
             | RunError::Paths(_)
             | RunError::InputChanged { .. }
             | RunError::ModelNotServed { .. }
-            | RunError::ModelsNotServed(_) => true,
+            | RunError::ModelsNotServed(_)
+            | RunError::NoMediaStore => true,
             RunError::State(e) => !matches!(e, StateError::Io { .. }),
             RunError::Engine(e) => !matches!(e, EngineError::NoneReachable(_)),
             RunError::Io { .. }
@@ -101,6 +115,7 @@ impl RunError {
             | RunError::StoppedBeforeStart
             | RunError::EngineGaveUp(_)
             | RunError::CheckpointsFailed(_)
+            | RunError::MediaNotStored(_)
             | RunError::Incomplete { .. } => false,
         }
     }
@@ -113,6 +128,7 @@ impl RunError {
                 | RunError::StoppedBeforeStart
                 | RunError::Incomplete { .. }
                 | RunError::CheckpointsFailed(_)
+                | RunError::MediaNotStored(_)
         )
     }
 

@@ -11,11 +11,13 @@ use std::time::{Duration, SystemTime};
 use tracing::Instrument;
 
 use batch_format::LineRules;
+use batch_format::endpoints::Exchange;
 use batch_format::rules::Settled;
 use tokio::sync::{mpsc, oneshot};
 
 use super::dispatcher::{Ended, Shared, dispatch};
 use super::feed::{Feed, Item};
+use super::handling::Handling;
 use super::preflight::{self, Preflight, PreflightReport};
 use super::prepare::{Names, Ready};
 use super::request::Ids;
@@ -66,6 +68,10 @@ pub async fn execute(
     // The two parts used most, by name; the rest are read as `ready.…`.
     let (mut validation, mut opened) = (ready.validation, ready.opened);
     let needed = opened.done.count() < ready.planned;
+    let exchange = Exchange::of(validation.settled.as_ref().map_or("", |s| s.url.as_str()));
+    if exchange.stores_media() && options.media.is_none() && needed {
+        return Err(ready.fresh.abandon(RunError::NoMediaStore));
+    }
     let line_models = validation.line_models.take().map(Arc::new);
     let starting = start_engines(options, needed, validation.settled.as_ref(), &line_models);
     let engines_started = tokio::select! {
@@ -111,6 +117,7 @@ pub async fn execute(
     let max_in_flight = routes.dispatch_bound();
     let shared = Arc::new(Shared {
         routes,
+        handling: Handling::new(exchange, options.media.clone()),
         stats: stats.clone(),
         sink: sink.clone(),
         stop: stop.clone(),
@@ -140,7 +147,7 @@ pub async fn execute(
     let watch_down =
         tokio::spawn(watch_engines(shared.clone(), options.engine_down_timeout).in_current_span());
     let ended = dispatch(
-        shared,
+        shared.clone(),
         batches,
         max_in_flight,
         options.in_flight_cap.clone(),
@@ -149,6 +156,8 @@ pub async fn execute(
     load.abort();
     watch_down.abort();
     let engines_down = watch_down.await.ok().flatten();
+    let media_failed = shared.handling.store_failed().map(str::to_owned);
+    drop(shared);
     let engine_gave_up = match supervisor {
         Some(s) => s.finish().await,
         None => None,
@@ -176,6 +185,9 @@ pub async fn execute(
     })?;
     if let Some(message) = engine_gave_up.or(engines_down) {
         return Err(RunError::EngineGaveUp(message));
+    }
+    if let Some(why) = media_failed {
+        return Err(RunError::MediaNotStored(why));
     }
     Ok(Executed {
         status: status_of(ended, stats.done(), ready.planned, options)?,

@@ -22,6 +22,7 @@ mod error;
 mod execute;
 mod feed;
 mod grouping;
+mod handling;
 mod in_flight_cap;
 mod options;
 pub mod preflight;

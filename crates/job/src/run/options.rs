@@ -68,6 +68,9 @@ pub struct RunOptions {
     /// With several models in one file (`validate.rules.mixed_models`): the engines of the
     /// models that have their own (`--model-engine`); any other model goes to `engines.urls`.
     pub model_engines: BTreeMap<String, Vec<String>>,
+    /// Where image, audio and video payloads of the answers are stored (see `media`); a job
+    /// of such an endpoint refuses to start without one.
+    pub media: Option<std::sync::Arc<dyn crate::media::MediaStore>>,
 }
 
 impl RunOptions {
@@ -118,6 +121,7 @@ impl RunOptions {
             in_flight_cap: None,
             results_index: None,
             model_engines: BTreeMap::new(),
+            media: None,
         }
     }
 }

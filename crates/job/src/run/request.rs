@@ -7,6 +7,7 @@ use batch_format::output::{LineResult, ResponseBody, Usage, write_line};
 use bytes::Bytes;
 use tracing::Instrument;
 
+use super::handling::{Handling, Unkept};
 use crate::dispatch::{Delivery, Engines, Target};
 use crate::report::metrics::Stats;
 use crate::run::stop::{StopReason, StopSignal};
@@ -75,23 +76,40 @@ pub struct Request {
     pub body: Bytes,
 }
 
+/// Where a request goes and what it needs on the way (see [`Handling`]).
+pub struct Route<'a> {
+    pub engines: &'a Engines,
+    pub target: &'a Target,
+    pub handling: &'a Handling,
+}
+
 /// Sends one request and turns whatever happened into its record (none when an interrupt
-/// abandoned it).
+/// abandoned it, or a media payload could not be stored). (About 90 lines: the request's way
+/// from sending to its record, each ending in order.)
 pub async fn execute(
-    engines: &Engines,
-    target: &Target,
+    route: Route<'_>,
     stats: &Stats,
     stop: &StopSignal,
     ids: &Ids,
     request: Request,
 ) -> Option<Record> {
+    let (line, custom_id) = (request.line, request.custom_id.as_str());
+    let payload = match route.handling.payload(request.body.clone()).await {
+        Ok(payload) => payload,
+        Err(why) => {
+            let message = format!("line {line}: {why}");
+            let outcome = LineOutcome::InvalidRequest;
+            return Some(ids.error(line, Some(custom_id), outcome, "invalid_file_url", &message));
+        }
+    };
     stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let started_ms = crate::state::unix_now_ms();
     // Debug level: a span per request costs nothing unless someone asks to follow requests.
-    let span = tracing::debug_span!("request", line = request.line, custom_id = ?request.custom_id);
-    let sending = engines
-        .send(target, request.body, stop, || {
+    let span = tracing::debug_span!("request", line, custom_id = ?request.custom_id);
+    let sending = route
+        .engines
+        .send(route.target, payload, stop, || {
             stats.retries.fetch_add(1, Ordering::Relaxed);
         })
         .instrument(span);
@@ -100,25 +118,65 @@ pub async fn execute(
         sent = sending => Some(sent),
         () = stop.aborting() => None,
     };
-    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-    let (line, custom_id) = (request.line, request.custom_id.as_str());
+    let id = ids.result_id(line);
+    let stopped = || {
+        let reason = stop.phase().reason().unwrap_or(StopReason::Interrupted);
+        ids.stopped(line, custom_id, reason)
+    };
     let sent = match sent {
         Some(sent) if !matches!(sent.delivery, Delivery::Stopped) => sent,
         _ => {
-            let reason = stop.phase().reason().unwrap_or(StopReason::Interrupted);
-            return ids.stopped(line, custom_id, reason);
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return stopped();
         }
     };
+    // A success's payloads are stored (and a video followed to its end) before it counts.
+    let kept = match &sent.delivery {
+        Delivery::Answered { status, body, .. } if (200..300).contains(status) => Some(
+            route
+                .handling
+                .keep(
+                    &request.body,
+                    &id,
+                    body.clone(),
+                    (route.engines, sent.engine),
+                    stop,
+                )
+                .await,
+        ),
+        _ => None,
+    };
+    stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     let latency = started.elapsed();
     stats.observe_latency(latency);
-    let id = ids.result_id(line);
-    let mut record = match sent.delivery {
-        Delivery::Answered {
-            status,
-            request_id,
-            body,
-        } => answered(&id, line, custom_id, status, request_id, &body),
-        Delivery::Unavailable { last_error } => {
+    let mut record = match (sent.delivery, kept) {
+        (_, Some(Err(Unkept::Stopped))) => return stopped(),
+        (_, Some(Err(Unkept::Store))) => return None,
+        (_, Some(Err(Unkept::Line(code, why)))) => {
+            let message = format!("line {line}: {why}");
+            ids.error(
+                line,
+                Some(custom_id),
+                LineOutcome::EngineError,
+                code,
+                &message,
+            )
+        }
+        (
+            Delivery::Answered {
+                status, request_id, ..
+            },
+            Some(Ok(kept)),
+        ) => answered(&id, line, custom_id, status, request_id, &kept),
+        (
+            Delivery::Answered {
+                status,
+                request_id,
+                body,
+            },
+            None,
+        ) => answered(&id, line, custom_id, status, request_id, &body),
+        (Delivery::Unavailable { last_error }, _) => {
             let message = format!(
                 "no answer from the engine after {} attempts; last error: {last_error}",
                 sent.attempts
@@ -131,7 +189,7 @@ pub async fn execute(
                 &message,
             )
         }
-        Delivery::Stopped => return None,
+        (Delivery::Stopped, _) => return None,
     };
     record.timing = Timing {
         attempts: sent.attempts,

@@ -1,0 +1,154 @@
+//! Image, audio and video answers, kept out of the result lines.
+//!
+//! An image comes back as base64 inside the JSON answer, speech and video as raw bytes: written
+//! into a result line they would make the output file hundreds of times larger than the text it
+//! usually holds. Each payload is stored instead ([`MediaStore`]: a directory for `run`, the
+//! file store for the service) under a name made from the line's result id, so a resumed job
+//! that repeats a request overwrites the same file, and the result line carries a `file`
+//! object that points at it:
+//! - [`answers`]: where the payloads are in each answer, and what the line keeps;
+//! - [`form`]: a transcription line's JSON body as the multipart form the endpoint takes.
+
+pub mod answers;
+pub mod form;
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+/// Where a job's media payloads go.
+pub trait MediaStore: Send + Sync + std::fmt::Debug {
+    /// Stores `bytes` (of media type `mime`) as `name`, replacing a file of that name; the
+    /// result line's `file` object (its `bytes` and `mime_type` included).
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        mime: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<serde_json::Value, String>>;
+}
+
+/// `run`'s media directory (`--media-dir`, by default `OUTPUT.media` beside the output). The
+/// `file` object's `path` is relative to the output's directory when the media directory is
+/// inside it, so the output and its media can be moved together.
+#[derive(Debug)]
+pub struct LocalMedia {
+    dir: PathBuf,
+    /// How `path` is written: the directory as the result line names it.
+    shown: PathBuf,
+}
+
+impl LocalMedia {
+    /// Media in `dir`, named in result lines relative to `output_dir` where possible.
+    pub fn new(dir: PathBuf, output_dir: &Path) -> Self {
+        let shown = dir
+            .strip_prefix(output_dir)
+            .map_or_else(|_| dir.clone(), Path::to_path_buf);
+        Self { dir, shown }
+    }
+}
+
+impl MediaStore for LocalMedia {
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        mime: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let path = self.dir.join(name);
+            let len = bytes.len();
+            let (dir, at) = (self.dir.clone(), path.clone());
+            // Written whole under a temporary name, then renamed: a crash leaves no torn file.
+            let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+                std::fs::create_dir_all(&dir)?;
+                let temp = at.with_extension("partial");
+                std::fs::write(&temp, &bytes)?;
+                std::fs::rename(&temp, &at)
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| format!("cannot write {}: {e}", path.display())));
+            written?;
+            Ok(serde_json::json!({
+                "path": self.shown.join(name).display().to_string(),
+                "bytes": len,
+                "mime_type": mime,
+            }))
+        })
+    }
+}
+
+/// The media type of a payload, from its first bytes (the engine's word for it can be missing
+/// or generic); `fallback` when they say nothing.
+pub fn sniff<'a>(bytes: &[u8], fallback: &'a str) -> &'a str {
+    let at = |offset: usize, magic: &[u8]| bytes.get(offset..offset + magic.len()) == Some(magic);
+    match () {
+        () if at(0, b"\x89PNG\r\n\x1a\n") => "image/png",
+        () if at(0, b"\xff\xd8\xff") => "image/jpeg",
+        () if at(0, b"RIFF") && at(8, b"WEBP") => "image/webp",
+        () if at(0, b"RIFF") && at(8, b"WAVE") => "audio/wav",
+        () if at(0, b"GIF8") => "image/gif",
+        () if at(0, b"ID3") || at(0, b"\xff\xfb") => "audio/mpeg",
+        () if at(0, b"OggS") => "audio/ogg",
+        () if at(0, b"fLaC") => "audio/flac",
+        () if at(4, b"ftyp") => "video/mp4",
+        () => fallback,
+    }
+}
+
+/// The file name extension for a media type.
+pub fn extension(mime: &str) -> &'static str {
+    match mime {
+        "image/png" => "png",
+        "image/jpeg" => "jpg",
+        "image/webp" => "webp",
+        "image/gif" => "gif",
+        "audio/wav" => "wav",
+        "audio/mpeg" => "mp3",
+        "audio/ogg" | "audio/opus" => "opus",
+        "audio/flac" => "flac",
+        "audio/aac" => "aac",
+        "video/mp4" => "mp4",
+        _ => "bin",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payloads_are_recognised_by_their_first_bytes() {
+        assert_eq!(sniff(b"\x89PNG\r\n\x1a\nrest", "x"), "image/png");
+        assert_eq!(sniff(b"RIFF\0\0\0\0WAVEfmt", "x"), "audio/wav");
+        assert_eq!(sniff(b"\0\0\0\x18ftypmp42", "x"), "video/mp4");
+        assert_eq!(sniff(b"??", "audio/aac"), "audio/aac");
+        assert_eq!(extension("image/png"), "png");
+        assert_eq!(extension("application/x-unknown"), "bin");
+    }
+
+    #[tokio::test]
+    async fn local_media_is_written_whole_and_named_beside_the_output() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = LocalMedia::new(dir.path().join("out.jsonl.media"), dir.path());
+        let file = store
+            .put("a-0.png", "image/png", Bytes::from_static(b"png"))
+            .await
+            .expect("stored");
+        assert_eq!(file["path"], "out.jsonl.media/a-0.png");
+        assert_eq!(file["bytes"], 3);
+        let on_disk = std::fs::read(dir.path().join("out.jsonl.media/a-0.png")).expect("read");
+        assert_eq!(on_disk, b"png");
+        // Again (a resumed job): replaced, not duplicated.
+        store
+            .put("a-0.png", "image/png", Bytes::from_static(b"png2"))
+            .await
+            .expect("stored");
+        let names = std::fs::read_dir(dir.path().join("out.jsonl.media"))
+            .expect("dir")
+            .count();
+        assert_eq!(names, 1);
+    }
+}
