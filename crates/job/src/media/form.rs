@@ -33,23 +33,30 @@ pub async fn transcription(body: &[u8], http: &reqwest::Client) -> Result<Payloa
         .and_then(Value::as_str)
         .ok_or("body.file_url is missing")?;
     let (audio, mime, filename) = fetch(url, http).await?;
-    let mut parts: Vec<(String, Option<(String, String)>, Vec<u8>)> = Vec::new();
+    let text = |name: String, value: &Value| Part {
+        name,
+        file: None,
+        data: text_of(value).into_bytes(),
+    };
+    let mut parts = Vec::new();
     for (name, value) in &fields {
         match value {
             _ if name == "file_url" => {}
             Value::Null => {}
             Value::Array(items) => {
-                for item in items {
-                    parts.push((format!("{name}[]"), None, text_of(item).into_bytes()));
-                }
+                parts.extend(items.iter().map(|item| text(format!("{name}[]"), item)));
             }
-            other => parts.push((name.clone(), None, text_of(other).into_bytes())),
+            other => parts.push(text(name.clone(), other)),
         }
     }
-    parts.push(("file".into(), Some((filename, mime)), audio.to_vec()));
+    parts.push(Part {
+        name: "file".into(),
+        file: Some((filename, mime)),
+        data: audio.to_vec(),
+    });
     let boundary = boundary_for(&parts);
     let mut out = Vec::with_capacity(audio.len() + 1024);
-    for (name, file, data) in &parts {
+    for Part { name, file, data } in &parts {
         out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
         match file {
             Some((filename, mime)) => out.extend_from_slice(
@@ -75,6 +82,13 @@ pub async fn transcription(body: &[u8], http: &reqwest::Client) -> Result<Payloa
     })
 }
 
+/// One part of the form: a field, or the file with its name and media type.
+struct Part {
+    name: String,
+    file: Option<(String, String)>,
+    data: Vec<u8>,
+}
+
 /// A field's value as a form part: a string as it is, anything else as JSON.
 fn text_of(value: &Value) -> String {
     match value {
@@ -84,17 +98,17 @@ fn text_of(value: &Value) -> String {
 }
 
 /// A boundary that no part contains.
-fn boundary_for(parts: &[(String, Option<(String, String)>, Vec<u8>)]) -> String {
+fn boundary_for(parts: &[Part]) -> String {
     let mut seed = 0u64;
     loop {
         let mut h = xxhash_rust::xxh3::Xxh3::with_seed(seed);
-        for (_, _, data) in parts {
-            h.update(data);
+        for part in parts {
+            h.update(&part.data);
         }
         let boundary = format!("batch-runner-{:032x}", h.digest128());
         let inside = parts
             .iter()
-            .any(|(_, _, d)| memchr::memmem::find(d, boundary.as_bytes()).is_some());
+            .any(|p| memchr::memmem::find(&p.data, boundary.as_bytes()).is_some());
         if !inside {
             return boundary;
         }
