@@ -214,3 +214,48 @@ fn media_lines_are_validated_and_need_a_place_for_their_files() {
     assert!(stderr(&out).contains("--media-dir"), "{}", stderr(&out));
     assert_eq!(sim.served(), 0.0);
 }
+
+/// A media directory that cannot be written stops the job (resumable, its results so far kept)
+/// instead of losing the answers; once it can be written, the same command finishes the job,
+/// every image stored.
+#[test]
+fn a_media_store_failure_stops_the_job_and_a_rerun_finishes_it() {
+    let sim = Sim::instant(&["--model", "flux"]);
+    let job = Job::new();
+    let lines: Vec<Value> = (0..20)
+        .map(|i| {
+            line(
+                &format!("img{i}"),
+                "/v1/images/generations",
+                json!({"model": "flux", "prompt": format!("p{i}")}),
+            )
+        })
+        .collect();
+    let input = job.input(&lines);
+    // A file where the media directory's parent should be: nothing can be created under it.
+    let blocker = job.write("blocker", b"not a directory");
+    let media = blocker.join("media");
+    let args = run_args(
+        &job,
+        input.to_str().expect("utf-8"),
+        &[&sim.url],
+        &["--media-dir", media.to_str().expect("utf-8")],
+    );
+    let out = cmd().args(&args).output().expect("run");
+    assert_eq!(out.status.code(), Some(75), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot store"), "{}", stderr(&out));
+    assert!(!job.path("out.jsonl").exists(), "not finalized");
+
+    std::fs::remove_file(&blocker).expect("remove");
+    std::fs::create_dir(&blocker).expect("mkdir");
+    let out = cmd().args(&args).output().expect("rerun");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let results = results_by_id(&job.path("out.jsonl"));
+    assert_eq!(results.len(), 20);
+    for r in results.values() {
+        let file = &r["response"]["body"]["data"][0]["file"];
+        let path = file["path"].as_str().expect("path");
+        let png = std::fs::read(job.path(path)).expect("stored");
+        assert!(png.starts_with(b"\x89PNG"), "{path}");
+    }
+}

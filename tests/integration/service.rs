@@ -63,7 +63,7 @@ fn the_official_openai_sdk_drives_every_call() {
     assert!(stdout.contains("all checks passed"), "{stdout}");
     assert_eq!(
         stdout.matches("\nok ").count() + usize::from(stdout.starts_with("ok ")),
-        13,
+        14,
         "{stdout}"
     );
 }

@@ -284,6 +284,38 @@ def deleting_the_input_of_a_running_batch_does_not_break_it():
     ok("deleting_the_input_of_a_running_batch_does_not_break_it")
 
 
+def image_and_video_batches_keep_their_media_as_files():
+    def media_line(custom_id, url, **body):
+        return {"custom_id": custom_id, "method": "POST", "url": url,
+                "body": {"model": "sim-model", **body}}
+
+    f = upload(A, [media_line(f"img{i}", "/v1/images/generations", prompt=f"cat {i}", n=2)
+                   for i in range(3)])
+    b = STRICT.batches.create(input_file_id=f.id, endpoint="/v1/images/generations",
+                              completion_window="24h")
+    done = wait(STRICT, b.id, {"completed", "failed"})
+    assert done.status == "completed" and done.request_counts.completed == 3, done
+    out = read_jsonl(A, done.output_file_id)
+    images = [item for o in out for item in o["response"]["body"]["data"]]
+    assert len(images) == 6 and all("b64_json" not in i for i in images), images
+    for item in images:
+        content = A.files.content(item["file"]["id"]).read()
+        assert content.startswith(b"\x89PNG\r\n\x1a\n"), content[:16]
+        assert len(content) == item["file"]["bytes"] and item["file"]["mime_type"] == "image/png"
+    meta = A.files.retrieve(images[0]["file"]["id"])
+    assert meta.purpose == "batch_output" and meta.bytes == images[0]["file"]["bytes"], meta
+    expect(openai.NotFoundError, B.files.content, images[0]["file"]["id"])
+
+    f = upload(A, [media_line("film", "/v1/videos", prompt="waves", seconds="4")])
+    b = A.batches.create(input_file_id=f.id, endpoint="/v1/videos", completion_window="24h")
+    done = wait(A, b.id, {"completed", "failed"})
+    assert done.status == "completed", done
+    video = read_jsonl(A, done.output_file_id)[0]["response"]["body"]
+    assert video["status"] == "completed" and video["object"] == "video", video
+    assert A.files.content(video["file"]["id"]).read().endswith(b"sim video of waves")
+    ok("image_and_video_batches_keep_their_media_as_files")
+
+
 CHECKS = [
     files_round_trip, file_list_pagination, batch_completes_with_output_and_errors,
     all_succeeded_means_no_error_file, invalid_file_fails_with_line_numbers,
@@ -291,6 +323,7 @@ CHECKS = [
     cancel_of_a_finished_batch_is_a_400, short_window_expires_and_keeps_finished_results,
     batch_list_pagination, not_found_and_bad_requests, other_owners_objects_are_invisible,
     deleting_the_input_of_a_running_batch_does_not_break_it,
+    image_and_video_batches_keep_their_media_as_files,
 ]
 
 if __name__ == "__main__":

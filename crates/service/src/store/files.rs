@@ -4,7 +4,13 @@ use super::*;
 
 impl Store {
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
-        insert_file(&self.pool, f).await
+        insert_file(&self.pool, f, "").await
+    }
+
+    /// Inserts a file whose id is derived from what it holds (a batch's media payload), unless
+    /// a row with that id is there already (a resumed worker storing it again).
+    pub async fn insert_file_once(&self, f: &FileRow) -> Result<()> {
+        insert_file(&self.pool, f, " ON CONFLICT (id) DO NOTHING").await
     }
 
     /// A file its owner can see.
@@ -101,14 +107,16 @@ impl Store {
     // ----- batches -----
 }
 
+/// `then`: a fixed clause after the values (`ON CONFLICT …`), or nothing.
 pub(super) async fn insert_file<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     f: &FileRow,
+    then: &'static str,
 ) -> Result<()> {
-    sqlx::query(
+    sqlx::query(sql(format!(
         "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, blob) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8){then}"
+    )))
     .bind(&f.id)
     .bind(&f.owner)
     .bind(&f.filename)

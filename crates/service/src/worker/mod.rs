@@ -35,6 +35,7 @@ use crate::store::{
 };
 use crate::{BatchWork, DataDir};
 
+mod media;
 mod outcome;
 pub(crate) mod report;
 mod results;
@@ -279,6 +280,11 @@ impl Worker {
         if batch.mixed_models != 0 {
             options.mix_models(self.settings.model_engines.clone());
         }
+        options.media = Some(Arc::new(media::BatchMedia::new(
+            self.store.clone(),
+            self.blobs.clone(),
+            batch,
+        )));
         options
     }
 

@@ -1,0 +1,82 @@
+//! A batch's image, audio and video payloads as files of its owner (purpose `batch_output`,
+//! kept as long as its output file), so the result line names a file id the Files API serves.
+//!
+//! A payload's file id is derived from the batch and the payload's name (which is made from the
+//! line's result id), so a worker that resumes the batch and sends a line again replaces the
+//! same file instead of adding one.
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+
+use crate::blobs::Blobs;
+use crate::store::{BatchRow, FileRow, Store, now_secs};
+
+#[derive(Clone)]
+pub struct BatchMedia {
+    store: Store,
+    blobs: Blobs,
+    batch: String,
+    owner: String,
+    /// Seconds the files are kept (the batch's `output_expires_after`).
+    expires_seconds: Option<i64>,
+}
+
+impl std::fmt::Debug for BatchMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the media files of {}", self.batch)
+    }
+}
+
+impl BatchMedia {
+    pub fn new(store: Store, blobs: Blobs, batch: &BatchRow) -> Self {
+        Self {
+            store,
+            blobs,
+            batch: batch.id.clone(),
+            owner: batch.owner.clone(),
+            expires_seconds: batch.output_expires_seconds,
+        }
+    }
+
+    /// The file id of payload `name` of this batch.
+    fn id_of(&self, name: &str) -> String {
+        let key = format!("{}/{name}", self.batch);
+        format!("file-{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
+    }
+}
+
+impl batch_job::MediaStore for BatchMedia {
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        mime: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let id = self.id_of(name);
+            let len = bytes.len();
+            let mut incoming = self.blobs.incoming(&id).await.map_err(|e| e.to_string())?;
+            incoming.write(&bytes).await.map_err(|e| e.to_string())?;
+            incoming
+                .commit(&self.blobs, &id)
+                .await
+                .map_err(|e| e.to_string())?;
+            let created_at = now_secs();
+            let row = FileRow {
+                id: id.clone(),
+                owner: self.owner.clone(),
+                filename: format!("{}_{name}", self.batch),
+                purpose: "batch_output".into(),
+                bytes: len as i64,
+                created_at,
+                expires_at: self.expires_seconds.map(|s| created_at + s),
+                blob: id.clone(),
+            };
+            self.store
+                .insert_file_once(&row)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({"id": id, "bytes": len, "mime_type": mime}))
+        })
+    }
+}
