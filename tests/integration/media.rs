@@ -89,6 +89,8 @@ fn speech_transcriptions_and_videos_take_their_own_ways() {
     assert!(stored(&job, &body["file"]).ends_with(b"sim speech of hello there"));
 
     let audio = base64::engine::general_purpose::STANDARD.encode(b"RIFF1234WAVEdata");
+    let store = crate::common::store::Store::start();
+    store.put_object("/audio/clip.flac", b"fLaC0123456789abcdefghij");
     let transcriptions = [
         line(
             "t-json",
@@ -101,6 +103,12 @@ fn speech_transcriptions_and_videos_take_their_own_ways() {
             "/v1/audio/transcriptions",
             json!({"model": "whisper", "file_url": format!("data:audio/wav;base64,{audio}"),
                    "response_format": "srt"}),
+        ),
+        // Audio at an http URL, downloaded by the runner.
+        line(
+            "t-url",
+            "/v1/audio/transcriptions",
+            json!({"model": "whisper", "file_url": format!("{}/audio/clip.flac?sig=1", store.url)}),
         ),
         // Audio that cannot be had: the line's own error, the others run.
         line(
@@ -129,6 +137,10 @@ fn speech_transcriptions_and_videos_take_their_own_ways() {
         text("t-text").as_deref(),
         Some("sim transcript of 16 bytes (audio.wav, audio/wav)"),
         "a text answer is kept as {{\"text\"}}"
+    );
+    assert_eq!(
+        text("t-url").as_deref(),
+        Some("sim transcript of 24 bytes (clip.flac, audio/flac)")
     );
     assert_eq!(
         text("t-fr").as_deref(),

@@ -175,6 +175,13 @@ async fn download(url: &str, http: &reqwest::Client) -> Result<(Bytes, String, S
         if bytes.len() > MAX_AUDIO_BYTES {
             return Err(too_large(bytes.len()));
         }
+        // A server that does not say what it sent: the bytes may.
+        let mime = match mime.as_str() {
+            "application/octet-stream" | "binary/octet-stream" => {
+                super::sniff(&bytes, "application/octet-stream").to_owned()
+            }
+            _ => mime,
+        };
         let name = url
             .split(['?', '#'])
             .next()
