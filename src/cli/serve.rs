@@ -238,6 +238,16 @@ pub struct ExecArgs {
     /// /v1/classify.
     #[arg(help_heading = "Limits", long, value_name = "PATH", value_parser = batch_format::rules::endpoint_path)]
     pub allow_url: Vec<String>,
+
+    /// Host a transcription line's body.file_url may download its audio from (repeatable,
+    /// e.g. media.example.com). Without any, audio comes only inline as a data: URL: a worker
+    /// fetching any URL a user names could reach the service's own network.
+    #[arg(
+        help_heading = "Limits",
+        long = "allow-file-url-host",
+        value_name = "HOST"
+    )]
+    pub file_url_hosts: Vec<String>,
 }
 
 #[derive(Debug, Args)]

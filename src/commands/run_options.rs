@@ -184,6 +184,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         launch,
         model_engines: BTreeMap::new(),
         media,
+        file_url_hosts: None,
     };
     if let Some(by_model) = model_engines {
         options.mix_models(by_model);

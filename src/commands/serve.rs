@@ -172,6 +172,7 @@ fn execution(args: &ExecArgs) -> Result<Execution, String> {
             checkpoint_every_results: batch_job::CheckpointPolicy::DEFAULT_EVERY_RESULTS,
             checkpoint_every: args.checkpoint_interval,
             extra_endpoints: args.allow_url.clone(),
+            file_url_hosts: args.file_url_hosts.clone(),
             storage_url: args.storage_url.clone(),
             s3: batch_storage::S3Options::from(&args.s3),
             owner_max_enqueued_tokens: args.owner_max_enqueued_tokens,

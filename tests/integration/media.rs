@@ -271,3 +271,87 @@ fn a_media_store_failure_stops_the_job_and_a_rerun_finishes_it() {
         assert!(png.starts_with(b"\x89PNG"), "{path}");
     }
 }
+
+/// `serve`: a transcription batch's audio comes inline (a data: URL); a URL is downloaded only
+/// from the hosts the operator allows, any other is that line's error (the worker must not
+/// fetch whatever a user names); speech lands in the owner's files.
+#[test]
+fn a_service_worker_downloads_audio_only_from_allowed_hosts() {
+    use crate::common::jsonl;
+    use crate::common::service::Service;
+    let sim = Sim::instant(&[]);
+    let store = crate::common::store::Store::start();
+    store.put_object("/a/clip.wav", b"RIFF0000WAVEfmt ");
+    let allowed = store
+        .url
+        .trim_start_matches("http://")
+        .split(':')
+        .next()
+        .expect("host")
+        .to_owned();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = Service::start(
+        dir.path(),
+        &["--engine-url", &sim.url, "--report-interval", "100ms"],
+    );
+    let audio = base64::engine::general_purpose::STANDARD.encode(b"RIFF0000WAVEdata");
+    let lines = [
+        line(
+            "inline",
+            "/v1/audio/transcriptions",
+            json!({"model": "sim-model", "file_url": format!("data:audio/wav;base64,{audio}")}),
+        ),
+        line(
+            "fetched",
+            "/v1/audio/transcriptions",
+            json!({"model": "sim-model", "file_url": format!("{}/a/clip.wav", store.url)}),
+        ),
+    ];
+    let create = |service: &Service, lines: &[Value], endpoint: &str| {
+        let file = service.upload("audio.jsonl", &jsonl(lines));
+        let r = service.call(
+            "POST",
+            "/v1/batches",
+            Some(&json!({"input_file_id": file, "endpoint": endpoint, "completion_window": "24h"})),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let id = r.json()["id"].as_str().expect("id").to_owned();
+        service.wait_status(
+            &id,
+            &["completed", "failed"],
+            std::time::Duration::from_secs(60),
+        )
+    };
+    let done = create(&service, &lines, "/v1/audio/transcriptions");
+    assert_eq!(done["request_counts"]["completed"], 1, "{done}");
+    let errors = service.content(done["error_file_id"].as_str().expect("error file"));
+    let error: Value = serde_json::from_slice(&errors).expect("one error line");
+    assert_eq!(error["custom_id"], "fetched");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--allow-file-url-host")),
+        "{error}"
+    );
+    drop(service);
+
+    let service = Service::start(
+        dir.path(),
+        &["--engine-url", &sim.url, "--allow-file-url-host", &allowed],
+    );
+    let done = create(&service, &lines, "/v1/audio/transcriptions");
+    assert_eq!(done["request_counts"]["completed"], 2, "{done}");
+
+    let speech = [line(
+        "say",
+        "/v1/audio/speech",
+        json!({"model": "sim-model", "input": "hi", "voice": "alloy"}),
+    )];
+    let done = create(&service, &speech, "/v1/audio/speech");
+    let output = service.content(done["output_file_id"].as_str().expect("output"));
+    let result: Value = serde_json::from_slice(&output).expect("one line");
+    let file = &result["response"]["body"]["file"];
+    assert_eq!(file["mime_type"], "audio/mpeg", "{result}");
+    let audio = service.content(file["id"].as_str().expect("file id"));
+    assert!(audio.ends_with(b"sim speech of hi"));
+}

@@ -36,6 +36,9 @@ pub struct WorkerSettings {
     pub checkpoint_every_results: u64,
     pub checkpoint_every: Duration,
     pub extra_endpoints: Vec<String>,
+    /// Hosts a transcription line's `file_url` may be downloaded from (none: `data:` URLs only).
+    #[serde(default)]
+    pub file_url_hosts: Vec<String>,
     /// `s3://bucket/prefix` holding files (`files/`) and the job states of running batches
     /// (`work/`), shared by every replica and worker host; `None`: the local data directory.
     pub storage_url: Option<String>,
@@ -163,6 +166,7 @@ mod tests {
             checkpoint_every_results: 10,
             checkpoint_every: Duration::from_secs(1),
             extra_endpoints: Vec::new(),
+            file_url_hosts: Vec::new(),
             storage_url: None,
             s3: S3Options::default(),
             owner_max_enqueued_tokens: Some(5),

@@ -24,15 +24,20 @@ pub const MAX_AUDIO_BYTES: usize = 64 << 20;
 const DOWNLOAD_TRIES: u32 = 3;
 
 /// The form for `body` (a transcription line's JSON body, checked by validation); an error says
-/// why the audio could not be had.
-pub async fn transcription(body: &[u8], http: &reqwest::Client) -> Result<Payload, String> {
+/// why the audio could not be had. An http(s) `file_url` is downloaded only from `hosts`, when
+/// given.
+pub async fn transcription(
+    body: &[u8],
+    http: &reqwest::Client,
+    hosts: Option<&[String]>,
+) -> Result<Payload, String> {
     let fields: serde_json::Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
     let url = fields
         .get("file_url")
         .and_then(Value::as_str)
         .ok_or("body.file_url is missing")?;
-    let (audio, mime, filename) = fetch(url, http).await?;
+    let (audio, mime, filename) = fetch(url, http, hosts).await?;
     let text = |name: String, value: &Value| Part {
         name,
         file: None,
@@ -117,7 +122,11 @@ fn boundary_for(parts: &[Part]) -> String {
 }
 
 /// The audio a `file_url` names: its bytes, media type and a file name.
-async fn fetch(url: &str, http: &reqwest::Client) -> Result<(Bytes, String, String), String> {
+async fn fetch(
+    url: &str,
+    http: &reqwest::Client,
+    hosts: Option<&[String]>,
+) -> Result<(Bytes, String, String), String> {
     match audio_source(url)? {
         AudioSource::Data { mime, base64 } => {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -129,7 +138,22 @@ async fn fetch(url: &str, http: &reqwest::Client) -> Result<(Bytes, String, Stri
             let name = format!("audio.{}", extension(mime));
             Ok((Bytes::from(bytes), mime.to_owned(), name))
         }
-        AudioSource::Http(url) => download(url, http).await,
+        AudioSource::Http(url) => {
+            let host = reqwest::Url::parse(url)
+                .ok()
+                .and_then(|u| u.host_str().map(str::to_owned))
+                .unwrap_or_default();
+            match hosts {
+                Some(hosts) if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) => {
+                    Err(format!(
+                        "body.file_url's host {host:?} is not one audio may be downloaded from here; \
+                     give the audio inline as a data: URL (the service's operator allows hosts \
+                     with --allow-file-url-host)"
+                    ))
+                }
+                _ => download(url, http).await,
+            }
+        }
     }
 }
 
@@ -216,7 +240,7 @@ mod tests {
             "timestamp_granularities": ["word", "segment"],
             "prompt": null,
         });
-        let payload = transcription(body.to_string().as_bytes(), &reqwest::Client::new())
+        let payload = transcription(body.to_string().as_bytes(), &reqwest::Client::new(), None)
             .await
             .expect("form");
         let ct = payload.content_type.to_str().expect("ascii");
@@ -244,10 +268,19 @@ mod tests {
             "{text}"
         );
         let bad = serde_json::json!({"model": "w", "file_url": "data:audio/wav;base64,@@"});
+        let client = reqwest::Client::new();
         assert!(
-            transcription(bad.to_string().as_bytes(), &reqwest::Client::new())
+            transcription(bad.to_string().as_bytes(), &client, None)
                 .await
                 .is_err()
+        );
+        let elsewhere = serde_json::json!({"model": "w", "file_url": "http://169.254.169.254/a"});
+        let err = transcription(elsewhere.to_string().as_bytes(), &client, Some(&[]))
+            .await
+            .expect_err("host not allowed");
+        assert!(
+            err.contains("169.254.169.254") && err.contains("data:"),
+            "{err}"
         );
     }
 }

@@ -117,7 +117,11 @@ pub async fn execute(
     let max_in_flight = routes.dispatch_bound();
     let shared = Arc::new(Shared {
         routes,
-        handling: Handling::new(exchange, options.media.clone()),
+        handling: Handling::new(
+            exchange,
+            options.media.clone(),
+            options.file_url_hosts.clone(),
+        ),
         stats: stats.clone(),
         sink: sink.clone(),
         stop: stop.clone(),

@@ -24,6 +24,8 @@ pub struct Handling {
     pub media: Option<Arc<dyn MediaStore>>,
     /// Downloads the audio a transcription line names by an http(s) URL.
     http: reqwest::Client,
+    /// The hosts it may download from; `None`: any.
+    hosts: Option<Vec<String>>,
     /// Why a payload could not be stored, when one could not: the job stopped (resumable).
     store_failed: OnceLock<String>,
 }
@@ -39,10 +41,15 @@ pub enum Unkept {
 }
 
 impl Handling {
-    pub fn new(exchange: Exchange, media: Option<Arc<dyn MediaStore>>) -> Self {
+    pub fn new(
+        exchange: Exchange,
+        media: Option<Arc<dyn MediaStore>>,
+        hosts: Option<Vec<String>>,
+    ) -> Self {
         Self {
             exchange,
             media,
+            hosts,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(300))
                 .connect_timeout(Duration::from_secs(10))
@@ -61,7 +68,9 @@ impl Handling {
     /// error: why its audio could not be had).
     pub async fn payload(&self, body: Bytes) -> Result<Payload, String> {
         match self.exchange {
-            Exchange::Transcription => form::transcription(&body, &self.http).await,
+            Exchange::Transcription => {
+                form::transcription(&body, &self.http, self.hosts.as_deref()).await
+            }
             _ => Ok(Payload::json(body)),
         }
     }

@@ -71,6 +71,8 @@ pub struct RunOptions {
     /// Where image, audio and video payloads of the answers are stored (see `media`); a job
     /// of such an endpoint refuses to start without one.
     pub media: Option<std::sync::Arc<dyn crate::media::MediaStore>>,
+    /// The hosts a transcription line's `file_url` may be downloaded from; `None`: any.
+    pub file_url_hosts: Option<Vec<String>>,
 }
 
 impl RunOptions {
@@ -122,6 +124,7 @@ impl RunOptions {
             results_index: None,
             model_engines: BTreeMap::new(),
             media: None,
+            file_url_hosts: None,
         }
     }
 }

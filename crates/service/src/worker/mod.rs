@@ -280,6 +280,7 @@ impl Worker {
         if batch.mixed_models != 0 {
             options.mix_models(self.settings.model_engines.clone());
         }
+        options.file_url_hosts = Some(self.settings.file_url_hosts.clone());
         options.media = Some(Arc::new(media::BatchMedia::new(
             self.store.clone(),
             self.blobs.clone(),
