@@ -352,6 +352,13 @@ fn a_service_worker_downloads_audio_only_from_allowed_hosts() {
     let result: Value = serde_json::from_slice(&output).expect("one line");
     let file = &result["response"]["body"]["file"];
     assert_eq!(file["mime_type"], "audio/mpeg", "{result}");
-    let audio = service.content(file["id"].as_str().expect("file id"));
+    let file_id = file["id"].as_str().expect("file id");
+    let audio = service.content(file_id);
     assert!(audio.ends_with(b"sim speech of hi"));
+    // Deleting the batch deletes its payloads too.
+    let batch = done["id"].as_str().expect("id");
+    let r = service.call("DELETE", &format!("/v1/batches/{batch}"), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = service.call("GET", &format!("/v1/files/{file_id}"), None);
+    assert_eq!(r.status, 404, "{}", r.text());
 }

@@ -59,6 +59,11 @@ impl Handling {
         }
     }
 
+    /// Whether a success's answer is not kept as it came (see [`Handling::keep`]).
+    pub fn reshapes(&self) -> bool {
+        self.exchange != Exchange::Json
+    }
+
     /// Why the job stopped storing payloads, if it did.
     pub fn store_failed(&self) -> Option<&str> {
         self.store_failed.get().map(String::as_str)

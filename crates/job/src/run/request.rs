@@ -132,18 +132,17 @@ pub async fn execute(
     };
     // A success's payloads are stored (and a video followed to its end) before it counts.
     let kept = match &sent.delivery {
-        Delivery::Answered { status, body, .. } if (200..300).contains(status) => Some(
-            route
-                .handling
-                .keep(
-                    &request.body,
-                    &id,
-                    body.clone(),
-                    (route.engines, sent.engine),
-                    stop,
-                )
-                .await,
-        ),
+        Delivery::Answered { status, body, .. }
+            if (200..300).contains(status) && route.handling.reshapes() =>
+        {
+            let on = (route.engines, sent.engine);
+            Some(
+                route
+                    .handling
+                    .keep(&request.body, &id, body.clone(), on, stop)
+                    .await,
+            )
+        }
         _ => None,
     };
     stats.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -88,8 +88,8 @@ pub struct BatchDeleted {
 }
 
 #[utoipa::path(delete, path = "/v1/batches/{id}", tag = "batches", operation_id = "deleteBatch", params(("id" = String, Path, description = "The batch's id (`batch_…`)")),
-    description = "Extension. Deletes a batch that has ended, with its output and error files; \
-                   its input file stays.",
+    description = "Extension. Deletes a batch that has ended, with its output and error files \
+                   and the files of its image, audio and video answers; its input file stays.",
     responses((status = 200, description = "The batch is deleted.", body = BatchDeleted),
         (status = 400, description = "The batch has not ended (cancel it first).", body = crate::error::ErrorBody),
         (status = 401, description = "No or a wrong API key.", body = crate::error::ErrorBody),

@@ -155,8 +155,8 @@ impl Store {
         Ok(rows)
     }
 
-    /// Deletes an owner's ended batch, its result files (their content goes with the next
-    /// collection) and its webhook event. `Ok(None)`: no such batch; `Ok(Some(false))`: it has
+    /// Deletes an owner's ended batch, its result files and media payloads (their content goes
+    /// with the next collection) and its webhook event. `Ok(None)`: no such batch; `Ok(Some(false))`: it has
     /// not ended.
     pub async fn delete_batch(&self, owner: &str, id: &str) -> Result<Option<bool>> {
         let mut tx = self.pool.begin().await?;
@@ -183,6 +183,12 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        // Its image, audio and video payloads.
+        sqlx::query("UPDATE files SET deleted = 1 WHERE batch_id = $1 AND owner = $2")
+            .bind(id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
         // Its event, and a create key that would name it (a retried create makes a new batch).
         for table in ["webhook_events", "idempotency_keys"] {
             sqlx::query(sql(format!("DELETE FROM {table} WHERE batch_id = $1")))

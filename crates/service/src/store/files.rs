@@ -4,13 +4,30 @@ use super::*;
 
 impl Store {
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
-        insert_file(&self.pool, f, "").await
+        insert_file(&self.pool, f).await
     }
 
-    /// Inserts a file whose id is derived from what it holds (a batch's media payload), unless
-    /// a row with that id is there already (a resumed worker storing it again).
-    pub async fn insert_file_once(&self, f: &FileRow) -> Result<()> {
-        insert_file(&self.pool, f, " ON CONFLICT (id) DO NOTHING").await
+    /// Inserts a media payload of batch `batch` (deleted with it), unless a row with its id is
+    /// there already: the id is derived from the batch and the payload, so that is a resumed
+    /// worker storing it again.
+    pub async fn insert_media_file(&self, f: &FileRow, batch: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, \
+             blob, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&f.id)
+        .bind(&f.owner)
+        .bind(&f.filename)
+        .bind(&f.purpose)
+        .bind(f.bytes)
+        .bind(f.created_at)
+        .bind(f.expires_at)
+        .bind(&f.blob)
+        .bind(batch)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// A file its owner can see.
@@ -107,16 +124,14 @@ impl Store {
     // ----- batches -----
 }
 
-/// `then`: a fixed clause after the values (`ON CONFLICT …`), or nothing.
 pub(super) async fn insert_file<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     f: &FileRow,
-    then: &'static str,
 ) -> Result<()> {
-    sqlx::query(sql(format!(
+    sqlx::query(
         "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, blob) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8){then}"
-    )))
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
     .bind(&f.id)
     .bind(&f.owner)
     .bind(&f.filename)

@@ -153,6 +153,8 @@ pub const MIGRATIONS: &[(i64, &[&str])] = &[
             // The create request let the file hold several models
             // (`x_batch_runner.mixed_models`): 1 or 0.
             "ALTER TABLE batches ADD COLUMN mixed_models BIGINT NOT NULL DEFAULT 0",
+            // The batch whose image, audio or video payload a file holds (deleted with it).
+            "ALTER TABLE files ADD COLUMN batch_id TEXT",
         ],
     ),
 ];

@@ -73,7 +73,7 @@ impl batch_job::MediaStore for BatchMedia {
                 blob: id.clone(),
             };
             self.store
-                .insert_file_once(&row)
+                .insert_media_file(&row, &self.batch)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::json!({"id": id, "bytes": len, "mime_type": mime}))
