@@ -331,6 +331,36 @@ fn each_pool_runs_only_the_models_its_engines_serve() {
     // Every request went to its model's engine, and only there.
     assert_eq!(alpha.metric("sglang:num_requests_total"), 120.0);
     assert_eq!(beta.metric("sglang:num_requests_total"), 50.0);
+
+    // An image batch: its payloads become files in object storage, rows in PostgreSQL, read
+    // back through the API replica (which ran nothing).
+    let lines: Vec<_> = (0..4)
+        .map(|n| {
+            json!({"custom_id": format!("img{n}"), "method": "POST",
+                   "url": "/v1/images/generations",
+                   "body": {"model": "beta", "prompt": format!("picture {n}")}})
+        })
+        .collect();
+    let file = service.upload("images.jsonl", &jsonl(&lines));
+    let r = service.call(
+        "POST",
+        "/v1/batches",
+        Some(
+            &json!({"input_file_id": file, "endpoint": "/v1/images/generations",
+                     "completion_window": "24h"}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_owned();
+    let done = service.wait_status(&id, &["completed", "failed", "expired"], LONG);
+    assert_eq!(done["request_counts"]["completed"], 4, "{done}");
+    let output = service.content(done["output_file_id"].as_str().expect("output"));
+    for line in crate::common::json_lines(&output) {
+        let image = &line["response"]["body"]["data"][0]["file"];
+        let content = service.content(image["id"].as_str().expect("file id"));
+        assert!(content.starts_with(b"\x89PNG"), "{image}");
+        assert_eq!(image["bytes"], content.len());
+    }
     drop(pools);
 }
 
