@@ -129,11 +129,12 @@ pub struct RunArgs {
     pub errors: Option<String>,
 
     /// Where the images, audio and video of the answers are stored (image, speech and video
-    /// endpoints): one file per payload, named after the line's result id; the result line's
-    /// `file.path` points at it (relative to OUTPUT's directory when inside it) [default:
-    /// OUTPUT.media for a local OUTPUT; required for such a batch when OUTPUT is a URL].
-    #[arg(help_heading = "Inputs and results", long, value_name = "DIR")]
-    pub media_dir: Option<PathBuf>,
+    /// endpoints): a directory or s3://bucket/prefix, one file per payload named after the
+    /// line's result id; the result line's `file.path` (relative to OUTPUT's directory when
+    /// inside it) or `file.url` points at it [default: OUTPUT.media beside a local or s3://
+    /// OUTPUT; required for such a batch when OUTPUT is an http(s) URL].
+    #[arg(help_heading = "Inputs and results", long, value_name = "DIR|URL")]
+    pub media_dir: Option<String>,
 
     /// Extra header for downloading an input URL, as 'Name: value' (repeatable).
     #[arg(

@@ -135,7 +135,7 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         }
     };
     let model_engines = args.rules.model_engines()?;
-    let media = media_store(args.media_dir.clone(), &places);
+    let media = media_store(args.media_dir.as_deref(), &places)?;
     let mut options = RunOptions {
         validate: ValidateOptions::from(&args.rules),
         engines: args.client.options(args.engine_urls, args.api_key)?,
@@ -192,29 +192,45 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
     Ok(options)
 }
 
-/// Where the answers' media go: `--media-dir`, or `OUTPUT.media` beside a local output; none
-/// for a remote output without `--media-dir` (a batch that needs one then refuses to start).
+/// Where the answers' media go: `--media-dir` (a directory or `s3://…`), or `OUTPUT.media`
+/// beside a local or `s3://` output; none for an http(s) output without `--media-dir` (a batch
+/// that needs one then refuses to start).
 fn media_store(
-    media_dir: Option<PathBuf>,
+    media_dir: Option<&str>,
     places: &Places,
-) -> Option<std::sync::Arc<dyn batch_job::MediaStore>> {
-    let output_dir = match places.output.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let dir = match media_dir {
-        Some(dir) => dir,
-        None if places.remote.output.is_none() => {
-            let mut name = places.output.as_os_str().to_owned();
-            name.push(".media");
-            PathBuf::from(name)
+) -> Result<Option<std::sync::Arc<dyn batch_job::MediaStore>>, String> {
+    let beside = |output: &str| format!("{output}.media");
+    let place = match (media_dir, &places.remote.output) {
+        (Some(given), _) => Location::parse(given).map_err(|e| format!("--media-dir: {e}"))?,
+        (None, None) => {
+            Location::Local(PathBuf::from(beside(&places.output.display().to_string())))
         }
-        None => return None,
+        (None, Some(Location::Object(url))) => Location::Object(
+            batch_storage::object::parse(&beside(url.as_str())).map_err(|e| e.to_string())?,
+        ),
+        (None, Some(_)) => return Ok(None),
     };
-    Some(std::sync::Arc::new(batch_job::LocalMedia::new(
-        dir,
-        &output_dir,
-    )))
+    Ok(Some(match place {
+        Location::Local(dir) => {
+            let output_dir = match places.output.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+                _ => PathBuf::from("."),
+            };
+            std::sync::Arc::new(batch_job::LocalMedia::new(dir, &output_dir))
+        }
+        Location::Object(url) => {
+            let dir = batch_storage::object::ObjectDir::open(&url, &places.remote.s3)
+                .map_err(|e| format!("--media-dir: {e}"))?;
+            std::sync::Arc::new(batch_job::ObjectMedia::new(dir))
+        }
+        Location::Http(_) => {
+            return Err(
+                "--media-dir must be a directory or s3://bucket/prefix: payloads cannot be put \
+                 at http(s) URLs one by one"
+                    .into(),
+            );
+        }
+    }))
 }
 
 /// What --launch or --engine asks for, if anything.

@@ -34,6 +34,44 @@ fn s3_input_and_outputs_end_to_end() {
     assert!(!job.path("results.jsonl.state").exists());
 }
 
+/// Image answers of a job whose output is in S3 go to `KEY.media/` beside it; each result line
+/// names its payload's `s3://` URL.
+#[test]
+fn media_payloads_go_beside_an_s3_output() {
+    let moto = Moto::start();
+    let sim = Sim::instant(&[]);
+    let lines: Vec<serde_json::Value> = (0..3)
+        .map(|i| {
+            serde_json::json!({"custom_id": format!("i{i}"), "method": "POST",
+                               "url": "/v1/images/generations",
+                               "body": {"model": "sim-model", "prompt": format!("p{i}")}})
+        })
+        .collect();
+    moto.put("in/images.jsonl", &jsonl(&lines));
+    let job = Job::new();
+    let out = cmd()
+        .current_dir(job.dir.path())
+        .envs(moto.env())
+        .arg("run")
+        .arg(format!("s3://{BUCKET}/in/images.jsonl"))
+        .args(["-o", &format!("s3://{BUCKET}/out/images.jsonl")])
+        .args(["--engine-url", &sim.url, "--progress", "off"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let results = moto.get("out/images.jsonl").expect("output object");
+    for line in crate::common::json_lines(&results) {
+        let file = &line["response"]["body"]["data"][0]["file"];
+        let url = file["url"].as_str().expect("url");
+        let prefix = format!("s3://{BUCKET}/out/images.jsonl.media/batch_req_");
+        assert!(url.starts_with(&prefix) && url.ends_with("-0.png"), "{url}");
+        let key = url.trim_start_matches(&format!("s3://{BUCKET}/"));
+        let png = moto.get(key).expect("payload object");
+        assert!(png.starts_with(b"\x89PNG"));
+        assert_eq!(file["bytes"], png.len());
+    }
+}
+
 #[test]
 fn presigned_urls_for_the_input_and_both_outputs() {
     let moto = Moto::start();

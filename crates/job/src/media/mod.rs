@@ -80,6 +80,47 @@ impl MediaStore for LocalMedia {
     }
 }
 
+/// `run`'s media in object storage (`--media-dir s3://bucket/prefix`, by default `KEY.media`
+/// beside an `s3://` output); the `file` object's `url` is the payload's `s3://` URL.
+#[derive(Clone)]
+pub struct ObjectMedia {
+    dir: batch_storage::object::ObjectDir,
+}
+
+impl std::fmt::Debug for ObjectMedia {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "media in {}", self.dir.url())
+    }
+}
+
+impl ObjectMedia {
+    pub fn new(dir: batch_storage::object::ObjectDir) -> Self {
+        Self { dir }
+    }
+}
+
+impl MediaStore for ObjectMedia {
+    fn put<'a>(
+        &'a self,
+        name: &'a str,
+        mime: &'a str,
+        bytes: Bytes,
+    ) -> BoxFuture<'a, Result<serde_json::Value, String>> {
+        Box::pin(async move {
+            let len = bytes.len();
+            self.dir
+                .put(name, bytes.to_vec())
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(serde_json::json!({
+                "url": format!("{}/{name}", self.dir.url().trim_end_matches('/')),
+                "bytes": len,
+                "mime_type": mime,
+            }))
+        })
+    }
+}
+
 /// The media type of a payload, from its first bytes (the engine's word for it can be missing
 /// or generic); `fallback` when they say nothing.
 pub fn sniff<'a>(bytes: &[u8], fallback: &'a str) -> &'a str {
@@ -127,6 +168,23 @@ mod tests {
         assert_eq!(sniff(b"??", "audio/aac"), "audio/aac");
         assert_eq!(extension("image/png"), "png");
         assert_eq!(extension("application/x-unknown"), "bin");
+    }
+
+    #[tokio::test]
+    async fn object_media_is_named_by_its_url() {
+        let store = std::sync::Arc::new(object_store::memory::InMemory::new());
+        let dir = batch_storage::object::ObjectDir::with_store(
+            store,
+            "out.jsonl.media",
+            "s3://bucket/out.jsonl.media",
+        );
+        let media = ObjectMedia::new(dir.clone());
+        let file = media
+            .put("a.mp4", "video/mp4", Bytes::from_static(b"mp4"))
+            .await
+            .expect("stored");
+        assert_eq!(file["url"], "s3://bucket/out.jsonl.media/a.mp4");
+        assert_eq!(dir.get("a.mp4").await.expect("read"), Some(b"mp4".to_vec()));
     }
 
     #[tokio::test]

@@ -57,8 +57,8 @@ pub enum RunError {
     /// The batch's answers are images, audio or video and nothing was given to store them.
     #[error(
         "the batch's endpoint answers with images, audio or video, which are stored as files \
-         beside the results: give --media-dir DIR (it defaults to OUTPUT.media only for a local \
-         OUTPUT)"
+         beside the results: give --media-dir DIR or s3://bucket/prefix (it defaults to \
+         OUTPUT.media only beside a local or s3:// OUTPUT)"
     )]
     NoMediaStore,
     /// A media payload could not be stored; the job stopped, its results so far kept.
