@@ -153,12 +153,27 @@ fn speech_transcriptions_and_videos_take_their_own_ways() {
         "{gone}"
     );
 
-    let videos = [line(
-        "film",
-        "/v1/videos",
-        json!({"model": "wan", "prompt": "waves at dusk", "seconds": "4"}),
-    )];
-    let (job, results) = run(&sim, &videos, 0);
+    let videos = [
+        line(
+            "film",
+            "/v1/videos",
+            json!({"model": "wan", "prompt": "waves at dusk", "seconds": "4"}),
+        ),
+        line(
+            "flop",
+            "/v1/videos",
+            json!({"model": "wan", "prompt": "[fail]"}),
+        ),
+    ];
+    let (job, results) = run(&sim, &videos, 1);
+    let flop = &results["flop"]["error"];
+    assert_eq!(flop["code"], "video_failed", "{flop}");
+    assert!(
+        flop["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("sim video failed")),
+        "{flop}"
+    );
     let body = &results["film"]["response"]["body"];
     assert_eq!(body["status"], "completed", "{body}");
     assert_eq!(body["progress"], 100);

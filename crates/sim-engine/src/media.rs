@@ -9,8 +9,9 @@
 //!   part is required; `{"text": "sim transcript of N bytes (FILENAME, TYPE)"}`, or the text
 //!   alone for `response_format` text, srt or vtt;
 //! - `POST /v1/videos` (JSON) creates a job; `GET /v1/videos/{id}` reports it `queued`, then
-//!   `in_progress`, then `completed` once `--video-ms` passed; `GET /v1/videos/{id}/content`
-//!   downloads it (an MP4 `ftyp` box then `sim video of PROMPT`).
+//!   `in_progress`, then `completed` once `--video-ms` passed (`failed`, with an `error`, when
+//!   the prompt contains `[fail]`); `GET /v1/videos/{id}/content` downloads it (an MP4 `ftyp`
+//!   box then `sim video of PROMPT`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -211,7 +212,9 @@ impl Videos {
         } else {
             (elapsed.as_millis() * 100 / takes.as_millis()).min(100) as u64
         };
+        let fails = prompt.contains("[fail]");
         let status = match progress {
+            100 if fails => "failed",
             100 => "completed",
             0 => "queued",
             _ => "in_progress",
@@ -228,7 +231,10 @@ impl Videos {
             mp4.extend_from_slice(format!("sim video of {prompt}").as_bytes());
             return Some(bytes("video/mp4", mp4));
         }
-        let body = video_object(id, None, status, progress, seconds);
+        let mut body = video_object(id, None, status, progress, seconds);
+        if status == "failed" {
+            body["error"] = json!({"code": "generation_failed", "message": "sim video failed"});
+        }
         Some(crate::respond::json(StatusCode::OK, &body, None))
     }
 }

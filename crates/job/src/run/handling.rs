@@ -141,16 +141,18 @@ async fn follow_video(
     loop {
         match object["status"].as_str() {
             Some("completed") => break,
-            Some("failed") => {
+            Some("queued" | "in_progress") => {}
+            // `failed`, or a status OpenAI's API does not have: the job will not complete.
+            other => {
                 let why = object["error"]["message"]
                     .as_str()
                     .unwrap_or("the engine gave no reason");
+                let status = other.unwrap_or("none");
                 return Err(Unkept::Line(
                     "video_failed",
-                    format!("video job {id} failed: {why}"),
+                    format!("video job {id} ended {status}: {why}"),
                 ));
             }
-            _ => {}
         }
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
