@@ -21,7 +21,11 @@ The scenario, each step recorded in the report whether it passed or not:
  7. launch: `run --engine transformers` starts its own engine, which is killed (SIGKILL)
     mid-run; the runner restarts it and finishes;
  8. the physical anchor (transformers only): offline.py, in-process continuous batching;
-    with --anchor-rounds N, also N rounds of the anchor and `run` at 1,024 in turns.
+    with --anchor-rounds N, also N rounds of the anchor and `run` at 1,024 in turns;
+ 9. mixed models: a second model on a second engine, and one file of both run with
+    `--mixed-models --model-engine`: each line must reach the engine of its model (transformers
+    serve is pinned to its model and answers 400 to another), counted per model; the same file
+    with every line sent to the first engine shows what the routing avoids.
 """
 import argparse
 import json
@@ -40,6 +44,8 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODEL = "/tmp/model"
+# The second model of the mixed-models step.
+MODEL_B = "/tmp/model-b"
 
 
 class Check:
@@ -171,6 +177,65 @@ class Check:
                                                        if k.lower() in ("content-type", "x-request-id")},
                          "body": text[:1500]}
         return out
+
+    def mixed_models(self):
+        """One file of two models, each on its own engine, routed by `--mixed-models`."""
+        if self.args.engine == "transformers":
+            p = subprocess.run([sys.executable, os.path.join(HERE, "build_model.py"), MODEL_B],
+                               capture_output=True, text=True, timeout=300)
+            if p.returncode != 0:
+                raise RuntimeError(p.stderr[-3000:])
+            port = free_port()
+            cmd = serve_command(MODEL_B, "127.0.0.1", port)
+            env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        else:
+            port = free_port()
+            cmd = sim_command(self.args.bin, port)
+            env = os.environ
+        log = open(self.path("engine-b.log"), "w")
+        second = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        url_b = f"http://127.0.0.1:{port}"
+        try:
+            started = time.time()
+            while http("GET", url_b + "/health", timeout=2)[0] != 200:
+                if second.poll() is not None or time.time() - started > 300:
+                    raise RuntimeError(f"second engine not ready: {tail(self.path('engine-b.log'))}")
+                time.sleep(0.5)
+            ready = round(time.time() - started, 1)
+            lines = []
+            for i in range(200):
+                line = chat_line(f"mixed-{i}", i, 8)
+                line["body"]["model"] = MODEL if i % 2 == 0 else MODEL_B
+                lines.append(line)
+            write_jsonl(self.path("mixed.jsonl"), lines)
+            results = {}
+            for name, routes in (("routed", ["--model-engine", f"{MODEL_B}={url_b}"]), ("unrouted", [])):
+                out = self.path(f"mixed-{name}.jsonl")
+                summary = self.path(f"mixed-{name}-summary.json")
+                clean(out)
+                rc, err, secs = self.runner("run", self.path("mixed.jsonl"), "--output", out, "--mixed-models",
+                                            "--engine-url", self.engine_url, *routes, "--max-concurrency", "32",
+                                            "--progress", "off", "--summary-json", summary)
+                got = read_results(out, error_path(out))
+                expect_each_once(self.path("mixed.jsonl"), got)
+                statuses = {}
+                for r in got.values():
+                    key = f"{r['kind']}:{r['status']}"
+                    statuses[key] = statuses.get(key, 0) + 1
+                results[name] = {"exit": rc, "seconds": secs, "results_by_kind_and_status": statuses,
+                                 "models": load_json(summary).get("models"), "stderr": err[-600:]}
+            routed = results["routed"]
+            if routed["exit"] != 0 or routed["results_by_kind_and_status"] != {"output:200": 200}:
+                raise RuntimeError(f"the routed run did not succeed on every line: {routed}")
+            if [m["succeeded"] for m in routed["models"] or []] != [100, 100]:
+                raise RuntimeError(f"per-model counts: {routed['models']}")
+            return {"second_engine_ready_seconds": ready, **results}
+        finally:
+            os.killpg(second.pid, signal.SIGTERM)
+            try:
+                second.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(second.pid, signal.SIGKILL)
 
     def validate(self):
         out = {}
@@ -422,6 +487,8 @@ class Check:
                 if name in self.args.skip:
                     continue
                 self.step(name, getattr(self, name))
+        if self.report["steps"]["engine_start"]["ok"] and "mixed_models" not in self.args.skip:
+            self.step("mixed_models", self.mixed_models)
         self.step("engine_stop", self.stop_engine)
         for name in ("launch_with_crash", "offline_anchor"):
             if name not in self.args.skip:
