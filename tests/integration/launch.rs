@@ -288,3 +288,46 @@ fn an_engine_whose_model_list_fails_is_ready_by_its_health_check() {
     assert_eq!(lines_of(&job.path("out.jsonl")), 20);
     assert_gone(&m);
 }
+
+/// `--mixed-models` with a launched engine: it serves every model without a `--model-engine`
+/// entry (a base model and its LoRA adapters here, each a route of its own), and when it
+/// crashes every one of those routes waits for its restart; the routed model's lines go to
+/// their own engine throughout.
+#[test]
+fn a_launched_engine_serves_the_unrouted_models_of_a_mixed_file_through_a_crash() {
+    let other = crate::common::Sim::instant(&["--model", "other"]);
+    let job = Job::new();
+    let lines: Vec<serde_json::Value> = (0..200)
+        .map(|i| {
+            let model = ["base", "base:a1", "base:a2", "other"][i % 4];
+            crate::common::chat_line(&format!("m{i}"), serde_json::json!({ "model": model }))
+        })
+        .collect();
+    let input = job.input(&lines);
+    let m = marker("mixed");
+    let route = format!("other={}", other.url);
+    let out = run_in(&job, &input, "out.jsonl")
+        .args(["--keep-state", "--max-engine-restarts", "20"])
+        .args(["--retry-backoff", "20ms", "--max-concurrency", "8"])
+        .args(["--mixed-models", "--model-engine", &route, "--launch"])
+        .arg(sim_launch(
+            &m,
+            "--ttft-ms 2 --ms-per-token 0 --exit-after 60",
+        ))
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        results_by_id(&job.path("out.jsonl")).len(),
+        200,
+        "every line once"
+    );
+    assert_eq!(
+        other.served(),
+        50.0,
+        "the routed model's lines, and only they"
+    );
+    let log = std::fs::read_to_string(job.path("out.jsonl.state/engine.log")).expect("engine log");
+    assert!(log.matches("listening on").count() >= 3, "{log}");
+    assert_gone(&m);
+}
