@@ -66,6 +66,13 @@ pub async fn speech(
     if audio.is_empty() {
         return Err(NotKept::Answer("the speech answer is empty".into()));
     }
+    // An engine that answers 200 with a JSON document sent no audio (an error in a success).
+    if serde_json::from_slice::<serde_json::Map<String, Value>>(&audio).is_ok() {
+        return Err(NotKept::Answer(format!(
+            "the speech answer is JSON, not audio: {}",
+            String::from_utf8_lossy(&audio[..audio.len().min(200)])
+        )));
+    }
     let request: Value = serde_json::from_slice(request).unwrap_or_default();
     let model = request["model"].as_str().unwrap_or_default();
     // OpenAI's formats; mp3 when none is asked for.
