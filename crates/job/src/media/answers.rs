@@ -175,6 +175,11 @@ mod tests {
             kept["file"]["path"], "m/r4.aac",
             "the format asked for names raw audio"
         );
+        let json_body = Bytes::from_static(br#"{"error": "no voice"}"#);
+        assert!(matches!(
+            speech(&store, "r5", asked, json_body).await,
+            Err(NotKept::Answer(m)) if m.contains("no voice")
+        ));
 
         assert_eq!(transcription(br#"{"text":"hi"}"#), br#"{"text":"hi"}"#);
         assert_eq!(
