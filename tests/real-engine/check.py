@@ -25,7 +25,10 @@ The scenario, each step recorded in the report whether it passed or not:
  9. mixed models: a second model on a second engine, and one file of both run with
     `--mixed-models --model-engine`: each line must reach the engine of its model (transformers
     serve is pinned to its model and answers 400 to another), counted per model; the same file
-    with every line sent to the first engine shows what the routing avoids.
+    with every line sent to the first engine shows what the routing avoids. The second engine
+    runs on the CPU: transformers serve's continuous batching takes most of the GPU's memory
+    for its cache, and a second one on the same GPU dies (CUDA out of memory) at its first
+    request, answering 503 "CB worker is dead" from then on (seen on the H200).
 """
 import argparse
 import json
@@ -187,7 +190,7 @@ class Check:
                 raise RuntimeError(p.stderr[-3000:])
             port = free_port()
             cmd = serve_command(MODEL_B, "127.0.0.1", port)
-            env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+            env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
         else:
             port = free_port()
             cmd = sim_command(self.args.bin, port)
@@ -215,7 +218,8 @@ class Check:
                 clean(out)
                 rc, err, secs = self.runner("run", self.path("mixed.jsonl"), "--output", out, "--mixed-models",
                                             "--engine-url", self.engine_url, *routes, "--max-concurrency", "32",
-                                            "--progress", "off", "--summary-json", summary)
+                                            "--engine-down-timeout", "60s", "--progress", "off",
+                                            "--summary-json", summary, timeout=240)
                 got = read_results(out, error_path(out))
                 expect_each_once(self.path("mixed.jsonl"), got)
                 statuses = {}
