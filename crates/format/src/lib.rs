@@ -5,8 +5,10 @@
 //!   and a message that says how to fix it;
 //! - [`input`]: parsing one input line into a [`input::Request`] that borrows from the line, so
 //!   the request body is forwarded byte for byte and never re-serialised;
-//! - [`rules`]: the file-wide rules (one endpoint and one model per file) as a small state
-//!   machine fed one line at a time;
+//! - [`rules`]: the file-wide rules (one endpoint and one model per file, or several models
+//!   each with an engine) as a small state machine fed one line at a time;
+//! - [`endpoints`]: what the image, video and audio endpoints need of a line's body, and how
+//!   their requests and answers travel;
 //! - [`output`]: writing result lines in the shape OpenAI's batch output files use.
 
 pub mod endpoints;
