@@ -70,11 +70,17 @@ impl Handling {
     }
 
     /// The request as the endpoint takes it: the line's JSON, or a transcription's form (an
-    /// error: why its audio could not be had).
+    /// error: why its audio could not be had). The form's future (a download) is boxed, so
+    /// every other request's task stays as small as before.
     pub async fn payload(&self, body: Bytes) -> Result<Payload, String> {
         match self.exchange {
             Exchange::Transcription => {
-                form::transcription(&body, &self.http, self.hosts.as_deref()).await
+                Box::pin(form::transcription(
+                    &body,
+                    &self.http,
+                    self.hosts.as_deref(),
+                ))
+                .await
             }
             _ => Ok(Payload::json(body)),
         }

@@ -136,12 +136,12 @@ pub async fn execute(
             if (200..300).contains(status) && route.handling.reshapes() =>
         {
             let on = (route.engines, sent.engine);
-            Some(
-                route
-                    .handling
-                    .keep(&request.body, &id, body.clone(), on, stop)
-                    .await,
-            )
+            // Boxed: only media answers take this way, and its future (a video followed to its
+            // end, payloads stored) would otherwise enlarge every request's task.
+            let keeping = route
+                .handling
+                .keep(&request.body, &id, body.clone(), on, stop);
+            Some(Box::pin(keeping).await)
         }
         _ => None,
     };
