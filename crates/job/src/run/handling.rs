@@ -22,8 +22,10 @@ const MAX_POLL: Duration = Duration::from_secs(10);
 pub struct Handling {
     pub exchange: Exchange,
     pub media: Option<Arc<dyn MediaStore>>,
-    /// Downloads the audio a transcription line names by an http(s) URL.
-    http: reqwest::Client,
+    /// Downloads the audio a transcription line names by an http(s) URL (made only for a
+    /// transcription job: making a client loads the system's certificates, tens of
+    /// milliseconds every other job would pay for nothing).
+    http: Option<reqwest::Client>,
     /// The hosts it may download from; `None`: any.
     hosts: Option<Vec<String>>,
     /// Why a payload could not be stored, when one could not: the job stopped (resumable).
@@ -50,11 +52,13 @@ impl Handling {
             exchange,
             media,
             hosts,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .connect_timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
+            http: (exchange == Exchange::Transcription).then(|| {
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(300))
+                    .connect_timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap_or_default()
+            }),
             store_failed: OnceLock::new(),
         }
     }
