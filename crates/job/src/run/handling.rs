@@ -79,12 +79,8 @@ impl Handling {
     pub async fn payload(&self, body: Bytes) -> Result<Payload, String> {
         match self.exchange {
             Exchange::Transcription => {
-                Box::pin(form::transcription(
-                    &body,
-                    &self.http,
-                    self.hosts.as_deref(),
-                ))
-                .await
+                let http = self.http.clone().unwrap_or_default();
+                Box::pin(form::transcription(&body, &http, self.hosts.as_deref())).await
             }
             _ => Ok(Payload::json(body)),
         }
