@@ -223,7 +223,9 @@ impl LineRules {
                 first_line: settled.line,
             });
         }
+        // One model per file: the first line's is the only one (and a mismatch is a problem).
         if problems.is_empty()
+            && self.config.mixed_models.is_some()
             && self.model_index(&request.model).is_none()
             && !self.add_model(&request.model)
         {
