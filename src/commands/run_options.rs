@@ -1,7 +1,6 @@
 //! Turning `run`'s command line into [`RunOptions`]: where the input and results are (local
 //! paths or URLs), the engine to launch, and every other setting.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use batch_job::{
@@ -182,7 +181,6 @@ pub fn build(args: RunArgs) -> Result<RunOptions, String> {
         grace: args.grace,
         retry_failed,
         launch,
-        model_engines: BTreeMap::new(),
         media,
         file_url_hosts: None,
     };

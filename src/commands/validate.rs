@@ -17,7 +17,7 @@ pub fn run(args: ValidateArgs) -> Exit {
         Ok(Some(by_model)) => {
             options.rules.mixed_models = Some(batch_format::ModelRoutes {
                 default: by_model.is_empty(),
-                routed: by_model.into_keys().collect(),
+                engines: by_model,
             });
         }
         Ok(None) => {}

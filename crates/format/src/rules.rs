@@ -105,26 +105,27 @@ pub struct RulesConfig {
     pub mixed_models: Option<ModelRoutes>,
 }
 
-/// Which models have engines of their own when one file holds several.
+/// Which engines serve which model when one file holds several.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelRoutes {
-    /// Models with their own engines (`--model-engine MODEL=URL`).
-    pub routed: Vec<String>,
+    /// The models with engines of their own (`--model-engine MODEL=URL[,URL…]`), and those
+    /// engines' base URLs.
+    pub engines: BTreeMap<String, Vec<String>>,
     /// A default engine (`--engine-url`) serves every other model.
     pub default: bool,
 }
 
 impl ModelRoutes {
-    /// The routed name whose engines serve `model`: the model itself, or for a LoRA adapter
-    /// written `base:adapter` its base; `None`: the default engines (if any).
-    pub fn route_of(&self, model: &str) -> Option<&str> {
-        let named = |m: &str| self.routed.iter().find(|r| *r == m).map(String::as_str);
+    /// The engines of `model`: its own entry, or for a LoRA adapter written `base:adapter` its
+    /// base's; `None`: the default engines (if any).
+    pub fn engines_of(&self, model: &str) -> Option<&[String]> {
+        let named = |m: &str| self.engines.get(m).map(Vec::as_slice);
         named(model).or_else(|| model.rsplit_once(':').and_then(|(base, _)| named(base)))
     }
 
     /// Whether some engine serves `model`.
     pub fn serves(&self, model: &str) -> bool {
-        self.default || self.route_of(model).is_some()
+        self.default || self.engines_of(model).is_some()
     }
 }
 
@@ -193,7 +194,7 @@ impl LineRules {
         {
             problems.push(Problem::ModelNotServed {
                 found: request.model.to_string(),
-                routed: routes.routed.clone(),
+                routed: routes.engines.keys().cloned().collect(),
             });
         }
         let Some(settled) = &self.settled else {
@@ -305,7 +306,10 @@ mod tests {
     #[test]
     fn mixed_models_are_numbered_and_routed_per_line() {
         let routes = ModelRoutes {
-            routed: vec!["llama".into(), "qwen".into()],
+            engines: [("llama", "http://a:1"), ("qwen", "http://b:2")]
+                .into_iter()
+                .map(|(m, u)| (m.to_owned(), vec![u.to_owned()]))
+                .collect(),
             default: false,
         };
         let config = RulesConfig {
@@ -335,9 +339,10 @@ mod tests {
         let settled = rules.settled_on().cloned().expect("settled");
         assert_eq!(settled.models, vec!["qwen", "llama:sql-adapter"]);
         assert_eq!(rules.model_index("llama:sql-adapter"), Some(1));
-        assert_eq!(routes.route_of("llama:sql-adapter"), Some("llama"));
-        assert_eq!(routes.route_of("llama"), Some("llama"));
-        assert_eq!(routes.route_of("mistral"), None);
+        let llama = Some(&["http://a:1".to_owned()][..]);
+        assert_eq!(routes.engines_of("llama:sql-adapter"), llama);
+        assert_eq!(routes.engines_of("llama"), llama);
+        assert_eq!(routes.engines_of("mistral"), None);
         // A second pass starts with the same numbering.
         let again = LineRules::settled(config, Some(settled));
         assert_eq!(again.model_index("qwen"), Some(0));
@@ -348,7 +353,7 @@ mod tests {
     fn a_default_engine_serves_any_model_up_to_the_limit() {
         let mut rules = LineRules::new(RulesConfig {
             mixed_models: Some(ModelRoutes {
-                routed: vec![],
+                engines: BTreeMap::new(),
                 default: true,
             }),
             ..RulesConfig::default()

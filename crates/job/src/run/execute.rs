@@ -466,13 +466,7 @@ async fn start_engines(
     let mixed = options.validate.rules.mixed_models.as_ref();
     let (routes, models) = match (mixed, settled, line_models) {
         (Some(mixed), Some(settled), Some(lines)) => {
-            let plans = routes::plans(
-                &settled.models,
-                mixed,
-                &options.model_engines,
-                &engine_options,
-                launched.is_some(),
-            );
+            let plans = routes::plans(&settled.models, mixed, &engine_options, launched.is_some());
             let routes = plans
                 .iter()
                 .map(|plan| Route::new(plan, path))

@@ -65,9 +65,6 @@ pub struct RunOptions {
     /// files in input order, before the state (and its request timings) is removed. A failed
     /// build is a warning: the index can be built from the files later, without the timings.
     pub results_index: Option<PathBuf>,
-    /// With several models in one file (`validate.rules.mixed_models`): the engines of the
-    /// models that have their own (`--model-engine`); any other model goes to `engines.urls`.
-    pub model_engines: BTreeMap<String, Vec<String>>,
     /// Where image, audio and video payloads of the answers are stored (see `media`); a job
     /// of such an endpoint refuses to start without one.
     pub media: Option<std::sync::Arc<dyn crate::media::MediaStore>>,
@@ -81,10 +78,9 @@ impl RunOptions {
     /// (`engines.urls`, and a launched engine). Call it once the engines are set.
     pub fn mix_models(&mut self, by_model: BTreeMap<String, Vec<String>>) {
         self.validate.rules.mixed_models = Some(batch_format::ModelRoutes {
-            routed: by_model.keys().cloned().collect(),
+            engines: by_model,
             default: !self.engines.urls.is_empty() || self.launch.is_some(),
         });
-        self.model_engines = by_model;
     }
 
     /// A job of `input` into `output` and `errors`, its state in `state_dir`, on `engines`
@@ -122,7 +118,6 @@ impl RunOptions {
             preflight: false,
             in_flight_cap: None,
             results_index: None,
-            model_engines: BTreeMap::new(),
             media: None,
             file_url_hosts: None,
         }

@@ -7,7 +7,6 @@
 //! requests in flight (`--concurrency` applies per model), so a slow or failing model's
 //! engine holds back only its own lines.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,31 +56,28 @@ impl Route {
 }
 
 /// The engines of each of `models` (the file's, in index order): its `--model-engine` entry
-/// (`by_model`, found by [`batch_format::ModelRoutes::route_of`]), or `default`.
+/// (see [`batch_format::ModelRoutes::engines_of`]), or `default`.
 pub fn plans(
     models: &[String],
     routes: &batch_format::ModelRoutes,
-    by_model: &BTreeMap<String, Vec<String>>,
     default: &EngineOptions,
     launched: bool,
 ) -> Vec<RoutePlan> {
     models
         .iter()
-        .map(
-            |model| match routes.route_of(model).and_then(|r| by_model.get(r)) {
-                Some(urls) => RoutePlan {
-                    engines: EngineOptions {
-                        urls: urls.clone(),
-                        ..default.clone()
-                    },
-                    launched: false,
+        .map(|model| match routes.engines_of(model) {
+            Some(urls) => RoutePlan {
+                engines: EngineOptions {
+                    urls: urls.to_vec(),
+                    ..default.clone()
                 },
-                None => RoutePlan {
-                    engines: default.clone(),
-                    launched,
-                },
+                launched: false,
             },
-        )
+            None => RoutePlan {
+                engines: default.clone(),
+                launched,
+            },
+        })
         .collect()
 }
 

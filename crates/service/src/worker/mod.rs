@@ -256,7 +256,8 @@ impl Worker {
         state_remote: Option<reqwest::Url>,
     ) -> RunOptions {
         let engines = self.settings.engine_options(urls);
-        let mut options = RunOptions {
+        RunOptions {
+            // With several models, it holds their routes too.
             validate: self.validate_options(batch),
             checkpoint: self.settings.checkpoint(),
             // The worker removes the state once the batch is recorded, not before.
@@ -275,18 +276,14 @@ impl Worker {
             // A worker restarted after validation counts the lines left again.
             preflight: batch.preflight != 0,
             results_index: Some(BatchWork::new(&self.work_root, &batch.id).results_index()),
+            file_url_hosts: Some(self.settings.file_url_hosts.clone()),
+            media: Some(Arc::new(media::BatchMedia::new(
+                self.store.clone(),
+                self.blobs.clone(),
+                batch,
+            ))),
             ..RunOptions::new(files, engines, self.settings.grace)
-        };
-        if batch.mixed_models != 0 {
-            options.mix_models(self.settings.model_engines.clone());
         }
-        options.file_url_hosts = Some(self.settings.file_url_hosts.clone());
-        options.media = Some(Arc::new(media::BatchMedia::new(
-            self.store.clone(),
-            self.blobs.clone(),
-            batch,
-        )));
-        options
     }
 
     /// Runs the job, reporting its progress to the store as it goes; how the batch ended, or

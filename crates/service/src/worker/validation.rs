@@ -9,7 +9,7 @@ impl Worker {
     /// 1,000 (all are counted).
     pub(super) fn validate_options(&self, batch: &BatchRow) -> ValidateOptions {
         let mixed_models = (batch.mixed_models != 0).then(|| batch_format::ModelRoutes {
-            routed: self.settings.model_engines.keys().cloned().collect(),
+            engines: self.settings.model_engines.clone(),
             default: !self.settings.default_engines.is_empty(),
         });
         ValidateOptions {
