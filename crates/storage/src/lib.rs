@@ -380,6 +380,68 @@ pub async fn download(
     Ok(size)
 }
 
+/// Many small downloads into memory with one client (making a client loads the system's
+/// certificates: too slow to do per download), retried as its options say.
+pub struct Fetcher {
+    client: reqwest::Client,
+    options: HttpOptions,
+}
+
+/// What a [`Fetcher`] got: the body, and the type the server gave it.
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub content_type: Option<String>,
+}
+
+impl Fetcher {
+    pub fn new(options: HttpOptions) -> Result<Self, StorageError> {
+        Ok(Self {
+            client: options.client()?,
+            options,
+        })
+    }
+
+    /// GETs `url`, refusing (without retrying) a body over `max` bytes. Errors name the URL
+    /// without its query (a presigned URL's signature stays out of messages).
+    pub async fn get(&self, url: &reqwest::Url, max: usize) -> Result<Fetched, StorageError> {
+        let too_large = |n: u64| Failure {
+            reason: format!("the body is {n} bytes or more, over the {max} allowed"),
+            retry: false,
+        };
+        with_retries(&self.options, "cannot download", url, || async {
+            let mut response = self
+                .client
+                .get(url.clone())
+                .send()
+                .await
+                .map_err(|e| transport(&e))?;
+            if !response.status().is_success() {
+                return Err(status_failure(response.status()));
+            }
+            if let Some(n) = response.content_length().filter(|&n| n > max as u64) {
+                return Err(too_large(n));
+            }
+            let content_type = response
+                .headers()
+                .get(reqwest::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e))? {
+                if bytes.len() + chunk.len() > max {
+                    return Err(too_large((bytes.len() + chunk.len()) as u64));
+                }
+                bytes.extend_from_slice(&chunk);
+            }
+            Ok(Fetched {
+                bytes,
+                content_type,
+            })
+        })
+        .await
+    }
+}
+
 /// Uploads the file at `src` to `url` with PUT, streaming it with its `Content-Length`.
 pub async fn upload(
     src: &Path,

@@ -6,10 +6,12 @@
 //! URL, downloaded here. Every other body field becomes a text part (an array one part per
 //! item, named `field[]` as OpenAI's clients send them).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::Engine as _;
 use batch_format::endpoints::{AudioSource, audio_source};
+use batch_storage::{Fetcher, HttpOptions};
 use bytes::Bytes;
 use hyper::header::HeaderValue;
 use serde_json::Value;
@@ -24,24 +26,19 @@ pub const MAX_AUDIO_BYTES: usize = 64 << 20;
 const DOWNLOAD_TRIES: u32 = 3;
 
 /// The form for `body` (a transcription line's JSON body, checked by validation); an error says
-/// why the audio could not be had. An http(s) `file_url` is downloaded only from `hosts`, when
-/// given.
-pub async fn transcription(
-    body: &[u8],
-    http: &reqwest::Client,
-    hosts: Option<&[String]>,
-) -> Result<Payload, String> {
+/// why the audio could not be had.
+pub async fn transcription(body: &[u8], sources: &AudioSources) -> Result<Payload, String> {
     let fields: serde_json::Map<String, Value> =
         serde_json::from_slice(body).map_err(|e| format!("the body is not a JSON object: {e}"))?;
     let url = fields
         .get("file_url")
         .and_then(Value::as_str)
         .ok_or("body.file_url is missing")?;
-    let (audio, mime, filename) = fetch(url, http, hosts).await?;
+    let (audio, mime, filename) = fetch(url, sources).await?;
     let text = |name: String, value: &Value| Part {
         name,
         file: None,
-        data: text_of(value).into_bytes(),
+        data: Bytes::from(text_of(value)),
     };
     let mut parts = Vec::new();
     for (name, value) in &fields {
@@ -57,17 +54,21 @@ pub async fn transcription(
     parts.push(Part {
         name: "file".into(),
         file: Some((filename, mime)),
-        data: audio.to_vec(),
+        data: audio,
     });
     let boundary = boundary_for(&parts);
-    let mut out = Vec::with_capacity(audio.len() + 1024);
+    let size: usize = parts.iter().map(|p| p.data.len() + 200).sum();
+    let mut out = Vec::with_capacity(size);
     for Part { name, file, data } in &parts {
         out.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        let name = quoted(name);
         match file {
             Some((filename, mime)) => out.extend_from_slice(
                 format!(
-                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{filename}\"\r\n\
-                     Content-Type: {mime}\r\n\r\n"
+                    "Content-Disposition: form-data; name=\"{name}\"; filename=\"{}\"\r\n\
+                     Content-Type: {}\r\n\r\n",
+                    quoted(filename),
+                    quoted(mime)
                 )
                 .as_bytes(),
             ),
@@ -91,7 +92,15 @@ pub async fn transcription(
 struct Part {
     name: String,
     file: Option<(String, String)>,
-    data: Vec<u8>,
+    data: Bytes,
+}
+
+/// A name as a header's quoted string can hold it: a double quote, CR and LF percent-encoded,
+/// as browsers send them (a body field's name or a URL's file name must not end the header).
+fn quoted(name: &str) -> String {
+    name.replace('"', "%22")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
 }
 
 /// A field's value as a form part: a string as it is, anything else as JSON.
@@ -121,12 +130,37 @@ fn boundary_for(parts: &[Part]) -> String {
     }
 }
 
+/// Where the audio of a line's http(s) `file_url` may come from, and the client that downloads
+/// it (made at the first such line: making one loads the system's certificates).
+pub struct AudioSources {
+    /// The hosts audio may be downloaded from; `None`: any.
+    hosts: Option<Vec<String>>,
+    fetcher: OnceLock<Result<Fetcher, String>>,
+}
+
+impl AudioSources {
+    pub fn new(hosts: Option<Vec<String>>) -> Self {
+        Self {
+            hosts,
+            fetcher: OnceLock::new(),
+        }
+    }
+
+    fn fetcher(&self) -> Result<&Fetcher, String> {
+        let options = HttpOptions {
+            attempts: DOWNLOAD_TRIES,
+            timeout: Duration::from_secs(300),
+            ..HttpOptions::default()
+        };
+        self.fetcher
+            .get_or_init(|| Fetcher::new(options).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| format!("cannot download body.file_url: {e}"))
+    }
+}
+
 /// The audio a `file_url` names: its bytes, media type and a file name.
-async fn fetch(
-    url: &str,
-    http: &reqwest::Client,
-    hosts: Option<&[String]>,
-) -> Result<(Bytes, String, String), String> {
+async fn fetch(url: &str, sources: &AudioSources) -> Result<(Bytes, String, String), String> {
     match audio_source(url)? {
         AudioSource::Data { mime, base64 } => {
             let bytes = base64::engine::general_purpose::STANDARD
@@ -138,85 +172,39 @@ async fn fetch(
             let name = format!("audio.{}", extension(mime));
             Ok((Bytes::from(bytes), mime.to_owned(), name))
         }
-        AudioSource::Http(url) => {
-            let host = reqwest::Url::parse(url)
-                .ok()
-                .and_then(|u| u.host_str().map(str::to_owned))
-                .unwrap_or_default();
-            match hosts {
-                Some(hosts) if !hosts.iter().any(|h| h.eq_ignore_ascii_case(&host)) => {
-                    Err(format!(
-                        "body.file_url's host {host:?} is not one audio may be downloaded from here; \
-                     give the audio inline as a data: URL (the service's operator allows hosts \
-                     with --allow-file-url-host)"
-                    ))
+        AudioSource::Http(text) => {
+            let url = reqwest::Url::parse(text)
+                .map_err(|e| format!("body.file_url is not a URL ({e}); give an http(s) URL"))?;
+            let host = url.host_str().unwrap_or_default();
+            if let Some(hosts) = &sources.hosts
+                && !hosts.iter().any(|h| h.eq_ignore_ascii_case(host))
+            {
+                return Err(format!(
+                    "body.file_url's host {host:?} is not one audio may be downloaded from \
+                     here; give the audio inline as a data: URL (the service's operator allows \
+                     hosts with --allow-file-url-host)"
+                ));
+            }
+            let got = sources
+                .fetcher()?
+                .get(&url, MAX_AUDIO_BYTES)
+                .await
+                .map_err(|e| format!("body.file_url: {e}"))?;
+            // A server that does not say what it sent: the bytes may.
+            let mime = match got.content_type.as_deref() {
+                None | Some("application/octet-stream" | "binary/octet-stream") => {
+                    super::sniff(&got.bytes, "application/octet-stream").to_owned()
                 }
-                _ => download(url, http).await,
-            }
+                Some(given) => given.to_owned(),
+            };
+            let name = url
+                .path_segments()
+                .and_then(|mut s| s.next_back())
+                .filter(|n| !n.is_empty())
+                .map_or_else(|| format!("audio.{}", extension(&mime)), str::to_owned);
+            Ok((Bytes::from(got.bytes), mime, name))
         }
     }
-}
-
-async fn download(url: &str, http: &reqwest::Client) -> Result<(Bytes, String, String), String> {
-    let mut last = String::new();
-    for attempt in 0..DOWNLOAD_TRIES {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-        }
-        let response = match http.get(url).send().await {
-            Ok(r) => r,
-            Err(e) => {
-                last = crate::error_with_causes(&e);
-                continue;
-            }
-        };
-        let status = response.status();
-        if status.is_server_error() {
-            last = format!("HTTP {status}");
-            continue;
-        }
-        if !status.is_success() {
-            return Err(format!(
-                "downloading body.file_url {url} answered HTTP {status}"
-            ));
-        }
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_AUDIO_BYTES as u64)
-        {
-            return Err(too_large(response.content_length().unwrap_or(0) as usize));
-        }
-        let mime = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/octet-stream")
-            .to_owned();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| format!("downloading body.file_url {url}: {e}"))?;
-        if bytes.len() > MAX_AUDIO_BYTES {
-            return Err(too_large(bytes.len()));
-        }
-        // A server that does not say what it sent: the bytes may.
-        let mime = match mime.as_str() {
-            "application/octet-stream" | "binary/octet-stream" => {
-                super::sniff(&bytes, "application/octet-stream").to_owned()
-            }
-            _ => mime,
-        };
-        let name = url
-            .split(['?', '#'])
-            .next()
-            .and_then(|u| u.rsplit('/').next())
-            .filter(|n| !n.is_empty() && !n.contains('"'))
-            .map_or_else(|| format!("audio.{}", extension(&mime)), str::to_owned);
-        return Ok((bytes, mime, name));
-    }
-    Err(format!(
-        "downloading body.file_url {url} failed {DOWNLOAD_TRIES} times; last: {last}"
-    ))
 }
 
 fn too_large(bytes: usize) -> String {
@@ -239,8 +227,10 @@ mod tests {
             "temperature": 0.2,
             "timestamp_granularities": ["word", "segment"],
             "prompt": null,
+            "a\"b\r\nX-Evil: 1": "field names cannot end their header",
         });
-        let payload = transcription(body.to_string().as_bytes(), &reqwest::Client::new(), None)
+        let anywhere = AudioSources::new(None);
+        let payload = transcription(body.to_string().as_bytes(), &anywhere)
             .await
             .expect("form");
         let ct = payload.content_type.to_str().expect("ascii");
@@ -267,15 +257,19 @@ mod tests {
             !text.contains("file_url") && !text.contains("\"prompt\""),
             "{text}"
         );
-        let bad = serde_json::json!({"model": "w", "file_url": "data:audio/wav;base64,@@"});
-        let client = reqwest::Client::new();
         assert!(
-            transcription(bad.to_string().as_bytes(), &client, None)
+            text.contains("name=\"a%22b%0D%0AX-Evil: 1\"\r\n") && !text.contains("\r\nX-Evil"),
+            "{text}"
+        );
+        let bad = serde_json::json!({"model": "w", "file_url": "data:audio/wav;base64,@@"});
+        assert!(
+            transcription(bad.to_string().as_bytes(), &anywhere)
                 .await
                 .is_err()
         );
         let elsewhere = serde_json::json!({"model": "w", "file_url": "http://169.254.169.254/a"});
-        let err = transcription(elsewhere.to_string().as_bytes(), &client, Some(&[]))
+        let nowhere = AudioSources::new(Some(Vec::new()));
+        let err = transcription(elsewhere.to_string().as_bytes(), &nowhere)
             .await
             .expect_err("host not allowed");
         assert!(

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::dispatch::{Delivery, Engines, Payload};
+use crate::media::MediaStore;
 use crate::media::answers::{self, NotKept};
-use crate::media::{MediaStore, form};
+use crate::media::form::{self, AudioSources};
 use crate::run::stop::{StopReason, StopSignal};
 
 /// The first wait between two looks at a video job; it grows to [`MAX_POLL`].
@@ -20,14 +21,11 @@ const MAX_POLL: Duration = Duration::from_secs(10);
 
 /// How this job's requests travel and how their answers are kept.
 pub struct Handling {
-    pub exchange: Exchange,
-    pub media: Option<Arc<dyn MediaStore>>,
-    /// Downloads the audio a transcription line names by an http(s) URL (made only for a
-    /// transcription job: making a client loads the system's certificates, tens of
-    /// milliseconds every other job would pay for nothing).
-    http: Option<reqwest::Client>,
-    /// The hosts it may download from; `None`: any.
-    hosts: Option<Vec<String>>,
+    exchange: Exchange,
+    /// Where payloads go (`RunError::NoMediaStore` refuses a job that needs it and has none).
+    media: Option<Arc<dyn MediaStore>>,
+    /// Where a transcription line's audio may be downloaded from.
+    audio: AudioSources,
     /// Why a payload could not be stored, when one could not: the job stopped (resumable).
     store_failed: OnceLock<String>,
 }
@@ -51,14 +49,7 @@ impl Handling {
         Self {
             exchange,
             media,
-            hosts,
-            http: (exchange == Exchange::Transcription).then(|| {
-                reqwest::Client::builder()
-                    .timeout(Duration::from_secs(300))
-                    .connect_timeout(Duration::from_secs(10))
-                    .build()
-                    .unwrap_or_default()
-            }),
+            audio: AudioSources::new(hosts),
             store_failed: OnceLock::new(),
         }
     }
@@ -78,10 +69,7 @@ impl Handling {
     /// every other request's task stays as small as before.
     pub async fn payload(&self, body: Bytes) -> Result<Payload, String> {
         match self.exchange {
-            Exchange::Transcription => {
-                let http = self.http.clone().unwrap_or_default();
-                Box::pin(form::transcription(&body, &http, self.hosts.as_deref())).await
-            }
+            Exchange::Transcription => Box::pin(form::transcription(&body, &self.audio)).await,
             _ => Ok(Payload::json(body)),
         }
     }
@@ -96,20 +84,16 @@ impl Handling {
         (engines, engine): (&Engines, usize),
         stop: &StopSignal,
     ) -> Result<Vec<u8>, Unkept> {
-        let Some(store) = self
-            .media
-            .as_deref()
-            .filter(|_| self.exchange.stores_media())
-        else {
-            return Ok(match self.exchange {
-                Exchange::Transcription => answers::transcription(&answer),
-                _ => answer.to_vec(),
-            });
-        };
-        let kept = match self.exchange {
-            Exchange::Images => answers::images(store, result_id, &answer).await,
-            Exchange::Speech => answers::speech(store, result_id, request, answer).await,
-            _ => {
+        let kept = match (self.exchange, self.media.as_deref()) {
+            (Exchange::Json, _) => return Ok(answer.to_vec()),
+            (Exchange::Transcription, _) => return Ok(answers::transcription(&answer)),
+            // The job refuses to start without a store (`RunError::NoMediaStore`).
+            (_, None) => Err(NotKept::Store("no media store for this job".into())),
+            (Exchange::Images, Some(store)) => answers::images(store, result_id, &answer).await,
+            (Exchange::Speech, Some(store)) => {
+                answers::speech(store, result_id, request, answer).await
+            }
+            (Exchange::Video, Some(store)) => {
                 let (object, content) = follow_video(&answer, engines, engine, stop).await?;
                 answers::video(store, result_id, object, content).await
             }
