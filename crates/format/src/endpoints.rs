@@ -6,7 +6,8 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::Problem;
+use crate::input::Str;
+use crate::{Problem, SUPPORTED_URLS};
 
 /// How a line's request travels and how its answer is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,15 +27,9 @@ pub enum Exchange {
     Video,
 }
 
-/// The media endpoints, accepted by default beside the text ones.
-pub const MEDIA_URLS: [&str; 6] = [
-    "/v1/images/generations",
-    "/v1/images/edits",
-    "/v1/videos",
-    "/v1/audio/speech",
-    "/v1/audio/transcriptions",
-    "/v1/audio/translations",
-];
+/// The media endpoints, accepted by default beside the text ones: the last six of
+/// [`SUPPORTED_URLS`].
+pub const MEDIA_URLS: &[&str] = SUPPORTED_URLS.split_at(7).1;
 
 impl Exchange {
     pub fn of(url: &str) -> Self {
@@ -124,14 +119,17 @@ pub fn check_body(url: &str, body: &RawValue) -> Vec<Problem> {
                 });
             }
             problems.extend(string(b.file_url, "body.file_url"));
-            if let Some(url) = b.file_url.filter(|v| is_string(Some(v))) {
-                let text: String = serde_json::from_str(url.get()).unwrap_or_default();
-                if let Err(why) = audio_source(&text) {
-                    problems.push(Problem::InvalidValue {
-                        field: "body.file_url",
-                        why,
-                    });
-                }
+            // Borrowed, not copied: a data: URL can be megabytes of base64.
+            if let Some(Ok(Str(text))) = b
+                .file_url
+                .filter(|v| is_string(Some(v)))
+                .map(|v| serde_json::from_str::<Str<'_>>(v.get()))
+                && let Err(why) = audio_source(&text)
+            {
+                problems.push(Problem::InvalidValue {
+                    field: "body.file_url",
+                    why,
+                });
             }
         }
     }

@@ -46,7 +46,7 @@ struct BodyProbe<'a> {
 
 /// A JSON string that borrows from the input when it has no escapes.
 #[derive(Deserialize)]
-struct Str<'a>(#[serde(borrow)] Cow<'a, str>);
+pub(crate) struct Str<'a>(#[serde(borrow)] pub(crate) Cow<'a, str>);
 
 /// Parses one line (without its line ending). Returns every problem found on the line.
 pub fn parse_line(line: &[u8]) -> Result<Request<'_>, Vec<Problem>> {
