@@ -4,30 +4,14 @@ use super::*;
 
 impl Store {
     pub async fn insert_file(&self, f: &FileRow) -> Result<()> {
-        insert_file(&self.pool, f).await
+        insert_file(&self.pool, f, None).await
     }
 
     /// Inserts a media payload of batch `batch` (deleted with it), unless a row with its id is
     /// there already: the id is derived from the batch and the payload, so that is a resumed
     /// worker storing it again.
     pub async fn insert_media_file(&self, f: &FileRow, batch: &str) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, \
-             blob, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&f.id)
-        .bind(&f.owner)
-        .bind(&f.filename)
-        .bind(&f.purpose)
-        .bind(f.bytes)
-        .bind(f.created_at)
-        .bind(f.expires_at)
-        .bind(&f.blob)
-        .bind(batch)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        insert_file(&self.pool, f, Some(batch)).await
     }
 
     /// A file its owner can see.
@@ -124,23 +108,29 @@ impl Store {
     // ----- batches -----
 }
 
+/// `media_of`: the batch whose media payload the file is (see [`Store::insert_media_file`]).
 pub(super) async fn insert_file<'e>(
     executor: impl sqlx::Executor<'e, Database = sqlx::Any>,
     f: &FileRow,
+    media_of: Option<&str>,
 ) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, expires_at, blob) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(&f.id)
-    .bind(&f.owner)
-    .bind(&f.filename)
-    .bind(&f.purpose)
-    .bind(f.bytes)
-    .bind(f.created_at)
-    .bind(f.expires_at)
-    .bind(&f.blob)
-    .execute(executor)
-    .await?;
+    let insert = "INSERT INTO files (id, owner, filename, purpose, bytes, created_at, \
+                  expires_at, blob, batch_id) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    let statement = match media_of {
+        None => insert.to_owned(),
+        Some(_) => format!("{insert} ON CONFLICT (id) DO NOTHING"),
+    };
+    sqlx::query(sql(statement))
+        .bind(&f.id)
+        .bind(&f.owner)
+        .bind(&f.filename)
+        .bind(&f.purpose)
+        .bind(f.bytes)
+        .bind(f.created_at)
+        .bind(f.expires_at)
+        .bind(&f.blob)
+        .bind(media_of)
+        .execute(executor)
+        .await?;
     Ok(())
 }

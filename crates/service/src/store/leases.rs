@@ -287,7 +287,7 @@ impl Store {
     ) -> Result<std::result::Result<(), LeaseLost>> {
         let mut tx = self.pool.begin().await?;
         for file in [&finish.output, &finish.errors].into_iter().flatten() {
-            insert_file(&mut *tx, file).await?;
+            insert_file(&mut *tx, file, None).await?;
         }
         let now = now_secs();
         let column = match finish.status {
@@ -340,7 +340,7 @@ impl Store {
     ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         for file in [&output, &errors].into_iter().flatten() {
-            insert_file(&mut *tx, file).await?;
+            insert_file(&mut *tx, file, None).await?;
         }
         let attached = sqlx::query(
             "UPDATE batches SET output_file_id = $2, error_file_id = $3, completed = $4, \

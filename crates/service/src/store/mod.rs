@@ -109,6 +109,24 @@ pub struct BatchRow {
     pub mixed_models: i64,
 }
 
+impl FileRow {
+    /// A file a batch produced (purpose `batch_output`), made now, kept as long as the batch's
+    /// `output_expires_after` says; its content is the blob named by its id.
+    pub fn batch_output(batch: &BatchRow, id: String, filename: String, bytes: u64) -> Self {
+        let created_at = now_secs();
+        Self {
+            blob: id.clone(),
+            id,
+            owner: batch.owner.clone(),
+            filename,
+            purpose: "batch_output".into(),
+            bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            created_at,
+            expires_at: batch.output_expires_seconds.map(|s| created_at + s),
+        }
+    }
+}
+
 impl BatchRow {
     pub fn is_terminal(&self) -> bool {
         self.status.is_terminal()

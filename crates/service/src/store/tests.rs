@@ -95,6 +95,33 @@ pub async fn files_are_paged_scoped_and_expired(store: &Store) {
     assert!(store.garbage().await.expect("garbage").is_empty());
 }
 
+/// A batch's media payload inserted twice (a resumed worker) is one row; deleting the ended
+/// batch deletes it, and leaves other files alone.
+pub async fn media_files_are_stored_once_and_go_with_their_batch(store: &Store) {
+    let mut ended = batch("batch_m", "file-min");
+    ended.status = BatchStatus::Completed;
+    store.insert_batch(&ended).await.expect("batch");
+    let payload = FileRow::batch_output(&ended, "file-m1".into(), "batch_m_r1.png".into(), 7);
+    for _ in 0..2 {
+        store
+            .insert_media_file(&payload, "batch_m")
+            .await
+            .expect("stored (again)");
+    }
+    store
+        .insert_file(&file("file-other", "a", None))
+        .await
+        .expect("insert");
+    let found = store.file("a", "file-m1").await.expect("get").expect("row");
+    assert_eq!((found.purpose.as_str(), found.bytes), ("batch_output", 7));
+    assert_eq!(
+        store.delete_batch("a", "batch_m").await.expect("delete"),
+        Some(true)
+    );
+    assert!(store.file("a", "file-m1").await.expect("get").is_none());
+    assert!(store.file("a", "file-other").await.expect("get").is_some());
+}
+
 pub async fn claims_are_exclusive_and_fenced(store: &Store) {
     store
         .insert_file(&file("file-in", "a", None))
@@ -701,6 +728,7 @@ pub async fn planning_sums_read_alike(store: &Store) {
 async fn sqlite_passes_the_store_suite() {
     let (_dir, store) = sqlite().await;
     files_are_paged_scoped_and_expired(&store).await;
+    media_files_are_stored_once_and_go_with_their_batch(&store).await;
     claims_are_exclusive_and_fenced(&store).await;
     crashes_fail_a_batch_after_the_limit(&store).await;
     cancel_moves_only_running_batches(&store).await;
@@ -738,6 +766,7 @@ async fn postgres_passes_the_store_suite() {
     b.expect("open concurrently");
     assert!(store.postgres);
     files_are_paged_scoped_and_expired(&store).await;
+    media_files_are_stored_once_and_go_with_their_batch(&store).await;
     claims_are_exclusive_and_fenced(&store).await;
     crashes_fail_a_batch_after_the_limit(&store).await;
     cancel_moves_only_running_batches(&store).await;

@@ -9,21 +9,18 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 
 use crate::blobs::Blobs;
-use crate::store::{BatchRow, FileRow, Store, now_secs};
+use crate::store::{BatchRow, FileRow, Store};
 
 #[derive(Clone)]
 pub struct BatchMedia {
     store: Store,
     blobs: Blobs,
-    batch: String,
-    owner: String,
-    /// Seconds the files are kept (the batch's `output_expires_after`).
-    expires_seconds: Option<i64>,
+    batch: BatchRow,
 }
 
 impl std::fmt::Debug for BatchMedia {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the media files of {}", self.batch)
+        write!(f, "the media files of {}", self.batch.id)
     }
 }
 
@@ -32,15 +29,13 @@ impl BatchMedia {
         Self {
             store,
             blobs,
-            batch: batch.id.clone(),
-            owner: batch.owner.clone(),
-            expires_seconds: batch.output_expires_seconds,
+            batch: batch.clone(),
         }
     }
 
     /// The file id of payload `name` of this batch.
     fn id_of(&self, name: &str) -> String {
-        let key = format!("{}/{name}", self.batch);
+        let key = format!("{}/{name}", self.batch.id);
         format!("file-{:032x}", xxhash_rust::xxh3::xxh3_128(key.as_bytes()))
     }
 }
@@ -61,19 +56,10 @@ impl batch_job::MediaStore for BatchMedia {
                 .commit(&self.blobs, &id)
                 .await
                 .map_err(|e| e.to_string())?;
-            let created_at = now_secs();
-            let row = FileRow {
-                id: id.clone(),
-                owner: self.owner.clone(),
-                filename: format!("{}_{name}", self.batch),
-                purpose: "batch_output".into(),
-                bytes: len as i64,
-                created_at,
-                expires_at: self.expires_seconds.map(|s| created_at + s),
-                blob: id.clone(),
-            };
+            let filename = format!("{}_{name}", self.batch.id);
+            let row = FileRow::batch_output(&self.batch, id.clone(), filename, len as u64);
             self.store
-                .insert_media_file(&row, &self.batch)
+                .insert_media_file(&row, &self.batch.id)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(serde_json::json!({"id": id, "bytes": len, "mime_type": mime}))

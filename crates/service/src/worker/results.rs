@@ -126,15 +126,6 @@ pub(super) async fn adopt(
     }
     let id = ids::file_id();
     blobs.store_file(path, &id).await?;
-    let created_at = now_secs();
-    Ok(Some(FileRow {
-        id: id.clone(),
-        owner: batch.owner.clone(),
-        filename: format!("{}_{kind}.jsonl", batch.id),
-        purpose: "batch_output".into(),
-        bytes: bytes as i64,
-        created_at,
-        expires_at: batch.output_expires_seconds.map(|s| created_at + s),
-        blob: id,
-    }))
+    let filename = format!("{}_{kind}.jsonl", batch.id);
+    Ok(Some(FileRow::batch_output(batch, id, filename, bytes)))
 }
