@@ -49,7 +49,7 @@ pub use input::{Recording, Verified};
 pub use launch::LaunchSpec;
 pub use launch::guard::{GuardOptions, run_guard};
 pub use launch::preset::Preset;
-pub use media::{LocalMedia, MediaStore, ObjectMedia};
+pub use media::{LocalMedia, MediaStore, ObjectMedia, Place as MediaPlace};
 pub use notify::{
     Attempt, Event, Secret, SecretError, backoff, client as send_event_client, new_event_id,
     notify, send as send_event, unix_now,

@@ -13,7 +13,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::{MediaStore, extension, sniff};
+use super::{MediaStore, extension, sniff, store as put};
 
 /// Why an answer could not be kept.
 #[derive(Debug)]
@@ -43,8 +43,7 @@ pub async fn images(store: &dyn MediaStore, id: &str, body: &[u8]) -> Result<Vec
             .map_err(|e| NotKept::Answer(format!("data[{i}].b64_json is not base64: {e}")))?;
         let mime = sniff(&bytes, "image/png");
         let name = format!("{id}-{i}.{}", extension(mime));
-        let file = store
-            .put(&name, mime, Bytes::from(bytes))
+        let file = put(store, &name, mime, Bytes::from(bytes))
             .await
             .map_err(NotKept::Store)?;
         if let Some(object) = item.as_object_mut() {
@@ -87,8 +86,7 @@ pub async fn speech(
     };
     let mime = sniff(&audio, asked);
     let name = format!("{id}.{}", extension(mime));
-    let file = store
-        .put(&name, mime, audio)
+    let file = put(store, &name, mime, audio)
         .await
         .map_err(NotKept::Store)?;
     Ok(
@@ -107,8 +105,7 @@ pub async fn video(
 ) -> Result<Vec<u8>, NotKept> {
     let mime = sniff(&content, "video/mp4");
     let name = format!("{id}.{}", extension(mime));
-    let file = store
-        .put(&name, mime, content)
+    let file = put(store, &name, mime, content)
         .await
         .map_err(NotKept::Store)?;
     if let Some(o) = object.as_object_mut() {

@@ -19,14 +19,30 @@ use futures_util::future::BoxFuture;
 
 /// Where a job's media payloads go.
 pub trait MediaStore: Send + Sync + std::fmt::Debug {
-    /// Stores `bytes` (of media type `mime`) as `name`, replacing a file of that name; the
-    /// result line's `file` object (its `bytes` and `mime_type` included).
-    fn put<'a>(
-        &'a self,
-        name: &'a str,
-        mime: &'a str,
-        bytes: Bytes,
-    ) -> BoxFuture<'a, Result<serde_json::Value, String>>;
+    /// Stores `bytes` as `name`, replacing a payload of that name; where it went, as the
+    /// result line names it.
+    fn put<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<Place, String>>;
+}
+
+/// Where a stored payload is: `path` (a file beside the output), `url` (object storage) or
+/// `id` (a file of the service's Files API), and the value.
+pub struct Place(pub &'static str, pub String);
+
+/// Stores `bytes` (of media type `mime`) as `name` in `store`; the result line's `file`
+/// object: where it is, its size and its type.
+pub async fn store(
+    store: &dyn MediaStore,
+    name: &str,
+    mime: &str,
+    bytes: Bytes,
+) -> Result<serde_json::Value, String> {
+    let len = bytes.len();
+    let Place(key, at) = store.put(name, bytes).await?;
+    let mut file = serde_json::Map::new();
+    file.insert(key.into(), at.into());
+    file.insert("bytes".into(), len.into());
+    file.insert("mime_type".into(), mime.into());
+    Ok(file.into())
 }
 
 /// `run`'s media directory (`--media-dir`, by default `OUTPUT.media` beside the output). The
@@ -50,32 +66,26 @@ impl LocalMedia {
 }
 
 impl MediaStore for LocalMedia {
-    fn put<'a>(
-        &'a self,
-        name: &'a str,
-        mime: &'a str,
-        bytes: Bytes,
-    ) -> BoxFuture<'a, Result<serde_json::Value, String>> {
+    fn put<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<Place, String>> {
         Box::pin(async move {
             let path = self.dir.join(name);
-            let len = bytes.len();
             let (dir, at) = (self.dir.clone(), path.clone());
-            // Written whole under a temporary name, then renamed: a crash leaves no torn file.
+            // Written whole and synced under a temporary name, then renamed: a crash leaves no
+            // torn file, and the result recorded next (made durable by a checkpoint) never
+            // points at a payload a power loss could take back.
             let written = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
                 std::fs::create_dir_all(&dir)?;
                 let temp = at.with_extension("partial");
-                std::fs::write(&temp, &bytes)?;
+                let mut file = std::fs::File::create(&temp)?;
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_all()?;
                 std::fs::rename(&temp, &at)
             })
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| format!("cannot write {}: {e}", path.display())));
             written?;
-            Ok(serde_json::json!({
-                "path": self.shown.join(name).display().to_string(),
-                "bytes": len,
-                "mime_type": mime,
-            }))
+            Ok(Place("path", self.shown.join(name).display().to_string()))
         })
     }
 }
@@ -100,23 +110,14 @@ impl ObjectMedia {
 }
 
 impl MediaStore for ObjectMedia {
-    fn put<'a>(
-        &'a self,
-        name: &'a str,
-        mime: &'a str,
-        bytes: Bytes,
-    ) -> BoxFuture<'a, Result<serde_json::Value, String>> {
+    fn put<'a>(&'a self, name: &'a str, bytes: Bytes) -> BoxFuture<'a, Result<Place, String>> {
         Box::pin(async move {
-            let len = bytes.len();
             self.dir
                 .put(name, bytes.to_vec())
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(serde_json::json!({
-                "url": format!("{}/{name}", self.dir.url().trim_end_matches('/')),
-                "bytes": len,
-                "mime_type": mime,
-            }))
+            let url = format!("{}/{name}", self.dir.url().trim_end_matches('/'));
+            Ok(Place("url", url))
         })
     }
 }
@@ -172,15 +173,14 @@ mod tests {
 
     #[tokio::test]
     async fn object_media_is_named_by_its_url() {
-        let store = std::sync::Arc::new(object_store::memory::InMemory::new());
+        let memory = std::sync::Arc::new(object_store::memory::InMemory::new());
         let dir = batch_storage::object::ObjectDir::with_store(
-            store,
+            memory,
             "out.jsonl.media",
             "s3://bucket/out.jsonl.media",
         );
         let media = ObjectMedia::new(dir.clone());
-        let file = media
-            .put("a.mp4", "video/mp4", Bytes::from_static(b"mp4"))
+        let file = store(&media, "a.mp4", "video/mp4", Bytes::from_static(b"mp4"))
             .await
             .expect("stored");
         assert_eq!(file["url"], "s3://bucket/out.jsonl.media/a.mp4");
@@ -190,9 +190,8 @@ mod tests {
     #[tokio::test]
     async fn local_media_is_written_whole_and_named_beside_the_output() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = LocalMedia::new(dir.path().join("out.jsonl.media"), dir.path());
-        let file = store
-            .put("a-0.png", "image/png", Bytes::from_static(b"png"))
+        let local = LocalMedia::new(dir.path().join("out.jsonl.media"), dir.path());
+        let file = store(&local, "a-0.png", "image/png", Bytes::from_static(b"png"))
             .await
             .expect("stored");
         assert_eq!(file["path"], "out.jsonl.media/a-0.png");
@@ -200,8 +199,7 @@ mod tests {
         let on_disk = std::fs::read(dir.path().join("out.jsonl.media/a-0.png")).expect("read");
         assert_eq!(on_disk, b"png");
         // Again (a resumed job): replaced, not duplicated.
-        store
-            .put("a-0.png", "image/png", Bytes::from_static(b"png2"))
+        store(&local, "a-0.png", "image/png", Bytes::from_static(b"png2"))
             .await
             .expect("stored");
         let names = std::fs::read_dir(dir.path().join("out.jsonl.media"))

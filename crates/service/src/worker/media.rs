@@ -44,9 +44,8 @@ impl batch_job::MediaStore for BatchMedia {
     fn put<'a>(
         &'a self,
         name: &'a str,
-        mime: &'a str,
         bytes: Bytes,
-    ) -> BoxFuture<'a, Result<serde_json::Value, String>> {
+    ) -> BoxFuture<'a, Result<batch_job::MediaPlace, String>> {
         Box::pin(async move {
             let id = self.id_of(name);
             let len = bytes.len();
@@ -62,7 +61,7 @@ impl batch_job::MediaStore for BatchMedia {
                 .insert_media_file(&row, &self.batch.id)
                 .await
                 .map_err(|e| e.to_string())?;
-            Ok(serde_json::json!({"id": id, "bytes": len, "mime_type": mime}))
+            Ok(batch_job::MediaPlace("id", id))
         })
     }
 }
