@@ -222,11 +222,7 @@ class Check:
                                             "--summary-json", summary, timeout=240)
                 got = read_results(out, error_path(out))
                 expect_each_once(self.path("mixed.jsonl"), got)
-                statuses = {}
-                for r in got.values():
-                    key = f"{r['kind']}:{r['status']}"
-                    statuses[key] = statuses.get(key, 0) + 1
-                results[name] = {"exit": rc, "seconds": secs, "results_by_kind_and_status": statuses,
+                results[name] = {"exit": rc, "seconds": secs, "results_by_kind_and_status": by_kind_and_status(got),
                                  "models": load_json(summary).get("models"), "stderr": err[-600:]}
             routed = results["routed"]
             if routed["exit"] != 0 or routed["results_by_kind_and_status"] != {"output:200": 200}:
@@ -258,10 +254,7 @@ class Check:
                                     "--summary-json", summary)
         got = read_results(out, error_path(out))
         expect_each_once(self.path("completions.jsonl"), got)
-        statuses = {}
-        for r in got.values():
-            key = f"{r['kind']}:{r['status']}"
-            statuses[key] = statuses.get(key, 0) + 1
+        statuses = by_kind_and_status(got)
         sample_error = next((r["line"] for r in got.values() if r["kind"] == "error"), None)
         sample_ok = next((r["line"] for r in got.values() if r["kind"] == "output"), None)
         return {"exit": rc, "seconds": secs, "results_by_kind_and_status": statuses, "summary": load_json(summary),
@@ -591,6 +584,15 @@ def read_results(out, errors):
                 status = (line.get("response") or {}).get("status_code") or (line.get("error") or {}).get("code")
                 got[cid] = {"kind": kind, "status": status, "line": raw[:1200]}
     return got
+
+
+def by_kind_and_status(got):
+    """How many results of read_results are in each file with each status, e.g. "error:400"."""
+    counts = {}
+    for r in got.values():
+        key = f"{r['kind']}:{r['status']}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def expect_each_once(input_path, got):
