@@ -270,8 +270,8 @@ fn a_service_batch_may_mix_models() {
     let lines: Vec<Value> = (0..30)
         .map(|i| line_for(&format!("r{i}"), ["llama", "qwen", "llama:sql"][i % 3]))
         .collect();
-    let file = service.upload("mixed.jsonl", &jsonl(&lines));
-    let create = |extension: Value| {
+    let mixed = service.upload("mixed.jsonl", &jsonl(&lines));
+    let create = |file: &str, extension: Value| {
         service.call(
             "POST",
             "/v1/batches",
@@ -283,7 +283,7 @@ fn a_service_batch_may_mix_models() {
             })),
         )
     };
-    let r = create(json!({"mixed_models": true}));
+    let r = create(&mixed, json!({"mixed_models": true}));
     assert_eq!(r.status, 200, "{}", r.text());
     let id = r.json()["id"].as_str().expect("id").to_owned();
     let done = service.wait_status(&id, &["completed", "failed"], Duration::from_secs(60));
@@ -302,7 +302,7 @@ fn a_service_batch_may_mix_models() {
     );
 
     // One model per batch without the extension.
-    let r = create(json!({}));
+    let r = create(&mixed, json!({}));
     let id = r.json()["id"].as_str().expect("id").to_owned();
     let failed = service.wait_status(&id, &["failed"], Duration::from_secs(60));
     assert_eq!(
@@ -317,16 +317,7 @@ fn a_service_batch_may_mix_models() {
         line_for("c", "gpt-4o"),
     ];
     let file = service.upload("stray.jsonl", &jsonl(&stray));
-    let r = service.call(
-        "POST",
-        "/v1/batches",
-        Some(&json!({
-            "input_file_id": file,
-            "endpoint": "/v1/chat/completions",
-            "completion_window": "24h",
-            "x_batch_runner": {"mixed_models": true},
-        })),
-    );
+    let r = create(&file, json!({"mixed_models": true}));
     let id = r.json()["id"].as_str().expect("id").to_owned();
     let failed = service.wait_status(&id, &["failed"], Duration::from_secs(60));
     let errors = failed["errors"]["data"].as_array().expect("errors").clone();
@@ -343,9 +334,9 @@ fn a_service_batch_may_mix_models() {
         "{failed}"
     );
 
-    let r = create(json!({"mixed_models": true, "preflight": true}));
+    let r = create(&mixed, json!({"mixed_models": true, "preflight": true}));
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.error()["param"], "x_batch_runner");
-    let r = create(json!({"mixed_models": "yes"}));
+    let r = create(&mixed, json!({"mixed_models": "yes"}));
     assert_eq!(r.status, 400, "{}", r.text());
 }

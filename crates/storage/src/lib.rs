@@ -333,6 +333,22 @@ fn status_failure(status: reqwest::StatusCode) -> Failure {
     }
 }
 
+/// `GET url`, its response when it is a success.
+async fn get_ok(
+    client: &reqwest::Client,
+    url: &reqwest::Url,
+) -> Result<reqwest::Response, Failure> {
+    let response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| transport(&e))?;
+    if !response.status().is_success() {
+        return Err(status_failure(response.status()));
+    }
+    Ok(response)
+}
+
 /// Downloads `url` to `dest` (through a temporary file beside it), streaming. Returns the size.
 pub async fn download(
     url: &reqwest::Url,
@@ -349,14 +365,7 @@ pub async fn download(
         tokio::fs::create_dir_all(parent).await.map_err(io)?;
     }
     let size = with_retries(options, "cannot download", url, || async {
-        let mut response = client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| transport(&e))?;
-        if !response.status().is_success() {
-            return Err(status_failure(response.status()));
-        }
+        let mut response = get_ok(&client, url).await?;
         let mut file = tokio::fs::File::create(&tmp).await.map_err(|e| Failure {
             reason: e.to_string(),
             retry: false,
@@ -409,15 +418,7 @@ impl Fetcher {
             retry: false,
         };
         with_retries(&self.options, "cannot download", url, || async {
-            let mut response = self
-                .client
-                .get(url.clone())
-                .send()
-                .await
-                .map_err(|e| transport(&e))?;
-            if !response.status().is_success() {
-                return Err(status_failure(response.status()));
-            }
+            let mut response = get_ok(&self.client, url).await?;
             if let Some(n) = response.content_length().filter(|&n| n > max as u64) {
                 return Err(too_large(n));
             }
