@@ -59,7 +59,7 @@ pub use output::remote::{FINAL_DIR, Remote, UPLOADS, has_pending, upload_pending
 pub use output::retry_failed::Previous;
 pub use output::salvage::{Salvaged, salvage};
 pub use report::metrics::Stats;
-pub use report::model_counts::ModelTally;
+pub use report::model_counts::{ModelTally, prometheus_label};
 pub use report::progress::{ProgressMode, StderrAboveBar, format_duration};
 pub use report::status::{JobProgress, read_progress};
 pub use report::summary::{JobStatus, RunSummary};

@@ -92,7 +92,7 @@ impl ModelCounts {
                 let _ = writeln!(
                     out,
                     "batch_runner_model_requests_total{{model=\"{}\",outcome=\"{}\"}} {}",
-                    label_value(model),
+                    prometheus_label(model),
                     o.label(),
                     counts[o.index()].load(Ordering::Relaxed)
                 );
@@ -107,7 +107,7 @@ impl ModelCounts {
             let _ = writeln!(
                 out,
                 "batch_runner_model_requests_planned{{model=\"{}\"}} {planned}",
-                label_value(model)
+                prometheus_label(model)
             );
         }
     }
@@ -132,7 +132,7 @@ impl ModelTally {
 }
 
 /// A Prometheus label value: backslash, double quote and newline escaped.
-fn label_value(text: &str) -> String {
+pub fn prometheus_label(text: &str) -> String {
     text.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
+use batch_job::prometheus_label;
 use utoipa::OpenApi;
 
 use super::AppState;
@@ -132,7 +133,7 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
             let _ = writeln!(
                 out,
                 "{name}{{model=\"{}\"}} {}",
-                label(model),
+                prometheus_label(model),
                 value(measured)
             );
         }
@@ -140,13 +141,6 @@ pub async fn metrics(State(app): State<AppState>) -> Result<impl IntoResponse, A
     usage_metrics(&app, &mut out).await?;
     webhook_metrics(&app, &mut out).await?;
     Ok(([(CONTENT_TYPE, "text/plain; version=0.0.4")], out))
-}
-
-/// A Prometheus label value, escaped.
-fn label(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }
 
 /// Requests and tokens per owner and model, over every batch.
@@ -159,7 +153,10 @@ async fn usage_metrics(app: &AppState, out: &mut String) -> Result<(), ApiError>
          # TYPE batch_runner_usage_tokens gauge"
     );
     for u in app.store.usage(None, None, None).await? {
-        let (owner, model) = (label(&u.owner), label(u.model.as_deref().unwrap_or("")));
+        let (owner, model) = (
+            prometheus_label(&u.owner),
+            prometheus_label(u.model.as_deref().unwrap_or("")),
+        );
         let at = format!("owner=\"{owner}\",model=\"{model}\"");
         let _ = writeln!(
             out,
